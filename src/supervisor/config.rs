@@ -1,0 +1,175 @@
+//! The supervisor's options: the seed's names, plus the knobs a production pool needs.
+
+use crate::policy::PolicyError;
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// Options of the supervisor core. `Options::default()` is the seed's defaults.
+///
+/// The seed's options keep their names: `prefork` and `max_children` build the
+/// default [`Elastic`](crate::policy::Elastic) scaling policy when no other is given,
+/// and `auto_reload_check_every` builds the default
+/// [`Rolling`](crate::policy::Rolling) reload policy.
+///
+/// ```
+/// use preforkd::Options;
+/// let opts = Options { prefork: 5, max_children: 50, ..Options::default() };
+/// opts.validate().unwrap();
+/// let bad = Options { prefork: 10, max_children: 5, ..Options::default() };
+/// assert!(bad.validate().unwrap_err().to_string().contains("prefork (10)"));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Options {
+    /// Children to start, and to shrink back to when idle (seed: 3).
+    pub prefork: usize,
+    /// The hard cap on live children, retiring ones included (seed: 150).
+    pub max_children: usize,
+    /// Check for changed files this often (seed: never).
+    #[serde(with = "preforkd_policies::duration_serde::option")]
+    pub auto_reload_check_every: Option<Duration>,
+    /// Graceful shutdown: how long children may take to finish before KILL (30 s).
+    /// Also the limit for a retiring child to exit before it is KILLed.
+    #[serde(with = "preforkd_policies::duration_serde")]
+    pub graceful_timeout: Duration,
+    /// After KILLing stragglers, how long to wait for them to be reaped before the
+    /// parent gives up and exits with code 1 (5 s).
+    #[serde(with = "preforkd_policies::duration_serde")]
+    pub kill_wait: Duration,
+    /// A request running longer than this gets its child TERMed, then KILLed after
+    /// `kill_grace` (none).
+    #[serde(with = "preforkd_policies::duration_serde::option")]
+    pub busy_timeout: Option<Duration>,
+    /// From a busy-timeout or disconnect TERM to KILL (5 s).
+    #[serde(with = "preforkd_policies::duration_serde")]
+    pub kill_grace: Duration,
+    /// A child not ready this long after its fork is KILLed (30 s).
+    #[serde(with = "preforkd_policies::duration_serde")]
+    pub start_timeout: Duration,
+    /// Recycle a child after this many requests (none).
+    pub max_requests_per_child: Option<u64>,
+    /// Add a random 0..=jitter to each child's request limit, so children do not all
+    /// recycle at once (0).
+    pub max_requests_jitter: u64,
+    /// The first crash-loop delay; doubles per consecutive early exit (100 ms).
+    #[serde(with = "preforkd_policies::duration_serde")]
+    pub backoff_initial: Duration,
+    /// The longest crash-loop delay (30 s).
+    #[serde(with = "preforkd_policies::duration_serde")]
+    pub backoff_max: Duration,
+    /// A child that lives this long after its fork is healthy: its exit is no crash,
+    /// and its health resets the crash-loop backoff (1 s).
+    #[serde(with = "preforkd_policies::duration_serde")]
+    pub min_healthy_uptime: Duration,
+    /// The least time between two STATUS notifications (1 s).
+    #[serde(with = "preforkd_policies::duration_serde")]
+    pub status_interval: Duration,
+    /// Seed of the generator behind the request-limit jitter.
+    pub seed: u64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            prefork: 3,
+            max_children: 150,
+            auto_reload_check_every: None,
+            graceful_timeout: Duration::from_secs(30),
+            kill_wait: Duration::from_secs(5),
+            busy_timeout: None,
+            kill_grace: Duration::from_secs(5),
+            start_timeout: Duration::from_secs(30),
+            max_requests_per_child: None,
+            max_requests_jitter: 0,
+            backoff_initial: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(30),
+            min_healthy_uptime: Duration::from_secs(1),
+            status_interval: Duration::from_secs(1),
+            seed: 0x5eed,
+        }
+    }
+}
+
+/// A configuration the supervisor refuses, naming the option at fault.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// An option has a value that cannot work.
+    #[error("invalid option {option}: {reason}")]
+    Invalid {
+        /// The option's name, as in [`Options`].
+        option: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A policy could not be built or does not fit the options.
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+}
+
+fn invalid(option: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        option,
+        reason: reason.into(),
+    }
+}
+
+impl Options {
+    /// Checks the options, naming the first that is wrong.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_children == 0 {
+            return Err(invalid("max_children", "must be at least 1"));
+        }
+        if self.prefork > self.max_children {
+            return Err(invalid(
+                "prefork",
+                format!(
+                    "prefork ({}) exceeds max_children ({})",
+                    self.prefork, self.max_children
+                ),
+            ));
+        }
+        if self.max_children > u32::MAX as usize {
+            return Err(invalid("max_children", "must fit a 32-bit slot number"));
+        }
+        if self.auto_reload_check_every == Some(Duration::ZERO) {
+            return Err(invalid(
+                "auto_reload_check_every",
+                "must be greater than zero",
+            ));
+        }
+        if self.busy_timeout == Some(Duration::ZERO) {
+            return Err(invalid("busy_timeout", "must be greater than zero"));
+        }
+        if self.max_requests_per_child == Some(0) {
+            return Err(invalid("max_requests_per_child", "must be at least 1"));
+        }
+        if self.max_requests_jitter > 0 && self.max_requests_per_child.is_none() {
+            return Err(invalid(
+                "max_requests_jitter",
+                "needs max_requests_per_child to be set",
+            ));
+        }
+        for (name, d) in [
+            ("kill_wait", self.kill_wait),
+            ("kill_grace", self.kill_grace),
+            ("start_timeout", self.start_timeout),
+            ("backoff_initial", self.backoff_initial),
+            ("status_interval", self.status_interval),
+        ] {
+            if d.is_zero() {
+                return Err(invalid(name, "must be greater than zero"));
+            }
+        }
+        if self.backoff_max < self.backoff_initial {
+            return Err(invalid(
+                "backoff_max",
+                format!(
+                    "{:?} is shorter than backoff_initial ({:?})",
+                    self.backoff_max, self.backoff_initial
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
