@@ -1,1 +1,766 @@
-//! Placeholder: written next.
+//! The invariants the supervisor keeps, checked from outside on any run.
+//!
+//! A [`Harness`] plays a fake runtime around a [`Machine`]: it turns abstract
+//! [`Op`]s (a signal arrives, a child starts, gets busy, crashes, a client hangs up,
+//! time passes...) into events, carries out the machine's actions on a model of the
+//! children, and checks after every step:
+//!
+//! - live children (forking, starting, serving, retiring) never exceed `max_children`;
+//! - every signal targets a live child, and no child is TERMed twice (each child is
+//!   retired at most once; only KILL may follow a TERM);
+//! - no spawn once shutdown has begun; `Exit` comes last, once, in `Stopped`;
+//! - the machine's live pids are exactly the children spawned and not yet reaped;
+//! - during a reload, no retirement takes the serving count below the minimum, and
+//!   when the reload completes every old-generation child has been retired;
+//!
+//! and at the end ([`Harness::finish`]): with events quiet, the pool converges into
+//! the scaling policy's quiet range; then a TERM always reaches `Stopped`, reaping
+//! every child (KILLing those that ignore TERM after the deadline).
+//!
+//! The property tests, the fuzz target and users' own model tests share it.
+//!
+//! ```
+//! use preforkd::oracle::{Harness, Op};
+//! use preforkd::{Machine, Options, Signal};
+//! let m = Machine::new(Options { prefork: 2, max_children: 4, ..Options::default() }).unwrap();
+//! let mut h = Harness::new(m);
+//! for op in [Op::HookOk, Op::SpawnOk, Op::SpawnOk, Op::Ready(0), Op::Busy(1), Op::Signal(Signal::Hup)] {
+//!     h.apply(op).unwrap();
+//! }
+//! h.finish().unwrap();
+//! ```
+
+use crate::policy::{Disconnect, Proto};
+use crate::{
+    Action, ConnState, Connection, Event, ExitStatus, Hook, HookKind, Machine, Pid, Scoreboard,
+    Signal, SignalReason, SlotReading, SlotState, State, Time,
+};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+/// One abstract step of the outside world.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// A signal reaches the parent.
+    Signal(Signal),
+    /// Time passes (milliseconds), then the timer fires.
+    Advance(u16),
+    /// Time jumps to the machine's deadline, and the timer fires.
+    Timeout,
+    /// `after_init` succeeded.
+    HookOk,
+    /// `after_init` failed.
+    HookFail,
+    /// The oldest pending fork succeeds.
+    SpawnOk,
+    /// The oldest pending fork fails.
+    SpawnFail,
+    /// Child `i` (modulo the live count) reports itself ready.
+    Ready(u8),
+    /// Child `i` takes a request (scoreboard tick).
+    Busy(u8),
+    /// Child `i` finishes its request (scoreboard tick).
+    Idle(u8),
+    /// Child `i` has served this many more requests (scoreboard tick).
+    Served(u8, u8),
+    /// Child `i` decides to leave by itself (scoreboard shows it retiring).
+    SelfRetire(u8),
+    /// Child `i` exits on its own.
+    Exit(u8, ExitStatus),
+    /// Children carry out the signals they got: KILLed ones die, TERMed ones that
+    /// are not busy exit cleanly.
+    Deliver,
+    /// A pid that was never a child is reaped.
+    BogusExit(u16),
+    /// The last reaped child is reported again.
+    DuplicateExit,
+    /// A spawn report for a slot with no pending fork.
+    BogusSpawn(u16),
+    /// A scoreboard tick whose slots hold pids of nobody.
+    StaleTick,
+    /// Child `i`'s client hangs up (listed at every netstat tick from now on).
+    Disconnect(u8),
+    /// The reload check found changes.
+    FilesChanged,
+}
+
+impl Op {
+    /// Decodes a byte string into ops (for fuzzing): every input is valid.
+    ///
+    /// ```
+    /// use preforkd::oracle::Op;
+    /// assert!(!Op::decode(&[1, 2, 3, 4, 5]).is_empty());
+    /// assert!(Op::decode(&[]).is_empty());
+    /// ```
+    pub fn decode(bytes: &[u8]) -> Vec<Op> {
+        const SIGNALS: [Signal; 9] = [
+            Signal::Term,
+            Signal::Int,
+            Signal::Quit,
+            Signal::Hup,
+            Signal::Usr1,
+            Signal::Usr2,
+            Signal::Ttin,
+            Signal::Ttou,
+            Signal::Chld,
+        ];
+        let mut ops = Vec::new();
+        let mut it = bytes.iter().copied();
+        while let Some(tag) = it.next() {
+            let mut arg = || it.next().unwrap_or(0);
+            let op = match tag % 20 {
+                0 => Op::Signal(SIGNALS[usize::from(arg()) % SIGNALS.len()]),
+                1 => Op::Advance(u16::from(arg()) * 8),
+                2 => Op::Timeout,
+                3 => Op::HookOk,
+                4 => Op::HookFail,
+                5 | 6 => Op::SpawnOk,
+                7 => Op::SpawnFail,
+                8 => Op::Ready(arg()),
+                9 => Op::Busy(arg()),
+                10 => Op::Idle(arg()),
+                11 => Op::Served(arg(), arg()),
+                12 => Op::SelfRetire(arg()),
+                13 => {
+                    let i = arg();
+                    let s = arg();
+                    let status = if s & 1 == 0 {
+                        ExitStatus::Exited(i32::from(s >> 1))
+                    } else {
+                        ExitStatus::Signaled(i32::from(s >> 1))
+                    };
+                    Op::Exit(i, status)
+                }
+                14 => Op::Deliver,
+                15 => Op::BogusExit(u16::from(arg())),
+                16 => Op::DuplicateExit,
+                17 => Op::BogusSpawn(u16::from(arg())),
+                18 => {
+                    if tag >= 128 {
+                        Op::StaleTick
+                    } else {
+                        Op::Disconnect(arg())
+                    }
+                }
+                _ => Op::FilesChanged,
+            };
+            ops.push(op);
+        }
+        ops
+    }
+}
+
+/// A broken invariant: what, and at which step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    /// The index of the op (or of the finishing phase) where it was seen.
+    pub step: usize,
+    /// What was wrong.
+    pub message: String,
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "step {}: {}", self.step, self.message)
+    }
+}
+
+impl std::error::Error for Violation {}
+
+#[derive(Debug, Clone)]
+struct ChildModel {
+    slot: usize,
+    generation: u64,
+    ready: bool,
+    busy: bool,
+    requests: u64,
+    self_retiring: bool,
+    termed: bool,
+    killed: bool,
+}
+
+impl ChildModel {
+    fn serving(&self) -> bool {
+        self.ready && !self.self_retiring && !self.termed && !self.killed
+    }
+}
+
+/// A fake runtime around a [`Machine`] that checks its invariants at every step.
+#[derive(Debug)]
+pub struct Harness {
+    machine: Machine,
+    now: Time,
+    next_pid: i32,
+    pending: VecDeque<(usize, u64)>,
+    live: BTreeMap<Pid, ChildModel>,
+    last_exited: Option<Pid>,
+    disconnected: BTreeSet<Pid>,
+    trace: Vec<Action>,
+    step: usize,
+    exited: bool,
+    last_min_serving: usize,
+}
+
+impl Harness {
+    /// Wraps a freshly built machine (in `Init`).
+    pub fn new(machine: Machine) -> Self {
+        let mut h = Harness {
+            machine,
+            now: Time::ZERO,
+            next_pid: 1000,
+            pending: VecDeque::new(),
+            live: BTreeMap::new(),
+            last_exited: None,
+            disconnected: BTreeSet::new(),
+            trace: Vec::new(),
+            step: 0,
+            exited: false,
+            last_min_serving: 0,
+        };
+        // The machine's first action (after_init) is already queued.
+        let before = h.machine.state();
+        if let Err(v) = h.drain(before) {
+            panic!("fresh machine broke an invariant: {v}");
+        }
+        h
+    }
+
+    /// The machine under test.
+    pub fn machine(&self) -> &Machine {
+        &self.machine
+    }
+
+    /// Every action the machine produced, in order.
+    pub fn trace(&self) -> &[Action] {
+        &self.trace
+    }
+
+    /// The simulated time.
+    pub fn now(&self) -> Time {
+        self.now
+    }
+
+    fn fail<T>(&self, message: String) -> Result<T, Violation> {
+        Err(Violation {
+            step: self.step,
+            message,
+        })
+    }
+
+    fn nth_live(&self, i: u8) -> Option<Pid> {
+        if self.live.is_empty() {
+            return None;
+        }
+        let idx = usize::from(i) % self.live.len();
+        self.live.keys().nth(idx).copied()
+    }
+
+    fn scoreboard(&self) -> Scoreboard {
+        let max = self.machine.options().max_children;
+        let mut slots = vec![SlotReading::default(); max];
+        for (&pid, c) in &self.live {
+            if let Some(s) = slots.get_mut(c.slot) {
+                *s = SlotReading {
+                    pid,
+                    state: if c.self_retiring {
+                        SlotState::Retiring
+                    } else if !c.ready {
+                        SlotState::Starting
+                    } else if c.busy {
+                        SlotState::Busy
+                    } else {
+                        SlotState::Idle
+                    },
+                    requests: c.requests,
+                    request_start: c.busy.then_some(self.now),
+                    heartbeat: self.now,
+                };
+            }
+        }
+        Scoreboard {
+            slots,
+            backlog: None,
+        }
+    }
+
+    fn netstat(&self) -> Vec<Connection> {
+        let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        self.disconnected
+            .iter()
+            .filter(|p| self.live.contains_key(p))
+            .map(|&pid| Connection {
+                conn: Disconnect {
+                    pid,
+                    proto: Proto::Tcp,
+                    local_host: lo,
+                    local_port: 8080,
+                    foreign_host: lo,
+                    foreign_port: 40000 + (pid.0 % 20000) as u16,
+                },
+                state: ConnState::CloseWait,
+            })
+            .collect()
+    }
+
+    fn feed(&mut self, event: Event<'_>) -> Result<(), Violation> {
+        if self.exited {
+            // A stopped machine must stay silent whatever it is told.
+            self.machine.handle(self.now, event);
+            if let Some(a) = self.machine.poll_action() {
+                return self.fail(format!("action after Exit: {a:?}"));
+            }
+            return Ok(());
+        }
+        let before = self.machine.state();
+        self.machine.handle(self.now, event);
+        self.drain(before)
+    }
+
+    fn tick(&mut self) -> Result<(), Violation> {
+        let sb = self.scoreboard();
+        self.feed(Event::Scoreboard(&sb))
+    }
+
+    fn reap(&mut self, pid: Pid, status: ExitStatus) -> Result<(), Violation> {
+        self.live.remove(&pid);
+        self.disconnected.remove(&pid);
+        self.last_exited = Some(pid);
+        self.feed(Event::ChildExited { pid, status })
+    }
+
+    /// Applies one op and checks every invariant.
+    pub fn apply(&mut self, op: Op) -> Result<(), Violation> {
+        self.step += 1;
+        match op {
+            Op::Signal(sig) => self.feed(Event::Signal(sig))?,
+            Op::Advance(ms) => {
+                self.now += Duration::from_millis(u64::from(ms));
+                self.tick()?;
+            }
+            Op::Timeout => {
+                if let Some(t) = self.machine.poll_timeout() {
+                    if t == Time::MAX {
+                        return self.fail("poll_timeout returned Time::MAX".into());
+                    }
+                    self.now = self.now.max(t);
+                }
+                self.feed(Event::Timer)?;
+            }
+            Op::HookOk | Op::HookFail => self.feed(Event::HookFinished {
+                hook: HookKind::AfterInit,
+                ok: op == Op::HookOk,
+            })?,
+            // A runtime that has exited forks nothing more.
+            Op::SpawnOk | Op::SpawnFail if self.exited => {}
+            Op::SpawnOk => {
+                if let Some((slot, generation)) = self.pending.pop_front() {
+                    let pid = Pid(self.next_pid);
+                    self.next_pid += 1;
+                    self.live.insert(
+                        pid,
+                        ChildModel {
+                            slot,
+                            generation,
+                            ready: false,
+                            busy: false,
+                            requests: 0,
+                            self_retiring: false,
+                            termed: false,
+                            killed: false,
+                        },
+                    );
+                    self.feed(Event::ChildSpawned { slot, pid })?;
+                }
+            }
+            Op::SpawnFail => {
+                if let Some((slot, _)) = self.pending.pop_front() {
+                    self.feed(Event::SpawnFailed { slot })?;
+                }
+            }
+            Op::Ready(i) => {
+                if let Some(pid) = self.nth_live(i) {
+                    if let Some(c) = self.live.get_mut(&pid) {
+                        c.ready = true;
+                    }
+                    self.feed(Event::ChildReady { pid })?;
+                }
+            }
+            Op::Busy(i) | Op::Idle(i) => {
+                if let Some(pid) = self.nth_live(i) {
+                    if let Some(c) = self.live.get_mut(&pid) {
+                        if !c.self_retiring {
+                            c.ready = true;
+                            c.busy = matches!(op, Op::Busy(_));
+                        }
+                    }
+                    self.tick()?;
+                }
+            }
+            Op::Served(i, n) => {
+                if let Some(pid) = self.nth_live(i) {
+                    if let Some(c) = self.live.get_mut(&pid) {
+                        c.requests += u64::from(n);
+                    }
+                    self.tick()?;
+                }
+            }
+            Op::SelfRetire(i) => {
+                if let Some(pid) = self.nth_live(i) {
+                    if let Some(c) = self.live.get_mut(&pid) {
+                        c.self_retiring = true;
+                        c.busy = false;
+                    }
+                    self.tick()?;
+                }
+            }
+            Op::Exit(i, status) => {
+                if let Some(pid) = self.nth_live(i) {
+                    self.reap(pid, status)?;
+                }
+            }
+            Op::Deliver => self.deliver()?,
+            Op::BogusExit(n) => {
+                let pid = Pid(900_000 + i32::from(n));
+                self.feed(Event::ChildExited {
+                    pid,
+                    status: ExitStatus::Exited(0),
+                })?;
+            }
+            Op::DuplicateExit => {
+                if let Some(pid) = self.last_exited {
+                    if !self.live.contains_key(&pid) {
+                        self.feed(Event::ChildExited {
+                            pid,
+                            status: ExitStatus::Signaled(9),
+                        })?;
+                    }
+                }
+            }
+            Op::BogusSpawn(n) => {
+                // A slot with no pending fork: beyond the pool, or held by a live child.
+                let max = self.machine.options().max_children;
+                let slot = match self.nth_live(n as u8) {
+                    Some(pid) if n % 2 == 0 => self.live[&pid].slot,
+                    _ => max + usize::from(n),
+                };
+                let pid = Pid(800_000 + i32::from(n));
+                self.feed(Event::ChildSpawned { slot, pid })?;
+            }
+            Op::StaleTick => {
+                let mut sb = self.scoreboard();
+                for s in &mut sb.slots {
+                    s.pid = Pid(700_000);
+                    s.state = SlotState::Busy;
+                }
+                self.feed(Event::Scoreboard(&sb))?;
+            }
+            Op::Disconnect(i) => {
+                if let Some(pid) = self.nth_live(i) {
+                    self.disconnected.insert(pid);
+                }
+                let conns = self.netstat();
+                self.feed(Event::Netstat(&conns))?;
+            }
+            Op::FilesChanged => self.feed(Event::FilesChanged)?,
+        }
+        Ok(())
+    }
+
+    fn deliver(&mut self) -> Result<(), Violation> {
+        let leaving: Vec<(Pid, ExitStatus)> = self
+            .live
+            .iter()
+            .filter_map(|(&pid, c)| {
+                if c.killed {
+                    Some((pid, ExitStatus::Signaled(9)))
+                } else if (c.termed && !c.busy) || c.self_retiring {
+                    Some((pid, ExitStatus::Exited(0)))
+                } else {
+                    None
+                }
+            })
+            .collect();
+        for (pid, status) in leaving {
+            self.reap(pid, status)?;
+        }
+        Ok(())
+    }
+
+    /// Takes every action out of the machine, checking each.
+    fn drain(&mut self, before: State) -> Result<(), Violation> {
+        let after = self.machine.state();
+        let max = self.machine.options().max_children;
+        if let Some(m) = self.machine.min_serving() {
+            self.last_min_serving = m;
+        }
+        let reloading = before == State::Reloading || after == State::Reloading;
+        let stopping = matches!(after, State::ShuttingDown | State::Stopped);
+        while let Some(action) = self.machine.poll_action() {
+            if self.exited {
+                return self.fail(format!("action after Exit: {action:?}"));
+            }
+            match &action {
+                Action::Spawn {
+                    slot, generation, ..
+                } => {
+                    if stopping {
+                        return self.fail(format!("spawn while {}: {action:?}", after.name()));
+                    }
+                    if *slot >= max {
+                        return self.fail(format!("spawn into slot {slot} of {max}"));
+                    }
+                    let taken = self.pending.iter().any(|(s, _)| s == slot)
+                        || self.live.values().any(|c| c.slot == *slot);
+                    if taken {
+                        return self.fail(format!("spawn into occupied slot {slot}"));
+                    }
+                    self.pending.push_back((*slot, *generation));
+                    if self.pending.len() + self.live.len() > max {
+                        return self.fail(format!(
+                            "{} live children and forks exceed max_children {max}",
+                            self.pending.len() + self.live.len()
+                        ));
+                    }
+                }
+                Action::Signal {
+                    pid,
+                    signal,
+                    reason,
+                } => {
+                    let serving = self.live.values().filter(|c| c.serving()).count();
+                    let Some(c) = self.live.get_mut(pid) else {
+                        return self.fail(format!("{signal:?} to {pid:?}, not a live child"));
+                    };
+                    match signal {
+                        Signal::Term => {
+                            if c.termed || c.killed {
+                                return self.fail(format!(
+                                    "second TERM/after KILL to {pid:?} ({reason:?})"
+                                ));
+                            }
+                            let counted = c.serving();
+                            c.termed = true;
+                            if reloading
+                                && counted
+                                && matches!(reason, SignalReason::Reload | SignalReason::ScaleDown)
+                                && serving <= self.last_min_serving
+                            {
+                                return self.fail(format!(
+                                    "reload retirement of {pid:?} leaves {} serving, below {}",
+                                    serving - 1,
+                                    self.last_min_serving
+                                ));
+                            }
+                        }
+                        Signal::Kill => {
+                            if c.killed {
+                                return self.fail(format!("second KILL to {pid:?}"));
+                            }
+                            c.killed = true;
+                        }
+                        Signal::Usr1 => {}
+                        other => {
+                            return self.fail(format!("unexpected signal {other:?} to a child"))
+                        }
+                    }
+                }
+                Action::RunHook(Hook::AfterInit) => {
+                    if !self.trace.is_empty() {
+                        return self.fail("after_init run twice or late".into());
+                    }
+                }
+                Action::Exit { .. } => {
+                    if after != State::Stopped {
+                        return self.fail(format!("Exit while {}", after.name()));
+                    }
+                    self.exited = true;
+                }
+                _ => {}
+            }
+            self.trace.push(action);
+        }
+        if after == State::Stopped && !self.exited {
+            return self.fail("Stopped without an Exit action".into());
+        }
+        let counts = self.machine.counts();
+        if counts.alive() > max {
+            return self.fail(format!(
+                "machine counts {counts:?} exceed max_children {max}"
+            ));
+        }
+        if after != State::Stopped {
+            let ours: BTreeSet<Pid> = self.live.keys().copied().collect();
+            let theirs: BTreeSet<Pid> = self.machine.pids().collect();
+            if ours != theirs {
+                return self.fail(format!(
+                    "machine tracks pids {theirs:?}, live children are {ours:?}"
+                ));
+            }
+        }
+        if reloading && after == State::Serving {
+            let generation = self.machine.generation();
+            if let Some((pid, _)) = self.live.iter().find(|(_, c)| {
+                c.generation < generation && !(c.termed || c.killed || c.self_retiring)
+            }) {
+                return self.fail(format!(
+                    "reload finished but old-generation child {pid:?} was never retired"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Drives the machine with quiet events (forks succeed, children start and idle,
+    /// signals are obeyed, timers fire) until nothing is due, then checks the pool is
+    /// in the scaling policy's quiet range. Returns the number of rounds it took.
+    pub fn quiesce(&mut self) -> Result<usize, Violation> {
+        // Periodic work (reload checks) keeps a deadline forever, so "settled" also
+        // means: no spawn or signal for longer than any timer of the machine.
+        let o = self.machine.options();
+        let horizon = o.backoff_max + o.graceful_timeout + o.kill_grace + o.start_timeout;
+        let mut stable_since: Option<Time> = None;
+        for round in 0..10_000 {
+            match self.machine.state() {
+                State::Stopped | State::ShuttingDown => return Ok(round),
+                State::Init => self.feed(Event::HookFinished {
+                    hook: HookKind::AfterInit,
+                    ok: true,
+                })?,
+                _ => {}
+            }
+            let seen = self.trace.len();
+            while !self.pending.is_empty() {
+                self.apply_quiet(Op::SpawnOk)?;
+            }
+            let unready: Vec<Pid> = self
+                .live
+                .iter()
+                .filter(|(_, c)| !c.ready)
+                .map(|(p, _)| *p)
+                .collect();
+            for pid in unready {
+                if let Some(c) = self.live.get_mut(&pid) {
+                    c.ready = true;
+                }
+                self.feed(Event::ChildReady { pid })?;
+            }
+            for c in self.live.values_mut() {
+                c.busy = false;
+            }
+            self.disconnected.clear();
+            self.tick()?;
+            self.deliver()?;
+            let deadline = self.machine.poll_timeout();
+            if let Some(t) = deadline {
+                self.now = self.now.max(t);
+                self.feed(Event::Timer)?;
+            }
+            let changed = self.trace[seen..]
+                .iter()
+                .any(|a| matches!(a, Action::Spawn { .. } | Action::Signal { .. }));
+            let settled = self.pending.is_empty()
+                && self
+                    .live
+                    .values()
+                    .all(|c| !c.termed && !c.killed && !c.self_retiring);
+            if changed || !settled {
+                stable_since = None;
+            } else if stable_since.is_none() {
+                stable_since = Some(self.now);
+            }
+            let quiet_for = stable_since.map(|t| self.now - t);
+            if settled && !changed && (deadline.is_none() || quiet_for > Some(horizon)) {
+                return self.check_quiet().map(|()| round);
+            }
+        }
+        self.fail("the pool did not settle within 10,000 quiet rounds".into())
+    }
+
+    fn apply_quiet(&mut self, op: Op) -> Result<(), Violation> {
+        let step = self.step;
+        let r = self.apply(op);
+        self.step = step;
+        r
+    }
+
+    fn check_quiet(&self) -> Result<(), Violation> {
+        let state = self.machine.state();
+        if state != State::Serving {
+            return self.fail(format!("settled in {} instead of Serving", state.name()));
+        }
+        let max = self.machine.options().max_children;
+        let range = self.machine.scaling_policy().quiet_range();
+        let (lo, hi) = ((*range.start()).min(max), (*range.end()).min(max));
+        let n = self.live.len();
+        if n < lo || n > hi {
+            return self.fail(format!(
+                "settled with {n} children, outside the quiet range {lo}..={hi}"
+            ));
+        }
+        Ok(())
+    }
+
+    /// Sends TERM with half the children busy and ignoring it, then lets time pass
+    /// until the machine stops; checks it reaches `Stopped` and reaps every child.
+    pub fn shut_down(&mut self) -> Result<(), Violation> {
+        if !self.exited && self.machine.state() != State::ShuttingDown {
+            let busy: Vec<Pid> = self.live.keys().copied().step_by(2).collect();
+            for pid in busy {
+                if let Some(c) = self.live.get_mut(&pid) {
+                    if c.ready && !c.self_retiring {
+                        c.busy = true;
+                    }
+                }
+            }
+            self.tick()?;
+            self.feed(Event::Signal(Signal::Term))?;
+        }
+        for _ in 0..10_000 {
+            if self.exited {
+                break;
+            }
+            while !self.pending.is_empty() {
+                self.apply_quiet(Op::SpawnOk)?;
+            }
+            self.deliver()?;
+            if self.exited {
+                break;
+            }
+            match self.machine.poll_timeout() {
+                Some(t) => {
+                    self.now = self.now.max(t);
+                    self.feed(Event::Timer)?;
+                }
+                None => {
+                    return self.fail(format!(
+                        "stuck in {} with no deadline",
+                        self.machine.state().name()
+                    ))
+                }
+            }
+        }
+        if !self.exited {
+            return self.fail("shutdown did not reach Stopped".into());
+        }
+        if let Some(pid) = self.live.keys().next() {
+            // Children are left only if the machine gave up on them after KILL (a
+            // random op jumped past the wait), and then it must say so.
+            if self.machine.exit_code() != Some(1) {
+                return self.fail(format!("stopped cleanly with child {pid:?} still alive"));
+            }
+        }
+        Ok(())
+    }
+
+    /// [`quiesce`](Self::quiesce), then [`shut_down`](Self::shut_down).
+    pub fn finish(&mut self) -> Result<(), Violation> {
+        self.step += 1;
+        if !self.exited {
+            self.quiesce()?;
+        }
+        self.step += 1;
+        self.shut_down()
+    }
+}

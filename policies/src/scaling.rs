@@ -417,9 +417,11 @@ impl ScalingPolicy for ApacheLike {
         let c = &self.config;
         let idle_like = pool.idle + pool.starting;
         let cap = c.max_request_workers.min(pool.max_children);
-        if idle_like > c.max_spare_servers && pool.idle > 0 {
-            self.state
-                .retire_one(now, c.retire_interval, idle_like - 1 > c.max_spare_servers)
+        // Above the cap (after a TTOU or a reload's surge) counts as too many idle.
+        let over_cap = pool.total() > cap;
+        if (idle_like > c.max_spare_servers || over_cap) && pool.idle > 0 {
+            let more = idle_like - 1 > c.max_spare_servers || pool.total() - 1 > cap;
+            self.state.retire_one(now, c.retire_interval, more)
         } else if idle_like < c.min_spare_servers {
             let room = cap.saturating_sub(pool.total()).min(pool.free_slots());
             self.state
@@ -651,9 +653,10 @@ impl ScalingPolicy for Elastic {
             let more = pool.idle > 2 && total - 1 > floor;
             return self.state.retire_one(now, c.retire_interval, more);
         }
-        // Only a ready idle child ends a ramp: children still starting do not, or
-        // the rate would reset between every batch of a burst.
-        if pool.idle > 0 {
+        // Only real spare capacity ends a ramp: children still starting, or the one
+        // just ready and about to take a queued request, do not, or the rate would
+        // reset between every batch of a burst.
+        if pool.idle > 1 {
             self.state.spawn_rate = 1;
         }
         Decision::hold()

@@ -312,6 +312,22 @@ impl Machine {
         self.generation
     }
 
+    /// During a reload, the fewest ready children kept serving; `None` otherwise.
+    pub fn min_serving(&self) -> Option<usize> {
+        match self.phase {
+            Phase::Reloading { min_serving, .. } => Some(min_serving),
+            _ => None,
+        }
+    }
+
+    /// The exit code, once [`State::Stopped`].
+    pub fn exit_code(&self) -> Option<i32> {
+        match self.phase {
+            Phase::Stopped { code } => Some(code),
+            _ => None,
+        }
+    }
+
     /// The pool's counts after the last event.
     pub fn counts(&self) -> Counts {
         self.counts
@@ -940,16 +956,23 @@ impl Machine {
         if let Phase::Reloading { .. } = self.phase {
             self.step_reload();
         }
-        if let Phase::Spawning { target } = self.phase {
+        // Until the initial children serve, crashed ones are replaced (after the
+        // backoff) and the policy may add children but not retire any: the pool
+        // only grows toward its initial size. A TTOU may lower that size.
+        let spawn_goal = match self.phase {
+            Phase::Spawning { target } => Some(target.min(self.scaling.initial_children())),
+            _ => None,
+        };
+        if let Some(goal) = spawn_goal {
             let n = self.count();
-            let missing = target.saturating_sub(n.starting + n.serving());
-            self.spawn(missing);
+            self.spawn(goal.saturating_sub(n.starting + n.serving()));
         }
         self.scale();
 
         self.counts = self.count();
+        let n = self.counts;
         match self.phase {
-            Phase::Spawning { target } if self.counts.serving() >= target => {
+            Phase::Spawning { .. } if spawn_goal.is_some_and(|g| n.serving() >= g) => {
                 self.transition(Phase::Serving);
                 self.log(
                     Level::Info,
@@ -1087,6 +1110,7 @@ impl Machine {
             Scale::Spawn(n) => {
                 self.spawn(n);
             }
+            Scale::Retire(_) if matches!(self.phase, Phase::Spawning { .. }) => {}
             Scale::Retire(n) => {
                 let floor = match self.phase {
                     Phase::Reloading { min_serving, .. } => min_serving,

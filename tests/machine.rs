@@ -1,0 +1,741 @@
+//! Scenario tests of the supervisor state machine: one behaviour each, driven event by
+//! event with explicit times.
+
+use preforkd::policy::{Elastic, Fixed, Pid, Registry, ScalingPolicy, TerminateChild};
+use preforkd::{
+    Action, ConnState, Connection, Event, ExitStatus, Hook, HookKind, Level, Machine, Notify,
+    Options, Scoreboard, Signal, SignalReason, SlotReading, SlotState, State, Time,
+};
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+/// A tiny runtime stand-in: remembers spawns, hands out pids, keeps every action.
+struct Rig {
+    m: Machine,
+    now: Time,
+    next_pid: i32,
+    /// (slot, pid) of live children, in spawn order.
+    children: Vec<(usize, Pid)>,
+    busy: Vec<Pid>,
+    requests: Vec<(Pid, u64)>,
+    log: Vec<Action>,
+}
+
+impl Rig {
+    fn new(m: Machine) -> Rig {
+        let mut r = Rig {
+            m,
+            now: Time::ZERO,
+            next_pid: 100,
+            children: vec![],
+            busy: vec![],
+            requests: vec![],
+            log: vec![],
+        };
+        r.drain();
+        r
+    }
+
+    fn start(opts: Options) -> Rig {
+        let mut r = Rig::new(Machine::new(opts).unwrap());
+        r.boot();
+        r
+    }
+
+    /// after_init succeeds, every initial child forks and becomes ready.
+    fn boot(&mut self) {
+        self.feed(Event::HookFinished {
+            hook: HookKind::AfterInit,
+            ok: true,
+        });
+        self.ready_all();
+    }
+
+    fn at(&mut self, ms: u64) -> &mut Self {
+        self.now = Time::from_millis(ms);
+        self
+    }
+
+    /// Feeds an event; answers spawns with fresh pids; returns the new actions.
+    fn feed(&mut self, e: Event<'_>) -> Vec<Action> {
+        self.m.handle(self.now, e);
+        self.drain()
+    }
+
+    fn drain(&mut self) -> Vec<Action> {
+        let mut out = vec![];
+        while let Some(a) = self.m.poll_action() {
+            out.push(a);
+        }
+        // Forks are reported after the batch, as a runtime would.
+        let mut i = 0;
+        while i < out.len() {
+            if let Action::Spawn { slot, .. } = out[i] {
+                let pid = Pid(self.next_pid);
+                self.next_pid += 1;
+                self.children.push((slot, pid));
+                self.m.handle(self.now, Event::ChildSpawned { slot, pid });
+                while let Some(a) = self.m.poll_action() {
+                    out.push(a);
+                }
+            }
+            i += 1;
+        }
+        self.log.extend(out.iter().cloned());
+        out
+    }
+
+    fn ready_all(&mut self) -> Vec<Action> {
+        let mut out = vec![];
+        let mut seen = 0;
+        // Readiness may trigger more spawns; make those ready too.
+        while seen < self.children.len() {
+            let (_, pid) = self.children[seen];
+            out.extend(self.feed(Event::ChildReady { pid }));
+            seen += 1;
+        }
+        out
+    }
+
+    fn exit(&mut self, pid: Pid, status: ExitStatus) -> Vec<Action> {
+        self.children.retain(|&(_, p)| p != pid);
+        self.busy.retain(|&p| p != pid);
+        self.feed(Event::ChildExited { pid, status })
+    }
+
+    fn pids(&self) -> Vec<Pid> {
+        self.children.iter().map(|&(_, p)| p).collect()
+    }
+
+    fn tick(&mut self) -> Vec<Action> {
+        let mut sb = Scoreboard {
+            slots: vec![SlotReading::default(); self.m.options().max_children],
+            backlog: None,
+        };
+        for &(slot, pid) in &self.children {
+            let busy = self.busy.contains(&pid);
+            sb.slots[slot] = SlotReading {
+                pid,
+                state: if busy { SlotState::Busy } else { SlotState::Idle },
+                requests: self
+                    .requests
+                    .iter()
+                    .find(|(p, _)| *p == pid)
+                    .map_or(0, |&(_, n)| n),
+                request_start: busy.then_some(self.now),
+                heartbeat: self.now,
+            };
+        }
+        self.feed(Event::Scoreboard(&sb))
+    }
+
+    fn timer(&mut self) -> Vec<Action> {
+        let t = self.m.poll_timeout().expect("a deadline");
+        self.now = t;
+        self.feed(Event::Timer)
+    }
+}
+
+fn signals(actions: &[Action]) -> Vec<(Pid, Signal, SignalReason)> {
+    actions
+        .iter()
+        .filter_map(|a| match *a {
+            Action::Signal {
+                pid,
+                signal,
+                reason,
+            } => Some((pid, signal, reason)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn spawns(actions: &[Action]) -> usize {
+    actions
+        .iter()
+        .filter(|a| matches!(a, Action::Spawn { .. }))
+        .count()
+}
+
+fn logged(actions: &[Action], needle: &str) -> bool {
+    actions
+        .iter()
+        .any(|a| matches!(a, Action::Log { message, .. } if message.contains(needle)))
+}
+
+fn opts(prefork: usize, max: usize) -> Options {
+    Options {
+        prefork,
+        max_children: max,
+        ..Options::default()
+    }
+}
+
+#[test]
+fn starts_prefork_children_then_notifies_ready() {
+    let mut r = Rig::new(Machine::new(opts(3, 10)).unwrap());
+    assert_eq!(r.log, vec![Action::RunHook(Hook::AfterInit)]);
+    let a = r.feed(Event::HookFinished {
+        hook: HookKind::AfterInit,
+        ok: true,
+    });
+    assert_eq!(spawns(&a), 3);
+    assert_eq!(r.m.state(), State::Spawning);
+    let a = r.ready_all();
+    assert_eq!(r.m.state(), State::Serving);
+    assert!(a.contains(&Action::Notify(Notify::Ready)));
+    assert_eq!(r.m.counts().idle, 3);
+}
+
+#[test]
+fn after_init_failure_exits_1_without_children() {
+    let mut r = Rig::new(Machine::new(opts(3, 10)).unwrap());
+    let a = r.feed(Event::HookFinished {
+        hook: HookKind::AfterInit,
+        ok: false,
+    });
+    assert_eq!(spawns(&a), 0);
+    assert_eq!(a.last(), Some(&Action::Exit { code: 1 }));
+    assert_eq!(r.m.state(), State::Stopped);
+    // A stopped machine stays silent.
+    assert!(r.feed(Event::Signal(Signal::Hup)).is_empty());
+}
+
+#[test]
+fn graceful_shutdown_waits_for_children_then_kills_stragglers() {
+    let mut r = Rig::start(Options {
+        graceful_timeout: Duration::from_secs(30),
+        ..opts(2, 10)
+    });
+    let (a, b) = (r.pids()[0], r.pids()[1]);
+    r.at(1000);
+    let acts = r.feed(Event::Signal(Signal::Term));
+    assert_eq!(r.m.state(), State::ShuttingDown);
+    // before_shutdown runs before the children are told, as the seed says.
+    let hook = acts
+        .iter()
+        .position(|x| *x == Action::RunHook(Hook::BeforeShutdown))
+        .unwrap();
+    let first_term = acts
+        .iter()
+        .position(|x| matches!(x, Action::Signal { .. }))
+        .unwrap();
+    assert!(hook < first_term);
+    assert!(acts.contains(&Action::Notify(Notify::Stopping)));
+    assert_eq!(
+        signals(&acts),
+        vec![
+            (a, Signal::Term, SignalReason::Shutdown),
+            (b, Signal::Term, SignalReason::Shutdown)
+        ]
+    );
+    assert_eq!(r.m.poll_timeout(), Some(Time::from_millis(31_000)));
+    // One child finishes; a HUP or a TTIN now changes nothing and spawns nothing.
+    r.exit(a, ExitStatus::Exited(0));
+    assert_eq!(spawns(&r.feed(Event::Signal(Signal::Hup))), 0);
+    assert_eq!(spawns(&r.feed(Event::Signal(Signal::Ttin))), 0);
+    // The other ignores TERM: KILLed at the deadline.
+    let acts = r.timer();
+    assert_eq!(r.now, Time::from_millis(31_000));
+    assert_eq!(
+        signals(&acts),
+        vec![(b, Signal::Kill, SignalReason::Escalation)]
+    );
+    let acts = r.exit(b, ExitStatus::Signaled(9));
+    assert_eq!(acts.last(), Some(&Action::Exit { code: 0 }));
+    assert_eq!(r.m.state(), State::Stopped);
+}
+
+#[test]
+fn second_term_and_quit_stop_immediately() {
+    let mut r = Rig::start(opts(2, 10));
+    r.feed(Event::Signal(Signal::Int));
+    let acts = r.feed(Event::Signal(Signal::Term));
+    let kills: Vec<_> = signals(&acts)
+        .into_iter()
+        .filter(|s| s.1 == Signal::Kill)
+        .collect();
+    assert_eq!(kills.len(), 2);
+
+    let mut r = Rig::start(opts(2, 10));
+    let acts = r.feed(Event::Signal(Signal::Quit));
+    assert_eq!(
+        signals(&acts)
+            .iter()
+            .filter(|s| s.1 == Signal::Kill)
+            .count(),
+        2
+    );
+    for pid in r.pids() {
+        r.exit(pid, ExitStatus::Signaled(9));
+    }
+    assert_eq!(r.m.exit_code(), Some(0));
+}
+
+#[test]
+fn shutdown_gives_up_with_code_1_if_killed_children_are_never_reaped() {
+    let mut r = Rig::start(Options {
+        graceful_timeout: Duration::from_secs(1),
+        kill_wait: Duration::from_secs(2),
+        ..opts(1, 4)
+    });
+    r.feed(Event::Signal(Signal::Term));
+    r.timer(); // KILL at 1 s
+    let acts = r.timer(); // give up at 3 s
+    assert_eq!(r.now, Time::from_millis(3000));
+    assert_eq!(acts.last(), Some(&Action::Exit { code: 1 }));
+    assert!(logged(&acts, "not reaped"));
+}
+
+#[test]
+fn crash_loop_backs_off_exponentially_and_a_healthy_child_resets_it() {
+    let mut r = Rig::new(
+        Machine::builder(Options {
+            backoff_initial: Duration::from_millis(100),
+            backoff_max: Duration::from_millis(700),
+            ..opts(1, 4)
+        })
+        .scaling(Fixed(1))
+        .build()
+        .unwrap(),
+    );
+    r.feed(Event::HookFinished {
+        hook: HookKind::AfterInit,
+        ok: true,
+    });
+    let mut delays = vec![];
+    let mut t = 0;
+    for _ in 0..5 {
+        let pid = r.pids()[0];
+        let acts = r.exit(pid, ExitStatus::Exited(1));
+        assert_eq!(spawns(&acts), 0, "no respawn during backoff");
+        assert!(logged(&acts, "exited early (exit code 1)"));
+        // Other deadlines (status coalescing) may come first; none of them spawns.
+        let mut acts = r.timer();
+        for _ in 0..3 {
+            if spawns(&acts) > 0 {
+                break;
+            }
+            acts = r.timer();
+        }
+        assert_eq!(spawns(&acts), 1);
+        delays.push(r.now.as_millis() - t);
+        t = r.now.as_millis();
+    }
+    assert_eq!(delays, vec![100, 200, 400, 700, 700]);
+    // This one becomes ready and lives past min_healthy_uptime: the streak resets.
+    let pid = r.pids()[0];
+    r.feed(Event::ChildReady { pid });
+    r.at(t + 1500);
+    r.tick();
+    let acts = r.exit(pid, ExitStatus::Signaled(11));
+    assert_eq!(spawns(&acts), 1, "a healthy child's death is replaced at once");
+    assert!(acts
+        .iter()
+        .any(|a| matches!(a, Action::Log { level: Level::Warning, message } if message.contains("signal 11"))));
+    let pid = r.pids()[0];
+    r.exit(pid, ExitStatus::Exited(1));
+    let before = r.now.as_millis();
+    while spawns(&r.timer()) == 0 {}
+    assert_eq!(r.now.as_millis() - before, 100);
+}
+
+#[test]
+fn busy_timeout_terms_then_kills_and_says_why() {
+    let mut r = Rig::start(Options {
+        busy_timeout: Some(Duration::from_secs(10)),
+        kill_grace: Duration::from_secs(2),
+        ..opts(2, 4)
+    });
+    let pid = r.pids()[0];
+    r.busy.push(pid);
+    r.at(1000);
+    r.tick();
+    assert_eq!(r.m.poll_timeout(), Some(Time::from_millis(11_000)));
+    let acts = r.timer();
+    assert_eq!(
+        signals(&acts),
+        vec![(pid, Signal::Term, SignalReason::BusyTimeout)]
+    );
+    let acts = r.timer();
+    assert_eq!(r.now, Time::from_millis(13_000));
+    assert_eq!(
+        signals(&acts),
+        vec![(pid, Signal::Kill, SignalReason::Escalation)]
+    );
+    let acts = r.exit(pid, ExitStatus::Signaled(9));
+    assert!(logged(&acts, "stopped by the busy timeout, KILLed"));
+}
+
+#[test]
+fn request_limits_have_seeded_jitter_and_recycle_children() {
+    let limits = |seed: u64| {
+        let r = Rig::start(Options {
+            max_requests_per_child: Some(100),
+            max_requests_jitter: 50,
+            seed,
+            ..opts(8, 8)
+        });
+        r.log
+            .iter()
+            .filter_map(|a| match a {
+                Action::Spawn { max_requests, .. } => *max_requests,
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    let a = limits(1);
+    assert_eq!(a.len(), 8);
+    assert!(a.iter().all(|&m| (100..=150).contains(&m)), "{a:?}");
+    assert!(a.iter().any(|&m| m != a[0]), "jitter spreads limits: {a:?}");
+    assert_eq!(a, limits(1));
+    assert_ne!(a, limits(2));
+
+    let mut r = Rig::start(Options {
+        max_requests_per_child: Some(10),
+        ..opts(2, 4)
+    });
+    let pid = r.pids()[1];
+    r.requests.push((pid, 10));
+    let acts = r.tick();
+    assert_eq!(
+        signals(&acts),
+        vec![(pid, Signal::Term, SignalReason::MaxRequests)]
+    );
+    assert_eq!(spawns(&acts), 1, "the recycled child is replaced at once");
+    let acts = r.exit(pid, ExitStatus::Exited(0));
+    assert!(logged(&acts, "recycled after its request limit"));
+    assert_eq!(spawns(&acts), 0);
+}
+
+#[test]
+fn usr1_reopens_logs_in_parent_and_children() {
+    let mut r = Rig::start(opts(3, 4));
+    let acts = r.feed(Event::Signal(Signal::Usr1));
+    assert_eq!(acts[0], Action::ReopenLogs);
+    let usr1: Vec<_> = signals(&acts)
+        .into_iter()
+        .filter(|s| s.1 == Signal::Usr1)
+        .map(|s| s.0)
+        .collect();
+    assert_eq!(usr1, r.pids());
+}
+
+fn closed(pid: Pid, port: u16) -> Connection {
+    let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    Connection {
+        conn: preforkd::policy::Disconnect {
+            pid,
+            proto: preforkd::policy::Proto::Tcp,
+            local_host: lo,
+            local_port: 8080,
+            foreign_host: lo,
+            foreign_port: port,
+        },
+        state: ConnState::CloseWait,
+    }
+}
+
+#[test]
+fn a_lingering_disconnect_is_reported_once() {
+    let mut r = Rig::start(opts(2, 4));
+    let pid = r.pids()[0];
+    let conns = [closed(pid, 5000)];
+    let hooks = |acts: &[Action]| {
+        acts.iter()
+            .filter(|a| matches!(a, Action::RunHook(Hook::ClientDisconnect(_))))
+            .count()
+    };
+    assert_eq!(hooks(&r.feed(Event::Netstat(&conns))), 1);
+    assert_eq!(hooks(&r.feed(Event::Netstat(&conns))), 0);
+    assert_eq!(hooks(&r.feed(Event::Netstat(&conns))), 0);
+    // Established connections and unknown pids are not disconnects.
+    let other = [
+        Connection {
+            state: ConnState::Established,
+            ..closed(pid, 5001)
+        },
+        closed(Pid(4242), 5002),
+    ];
+    assert_eq!(hooks(&r.feed(Event::Netstat(&other))), 0);
+    // A new disconnect on another port is reported.
+    assert_eq!(hooks(&r.feed(Event::Netstat(&[closed(pid, 5003)]))), 1);
+}
+
+#[test]
+fn terminate_child_policy_cancels_a_busy_childs_job() {
+    let mut r = Rig::new(
+        Machine::builder(opts(2, 4))
+            .disconnect(TerminateChild)
+            .build()
+            .unwrap(),
+    );
+    r.boot();
+    let (a, b) = (r.pids()[0], r.pids()[1]);
+    r.busy.push(a);
+    r.tick();
+    let acts = r.feed(Event::Netstat(&[closed(a, 6000), closed(b, 6001)]));
+    assert_eq!(
+        signals(&acts),
+        vec![(a, Signal::Term, SignalReason::Disconnect)]
+    );
+}
+
+#[test]
+fn unknown_and_duplicate_exits_are_harmless() {
+    let mut r = Rig::start(opts(2, 4));
+    let acts = r.feed(Event::ChildExited {
+        pid: Pid(99_999),
+        status: ExitStatus::Exited(0),
+    });
+    assert!(logged(&acts, "not one of our children"));
+    assert_eq!(r.m.counts().idle, 2);
+    let pid = r.pids()[0];
+    r.exit(pid, ExitStatus::Exited(0));
+    let n = r.m.counts();
+    let acts = r.feed(Event::ChildExited {
+        pid,
+        status: ExitStatus::Exited(0),
+    });
+    assert_eq!(spawns(&acts), 0);
+    assert_eq!(r.m.counts(), n);
+    // A spawn report for a slot nobody asked for is refused.
+    let acts = r.feed(Event::ChildSpawned {
+        slot: 3,
+        pid: Pid(5),
+    });
+    assert!(logged(&acts, "matches no pending spawn"));
+    assert!(!r.m.pids().any(|p| p == Pid(5)));
+}
+
+#[test]
+fn ttin_and_ttou_move_the_pool() {
+    let mut r = Rig::new(
+        Machine::builder(opts(2, 5))
+            .scaling(Fixed(2))
+            .build()
+            .unwrap(),
+    );
+    r.boot();
+    assert_eq!(spawns(&r.feed(Event::Signal(Signal::Ttin))), 1);
+    r.ready_all();
+    assert_eq!(r.m.counts().idle, 3);
+    let acts = r.feed(Event::Signal(Signal::Ttou));
+    assert_eq!(signals(&acts).len(), 1);
+    assert_eq!(signals(&acts)[0].2, SignalReason::ScaleDown);
+}
+
+#[test]
+fn elastic_grows_when_saturated_and_shrinks_back_gently() {
+    let mut r = Rig::start(opts(3, 150));
+    r.busy = r.pids();
+    let acts = r.tick();
+    assert_eq!(spawns(&acts), 1, "ramp starts at one");
+    r.ready_all();
+    r.busy = r.pids();
+    assert_eq!(spawns(&r.tick()), 2, "then doubles");
+    r.ready_all();
+    r.busy.clear();
+    r.at(10_000);
+    // 6 idle: retire one per second down to prefork (3).
+    let mut retired = 0;
+    let acts = r.tick();
+    for (pid, sig, why) in signals(&acts) {
+        assert_eq!((sig, why), (Signal::Term, SignalReason::ScaleDown));
+        r.exit(pid, ExitStatus::Exited(0));
+        retired += 1;
+    }
+    while let Some(t) = r.m.poll_timeout() {
+        assert!(t.as_millis() >= r.now.as_millis() + 1000 || retired == 0);
+        let acts = r.timer();
+        for (pid, _, _) in signals(&acts) {
+            r.exit(pid, ExitStatus::Exited(0));
+            retired += 1;
+        }
+    }
+    assert_eq!(retired, 3);
+    assert_eq!(r.m.counts().idle, 3);
+    // Idle and in range: nothing to wake up for.
+    assert_eq!(r.m.poll_timeout(), None);
+}
+
+#[test]
+fn hup_rolls_children_over_without_dropping_below_the_minimum() {
+    let mut r = Rig::start(opts(3, 10));
+    let old = r.pids();
+    let acts = r.feed(Event::Signal(Signal::Hup));
+    assert_eq!(r.m.state(), State::Reloading);
+    assert!(acts.contains(&Action::Notify(Notify::Reloading)));
+    assert_eq!(spawns(&acts), 3, "replacements first");
+    assert!(signals(&acts).is_empty(), "no old child retired before a replacement is ready");
+    let new: Vec<Pid> = r.pids().into_iter().filter(|p| !old.contains(p)).collect();
+    // Each new child ready retires one old one.
+    for (i, &pid) in new.iter().enumerate() {
+        let acts = r.feed(Event::ChildReady { pid });
+        let s = signals(&acts);
+        assert_eq!(s.len(), 1, "step {i}: {s:?}");
+        assert_eq!(s[0].2, SignalReason::Reload);
+        assert!(old.contains(&s[0].0));
+    }
+    assert_eq!(r.m.state(), State::Serving);
+    assert!(r.log.contains(&Action::Notify(Notify::Ready)));
+    for pid in new {
+        assert_eq!(r.m.generation_of(pid), Some(2));
+    }
+}
+
+#[test]
+fn hup_with_a_full_pool_replaces_one_child_at_a_time() {
+    let mut r = Rig::new(
+        Machine::builder(opts(3, 3))
+            .scaling(Fixed(3))
+            .build()
+            .unwrap(),
+    );
+    r.boot();
+    let acts = r.feed(Event::Signal(Signal::Hup));
+    assert_eq!(spawns(&acts), 0, "no free slot");
+    let s = signals(&acts);
+    assert_eq!(s.len(), 1, "one old child makes room: {s:?}");
+    let mut retiring = s[0].0;
+    for _ in 0..3 {
+        assert!(r.m.counts().serving() >= 2);
+        let acts = r.exit(retiring, ExitStatus::Exited(0));
+        assert_eq!(spawns(&acts), 1);
+        let newest = *r.pids().last().unwrap();
+        let acts = r.feed(Event::ChildReady { pid: newest });
+        match signals(&acts).as_slice() {
+            [] => break,
+            [(pid, Signal::Term, SignalReason::Reload)] => retiring = *pid,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(r.m.state(), State::Serving);
+    assert!(r.pids().iter().all(|&p| r.m.generation_of(p) == Some(2)));
+}
+
+#[test]
+fn files_changed_runs_the_reload_handler_and_checks_are_periodic() {
+    let mut r = Rig::start(Options {
+        auto_reload_check_every: Some(Duration::from_secs(5)),
+        ..opts(1, 4)
+    });
+    // The first deadline is the coalesced status notification, then the check.
+    assert_eq!(r.m.poll_timeout(), Some(Time::from_millis(1000)));
+    r.timer();
+    assert_eq!(r.m.poll_timeout(), Some(Time::from_millis(5000)));
+    let acts = r.at(5000).feed(Event::Timer);
+    assert!(acts.contains(&Action::CheckForChanges));
+    assert_eq!(r.m.poll_timeout(), Some(Time::from_millis(10_000)));
+    let acts = r.feed(Event::FilesChanged);
+    assert!(acts.contains(&Action::RunHook(Hook::ReloadHandler)));
+    assert_eq!(r.m.state(), State::Reloading);
+}
+
+#[test]
+fn time_never_runs_backwards() {
+    let mut r = Rig::start(Options {
+        busy_timeout: Some(Duration::from_secs(10)),
+        ..opts(1, 4)
+    });
+    let pid = r.pids()[0];
+    r.busy.push(pid);
+    r.at(20_000);
+    r.tick();
+    r.at(5_000);
+    let acts = r.feed(Event::Timer);
+    assert!(signals(&acts).is_empty());
+    let acts = r.at(30_000).feed(Event::Timer);
+    assert_eq!(signals(&acts)[0].2, SignalReason::BusyTimeout);
+}
+
+#[test]
+fn options_and_policies_load_from_config_files_by_seed_names() {
+    let opts: Options =
+        serde_json::from_str(r#"{"prefork": 4, "max_children": 20, "auto_reload_check_every": 10}"#)
+            .unwrap();
+    assert_eq!(opts.auto_reload_check_every, Some(Duration::from_secs(10)));
+    let m = Machine::new(opts).unwrap();
+    assert_eq!(m.scaling_policy().name(), "elastic");
+    assert_eq!(m.scaling_policy().quiet_range(), 4..=4);
+
+    let err = serde_json::from_str::<Options>(r#"{"max_childern": 3}"#).unwrap_err();
+    assert!(err.to_string().contains("max_childern"), "{err}");
+
+    let registry = Registry::with_builtins();
+    let cfg = r#"{"prefork": 2, "max_children": 9}"#;
+    let mut de = serde_json::Deserializer::from_str(cfg);
+    let p = registry
+        .scaling("elastic", &mut <dyn erased_serde::Deserializer>::erase(&mut de))
+        .unwrap();
+    let m = Machine::builder(Options::default())
+        .scaling_boxed(p)
+        .build()
+        .unwrap();
+    assert_eq!(m.scaling_policy().initial_children(), 2);
+
+    let mut de = serde_json::Deserializer::from_str("{}");
+    let err = registry
+        .scaling("apache", &mut <dyn erased_serde::Deserializer>::erase(&mut de))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("unknown scaling policy \"apache\""), "{err}");
+    assert!(err.contains("apache_like"), "{err}");
+
+    let mut de = serde_json::Deserializer::from_str(r#"{"prefork": 9, "max_children": 3}"#);
+    let err = registry
+        .scaling("elastic", &mut <dyn erased_serde::Deserializer>::erase(&mut de))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("prefork (9) exceeds max_children (3)"), "{err}");
+}
+
+#[test]
+fn a_running_policy_state_survives_serialization() {
+    let mut a = Elastic::from_seed(3, 150).unwrap();
+    let busy = preforkd::policy::PoolSnapshot::new(0, 0, 5, 150);
+    for _ in 0..3 {
+        let _ = a.decide(&busy, Time::ZERO);
+    }
+    let mut buf = vec![];
+    {
+        let mut ser = serde_json::Serializer::new(&mut buf);
+        let state = a.state().unwrap();
+        erased_serde::serialize(state, &mut ser).unwrap();
+    }
+    let mut b = Elastic::from_seed(3, 150).unwrap();
+    let mut de = serde_json::Deserializer::from_slice(&buf);
+    b.restore_state(&mut <dyn erased_serde::Deserializer>::erase(&mut de))
+        .unwrap();
+    // Three decisions ramped 1, 2, 4: both continue at 8, then 16.
+    assert_eq!(a.decide(&busy, Time::ZERO), b.decide(&busy, Time::ZERO));
+    assert_eq!(
+        b.decide(&busy, Time::ZERO).scale,
+        preforkd::policy::Scale::Spawn(16)
+    );
+}
+
+#[test]
+fn bad_options_name_the_option() {
+    for (o, needle) in [
+        (opts(3, 0), "max_children"),
+        (opts(10, 5), "prefork (10) exceeds max_children (5)"),
+        (
+            Options {
+                max_requests_jitter: 5,
+                ..Options::default()
+            },
+            "max_requests_jitter",
+        ),
+        (
+            Options {
+                auto_reload_check_every: Some(Duration::ZERO),
+                ..Options::default()
+            },
+            "auto_reload_check_every",
+        ),
+    ] {
+        let e = Machine::new(o).unwrap_err().to_string();
+        assert!(e.contains(needle), "{e}");
+    }
+}
