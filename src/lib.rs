@@ -41,6 +41,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod fuzzing;
 pub mod oracle;
 pub mod sim;
 pub mod supervisor;

@@ -566,10 +566,8 @@ impl Harness {
                         }
                     }
                 }
-                Action::RunHook(Hook::AfterInit) => {
-                    if !self.trace.is_empty() {
-                        return self.fail("after_init run twice or late".into());
-                    }
+                Action::RunHook(Hook::AfterInit) if !self.trace.is_empty() => {
+                    return self.fail("after_init run twice or late".into());
                 }
                 Action::Exit { .. } => {
                     if after != State::Stopped {

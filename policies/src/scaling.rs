@@ -381,7 +381,7 @@ impl ApacheLikeConfig {
 /// assert_eq!(p.decide(&PoolSnapshot::new(0, 0, 6, 256), Time::ZERO), Decision::spawn(2));
 /// assert_eq!(p.decide(&PoolSnapshot::new(0, 0, 8, 256), Time::ZERO), Decision::spawn(4));
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct ApacheLike {
     config: ApacheLikeConfig,
     state: RampState,
@@ -400,15 +400,6 @@ impl ApacheLike {
     /// The configuration in force (TTIN/TTOU shift the spare bounds).
     pub fn settings(&self) -> &ApacheLikeConfig {
         &self.config
-    }
-}
-
-impl Default for ApacheLike {
-    fn default() -> Self {
-        ApacheLike {
-            config: ApacheLikeConfig::default(),
-            state: RampState::default(),
-        }
     }
 }
 
@@ -584,7 +575,7 @@ impl ElasticConfig {
 /// let pool = PoolSnapshot::new(0, 0, 3, 150).with_backlog(Some(137));
 /// assert_eq!(p.decide(&pool, Time::ZERO), Decision::spawn(137));
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Elastic {
     config: ElasticConfig,
     state: RampState,
@@ -618,15 +609,6 @@ impl Elastic {
         // With prefork 0 a pool still keeps one child: "grow while none is idle"
         // would start one the moment it reached zero.
         self.config.prefork.max(1).min(self.config.max_children)
-    }
-}
-
-impl Default for Elastic {
-    fn default() -> Self {
-        Elastic {
-            config: ElasticConfig::default(),
-            state: RampState::default(),
-        }
     }
 }
 

@@ -513,6 +513,10 @@ impl Machine {
                 SignalReason::ScaleDown => (Level::Info, "retired: too many idle"),
                 _ => (Level::Info, "stopped"),
             };
+            if r.reason == SignalReason::StartTimeout {
+                // A child that cannot start is a crash: back off before the next.
+                self.count_crash();
+            }
             let killed = if c.killed { ", KILLed" } else { "" };
             self.log(
                 level,

@@ -1,0 +1,1 @@
+//! Placeholder: the fuzz-input decoder lands here.
