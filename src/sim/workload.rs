@@ -181,7 +181,10 @@ mod tests {
             .requests()
             .windows(2)
             .all(|w| w[0].arrival <= w[1].arrival));
-        assert!(a.requests().iter().all(|r| r.arrival < Time::from_millis(100_000)));
+        assert!(a
+            .requests()
+            .iter()
+            .all(|r| r.arrival < Time::from_millis(100_000)));
     }
 
     #[test]
