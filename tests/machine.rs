@@ -116,7 +116,11 @@ impl Rig {
             let busy = self.busy.contains(&pid);
             sb.slots[slot] = SlotReading {
                 pid,
-                state: if busy { SlotState::Busy } else { SlotState::Idle },
+                state: if busy {
+                    SlotState::Busy
+                } else {
+                    SlotState::Idle
+                },
                 requests: self
                     .requests
                     .iter()
@@ -329,7 +333,11 @@ fn crash_loop_backs_off_exponentially_and_a_healthy_child_resets_it() {
     r.at(t + 1500);
     r.tick();
     let acts = r.exit(pid, ExitStatus::Signaled(11));
-    assert_eq!(spawns(&acts), 1, "a healthy child's death is replaced at once");
+    assert_eq!(
+        spawns(&acts),
+        1,
+        "a healthy child's death is replaced at once"
+    );
     assert!(acts
         .iter()
         .any(|a| matches!(a, Action::Log { level: Level::Warning, message } if message.contains("signal 11"))));
@@ -345,6 +353,8 @@ fn busy_timeout_terms_then_kills_and_says_why() {
     let mut r = Rig::start(Options {
         busy_timeout: Some(Duration::from_secs(10)),
         kill_grace: Duration::from_secs(2),
+        // Refreshes of the busy child's scoreboard would come first otherwise.
+        busy_refresh: Duration::from_secs(60),
         ..opts(2, 4)
     });
     let pid = r.pids()[0];
@@ -560,6 +570,27 @@ fn elastic_grows_when_saturated_and_shrinks_back_gently() {
 }
 
 #[test]
+fn busy_children_are_looked_at_again_so_the_pool_can_shrink() {
+    let mut r = Rig::start(opts(3, 10));
+    r.busy = r.pids();
+    r.tick();
+    r.ready_all();
+    // Requests finishing do not wake the parent; a refresh is due while any is busy.
+    assert_eq!(r.m.poll_timeout(), Some(Time::from_millis(1000)));
+    r.busy.clear();
+    r.at(1000).tick();
+    r.at(2000).tick();
+    assert_eq!(r.m.counts().busy, 0);
+    while r.m.poll_timeout().is_some() {
+        let acts = r.timer();
+        for (pid, _, _) in signals(&acts) {
+            r.exit(pid, ExitStatus::Exited(0));
+        }
+    }
+    assert_eq!(r.m.counts().idle, 3);
+}
+
+#[test]
 fn hup_rolls_children_over_without_dropping_below_the_minimum() {
     let mut r = Rig::start(opts(3, 10));
     let old = r.pids();
@@ -567,7 +598,10 @@ fn hup_rolls_children_over_without_dropping_below_the_minimum() {
     assert_eq!(r.m.state(), State::Reloading);
     assert!(acts.contains(&Action::Notify(Notify::Reloading)));
     assert_eq!(spawns(&acts), 3, "replacements first");
-    assert!(signals(&acts).is_empty(), "no old child retired before a replacement is ready");
+    assert!(
+        signals(&acts).is_empty(),
+        "no old child retired before a replacement is ready"
+    );
     let new: Vec<Pid> = r.pids().into_iter().filter(|p| !old.contains(p)).collect();
     // Each new child ready retires one old one.
     for (i, &pid) in new.iter().enumerate() {
@@ -651,9 +685,10 @@ fn time_never_runs_backwards() {
 
 #[test]
 fn options_and_policies_load_from_config_files_by_seed_names() {
-    let opts: Options =
-        serde_json::from_str(r#"{"prefork": 4, "max_children": 20, "auto_reload_check_every": 10}"#)
-            .unwrap();
+    let opts: Options = serde_json::from_str(
+        r#"{"prefork": 4, "max_children": 20, "auto_reload_check_every": 10}"#,
+    )
+    .unwrap();
     assert_eq!(opts.auto_reload_check_every, Some(Duration::from_secs(10)));
     let m = Machine::new(opts).unwrap();
     assert_eq!(m.scaling_policy().name(), "elastic");
@@ -666,7 +701,10 @@ fn options_and_policies_load_from_config_files_by_seed_names() {
     let cfg = r#"{"prefork": 2, "max_children": 9}"#;
     let mut de = serde_json::Deserializer::from_str(cfg);
     let p = registry
-        .scaling("elastic", &mut <dyn erased_serde::Deserializer>::erase(&mut de))
+        .scaling(
+            "elastic",
+            &mut <dyn erased_serde::Deserializer>::erase(&mut de),
+        )
         .unwrap();
     let m = Machine::builder(Options::default())
         .scaling_boxed(p)
@@ -676,7 +714,10 @@ fn options_and_policies_load_from_config_files_by_seed_names() {
 
     let mut de = serde_json::Deserializer::from_str("{}");
     let err = registry
-        .scaling("apache", &mut <dyn erased_serde::Deserializer>::erase(&mut de))
+        .scaling(
+            "apache",
+            &mut <dyn erased_serde::Deserializer>::erase(&mut de),
+        )
         .unwrap_err()
         .to_string();
     assert!(err.contains("unknown scaling policy \"apache\""), "{err}");
@@ -684,10 +725,16 @@ fn options_and_policies_load_from_config_files_by_seed_names() {
 
     let mut de = serde_json::Deserializer::from_str(r#"{"prefork": 9, "max_children": 3}"#);
     let err = registry
-        .scaling("elastic", &mut <dyn erased_serde::Deserializer>::erase(&mut de))
+        .scaling(
+            "elastic",
+            &mut <dyn erased_serde::Deserializer>::erase(&mut de),
+        )
         .unwrap_err()
         .to_string();
-    assert!(err.contains("prefork (9) exceeds max_children (3)"), "{err}");
+    assert!(
+        err.contains("prefork (9) exceeds max_children (3)"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -61,6 +61,11 @@ pub struct Options {
     /// and its health resets the crash-loop backoff (1 s).
     #[serde(with = "preforkd_policies::duration_serde")]
     pub min_healthy_uptime: Duration,
+    /// While children are busy, look at the scoreboard again this often: a request
+    /// finishing does not wake the parent, so this is how it learns the pool has gone
+    /// idle and can shrink (1 s). An idle pool never wakes for it.
+    #[serde(with = "preforkd_policies::duration_serde")]
+    pub busy_refresh: Duration,
     /// The least time between two STATUS notifications (1 s).
     #[serde(with = "preforkd_policies::duration_serde")]
     pub status_interval: Duration,
@@ -84,6 +89,7 @@ impl Default for Options {
             backoff_initial: Duration::from_millis(100),
             backoff_max: Duration::from_secs(30),
             min_healthy_uptime: Duration::from_secs(1),
+            busy_refresh: Duration::from_secs(1),
             status_interval: Duration::from_secs(1),
             seed: 0x5eed,
         }
@@ -156,6 +162,7 @@ impl Options {
             ("start_timeout", self.start_timeout),
             ("backoff_initial", self.backoff_initial),
             ("status_interval", self.status_interval),
+            ("busy_refresh", self.busy_refresh),
         ] {
             if d.is_zero() {
                 return Err(invalid(name, "must be greater than zero"));

@@ -1004,6 +1004,9 @@ impl Machine {
             }
         }
         self.notify_status();
+        if self.counts.busy > 0 {
+            due(now + self.opts.busy_refresh);
+        }
         for t in [
             self.policy_recheck,
             self.next_reload_check,
