@@ -60,3 +60,8 @@ pub use supervisor::event::{
 pub use supervisor::machine::{Counts, Machine, MachineBuilder};
 pub use supervisor::rng::SplitMix64;
 pub use supervisor::transitions::{State, TRANSITIONS};
+
+/// The README's examples, compiled and run as doc tests so they stay true.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -492,6 +492,8 @@ impl Harness {
     fn drain(&mut self, before: State) -> Result<(), Violation> {
         let after = self.machine.state();
         let max = self.machine.options().max_children;
+        // One event starts at most one reload; this is its minimum even if the
+        // reload also finished within the event.
         if let Some(m) = self.machine.min_serving() {
             self.last_min_serving = m;
         }

@@ -7,9 +7,7 @@
 //! reaped). Cases per property: `PROPTEST_CASES` (CI sets 1000).
 
 use preforkd::oracle::{Harness, Op};
-use preforkd::policy::{
-    ApacheLike, ApacheLikeConfig, CallHook, Fixed, Rolling, TerminateChild,
-};
+use preforkd::policy::{ApacheLike, ApacheLikeConfig, CallHook, Fixed, Rolling, TerminateChild};
 use preforkd::{Action, ExitStatus, Machine, Options, Signal, State};
 use proptest::prelude::*;
 use std::time::Duration;
@@ -64,17 +62,19 @@ fn setup() -> impl Strategy<Value = Setup> {
                 proptest::option::of(ms(200..=3000)),
                 any::<u64>(),
             )
-                .prop_map(move |(prefork, busy, maxreq, graceful, reload, seed)| Options {
-                    prefork,
-                    max_children: max,
-                    busy_timeout: busy,
-                    max_requests_per_child: maxreq.map(|(m, _)| m),
-                    max_requests_jitter: maxreq.map_or(0, |(_, j)| j),
-                    graceful_timeout: graceful,
-                    auto_reload_check_every: reload,
-                    seed,
-                    ..Options::default()
-                });
+                .prop_map(
+                    move |(prefork, busy, maxreq, graceful, reload, seed)| Options {
+                        prefork,
+                        max_children: max,
+                        busy_timeout: busy,
+                        max_requests_per_child: maxreq.map(|(m, _)| m),
+                        max_requests_jitter: maxreq.map_or(0, |(_, j)| j),
+                        graceful_timeout: graceful,
+                        auto_reload_check_every: reload,
+                        seed,
+                        ..Options::default()
+                    },
+                );
             let policy = prop_oneof![
                 Just(PolicyChoice::Default),
                 (0usize..=3, 1usize..=4, 1usize..=16, 0..=max, ms(100..=2000)).prop_map(
@@ -92,22 +92,30 @@ fn setup() -> impl Strategy<Value = Setup> {
                 (0..=max + 2).prop_map(PolicyChoice::Fixed),
             ];
             let rolling = proptest::option::of(
-                (proptest::option::of(0..=max), proptest::option::of(1usize..=3), any::<bool>())
-                    .prop_map(|(min_serving, max_surge, handler_on_signal)| Rolling {
-                        check_every: None,
-                        handler_on_signal,
-                        min_serving,
-                        max_surge,
+                (
+                    proptest::option::of(0..=max),
+                    proptest::option::of(1usize..=3),
+                    any::<bool>(),
+                )
+                    .prop_map(|(min_serving, max_surge, handler_on_signal)| {
+                        Rolling {
+                            check_every: None,
+                            handler_on_signal,
+                            min_serving,
+                            max_surge,
+                        }
                     }),
             );
             (Just(max), opts, policy, rolling, any::<bool>())
         })
-        .prop_map(|(_, opts, policy, rolling, terminate_on_disconnect)| Setup {
-            opts,
-            policy,
-            rolling,
-            terminate_on_disconnect,
-        })
+        .prop_map(
+            |(_, opts, policy, rolling, terminate_on_disconnect)| Setup {
+                opts,
+                policy,
+                rolling,
+                terminate_on_disconnect,
+            },
+        )
 }
 
 fn signal() -> impl Strategy<Value = Signal> {

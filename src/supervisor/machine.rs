@@ -216,6 +216,7 @@ impl MachineBuilder {
             status_due: None,
             deadline: None,
             counts: Counts::default(),
+            last_min_serving: None,
         })
     }
 }
@@ -274,6 +275,7 @@ pub struct Machine {
     /// The next time something is due; `poll_timeout`'s answer.
     deadline: Option<Time>,
     counts: Counts,
+    last_min_serving: Option<usize>,
 }
 
 impl Machine {
@@ -312,12 +314,10 @@ impl Machine {
         self.generation
     }
 
-    /// During a reload, the fewest ready children kept serving; `None` otherwise.
+    /// The fewest ready children the current reload keeps serving, or once it is
+    /// over, the last one did; `None` before the first reload.
     pub fn min_serving(&self) -> Option<usize> {
-        match self.phase {
-            Phase::Reloading { min_serving, .. } => Some(min_serving),
-            _ => None,
-        }
+        self.last_min_serving
     }
 
     /// The exit code, once [`State::Stopped`].
@@ -676,6 +676,7 @@ impl Machine {
             ),
         );
         self.push(Action::Notify(Notify::Reloading));
+        self.last_min_serving = Some(min_serving);
         self.transition(Phase::Reloading {
             generation: self.generation,
             min_serving,
