@@ -4,6 +4,9 @@
 //! SHARYANTO::Proc::Daemon::Prefork.
 //!
 //! ## Contents
+//! - [`Prefork`]: the daemon. `after_init` in the parent, `main_loop` in each forked
+//!   child (with a [`Worker`]: the busy guard, the accept helper, "should I exit?"),
+//!   `before_shutdown`; the seed's options under the same names. See [`runtime`].
 //! - [`Machine`]: the supervisor, a pure state machine (Init → Spawning → Serving →
 //!   Reloading → ShuttingDown → Stopped). Feed it [`Event`]s with the time, carry out
 //!   the [`Action`]s it returns, wake it at [`Machine::poll_timeout`].
@@ -14,8 +17,9 @@
 //!
 //! ## Should I use this?
 //! Use it to run a pool of worker processes that share a listening socket and must
-//! scale with the load, reload without dropping requests and stop gracefully.
-//! The process runtime (fork, signals, shared-memory scoreboard) builds on this core.
+//! scale with the load, reload without dropping requests and stop gracefully, on
+//! Linux. The process runtime (fork, signals, shared-memory scoreboard) is a thin
+//! shell around the pure [`Machine`], which is where every decision is made.
 //!
 //! ## Example: model-test the default policy
 //! ```
@@ -39,10 +43,12 @@
 //! assert_eq!(m.counts().idle, 3);
 //! # Ok::<(), preforkd::ConfigError>(())
 //! ```
-#![forbid(unsafe_code)]
+// `unsafe` lives only in `runtime::os`, which allows it explicitly.
+#![deny(unsafe_code)]
 
 pub mod fuzzing;
 pub mod oracle;
+pub mod runtime;
 pub mod sim;
 pub mod supervisor;
 
@@ -52,6 +58,10 @@ pub mod policy {
 }
 
 pub use policy::{DisconnectPolicy, Pid, ReloadPolicy, ScalingPolicy, Time};
+pub use runtime::{
+    listen, read_scoreboard_file, BoxError, BusyGuard, Prefork, RunError, SlotInfo, Worker,
+    WorkerState,
+};
 pub use supervisor::action::{Action, Hook, Level, Notify, SignalReason};
 pub use supervisor::config::{ConfigError, Options};
 pub use supervisor::event::{

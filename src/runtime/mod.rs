@@ -1,0 +1,862 @@
+//! The process runtime: forks the children, delivers signals, reads the shared
+//! scoreboard, runs the hooks, and feeds all of it to the [`Machine`].
+//!
+//! One main thread waits (crossbeam `select!`) on three channels: signals (a
+//! signal-hook thread forwards them), wake-ups from the children (a thread reads
+//! the wake-up pipe they write when the pool saturates or a child becomes ready),
+//! and a timer set to the machine's next deadline. With no deadline it sleeps until
+//! something happens: an idle pool costs the parent no wake-up.
+//!
+//! ```no_run
+//! use preforkd::{Prefork, Worker};
+//! use std::io::Write;
+//! use std::net::TcpListener;
+//!
+//! let code = Prefork::new(
+//!     // after_init: bind here; every child inherits the listener.
+//!     || Ok(TcpListener::bind("127.0.0.1:8080")?),
+//!     // main_loop: runs in each child.
+//!     |worker: &Worker, listener: &TcpListener| {
+//!         while let Some((mut stream, _)) = worker.accept(listener) {
+//!             let _busy = worker.busy();
+//!             stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nhello\n")?;
+//!         }
+//!         Ok(())
+//!     },
+//! )
+//! .prefork(3)
+//! .max_children(150)
+//! .run()?;
+//! std::process::exit(code);
+//! # Ok::<(), preforkd::RunError>(())
+//! ```
+
+pub(crate) mod os;
+mod scoreboard;
+mod worker;
+
+pub use scoreboard::{read_scoreboard_file, SlotInfo, WorkerState};
+pub use worker::{BusyGuard, Worker};
+
+use crate::policy::{Disconnect, DisconnectPolicy, ReloadPolicy, ScalingPolicy};
+use crate::{
+    Action, ConfigError, Event, ExitStatus, Hook, HookKind, Level, Machine, Options, Pid,
+    Scoreboard, Signal, State, Time,
+};
+use crossbeam_channel::{after, never, select, unbounded, Receiver};
+use nix::fcntl::OFlag;
+use nix::sys::signal::{self as nsig, Signal as NSig};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd;
+use scoreboard::Board;
+use signal_hook::consts::signal as sh;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+/// An error from a hook or `main_loop`, as users write them (`?` on anything).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why [`Prefork::run`] could not run the daemon.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RunError {
+    /// The options or policies are inconsistent.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A setting is missing or does not fit another.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+    /// A system call failed during set-up.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// `after_init` failed: nothing was started.
+    #[error("after_init failed: {0}")]
+    AfterInit(BoxError),
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(nix::Error) -> RunError {
+    let what = what.into();
+    move |e| RunError::Io {
+        what,
+        source: std::io::Error::from(e),
+    }
+}
+
+type Init<T> = Box<dyn FnOnce() -> Result<T, BoxError>>;
+type MainLoop<T> = Box<dyn Fn(&Worker, &T) -> Result<(), BoxError>>;
+type StateHook<T> = Box<dyn FnMut(&T)>;
+type LoggerFactory = Box<dyn Fn() -> slog::Logger>;
+type DisconnectHook = Box<dyn FnMut(&Disconnect)>;
+
+/// A preforking daemon: the seed's options and hooks, under the same names.
+///
+/// `after_init` runs in the parent before the first child (bind sockets there); its
+/// value is shared with every child's `main_loop`. See the [module docs](self).
+pub struct Prefork<T> {
+    options: Options,
+    scoreboard_path: Option<PathBuf>,
+    logger: Option<slog::Logger>,
+    child_logger: Option<LoggerFactory>,
+    after_init: Init<T>,
+    main_loop: MainLoop<T>,
+    before_shutdown: Option<StateHook<T>>,
+    auto_reload_handler: Option<StateHook<T>>,
+    on_client_disconnect: Option<DisconnectHook>,
+    watch: Vec<PathBuf>,
+    scaling: Option<Box<dyn ScalingPolicy>>,
+    reload: Option<Box<dyn ReloadPolicy>>,
+    disconnect: Option<Box<dyn DisconnectPolicy>>,
+}
+
+impl<T> std::fmt::Debug for Prefork<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prefork")
+            .field("options", &self.options)
+            .field("scoreboard_path", &self.scoreboard_path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T: 'static> Prefork<T> {
+    /// A daemon with the seed's defaults (prefork 3, max_children 150), the given
+    /// `after_init` and `main_loop`.
+    pub fn new(
+        after_init: impl FnOnce() -> Result<T, BoxError> + 'static,
+        main_loop: impl Fn(&Worker, &T) -> Result<(), BoxError> + 'static,
+    ) -> Self {
+        Prefork {
+            options: Options::default(),
+            scoreboard_path: None,
+            logger: None,
+            child_logger: None,
+            after_init: Box::new(after_init),
+            main_loop: Box::new(main_loop),
+            before_shutdown: None,
+            auto_reload_handler: None,
+            on_client_disconnect: None,
+            watch: Vec::new(),
+            scaling: None,
+            reload: None,
+            disconnect: None,
+        }
+    }
+
+    /// All the supervisor's options at once.
+    pub fn options(mut self, options: Options) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// Children to start (0: run `main_loop` in this process, no fork).
+    pub fn prefork(mut self, n: usize) -> Self {
+        self.options.prefork = n;
+        self
+    }
+
+    /// The most children at once.
+    pub fn max_children(mut self, n: usize) -> Self {
+        self.options.max_children = n;
+        self
+    }
+
+    /// Keep the scoreboard in a file here (0600) so other processes can read it;
+    /// without it the scoreboard lives in anonymous shared memory (autoscaling
+    /// works either way).
+    pub fn scoreboard_path(mut self, path: impl Into<PathBuf>) -> Self {
+        self.scoreboard_path = Some(path.into());
+        self
+    }
+
+    /// Check the program and the watched files for changes this often.
+    pub fn auto_reload_check_every(mut self, every: Duration) -> Self {
+        self.options.auto_reload_check_every = Some(every);
+        self
+    }
+
+    /// Runs in the parent when a change is found (required with
+    /// `auto_reload_check_every`); the children are then rolled over.
+    pub fn auto_reload_handler(mut self, f: impl FnMut(&T) + 'static) -> Self {
+        self.auto_reload_handler = Some(Box::new(f));
+        self
+    }
+
+    /// More files whose change triggers a reload (the program itself always is).
+    pub fn watch_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.watch.push(path.into());
+        self
+    }
+
+    /// Runs in the parent when shutdown begins, before the children are stopped.
+    pub fn before_shutdown(mut self, f: impl FnMut(&T) + 'static) -> Self {
+        self.before_shutdown = Some(Box::new(f));
+        self
+    }
+
+    /// Runs in the parent for each client that hung up on a child.
+    pub fn on_client_disconnect(mut self, f: impl FnMut(&Disconnect) + 'static) -> Self {
+        self.on_client_disconnect = Some(Box::new(f));
+        self
+    }
+
+    /// The parent's logger (default: plain text on stderr).
+    pub fn logger(mut self, logger: slog::Logger) -> Self {
+        self.logger = Some(logger);
+        self
+    }
+
+    /// Builds each child's logger after its fork (default: plain text on stderr).
+    pub fn child_logger(mut self, f: impl Fn() -> slog::Logger + 'static) -> Self {
+        self.child_logger = Some(Box::new(f));
+        self
+    }
+
+    /// Use this scaling policy instead of the default built from `prefork`.
+    pub fn scaling_policy(mut self, p: impl ScalingPolicy + 'static) -> Self {
+        self.scaling = Some(Box::new(p));
+        self
+    }
+
+    /// Use this reload policy.
+    pub fn reload_policy(mut self, p: impl ReloadPolicy + 'static) -> Self {
+        self.reload = Some(Box::new(p));
+        self
+    }
+
+    /// Use this disconnect policy.
+    pub fn disconnect_policy(mut self, p: impl DisconnectPolicy + 'static) -> Self {
+        self.disconnect = Some(Box::new(p));
+        self
+    }
+
+    /// Runs the daemon until it stops; returns the exit code to exit with (0 after
+    /// a clean shutdown). Call it from the main thread, before starting threads of
+    /// your own: children are forked from it.
+    pub fn run(mut self) -> Result<i32, RunError> {
+        if self.options.auto_reload_check_every.is_some() && self.auto_reload_handler.is_none() {
+            return Err(RunError::Invalid(
+                "auto_reload_handler is required when auto_reload_check_every is set".into(),
+            ));
+        }
+        let logger = self.logger.take().unwrap_or_else(default_logger);
+        if self.options.prefork == 0 {
+            return self.run_in_process(logger);
+        }
+        Parent::start(self, logger)?.run()
+    }
+
+    /// `prefork = 0`: `main_loop` in this process, with the same signals and
+    /// graceful shutdown.
+    fn run_in_process(self, logger: slog::Logger) -> Result<i32, RunError> {
+        self.options.validate()?;
+        os::ignore_sigpipe().map_err(io_err("ignoring SIGPIPE"))?;
+        let wake = os::install_worker_handlers().map_err(io_err("installing signal handlers"))?;
+        let board =
+            Board::create(self.scoreboard_path.as_deref(), 1, -1).map_err(|e| RunError::Io {
+                what: "creating the scoreboard".into(),
+                source: e,
+            })?;
+        let state = (self.after_init)().map_err(RunError::AfterInit)?;
+        board.prepare(0, 1);
+        board.worker_slot(0).claim(unistd::getpid().as_raw());
+        // TERM here is always a shutdown: drain the backlog before leaving.
+        board.set_stopping();
+        let worker = Worker::new(
+            0,
+            1,
+            self.options.max_requests_per_child,
+            board.worker_slot(0),
+            logger.clone(),
+            wake,
+        );
+        worker.ready();
+        let code = run_main_loop(&self.main_loop, &worker, &state, &logger);
+        worker.retire();
+        if let Some(mut f) = self.before_shutdown {
+            f(&state);
+        }
+        Ok(code)
+    }
+}
+
+/// Binds a TCP listener with a listen backlog of `backlog` connections (the
+/// standard library's `bind` uses 128, too few for a burst of clients arriving
+/// while children are still being forked; the kernel caps it at `somaxconn`).
+///
+/// ```
+/// let l = preforkd::listen("127.0.0.1:0", 1024).unwrap();
+/// assert!(l.local_addr().unwrap().port() > 0);
+/// ```
+pub fn listen(
+    addr: impl std::net::ToSocketAddrs,
+    backlog: i32,
+) -> std::io::Result<std::net::TcpListener> {
+    let l = std::net::TcpListener::bind(addr)?;
+    // Listening again on a listening socket only changes its backlog (Linux).
+    let backlog = nix::sys::socket::Backlog::new(backlog).map_err(std::io::Error::from)?;
+    nix::sys::socket::listen(&l, backlog).map_err(std::io::Error::from)?;
+    Ok(l)
+}
+
+fn default_logger() -> slog::Logger {
+    use slog::Drain;
+    let decorator = slog_term::PlainSyncDecorator::new(std::io::stderr());
+    let drain = slog_term::FullFormat::new(decorator).build();
+    let drain = slog::LevelFilter::new(drain, slog::Level::Info).fuse();
+    slog::Logger::root(drain, slog::o!("pid" => std::process::id()))
+}
+
+/// Runs `main_loop`, catching a panic; returns the child's exit code.
+fn run_main_loop<T>(f: &MainLoop<T>, worker: &Worker, state: &T, logger: &slog::Logger) -> i32 {
+    match catch_unwind(AssertUnwindSafe(|| f(worker, state))) {
+        Ok(Ok(())) => 0,
+        Ok(Err(e)) => {
+            slog::error!(logger, "main_loop failed: {e}");
+            1
+        }
+        Err(panic) => {
+            let msg = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "(no message)".into());
+            slog::error!(logger, "main_loop panicked: {msg}");
+            70
+        }
+    }
+}
+
+/// The signals the parent handles.
+const PARENT_SIGNALS: [i32; 9] = [
+    sh::SIGTERM,
+    sh::SIGINT,
+    sh::SIGQUIT,
+    sh::SIGHUP,
+    sh::SIGUSR1,
+    sh::SIGUSR2,
+    sh::SIGTTIN,
+    sh::SIGTTOU,
+    sh::SIGCHLD,
+];
+
+fn to_machine_signal(sig: i32) -> Option<Signal> {
+    Some(match sig {
+        sh::SIGTERM => Signal::Term,
+        sh::SIGINT => Signal::Int,
+        sh::SIGQUIT => Signal::Quit,
+        sh::SIGHUP => Signal::Hup,
+        sh::SIGUSR1 => Signal::Usr1,
+        sh::SIGUSR2 => Signal::Usr2,
+        sh::SIGTTIN => Signal::Ttin,
+        sh::SIGTTOU => Signal::Ttou,
+        sh::SIGCHLD => Signal::Chld,
+        _ => return None,
+    })
+}
+
+fn to_os_signal(sig: Signal) -> NSig {
+    match sig {
+        Signal::Term => NSig::SIGTERM,
+        Signal::Int => NSig::SIGINT,
+        Signal::Quit => NSig::SIGQUIT,
+        Signal::Hup => NSig::SIGHUP,
+        Signal::Usr1 => NSig::SIGUSR1,
+        Signal::Usr2 => NSig::SIGUSR2,
+        Signal::Ttin => NSig::SIGTTIN,
+        Signal::Ttou => NSig::SIGTTOU,
+        Signal::Chld => NSig::SIGCHLD,
+        _ => NSig::SIGKILL,
+    }
+}
+
+struct Parent<T> {
+    cfg: Prefork<T>,
+    logger: slog::Logger,
+    machine: Machine,
+    board: Board,
+    origin_ns: u64,
+    signals: Receiver<i32>,
+    wakes: Receiver<()>,
+    // The parent's ends of its pipes, which a child closes first thing.
+    inherited: Vec<std::os::fd::RawFd>,
+    _wake_read: OwnedFd,
+    // Kept open for the daemon's life: children write wake-ups to it.
+    _wake_write: OwnedFd,
+    state: Option<T>,
+    init_error: Option<BoxError>,
+    reading: Scoreboard,
+    baseline: Vec<(PathBuf, Option<SystemTime>)>,
+    parent_pid: unistd::Pid,
+    stopping_marked: bool,
+}
+
+impl<T: 'static> Parent<T> {
+    fn start(mut cfg: Prefork<T>, logger: slog::Logger) -> Result<Parent<T>, RunError> {
+        let mut builder = Machine::builder(cfg.options.clone());
+        if let Some(p) = cfg.scaling.take() {
+            builder = builder.scaling_boxed(p);
+        }
+        if let Some(p) = cfg.reload.take() {
+            builder = builder.reload_boxed(p);
+        }
+        if let Some(p) = cfg.disconnect.take() {
+            builder = builder.disconnect_boxed(p);
+        }
+        let machine = builder.build()?;
+        os::ignore_sigpipe().map_err(io_err("ignoring SIGPIPE"))?;
+
+        // Signal handling is in place before the first fork: for each signal a flag,
+        // then a byte down a self-pipe we own (so children can close it), read by a
+        // thread that forwards the flagged signals. Signals coalesce, as they do.
+        let (sig_read, sig_write) =
+            std::os::unix::net::UnixStream::pair().map_err(|e| RunError::Io {
+                what: "creating the signal pipe".into(),
+                source: e,
+            })?;
+        let mut inherited = vec![sig_read.as_raw_fd()];
+        let mut flags = Vec::new();
+        for &sig in &PARENT_SIGNALS {
+            let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let write = sig_write.try_clone().map_err(|e| RunError::Io {
+                what: "creating the signal pipe".into(),
+                source: e,
+            })?;
+            inherited.push(write.as_raw_fd());
+            signal_hook::flag::register(sig, std::sync::Arc::clone(&flag))
+                .and_then(|_| signal_hook::low_level::pipe::register(sig, write))
+                .map_err(|e| RunError::Io {
+                    what: format!("installing the handler of signal {sig}"),
+                    source: e,
+                })?;
+            flags.push((sig, flag));
+        }
+        drop(sig_write);
+        let (sig_tx, signals) = unbounded();
+        std::thread::Builder::new()
+            .name("preforkd-signals".into())
+            .spawn(move || {
+                let mut sig_read = sig_read;
+                let mut buf = [0u8; 64];
+                loop {
+                    match std::io::Read::read(&mut sig_read, &mut buf) {
+                        Ok(0) => break,
+                        Ok(_) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(_) => break,
+                    }
+                    for (sig, flag) in &flags {
+                        if flag.swap(false, std::sync::atomic::Ordering::AcqRel)
+                            && sig_tx.send(*sig).is_err()
+                        {
+                            return;
+                        }
+                    }
+                }
+            })
+            .map_err(|e| RunError::Io {
+                what: "starting the signal thread".into(),
+                source: e,
+            })?;
+
+        // Children write a byte here when the pool saturates or a child is ready.
+        let (wake_read, wake_write) =
+            unistd::pipe2(OFlag::O_CLOEXEC).map_err(io_err("creating the wake-up pipe"))?;
+        nix::fcntl::fcntl(
+            &wake_write,
+            nix::fcntl::FcntlArg::F_SETFL(OFlag::O_NONBLOCK),
+        )
+        .map_err(io_err("setting up the wake-up pipe"))?;
+        let reader = wake_read.try_clone().map_err(|e| RunError::Io {
+            what: "setting up the wake-up pipe".into(),
+            source: e,
+        })?;
+        inherited.push(wake_read.as_raw_fd());
+        inherited.push(reader.as_raw_fd());
+        let (wake_tx, wakes) = unbounded();
+        std::thread::Builder::new()
+            .name("preforkd-wakeups".into())
+            .spawn(move || {
+                let mut buf = [0u8; 64];
+                loop {
+                    match unistd::read(&reader, &mut buf) {
+                        Ok(0) => break,
+                        Ok(_) => {
+                            if wake_tx.send(()).is_err() {
+                                break;
+                            }
+                        }
+                        Err(nix::errno::Errno::EINTR) => {}
+                        Err(_) => break,
+                    }
+                }
+            })
+            .map_err(|e| RunError::Io {
+                what: "starting the wake-up thread".into(),
+                source: e,
+            })?;
+
+        let board = Board::create(
+            cfg.scoreboard_path.as_deref(),
+            cfg.options.max_children,
+            wake_write.as_raw_fd(),
+        )
+        .map_err(|e| RunError::Io {
+            what: match &cfg.scoreboard_path {
+                Some(p) => format!("creating the scoreboard {}", p.display()),
+                None => "creating the scoreboard".into(),
+            },
+            source: e,
+        })?;
+
+        let mut watched: Vec<PathBuf> = std::env::current_exe().into_iter().collect();
+        watched.append(&mut cfg.watch);
+        let baseline = watched
+            .into_iter()
+            .map(|p| {
+                let m = mtime(&p);
+                (p, m)
+            })
+            .collect();
+        let n = cfg.options.max_children;
+        Ok(Parent {
+            cfg,
+            logger,
+            machine,
+            board,
+            origin_ns: scoreboard::now_ns(),
+            signals,
+            wakes,
+            inherited,
+            _wake_read: wake_read,
+            _wake_write: wake_write,
+            state: None,
+            init_error: None,
+            reading: Scoreboard {
+                slots: Vec::with_capacity(n),
+                backlog: None,
+            },
+            baseline,
+            parent_pid: unistd::getpid(),
+            stopping_marked: false,
+        })
+    }
+
+    fn now(&self) -> Time {
+        Time::from_duration(Duration::from_nanos(
+            scoreboard::now_ns().saturating_sub(self.origin_ns),
+        ))
+    }
+
+    fn run(mut self) -> Result<i32, RunError> {
+        loop {
+            if let Some(code) = self.carry_out()? {
+                return Ok(code);
+            }
+            let room = self.machine.counts().alive() < self.cfg.options.max_children;
+            self.board.set_can_grow(room);
+            let timer = match self.machine.poll_timeout() {
+                Some(t) => after(t.saturating_since(self.now())),
+                None => never(),
+            };
+            select! {
+                recv(self.signals) -> sig => match sig {
+                    Ok(sig) => self.on_signal(sig),
+                    Err(_) => return Err(RunError::Invalid("the signal thread stopped".into())),
+                },
+                recv(self.wakes) -> _ => {
+                    while self.wakes.try_recv().is_ok() {}
+                    self.tick();
+                },
+                recv(timer) -> _ => self.tick(),
+            }
+        }
+    }
+
+    fn on_signal(&mut self, sig: i32) {
+        if sig == sh::SIGCHLD {
+            self.reap();
+            return;
+        }
+        if let Some(s) = to_machine_signal(sig) {
+            let now = self.now();
+            self.machine.handle(now, Event::Signal(s));
+        }
+    }
+
+    /// Reaps every child that has exited (SIGCHLD coalesces).
+    fn reap(&mut self) {
+        let mut reaped = Vec::new();
+        loop {
+            match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) => reaped.push((pid, ExitStatus::Exited(code))),
+                Ok(WaitStatus::Signaled(pid, sig, _)) => {
+                    reaped.push((pid, ExitStatus::Signaled(sig as i32)))
+                }
+                Ok(WaitStatus::StillAlive) | Err(nix::errno::Errno::ECHILD) => break,
+                Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => {
+                    slog::error!(self.logger, "waitpid failed: {e}");
+                    break;
+                }
+            }
+        }
+        if reaped.is_empty() {
+            return;
+        }
+        // Read the scoreboard while the dead children's slots still show their last
+        // state: one that left by itself (request limit) says so, and its exit is
+        // not mistaken for a crash.
+        self.tick();
+        for (pid, status) in reaped {
+            if let Some(slot) = self.board.slot_of(pid.as_raw()) {
+                self.board.release(slot);
+            }
+            let now = self.now();
+            self.machine.handle(
+                now,
+                Event::ChildExited {
+                    pid: Pid(pid.as_raw()),
+                    status,
+                },
+            );
+        }
+    }
+
+    fn tick(&mut self) {
+        self.board.clear_wake();
+        self.board.set_generation(self.machine.generation());
+        let mut reading = std::mem::take(&mut self.reading);
+        self.board.read_into(self.origin_ns, &mut reading.slots);
+        let now = self.now();
+        self.machine.handle(now, Event::Scoreboard(&reading));
+        self.reading = reading;
+    }
+
+    /// Carries out every pending action; `Some(code)` once the machine exits.
+    fn carry_out(&mut self) -> Result<Option<i32>, RunError> {
+        while let Some(action) = self.machine.poll_action() {
+            if !self.stopping_marked && self.machine.state() == State::ShuttingDown {
+                // Before any shutdown TERM goes out: children seeing it drain the backlog.
+                self.board.set_stopping();
+                self.stopping_marked = true;
+            }
+            match action {
+                Action::Spawn {
+                    slot,
+                    generation,
+                    max_requests,
+                } => self.spawn(slot, generation, max_requests),
+                Action::Signal { pid, signal, .. } => {
+                    match nsig::kill(unistd::Pid::from_raw(pid.0), to_os_signal(signal)) {
+                        Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+                        Err(e) => slog::error!(
+                            self.logger,
+                            "kill({}, {}) failed: {e}",
+                            pid,
+                            signal.name()
+                        ),
+                    }
+                }
+                Action::RunHook(hook) => self.run_hook(hook),
+                Action::ReopenLogs => slog::info!(self.logger, "reopening logs"),
+                Action::CheckForChanges => {
+                    if self.files_changed() {
+                        let now = self.now();
+                        self.machine.handle(now, Event::FilesChanged);
+                    }
+                }
+                Action::Notify(n) => slog::debug!(self.logger, "notify: {n:?}"),
+                Action::Log { level, message } => match level {
+                    Level::Error => slog::error!(self.logger, "{message}"),
+                    Level::Warning => slog::warn!(self.logger, "{message}"),
+                    Level::Info => slog::info!(self.logger, "{message}"),
+                    Level::Debug => slog::debug!(self.logger, "{message}"),
+                },
+                Action::Exit { code } => {
+                    if let Some(e) = self.init_error.take() {
+                        return Err(RunError::AfterInit(e));
+                    }
+                    return Ok(Some(code));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    fn run_hook(&mut self, hook: Hook) {
+        let now = self.now();
+        match hook {
+            Hook::AfterInit => {
+                let init = std::mem::replace(
+                    &mut self.cfg.after_init,
+                    Box::new(|| Err("after_init ran twice".into())),
+                );
+                let ok = match catch_unwind(AssertUnwindSafe(init)) {
+                    Ok(Ok(state)) => {
+                        self.state = Some(state);
+                        true
+                    }
+                    Ok(Err(e)) => {
+                        slog::error!(self.logger, "after_init failed: {e}");
+                        self.init_error = Some(e);
+                        false
+                    }
+                    Err(_) => {
+                        self.init_error = Some("after_init panicked".into());
+                        false
+                    }
+                };
+                self.machine.handle(
+                    now,
+                    Event::HookFinished {
+                        hook: HookKind::AfterInit,
+                        ok,
+                    },
+                );
+            }
+            Hook::BeforeShutdown => {
+                if let (Some(f), Some(state)) =
+                    (self.cfg.before_shutdown.as_mut(), self.state.as_ref())
+                {
+                    if catch_unwind(AssertUnwindSafe(|| f(state))).is_err() {
+                        slog::error!(self.logger, "before_shutdown panicked");
+                    }
+                }
+            }
+            Hook::ReloadHandler => {
+                if let (Some(f), Some(state)) =
+                    (self.cfg.auto_reload_handler.as_mut(), self.state.as_ref())
+                {
+                    if catch_unwind(AssertUnwindSafe(|| f(state))).is_err() {
+                        slog::error!(self.logger, "auto_reload_handler panicked");
+                    }
+                }
+            }
+            Hook::ClientDisconnect(d) => {
+                if let Some(f) = self.cfg.on_client_disconnect.as_mut() {
+                    if catch_unwind(AssertUnwindSafe(|| f(&d))).is_err() {
+                        slog::error!(self.logger, "on_client_disconnect panicked");
+                    }
+                }
+            }
+        }
+    }
+
+    fn files_changed(&mut self) -> bool {
+        let mut changed = false;
+        for (path, seen) in &mut self.baseline {
+            let now = mtime(path);
+            if now != *seen {
+                slog::info!(self.logger, "{} changed", path.display());
+                // The new state is the baseline: one change, one reload.
+                *seen = now;
+                changed = true;
+            }
+        }
+        changed
+    }
+
+    fn spawn(&mut self, slot: usize, generation: u64, max_requests: Option<u64>) {
+        self.board.prepare(slot, generation);
+        let Some(state) = self.state.as_ref() else {
+            // No after_init value: cannot happen (the machine spawns only after it).
+            let now = self.now();
+            self.machine.handle(now, Event::SpawnFailed { slot });
+            return;
+        };
+        let parent_pid = self.parent_pid;
+        let board = self.board;
+        let inherited = &self.inherited;
+        let main_loop = &self.cfg.main_loop;
+        let child_logger = &self.cfg.child_logger;
+        let result = os::fork_child(&PARENT_SIGNALS, || {
+            child_main(ChildStart {
+                parent_pid,
+                board,
+                inherited,
+                slot,
+                generation,
+                max_requests,
+                main_loop,
+                state,
+                child_logger,
+            })
+        });
+        let now = self.now();
+        match result {
+            Ok(pid) => {
+                self.board.assign(slot, pid.as_raw());
+                self.machine.handle(
+                    now,
+                    Event::ChildSpawned {
+                        slot,
+                        pid: Pid(pid.as_raw()),
+                    },
+                );
+            }
+            Err(e) => {
+                slog::error!(self.logger, "fork failed: {e}");
+                self.board.release(slot);
+                self.machine.handle(now, Event::SpawnFailed { slot });
+            }
+        }
+    }
+}
+
+struct ChildStart<'a, T> {
+    parent_pid: unistd::Pid,
+    board: Board,
+    inherited: &'a [std::os::fd::RawFd],
+    slot: usize,
+    generation: u64,
+    max_requests: Option<u64>,
+    main_loop: &'a MainLoop<T>,
+    state: &'a T,
+    child_logger: &'a Option<LoggerFactory>,
+}
+
+/// The child's whole life, from just after the fork; returns its exit code.
+fn child_main<T>(c: ChildStart<'_, T>) -> i32 {
+    // Die with the parent; then close the race where it died before this line.
+    if nix::sys::prctl::set_pdeathsig(NSig::SIGKILL).is_err() || unistd::getppid() != c.parent_pid {
+        return 1;
+    }
+    let Ok(wake) = os::install_worker_handlers() else {
+        return 1;
+    };
+    // The parent's self-pipe and wake-up reader are not ours to hold.
+    for &fd in c.inherited {
+        os::close_inherited(fd);
+    }
+    let me = c.board.worker_slot(c.slot);
+    me.claim(unistd::getpid().as_raw());
+    let logger = match c.child_logger {
+        Some(f) => f(),
+        None => default_logger(),
+    };
+    let worker = Worker::new(
+        c.slot,
+        c.generation,
+        c.max_requests,
+        me,
+        logger.clone(),
+        wake,
+    );
+    worker.ready();
+    let code = run_main_loop(c.main_loop, &worker, c.state, &logger);
+    worker.retire();
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    code
+}
+
+fn mtime(p: &Path) -> Option<SystemTime> {
+    std::fs::metadata(p).and_then(|m| m.modified()).ok()
+}
