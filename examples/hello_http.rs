@@ -1,0 +1,214 @@
+//! The demo server: a small HTTP/1.1 server on a preforked, autoscaled pool.
+//!
+//! ```text
+//! cargo run --release --example hello_http -- [--listen ADDR] [--prefork N]
+//!     [--max-children N] [--scoreboard PATH] [--pid-file PATH]
+//! ```
+//!
+//! Endpoints: `GET /` answers `hello`, `GET /sleep?ms=N` holds the child N ms
+//! first, `GET /pid` answers the child's pid. Keep-alive is honoured (HTTP/1.1 by
+//! default, `Connection: close` ends it). TERM or INT stop it gracefully.
+
+use preforkd::{Prefork, Worker};
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A configuration error: exit code 78 (EX_CONFIG).
+const EX_CONFIG: i32 = 78;
+/// How long a kept-alive connection may stay silent before the child lets it go.
+const KEEP_ALIVE: Duration = Duration::from_secs(5);
+
+struct Args {
+    listen: String,
+    prefork: usize,
+    max_children: usize,
+    scoreboard: Option<PathBuf>,
+    pid_file: Option<PathBuf>,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut a = Args {
+        listen: "127.0.0.1:8080".into(),
+        prefork: 3,
+        max_children: 150,
+        scoreboard: None,
+        pid_file: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
+        let number = |v: String, name: &str| {
+            v.parse::<usize>()
+                .map_err(|_| format!("{name}: {v:?} is not a number"))
+        };
+        match flag.as_str() {
+            "--listen" => a.listen = value()?,
+            "--prefork" => a.prefork = number(value()?, "--prefork")?,
+            "--max-children" => a.max_children = number(value()?, "--max-children")?,
+            "--scoreboard" => a.scoreboard = Some(value()?.into()),
+            "--pid-file" => a.pid_file = Some(value()?.into()),
+            "-h" | "--help" => {
+                println!(
+                    "usage: hello_http [--listen ADDR] [--prefork N] [--max-children N] \
+                     [--scoreboard PATH] [--pid-file PATH]"
+                );
+                std::process::exit(0);
+            }
+            other => return Err(format!("unknown argument {other:?} (try --help)")),
+        }
+    }
+    Ok(a)
+}
+
+fn main() {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("hello_http: {e}");
+            std::process::exit(EX_CONFIG);
+        }
+    };
+    let listen = args.listen.clone();
+    let mut daemon = Prefork::new(
+        move || {
+            // A deep backlog: a burst waits there while the pool grows.
+            let l = preforkd::listen(&listen, 1024)
+                .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+            // Accepted sockets inherit the listener's receive timeout (Linux): the
+            // keep-alive limit is set once here, not once per connection.
+            let timeout = nix::sys::time::TimeVal::new(KEEP_ALIVE.as_secs() as i64, 0);
+            nix::sys::socket::setsockopt(&l, nix::sys::socket::sockopt::ReceiveTimeout, &timeout)?;
+            eprintln!("hello_http: listening on {}", l.local_addr()?);
+            Ok(l)
+        },
+        |worker: &Worker, listener: &TcpListener| {
+            while let Some((stream, _peer)) = worker.accept(listener) {
+                let _busy = worker.busy();
+                // A client that misbehaves costs only its own connection.
+                let _ = serve(worker, stream);
+            }
+            Ok(())
+        },
+    )
+    .prefork(args.prefork)
+    .max_children(args.max_children);
+    if let Some(p) = &args.scoreboard {
+        daemon = daemon.scoreboard_path(p);
+    }
+    if let Some(p) = &args.pid_file {
+        if let Err(e) = std::fs::write(p, format!("{}\n", std::process::id())) {
+            eprintln!("hello_http: cannot write pid file {}: {e}", p.display());
+            std::process::exit(EX_CONFIG);
+        }
+    }
+    let code = match daemon.run() {
+        Ok(code) => code,
+        Err(preforkd::RunError::Config(e)) => {
+            eprintln!("hello_http: {e}");
+            EX_CONFIG
+        }
+        Err(e) => {
+            eprintln!("hello_http: {e}");
+            1
+        }
+    };
+    if let Some(p) = &args.pid_file {
+        let _ = std::fs::remove_file(p);
+    }
+    std::process::exit(code);
+}
+
+/// Serves one connection: requests until the client or the child is done.
+fn serve(worker: &Worker, stream: TcpStream) -> io::Result<()> {
+    // Reads and writes share the socket by reference: no dup per connection.
+    let mut reader = BufReader::new(&stream);
+    let mut out = &stream;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        let mut parts = line.split_whitespace();
+        let (method, target, version) = match (parts.next(), parts.next(), parts.next()) {
+            (Some(m), Some(t), Some(v)) => (m.to_string(), t.to_string(), v.to_string()),
+            _ => return respond(&mut out, 400, "bad request\n", false),
+        };
+        let mut keep_alive = version == "HTTP/1.1";
+        let mut length = 0usize;
+        loop {
+            let mut h = String::new();
+            if reader.read_line(&mut h)? == 0 {
+                return Ok(());
+            }
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = h.split_once(':') {
+                let value = value.trim();
+                if name.eq_ignore_ascii_case("connection") {
+                    if value.eq_ignore_ascii_case("close") {
+                        keep_alive = false;
+                    } else if value.eq_ignore_ascii_case("keep-alive") {
+                        keep_alive = true;
+                    }
+                } else if name.eq_ignore_ascii_case("content-length") {
+                    length = value.parse().unwrap_or(0);
+                }
+            }
+        }
+        // Discard a body we do not use, so the next request parses.
+        io::copy(&mut (&mut reader).take(length as u64), &mut io::sink())?;
+        // A child asked to stop finishes this request, then closes.
+        keep_alive &= !worker.should_exit();
+        let (path, query) = target.split_once('?').unwrap_or((target.as_str(), ""));
+        match (method.as_str(), path) {
+            ("GET", "/") => respond(&mut out, 200, "hello\n", keep_alive)?,
+            ("GET", "/pid") => respond(
+                &mut out,
+                200,
+                &format!("{}\n", std::process::id()),
+                keep_alive,
+            )?,
+            ("GET", "/sleep") => {
+                let ms = query
+                    .split('&')
+                    .find_map(|kv| kv.strip_prefix("ms="))
+                    .and_then(|v| v.parse::<u64>().ok());
+                match ms {
+                    Some(ms) => {
+                        hold(Duration::from_millis(ms));
+                        respond(&mut out, 200, &format!("slept {ms} ms\n"), keep_alive)?;
+                    }
+                    None => respond(&mut out, 400, "sleep needs ?ms=N\n", keep_alive)?,
+                }
+            }
+            _ => respond(&mut out, 404, "not found\n", keep_alive)?,
+        }
+        if !keep_alive {
+            return Ok(());
+        }
+    }
+}
+
+#[allow(clippy::disallowed_methods)] // the demo's /sleep holds the child on purpose
+fn hold(d: Duration) {
+    std::thread::sleep(d);
+}
+
+/// Writes the whole response with one system call.
+fn respond(out: &mut &TcpStream, status: u16, body: &str, keep_alive: bool) -> io::Result<()> {
+    let reason = match status {
+        200 => "OK",
+        400 => "Bad Request",
+        _ => "Not Found",
+    };
+    let connection = if keep_alive { "keep-alive" } else { "close" };
+    let response = format!(
+        "HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: {connection}\r\n\r\n{body}",
+        body.len()
+    );
+    out.write_all(response.as_bytes())
+}
