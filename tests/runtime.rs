@@ -1,0 +1,304 @@
+//! The runtime with real processes: the demo server is started, loaded, signalled
+//! and killed; children are checked in /proc and in the scoreboard file.
+// Real processes need real time: bounded waits and sleeps are the point here.
+#![allow(clippy::disallowed_methods)]
+
+mod support;
+
+use preforkd::{read_scoreboard_file, SlotState};
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::thread;
+use std::time::{Duration, Instant};
+use support::*;
+
+const SIGKILL: i32 = 9;
+const SIGTERM: i32 = 15;
+
+/// No child of the demo is a zombie, now.
+fn assert_no_zombies(d: &Demo) {
+    for pid in d.children() {
+        assert_ne!(proc_state(pid), Some('Z'), "child {pid} is a zombie");
+    }
+}
+
+#[test]
+fn pool_starts_at_prefork_and_the_scoreboard_matches_ps() {
+    let dir = tempdir();
+    let sb = dir.join("scoreboard");
+    let d = Demo::start(&[
+        "--prefork",
+        "3",
+        "--max-children",
+        "10",
+        "--scoreboard",
+        sb.to_str().unwrap(),
+    ]);
+    assert!(
+        wait_for(Duration::from_secs(5), || d.children().len() == 3),
+        "children: {:?}",
+        d.children()
+    );
+    let ok = wait_for(Duration::from_secs(5), || {
+        let slots = read_scoreboard_file(&sb).expect("readable scoreboard");
+        let live: BTreeSet<i32> = slots.iter().filter(|s| s.pid != 0).map(|s| s.pid).collect();
+        let ps: BTreeSet<i32> = d.children().into_iter().collect();
+        live == ps && slots.iter().filter(|s| s.state == SlotState::Idle).count() == 3
+    });
+    assert!(
+        ok,
+        "scoreboard {:?} vs children {:?}",
+        read_scoreboard_file(&sb),
+        d.children()
+    );
+    let meta = std::fs::metadata(&sb).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    assert_eq!(get(d.addr, "/").unwrap(), (200, "hello\n".to_string()));
+    assert_no_zombies(&d);
+}
+
+#[test]
+fn grows_under_load_never_above_max_children_then_shrinks_back() {
+    let d = Demo::start(&["--prefork", "2", "--max-children", "6"]);
+    assert!(wait_for(Duration::from_secs(5), || d.children().len() == 2));
+    let addr = d.addr;
+    let clients: Vec<_> = (0..12)
+        .map(|_| thread::spawn(move || get(addr, "/sleep?ms=1500").map(|r| r.0)))
+        .collect();
+    let mut peak = 0;
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_millis(2500) {
+        let n = d.children().len();
+        assert!(n <= 6, "{n} children, above max_children 6");
+        peak = peak.max(n);
+        assert_no_zombies(&d);
+        thread::sleep(Duration::from_millis(25));
+    }
+    for c in clients {
+        assert_eq!(c.join().unwrap().unwrap(), 200);
+    }
+    assert_eq!(peak, 6, "the pool grew to its cap under load");
+    // Idle again: retired one per second down to prefork.
+    assert!(
+        wait_for(Duration::from_secs(20), || d.children().len() == 2),
+        "still {} children; log:\n{}",
+        d.children().len(),
+        d.log()
+    );
+    assert_no_zombies(&d);
+}
+
+#[test]
+fn a_sigkilled_child_is_replaced() {
+    let d = Demo::start(&["--prefork", "3", "--max-children", "10"]);
+    assert!(wait_for(Duration::from_secs(5), || d.children().len() == 3));
+    let victim = d.children()[0];
+    send_signal(victim, SIGKILL);
+    assert!(
+        wait_for(Duration::from_secs(5), || {
+            let c = d.children();
+            c.len() == 3 && !c.contains(&victim)
+        }),
+        "children {:?}",
+        d.children()
+    );
+    assert!(!alive(victim));
+    assert!(d.log().contains(&format!("child {victim}")), "{}", d.log());
+    assert!(d.log().contains("signal 9"), "{}", d.log());
+    assert_eq!(get(d.addr, "/").unwrap().0, 200);
+}
+
+#[test]
+fn graceful_term_lets_the_request_in_flight_finish() {
+    let mut d = Demo::start(&["--prefork", "2", "--max-children", "4"]);
+    assert!(wait_for(Duration::from_secs(5), || d.children().len() == 2));
+    let addr = d.addr;
+    let inflight = thread::spawn(move || get(addr, "/sleep?ms=1200"));
+    thread::sleep(Duration::from_millis(300));
+    let children = d.children();
+    d.signal(SIGTERM);
+    let r = inflight
+        .join()
+        .unwrap()
+        .expect("the request in flight is answered");
+    assert_eq!(r.0, 200);
+    assert_eq!(
+        d.wait_exit(Duration::from_secs(10)),
+        Some(0),
+        "log:\n{}",
+        d.log()
+    );
+    for pid in children {
+        assert!(!alive(pid), "child {pid} outlived the parent");
+    }
+}
+
+#[test]
+fn connections_waiting_in_the_backlog_are_served_on_graceful_stop() {
+    let mut d = Demo::start(&["--prefork", "1", "--max-children", "1"]);
+    assert!(wait_for(Duration::from_secs(5), || d.children().len() == 1));
+    let addr = d.addr;
+    // One request holds the only child; three more wait in the listen backlog.
+    let first = thread::spawn(move || get(addr, "/sleep?ms=800"));
+    thread::sleep(Duration::from_millis(200));
+    let queued: Vec<_> = (0..3)
+        .map(|_| thread::spawn(move || get(addr, "/")))
+        .collect();
+    thread::sleep(Duration::from_millis(200));
+    d.signal(SIGTERM);
+    assert_eq!(first.join().unwrap().unwrap().0, 200);
+    for q in queued {
+        assert_eq!(
+            q.join()
+                .unwrap()
+                .expect("queued connection answered, not reset")
+                .0,
+            200
+        );
+    }
+    assert_eq!(d.wait_exit(Duration::from_secs(10)), Some(0));
+}
+
+#[test]
+fn prefork_zero_serves_in_the_parent_and_stops_gracefully() {
+    let mut d = Demo::start(&["--prefork", "0"]);
+    let (status, body) = get(d.addr, "/pid").unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(
+        body.trim(),
+        d.pid().to_string(),
+        "served by the parent itself"
+    );
+    assert!(d.children().is_empty());
+    let addr = d.addr;
+    let inflight = thread::spawn(move || get(addr, "/sleep?ms=600"));
+    thread::sleep(Duration::from_millis(200));
+    d.signal(SIGTERM);
+    assert_eq!(inflight.join().unwrap().unwrap().0, 200);
+    assert_eq!(d.wait_exit(Duration::from_secs(10)), Some(0));
+}
+
+#[test]
+fn when_the_parent_is_sigkilled_every_child_exits_and_the_port_is_released() {
+    let mut d = Demo::start(&["--prefork", "4", "--max-children", "8"]);
+    assert!(wait_for(Duration::from_secs(5), || d.children().len() == 4));
+    let children = d.children();
+    let addr = d.addr;
+    // One of them is busy at that moment.
+    let busy = thread::spawn(move || get(addr, "/sleep?ms=3000"));
+    thread::sleep(Duration::from_millis(200));
+    send_signal(d.pid(), SIGKILL);
+    let _ = d.child.wait();
+    let killed_at = Instant::now();
+    assert!(
+        wait_for(Duration::from_secs(1), || children
+            .iter()
+            .all(|&p| !alive(p))),
+        "children left after 1 s: {:?}",
+        children.iter().filter(|&&p| alive(p)).collect::<Vec<_>>()
+    );
+    assert!(killed_at.elapsed() <= Duration::from_millis(1100));
+    assert!(
+        busy.join().unwrap().is_err(),
+        "the orphaned request cannot complete"
+    );
+    assert!(TcpListener::bind(addr).is_ok(), "port {addr} still held");
+}
+
+#[test]
+fn keep_alive_and_connection_close_are_honoured() {
+    let d = Demo::start(&["--prefork", "1", "--max-children", "2"]);
+    let mut s = TcpStream::connect(d.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    // Two requests on one connection, the second closes it.
+    write!(s, "GET / HTTP/1.1\r\nHost: t\r\n\r\nGET /pid HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").unwrap();
+    let mut all = String::new();
+    s.read_to_string(&mut all).unwrap();
+    assert_eq!(all.matches("HTTP/1.1 200 OK").count(), 2, "{all}");
+    assert!(all.contains("connection: keep-alive"), "{all}");
+    assert!(all.contains("connection: close"), "{all}");
+    // The second answer is /pid: one of the demo's children served both.
+    let pid: i32 = all
+        .trim_end()
+        .rsplit('\n')
+        .next()
+        .unwrap()
+        .parse()
+        .expect("a pid");
+    assert!(
+        d.children().contains(&pid),
+        "{pid} not among {:?}",
+        d.children()
+    );
+}
+
+fn tempdir() -> std::path::PathBuf {
+    let p = std::env::temp_dir().join(format!(
+        "preforkd-test-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    ));
+    std::fs::create_dir_all(&p).unwrap();
+    p
+}
+
+#[test]
+fn hup_rolls_every_child_over_without_losing_a_request() {
+    let d = Demo::start(&["--prefork", "3", "--max-children", "12"]);
+    assert!(wait_for(Duration::from_secs(5), || d.children().len() == 3));
+    let before: BTreeSet<i32> = d.children().into_iter().collect();
+    let addr = d.addr;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let stop = std::sync::Arc::clone(&stop);
+            thread::spawn(move || {
+                let (mut ok, mut failed) = (0, vec![]);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    match get(addr, "/sleep?ms=20") {
+                        Ok((200, _)) => ok += 1,
+                        other => failed.push(format!("{other:?}")),
+                    }
+                }
+                (ok, failed)
+            })
+        })
+        .collect();
+    for _ in 0..4 {
+        thread::sleep(Duration::from_millis(500));
+        d.signal(1); // HUP
+    }
+    thread::sleep(Duration::from_millis(500));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut served = 0;
+    for c in clients {
+        let (ok, failed) = c.join().unwrap();
+        assert!(
+            failed.is_empty(),
+            "requests lost during reloads: {failed:?}"
+        );
+        served += ok;
+    }
+    assert!(served > 50, "only {served} requests served");
+    // Every child of the first generation has been replaced.
+    assert!(
+        wait_for(Duration::from_secs(10), || {
+            let now: BTreeSet<i32> = d.children().into_iter().collect();
+            !now.is_empty() && now.is_disjoint(&before)
+        }),
+        "old children remain: before {before:?}, now {:?}\n{}",
+        d.children(),
+        d.log()
+    );
+    assert!(
+        d.log().contains("reload to generation 5 complete"),
+        "{}",
+        d.log()
+    );
+    assert_no_zombies(&d);
+}
