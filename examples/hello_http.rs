@@ -93,7 +93,13 @@ fn main() {
         },
     )
     .prefork(args.prefork)
-    .max_children(args.max_children);
+    .max_children(args.max_children)
+    .on_client_disconnect(|d| {
+        eprintln!(
+            "hello_http: client {}:{} hung up on child {} ({}:{})",
+            d.foreign_host, d.foreign_port, d.pid, d.local_host, d.local_port
+        )
+    });
     if let Some(p) = &args.scoreboard {
         daemon = daemon.scoreboard_path(p);
     }

@@ -302,3 +302,28 @@ fn hup_rolls_every_child_over_without_losing_a_request() {
     );
     assert_no_zombies(&d);
 }
+
+#[test]
+fn a_client_hanging_up_on_a_busy_child_reaches_on_client_disconnect_once() {
+    let d = Demo::start(&["--prefork", "2", "--max-children", "4"]);
+    assert!(wait_for(Duration::from_secs(5), || d.children().len() == 2));
+    let mut s = TcpStream::connect(d.addr).unwrap();
+    write!(
+        s,
+        "GET /sleep?ms=4000 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let local = s.local_addr().unwrap();
+    thread::sleep(Duration::from_millis(300));
+    // The client gives up: its side closes while the child still sleeps.
+    drop(s);
+    let needle = format!("client {}:{} hung up on child", local.ip(), local.port());
+    assert!(
+        wait_for(Duration::from_secs(4), || d.log().contains(&needle)),
+        "no disconnect reported; log:\n{}",
+        d.log()
+    );
+    // It lingers until the child finishes, yet is reported once.
+    thread::sleep(Duration::from_millis(2500));
+    assert_eq!(d.log().matches(&needle).count(), 1, "{}", d.log());
+}

@@ -31,6 +31,7 @@
 //! # Ok::<(), preforkd::RunError>(())
 //! ```
 
+mod netstat;
 pub(crate) mod os;
 mod scoreboard;
 mod worker;
@@ -110,6 +111,7 @@ pub struct Prefork<T> {
     auto_reload_handler: Option<StateHook<T>>,
     on_client_disconnect: Option<DisconnectHook>,
     watch: Vec<PathBuf>,
+    disconnect_check_every: Duration,
     scaling: Option<Box<dyn ScalingPolicy>>,
     reload: Option<Box<dyn ReloadPolicy>>,
     disconnect: Option<Box<dyn DisconnectPolicy>>,
@@ -142,6 +144,7 @@ impl<T: 'static> Prefork<T> {
             auto_reload_handler: None,
             on_client_disconnect: None,
             watch: Vec::new(),
+            disconnect_check_every: Duration::from_secs(1),
             scaling: None,
             reload: None,
             disconnect: None,
@@ -199,9 +202,18 @@ impl<T: 'static> Prefork<T> {
         self
     }
 
-    /// Runs in the parent for each client that hung up on a child.
+    /// Runs in the parent for each client that hung up on a child (its socket in
+    /// CLOSE_WAIT), once per connection however long it lingers. TCP over IPv4 and
+    /// IPv6; connections are looked at every `disconnect_check_every` while some child
+    /// is busy (an idle pool is never scanned).
     pub fn on_client_disconnect(mut self, f: impl FnMut(&Disconnect) + 'static) -> Self {
         self.on_client_disconnect = Some(Box::new(f));
+        self
+    }
+
+    /// How often to look for clients that hung up while children are busy (1 s).
+    pub fn disconnect_check_every(mut self, every: Duration) -> Self {
+        self.disconnect_check_every = every;
         self
     }
 
@@ -239,6 +251,11 @@ impl<T: 'static> Prefork<T> {
     /// a clean shutdown). Call it from the main thread, before starting threads of
     /// your own: children are forked from it.
     pub fn run(mut self) -> Result<i32, RunError> {
+        if self.disconnect_check_every.is_zero() {
+            return Err(RunError::Invalid(
+                "disconnect_check_every must be greater than zero".into(),
+            ));
+        }
         if self.options.auto_reload_check_every.is_some() && self.auto_reload_handler.is_none() {
             return Err(RunError::Invalid(
                 "auto_reload_handler is required when auto_reload_check_every is set".into(),
@@ -394,6 +411,10 @@ struct Parent<T> {
     baseline: Vec<(PathBuf, Option<SystemTime>)>,
     parent_pid: unistd::Pid,
     stopping_marked: bool,
+    /// Look for hung-up clients at all (a hook or a disconnect policy is set).
+    watch_disconnects: bool,
+    /// When the next look is due (ns of CLOCK_MONOTONIC), while children are busy.
+    disconnect_due: Option<u64>,
 }
 
 impl<T: 'static> Parent<T> {
@@ -405,6 +426,7 @@ impl<T: 'static> Parent<T> {
         if let Some(p) = cfg.reload.take() {
             builder = builder.reload_boxed(p);
         }
+        let watch_disconnects = cfg.on_client_disconnect.is_some() || cfg.disconnect.is_some();
         if let Some(p) = cfg.disconnect.take() {
             builder = builder.disconnect_boxed(p);
         }
@@ -544,6 +566,8 @@ impl<T: 'static> Parent<T> {
             baseline,
             parent_pid: unistd::getpid(),
             stopping_marked: false,
+            watch_disconnects,
+            disconnect_due: None,
         })
     }
 
@@ -564,6 +588,25 @@ impl<T: 'static> Parent<T> {
                 Some(t) => after(t.saturating_since(self.now())),
                 None => never(),
             };
+            // Hung-up clients matter only while a child is busy with one; an idle
+            // pool asks its first busy child to say so, and sleeps meanwhile.
+            let mut busy = self.machine.counts().busy > 0;
+            if self.watch_disconnects && !busy && self.board.arm_busy_watch() {
+                self.tick();
+                busy = true;
+            }
+            let every = self.cfg.disconnect_check_every.as_nanos() as u64;
+            self.disconnect_due = match (self.watch_disconnects && busy, self.disconnect_due) {
+                (false, _) => None,
+                (true, Some(due)) => Some(due),
+                (true, None) => Some(scoreboard::now_ns().saturating_add(every)),
+            };
+            let netstat = match self.disconnect_due {
+                Some(due) => after(Duration::from_nanos(
+                    due.saturating_sub(scoreboard::now_ns()),
+                )),
+                None => never(),
+            };
             select! {
                 recv(self.signals) -> sig => match sig {
                     Ok(sig) => self.on_signal(sig),
@@ -574,6 +617,13 @@ impl<T: 'static> Parent<T> {
                     self.tick();
                 },
                 recv(timer) -> _ => self.tick(),
+                recv(netstat) -> _ => {
+                    self.disconnect_due = None;
+                    let children: Vec<i32> = self.machine.pids().map(|p| p.0).collect();
+                    let conns = netstat::closed_connections(&children);
+                    let now = self.now();
+                    self.machine.handle(now, Event::Netstat(&conns));
+                }
             }
         }
     }

@@ -14,6 +14,7 @@
 //! | 28 | wake-up pending | `u32` |
 //! | 32 | stopping (graceful shutdown under way) | `u32` |
 //! | 36 | the pool can grow (saturation wakes the parent) | `u32` |
+//! | 40 | the parent wants to hear of the next busy child | `u32` |
 //!
 //! Slot `i` starts at `64 * (i + 1)`: pid `i32` at 0, state `u8` at 4 (0 empty,
 //! 1 starting, 2 idle, 3 busy, 4 retiring), generation `u64` at 8, requests `u64`
@@ -52,6 +53,9 @@ pub(crate) struct Header {
     stopping: AtomicU32,
     /// Non-zero while the pool has room to grow: saturation is worth a wake-up.
     can_grow: AtomicU32,
+    /// Set by the parent when it wants to hear of the first child to get busy (to
+    /// start looking for hung-up clients); the child that clears it wakes the parent.
+    watch_busy: AtomicU32,
 }
 
 /// One child's record.
@@ -169,6 +173,16 @@ impl Board {
         self.header
             .can_grow
             .store(u32::from(yes), Ordering::Relaxed);
+    }
+
+    /// Parent: asks to be woken by the next child that gets busy; returns whether a
+    /// child is busy already (one that got busy just before the request was armed
+    /// would not wake it).
+    pub(crate) fn arm_busy_watch(&self) -> bool {
+        self.header.watch_busy.store(1, Ordering::SeqCst);
+        self.slots
+            .iter()
+            .any(|s| s.state.load(Ordering::SeqCst) == BUSY)
     }
 
     /// Parent: the generation new children get, for readers of the file.
@@ -314,10 +328,14 @@ impl WorkerSlot {
         let now = coarse_now_ns();
         self.slot.request_start.store(now, Ordering::Relaxed);
         self.slot.heartbeat.store(now, Ordering::Relaxed);
-        if self.set_state(BUSY) == IDLE
-            && self.board.header.idle.fetch_sub(1, Ordering::AcqRel) == 1
-            && self.board.header.can_grow.load(Ordering::Relaxed) != 0
-        {
+        let h = &self.board.header;
+        let saturated = self.set_state(BUSY) == IDLE
+            && h.idle.fetch_sub(1, Ordering::AcqRel) == 1
+            && h.can_grow.load(Ordering::Relaxed) != 0;
+        // A plain load first: the swap (a locked instruction) only when armed.
+        let watched = h.watch_busy.load(Ordering::Relaxed) != 0
+            && h.watch_busy.swap(0, Ordering::AcqRel) != 0;
+        if saturated || watched {
             self.board.wake_parent();
         }
     }
