@@ -6,46 +6,12 @@
 //! the policy's quiet range) and shuts down (it must reach Stopped with every child
 //! reaped). Cases per property: `PROPTEST_CASES` (CI sets 1000).
 
+use preforkd::fuzzing::{ScalingChoice, Setup};
 use preforkd::oracle::{Harness, Op};
-use preforkd::policy::{ApacheLike, ApacheLikeConfig, CallHook, Fixed, Rolling, TerminateChild};
-use preforkd::{Action, ExitStatus, Machine, Options, Signal, State};
+use preforkd::policy::{ApacheLikeConfig, Rolling};
+use preforkd::{Action, ExitStatus, Options, Signal, State};
 use proptest::prelude::*;
 use std::time::Duration;
-
-#[derive(Debug, Clone)]
-enum PolicyChoice {
-    Default,
-    Apache(ApacheLikeConfig),
-    Fixed(usize),
-}
-
-#[derive(Debug, Clone)]
-struct Setup {
-    opts: Options,
-    policy: PolicyChoice,
-    rolling: Option<Rolling>,
-    terminate_on_disconnect: bool,
-}
-
-impl Setup {
-    fn build(&self) -> Machine {
-        let mut b = Machine::builder(self.opts.clone());
-        b = match &self.policy {
-            PolicyChoice::Default => b,
-            PolicyChoice::Apache(c) => b.scaling(ApacheLike::new(*c).expect("valid config")),
-            PolicyChoice::Fixed(n) => b.scaling(Fixed(*n)),
-        };
-        if let Some(r) = self.rolling {
-            b = b.reload(r);
-        }
-        b = if self.terminate_on_disconnect {
-            b.disconnect(TerminateChild)
-        } else {
-            b.disconnect(CallHook)
-        };
-        b.build().expect("valid setup")
-    }
-}
 
 fn ms(range: std::ops::RangeInclusive<u64>) -> impl Strategy<Value = Duration> {
     range.prop_map(Duration::from_millis)
@@ -76,10 +42,10 @@ fn setup() -> impl Strategy<Value = Setup> {
                     },
                 );
             let policy = prop_oneof![
-                Just(PolicyChoice::Default),
+                Just(ScalingChoice::Elastic),
                 (0usize..=3, 1usize..=4, 1usize..=16, 0..=max, ms(100..=2000)).prop_map(
                     move |(min_spare, extra, workers, start, interval)| {
-                        PolicyChoice::Apache(ApacheLikeConfig {
+                        ScalingChoice::ApacheLike(ApacheLikeConfig {
                             start_servers: start.min(workers),
                             min_spare_servers: min_spare,
                             max_spare_servers: min_spare + extra,
@@ -89,7 +55,7 @@ fn setup() -> impl Strategy<Value = Setup> {
                         })
                     }
                 ),
-                (0..=max + 2).prop_map(PolicyChoice::Fixed),
+                (0..=max + 2).prop_map(ScalingChoice::Fixed),
             ];
             let rolling = proptest::option::of(
                 (
@@ -109,9 +75,9 @@ fn setup() -> impl Strategy<Value = Setup> {
             (Just(max), opts, policy, rolling, any::<bool>())
         })
         .prop_map(
-            |(_, opts, policy, rolling, terminate_on_disconnect)| Setup {
+            |(_, opts, scaling, rolling, terminate_on_disconnect)| Setup {
                 opts,
-                policy,
+                scaling,
                 rolling,
                 terminate_on_disconnect,
             },
