@@ -590,11 +590,10 @@ impl<T: 'static> Parent<T> {
             };
             // Hung-up clients matter only while a child is busy with one; an idle
             // pool asks its first busy child to say so, and sleeps meanwhile.
-            let mut busy = self.machine.counts().busy > 0;
-            if self.watch_disconnects && !busy && self.board.arm_busy_watch() {
-                self.tick();
-                busy = true;
-            }
+            // (Arming also tells whether a slot shows a busy child the machine does
+            // not count as busy: one that got busy just before, or a retiring one.)
+            let busy = self.machine.counts().busy > 0
+                || (self.watch_disconnects && self.board.arm_busy_watch());
             let every = self.cfg.disconnect_check_every.as_nanos() as u64;
             self.disconnect_due = match (self.watch_disconnects && busy, self.disconnect_due) {
                 (false, _) => None,
