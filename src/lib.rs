@@ -58,9 +58,10 @@ pub mod policy {
 }
 
 pub use policy::{DisconnectPolicy, Pid, ReloadPolicy, ScalingPolicy, Time};
+pub use runtime::pidfile::{is_running, kill_running, KillOutcome, PidFile, PidFileError};
 pub use runtime::{
-    listen, read_scoreboard_file, BoxError, BusyGuard, Prefork, RunError, SlotInfo, Worker,
-    WorkerState,
+    combined_log_line, file_logger, listen, read_scoreboard_file, BoxError, BusyGuard, LineWriter,
+    LogFile, Prefork, RunError, SlotInfo, Worker, WorkerState,
 };
 pub use supervisor::action::{Action, Hook, Level, Notify, SignalReason};
 pub use supervisor::config::{ConfigError, Options};

@@ -31,11 +31,15 @@
 //! # Ok::<(), preforkd::RunError>(())
 //! ```
 
+mod logs;
 mod netstat;
 pub(crate) mod os;
+pub mod pidfile;
 mod scoreboard;
+pub mod systemd;
 mod worker;
 
+pub use logs::{combined_log_line, file_logger, LineWriter, LogFile};
 pub use scoreboard::{read_scoreboard_file, SlotInfo, WorkerState};
 pub use worker::{BusyGuard, Worker};
 
@@ -54,6 +58,7 @@ use signal_hook::consts::signal as sh;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 /// An error from a hook or `main_loop`, as users write them (`?` on anything).
@@ -105,6 +110,9 @@ pub struct Prefork<T> {
     scoreboard_path: Option<PathBuf>,
     logger: Option<slog::Logger>,
     child_logger: Option<LoggerFactory>,
+    error_log_path: Option<PathBuf>,
+    access_log_path: Option<PathBuf>,
+    json_log: bool,
     after_init: Init<T>,
     main_loop: MainLoop<T>,
     before_shutdown: Option<StateHook<T>>,
@@ -138,6 +146,9 @@ impl<T: 'static> Prefork<T> {
             scoreboard_path: None,
             logger: None,
             child_logger: None,
+            error_log_path: None,
+            access_log_path: None,
+            json_log: false,
             after_init: Box::new(after_init),
             main_loop: Box::new(main_loop),
             before_shutdown: None,
@@ -223,6 +234,27 @@ impl<T: 'static> Prefork<T> {
         self
     }
 
+    /// Log to this file (appending; reopened on SIGUSR1) instead of stderr, in the
+    /// parent and in every child. Ignored for the parent if [`logger`](Self::logger)
+    /// is given, for the children if [`child_logger`](Self::child_logger) is.
+    pub fn error_log_path(mut self, path: impl Into<PathBuf>) -> Self {
+        self.error_log_path = Some(path.into());
+        self
+    }
+
+    /// The access log: children write to it with [`Worker::log_access`]; reopened on
+    /// SIGUSR1 like the error log.
+    pub fn access_log_path(mut self, path: impl Into<PathBuf>) -> Self {
+        self.access_log_path = Some(path.into());
+        self
+    }
+
+    /// Write the error log as JSON records instead of plain text.
+    pub fn json_log(mut self, yes: bool) -> Self {
+        self.json_log = yes;
+        self
+    }
+
     /// Builds each child's logger after its fork (default: plain text on stderr).
     pub fn child_logger(mut self, f: impl Fn() -> slog::Logger + 'static) -> Self {
         self.child_logger = Some(Box::new(f));
@@ -261,16 +293,34 @@ impl<T: 'static> Prefork<T> {
                 "auto_reload_handler is required when auto_reload_check_every is set".into(),
             ));
         }
-        let logger = self.logger.take().unwrap_or_else(default_logger);
+        let open = |p: &Option<PathBuf>| -> Result<Option<Arc<LogFile>>, RunError> {
+            p.as_ref()
+                .map(LogFile::open)
+                .transpose()
+                .map_err(|e| RunError::Io {
+                    what: "opening the log".into(),
+                    source: e,
+                })
+        };
+        let logs = Logs {
+            error: open(&self.error_log_path)?,
+            access: open(&self.access_log_path)?,
+            json: self.json_log,
+        };
+        let logger = match (self.logger.take(), &logs.error) {
+            (Some(l), _) => l,
+            (None, Some(f)) => file_logger(f, logs.json),
+            (None, None) => default_logger(),
+        };
         if self.options.prefork == 0 {
-            return self.run_in_process(logger);
+            return self.run_in_process(logger, logs);
         }
-        Parent::start(self, logger)?.run()
+        Parent::start(self, logger, logs)?.run()
     }
 
     /// `prefork = 0`: `main_loop` in this process, with the same signals and
     /// graceful shutdown.
-    fn run_in_process(self, logger: slog::Logger) -> Result<i32, RunError> {
+    fn run_in_process(self, logger: slog::Logger, logs: Logs) -> Result<i32, RunError> {
         self.options.validate()?;
         os::ignore_sigpipe().map_err(io_err("ignoring SIGPIPE"))?;
         let wake = os::install_worker_handlers().map_err(io_err("installing signal handlers"))?;
@@ -291,7 +341,8 @@ impl<T: 'static> Prefork<T> {
             board.worker_slot(0),
             logger.clone(),
             wake,
-        );
+        )
+        .with_logs(logs.all(), logs.access.clone());
         worker.ready();
         let code = run_main_loop(&self.main_loop, &worker, &state, &logger);
         worker.retire();
@@ -319,6 +370,25 @@ pub fn listen(
     let backlog = nix::sys::socket::Backlog::new(backlog).map_err(std::io::Error::from)?;
     nix::sys::socket::listen(&l, backlog).map_err(std::io::Error::from)?;
     Ok(l)
+}
+
+/// The log files of a daemon, shared by the parent and (after the fork, each its
+/// own copy) the children.
+#[derive(Debug, Clone)]
+struct Logs {
+    error: Option<Arc<LogFile>>,
+    access: Option<Arc<LogFile>>,
+    json: bool,
+}
+
+impl Logs {
+    fn all(&self) -> Vec<Arc<LogFile>> {
+        self.error
+            .iter()
+            .chain(self.access.iter())
+            .cloned()
+            .collect()
+    }
 }
 
 fn default_logger() -> slog::Logger {
@@ -410,6 +480,7 @@ struct Parent<T> {
     reading: Scoreboard,
     baseline: Vec<(PathBuf, Option<SystemTime>)>,
     parent_pid: unistd::Pid,
+    logs: Logs,
     stopping_marked: bool,
     /// Look for hung-up clients at all (a hook or a disconnect policy is set).
     watch_disconnects: bool,
@@ -418,7 +489,7 @@ struct Parent<T> {
 }
 
 impl<T: 'static> Parent<T> {
-    fn start(mut cfg: Prefork<T>, logger: slog::Logger) -> Result<Parent<T>, RunError> {
+    fn start(mut cfg: Prefork<T>, logger: slog::Logger, logs: Logs) -> Result<Parent<T>, RunError> {
         let mut builder = Machine::builder(cfg.options.clone());
         if let Some(p) = cfg.scaling.take() {
             builder = builder.scaling_boxed(p);
@@ -565,6 +636,7 @@ impl<T: 'static> Parent<T> {
             },
             baseline,
             parent_pid: unistd::getpid(),
+            logs,
             stopping_marked: false,
             watch_disconnects,
             disconnect_due: None,
@@ -713,7 +785,15 @@ impl<T: 'static> Parent<T> {
                     }
                 }
                 Action::RunHook(hook) => self.run_hook(hook),
-                Action::ReopenLogs => slog::info!(self.logger, "reopening logs"),
+                Action::ReopenLogs => {
+                    for log in self.logs.all() {
+                        match log.reopen() {
+                            Ok(()) => slog::info!(self.logger, "reopened {}", log.path().display()),
+                            // The old file stays in use: nothing is lost.
+                            Err(e) => slog::error!(self.logger, "cannot reopen: {e}"),
+                        }
+                    }
+                }
                 Action::CheckForChanges => {
                     if self.files_changed() {
                         let now = self.now();
@@ -824,6 +904,7 @@ impl<T: 'static> Parent<T> {
         let inherited = &self.inherited;
         let main_loop = &self.cfg.main_loop;
         let child_logger = &self.cfg.child_logger;
+        let logs = &self.logs;
         let result = os::fork_child(&PARENT_SIGNALS, || {
             child_main(ChildStart {
                 parent_pid,
@@ -835,6 +916,7 @@ impl<T: 'static> Parent<T> {
                 main_loop,
                 state,
                 child_logger,
+                logs,
             })
         });
         let now = self.now();
@@ -868,6 +950,7 @@ struct ChildStart<'a, T> {
     main_loop: &'a MainLoop<T>,
     state: &'a T,
     child_logger: &'a Option<LoggerFactory>,
+    logs: &'a Logs,
 }
 
 /// The child's whole life, from just after the fork; returns its exit code.
@@ -885,9 +968,10 @@ fn child_main<T>(c: ChildStart<'_, T>) -> i32 {
     }
     let me = c.board.worker_slot(c.slot);
     me.claim(unistd::getpid().as_raw());
-    let logger = match c.child_logger {
-        Some(f) => f(),
-        None => default_logger(),
+    let logger = match (c.child_logger, &c.logs.error) {
+        (Some(f), _) => f(),
+        (None, Some(l)) => file_logger(l, c.logs.json),
+        (None, None) => default_logger(),
     };
     let worker = Worker::new(
         c.slot,
@@ -896,7 +980,8 @@ fn child_main<T>(c: ChildStart<'_, T>) -> i32 {
         me,
         logger.clone(),
         wake,
-    );
+    )
+    .with_logs(c.logs.all(), c.logs.access.clone());
     worker.ready();
     let code = run_main_loop(c.main_loop, &worker, c.state, &logger);
     worker.retire();

@@ -187,3 +187,22 @@ pub(crate) fn close_inherited(fd: RawFd) {
         drop(unsafe { OwnedFd::from_raw_fd(fd) });
     }
 }
+
+/// Takes ownership of a descriptor the service manager passed to this process
+/// (socket activation, `LISTEN_FDS`), after checking that it is open.
+pub(crate) fn adopt_fd(fd: RawFd) -> std::io::Result<OwnedFd> {
+    use std::os::fd::FromRawFd;
+    if fd < 0 {
+        return Err(std::io::Error::from_raw_os_error(libc::EBADF));
+    }
+    // SAFETY: F_GETFD only reads the descriptor's flags; it is sound on any number.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was passed by the service manager for this process (LISTEN_PID
+    // named us), it was just checked open with F_GETFD, and nothing else in the
+    // process owns it: `systemd::listen_fds` adopts each passed descriptor exactly
+    // once (under a process-wide guard, and it unsets LISTEN_* so no later call
+    // sees them).
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}

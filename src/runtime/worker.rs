@@ -1,6 +1,7 @@
 //! What a child's `main_loop` gets: its slot, the busy/idle guard, the accept helper
 //! and the "should I exit now?" question.
 
+use crate::runtime::logs::LogFile;
 use crate::runtime::os;
 use crate::runtime::scoreboard::{WorkerSlot, WorkerState};
 use nix::fcntl::OFlag;
@@ -10,7 +11,7 @@ use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::Ordering;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// The context of one child, passed to `main_loop`.
 ///
@@ -33,6 +34,10 @@ pub struct Worker {
     wake: OwnedFd,
     /// The epoll set of the listener `accept` was last called with.
     poller: Mutex<Option<Poller>>,
+    /// This process's log files, reopened when the parent passes on SIGUSR1.
+    logs: Vec<Arc<LogFile>>,
+    /// The access log, if the daemon has one.
+    access: Option<Arc<LogFile>>,
 }
 
 /// An epoll set watching one listener (exclusively: a connection wakes one child,
@@ -83,6 +88,43 @@ impl Worker {
             logger,
             wake,
             poller: Mutex::new(None),
+            logs: Vec::new(),
+            access: None,
+        }
+    }
+
+    pub(crate) fn with_logs(
+        mut self,
+        logs: Vec<Arc<LogFile>>,
+        access: Option<Arc<LogFile>>,
+    ) -> Worker {
+        self.logs = logs;
+        self.access = access;
+        self
+    }
+
+    /// Reopens this process's log files if the parent asked (SIGUSR1, passed on).
+    /// [`accept`](Self::accept) and [`log_access`](Self::log_access) call it; a
+    /// `main_loop` that does neither can call it between requests.
+    pub fn reopen_logs_if_asked(&self) {
+        if self.take_reopen_request() {
+            for log in &self.logs {
+                if let Err(e) = log.reopen() {
+                    // The old file stays in use: nothing is lost, say why.
+                    slog::error!(self.logger, "cannot reopen {}: {e}", log.path().display());
+                }
+            }
+        }
+    }
+
+    /// Writes one line to the access log (for example a
+    /// [`combined_log_line`](crate::combined_log_line)), if the daemon has one.
+    pub fn log_access(&self, line: &str) {
+        self.reopen_logs_if_asked();
+        if let Some(log) = &self.access {
+            if let Err(e) = log.write_line(line) {
+                slog::error!(self.logger, "access log {}: {e}", log.path().display());
+            }
         }
     }
 
@@ -173,6 +215,7 @@ impl Worker {
         let poller = guard.as_ref()?;
         let mut events = [EpollEvent::empty(); 2];
         loop {
+            self.reopen_logs_if_asked();
             if self.should_exit() {
                 let limit_reached = self.max_requests.is_some_and(|m| self.requests() >= m);
                 if !self.slot.stopping() || limit_reached {
