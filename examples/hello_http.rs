@@ -26,6 +26,9 @@ struct Args {
     max_children: usize,
     scoreboard: Option<PathBuf>,
     pid_file: Option<PathBuf>,
+    error_log: Option<PathBuf>,
+    access_log: Option<PathBuf>,
+    json_log: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -35,6 +38,9 @@ fn parse_args() -> Result<Args, String> {
         max_children: 150,
         scoreboard: None,
         pid_file: None,
+        error_log: None,
+        access_log: None,
+        json_log: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -49,10 +55,14 @@ fn parse_args() -> Result<Args, String> {
             "--max-children" => a.max_children = number(value()?, "--max-children")?,
             "--scoreboard" => a.scoreboard = Some(value()?.into()),
             "--pid-file" => a.pid_file = Some(value()?.into()),
+            "--error-log" => a.error_log = Some(value()?.into()),
+            "--access-log" => a.access_log = Some(value()?.into()),
+            "--json-log" => a.json_log = true,
             "-h" | "--help" => {
                 println!(
                     "usage: hello_http [--listen ADDR] [--prefork N] [--max-children N] \
-                     [--scoreboard PATH] [--pid-file PATH]"
+                     [--scoreboard PATH] [--pid-file PATH] [--error-log PATH] \
+                     [--access-log PATH] [--json-log]"
                 );
                 std::process::exit(0);
             }
@@ -84,10 +94,10 @@ fn main() {
             Ok(l)
         },
         |worker: &Worker, listener: &TcpListener| {
-            while let Some((stream, _peer)) = worker.accept(listener) {
+            while let Some((stream, peer)) = worker.accept(listener) {
                 let _busy = worker.busy();
                 // A client that misbehaves costs only its own connection.
-                let _ = serve(worker, stream);
+                let _ = serve(worker, stream, &peer.ip().to_string());
             }
             Ok(())
         },
@@ -103,6 +113,13 @@ fn main() {
     if let Some(p) = &args.scoreboard {
         daemon = daemon.scoreboard_path(p);
     }
+    if let Some(p) = &args.error_log {
+        daemon = daemon.error_log_path(p);
+    }
+    if let Some(p) = &args.access_log {
+        daemon = daemon.access_log_path(p);
+    }
+    daemon = daemon.json_log(args.json_log);
     if let Some(p) = &args.pid_file {
         if let Err(e) = std::fs::write(p, format!("{}\n", std::process::id())) {
             eprintln!("hello_http: cannot write pid file {}: {e}", p.display());
@@ -127,7 +144,7 @@ fn main() {
 }
 
 /// Serves one connection: requests until the client or the child is done.
-fn serve(worker: &Worker, stream: TcpStream) -> io::Result<()> {
+fn serve(worker: &Worker, stream: TcpStream, peer: &str) -> io::Result<()> {
     // Reads and writes share the socket by reference: no dup per connection.
     let mut reader = BufReader::new(&stream);
     let mut out = &stream;
@@ -143,6 +160,7 @@ fn serve(worker: &Worker, stream: TcpStream) -> io::Result<()> {
         };
         let mut keep_alive = version == "HTTP/1.1";
         let mut length = 0usize;
+        let (mut agent, mut referer) = (None, None);
         loop {
             let mut h = String::new();
             if reader.read_line(&mut h)? == 0 {
@@ -162,6 +180,10 @@ fn serve(worker: &Worker, stream: TcpStream) -> io::Result<()> {
                     }
                 } else if name.eq_ignore_ascii_case("content-length") {
                     length = value.parse().unwrap_or(0);
+                } else if name.eq_ignore_ascii_case("user-agent") {
+                    agent = Some(value.to_string());
+                } else if name.eq_ignore_ascii_case("referer") {
+                    referer = Some(value.to_string());
                 }
             }
         }
@@ -170,14 +192,10 @@ fn serve(worker: &Worker, stream: TcpStream) -> io::Result<()> {
         // A child asked to stop finishes this request, then closes.
         keep_alive &= !worker.should_exit();
         let (path, query) = target.split_once('?').unwrap_or((target.as_str(), ""));
-        match (method.as_str(), path) {
-            ("GET", "/") => respond(&mut out, 200, "hello\n", keep_alive)?,
-            ("GET", "/pid") => respond(
-                &mut out,
-                200,
-                &format!("{}\n", std::process::id()),
-                keep_alive,
-            )?,
+        let started = unix_now();
+        let (status, body) = match (method.as_str(), path) {
+            ("GET", "/") => (200, "hello\n".to_string()),
+            ("GET", "/pid") => (200, format!("{}\n", std::process::id())),
             ("GET", "/sleep") => {
                 let ms = query
                     .split('&')
@@ -186,17 +204,34 @@ fn serve(worker: &Worker, stream: TcpStream) -> io::Result<()> {
                 match ms {
                     Some(ms) => {
                         hold(Duration::from_millis(ms));
-                        respond(&mut out, 200, &format!("slept {ms} ms\n"), keep_alive)?;
+                        (200, format!("slept {ms} ms\n"))
                     }
-                    None => respond(&mut out, 400, "sleep needs ?ms=N\n", keep_alive)?,
+                    None => (400, "sleep needs ?ms=N\n".to_string()),
                 }
             }
-            _ => respond(&mut out, 404, "not found\n", keep_alive)?,
-        }
+            _ => (404, "not found\n".to_string()),
+        };
+        respond(&mut out, status, &body, keep_alive)?;
+        worker.log_access(&preforkd::combined_log_line(
+            peer,
+            started,
+            line.trim_end(),
+            status,
+            body.len(),
+            referer.as_deref(),
+            agent.as_deref(),
+        ));
         if !keep_alive {
             return Ok(());
         }
     }
+}
+
+#[allow(clippy::disallowed_methods)] // the access log records wall-clock time
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 #[allow(clippy::disallowed_methods)] // the demo's /sleep holds the child on purpose
