@@ -121,10 +121,7 @@ fn main() {
     }
     daemon = daemon.json_log(args.json_log);
     if let Some(p) = &args.pid_file {
-        if let Err(e) = std::fs::write(p, format!("{}\n", std::process::id())) {
-            eprintln!("hello_http: cannot write pid file {}: {e}", p.display());
-            std::process::exit(EX_CONFIG);
-        }
+        daemon = daemon.pid_path(p);
     }
     let code = match daemon.run() {
         Ok(code) => code,
@@ -137,9 +134,6 @@ fn main() {
             1
         }
     };
-    if let Some(p) = &args.pid_file {
-        let _ = std::fs::remove_file(p);
-    }
     std::process::exit(code);
 }
 

@@ -405,3 +405,72 @@ fn usr1_reopens_the_logs_and_every_request_is_logged_exactly_once() {
         "a request logged twice: {seen:?}"
     );
 }
+
+#[test]
+fn a_second_instance_on_the_same_pid_file_refuses_to_start() {
+    let dir = tempdir();
+    let pid_file = dir.join("demo.pid");
+    let p = pid_file.to_str().unwrap();
+    let mut first = Demo::start(&["--prefork", "1", "--pid-file", p]);
+    let written = std::fs::read_to_string(&pid_file).unwrap();
+    assert_eq!(written.trim(), first.pid().to_string());
+    let out = std::process::Command::new(demo_binary())
+        .args(["--listen", "127.0.0.1:0", "--prefork", "1", "--pid-file", p])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("already running (pid {})", first.pid())),
+        "{err}"
+    );
+    // The refused start left the pid file alone; a clean stop removes it.
+    assert_eq!(std::fs::read_to_string(&pid_file).unwrap(), written);
+    first.signal(SIGTERM);
+    assert_eq!(first.wait_exit(Duration::from_secs(10)), Some(0));
+    assert!(!pid_file.exists(), "pid file left behind");
+}
+
+#[test]
+fn the_service_manager_hears_ready_status_and_stopping_in_order() {
+    let dir = tempdir();
+    let sock_path = dir.join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut d = Demo::start_with_env(
+        &["--prefork", "2", "--max-children", "4"],
+        &[("NOTIFY_SOCKET", sock_path.to_str().unwrap())],
+    );
+    let mut got: Vec<String> = Vec::new();
+    let mut buf = [0u8; 512];
+    let mut stopped = false;
+    while let Ok(n) = sock.recv(&mut buf) {
+        let msg = String::from_utf8_lossy(&buf[..n]).to_string();
+        let ready_seen = got.iter().any(|m| m.starts_with("READY=1"));
+        // Once READY=1 and a STATUS after it have arrived, stop the daemon.
+        if ready_seen && msg.starts_with("STATUS=") && !stopped {
+            stopped = true;
+            d.signal(SIGTERM);
+        }
+        let done = msg.starts_with("STOPPING=1");
+        got.push(msg);
+        if done {
+            break;
+        }
+    }
+    let ready = got.iter().position(|m| m.starts_with("READY=1"));
+    let status = ready.and_then(|r| {
+        got.iter()
+            .skip(r)
+            .position(|m| m.starts_with("STATUS=busy 0, idle 2"))
+            .map(|i| i + r)
+    });
+    let stopping = got.iter().position(|m| m.starts_with("STOPPING=1"));
+    assert!(
+        ready.is_some() && status.is_some() && stopping.is_some(),
+        "{got:?}"
+    );
+    assert!(ready < status && status < stopping, "{got:?}");
+    assert_eq!(d.wait_exit(Duration::from_secs(10)), Some(0));
+}

@@ -82,6 +82,9 @@ pub enum RunError {
         /// The error.
         source: std::io::Error,
     },
+    /// The pid file is held by a running instance, or cannot be used.
+    #[error(transparent)]
+    PidFile(#[from] pidfile::PidFileError),
     /// `after_init` failed: nothing was started.
     #[error("after_init failed: {0}")]
     AfterInit(BoxError),
@@ -113,6 +116,7 @@ pub struct Prefork<T> {
     error_log_path: Option<PathBuf>,
     access_log_path: Option<PathBuf>,
     json_log: bool,
+    pid_path: Option<PathBuf>,
     after_init: Init<T>,
     main_loop: MainLoop<T>,
     before_shutdown: Option<StateHook<T>>,
@@ -149,6 +153,7 @@ impl<T: 'static> Prefork<T> {
             error_log_path: None,
             access_log_path: None,
             json_log: false,
+            pid_path: None,
             after_init: Box::new(after_init),
             main_loop: Box::new(main_loop),
             before_shutdown: None,
@@ -249,6 +254,14 @@ impl<T: 'static> Prefork<T> {
         self
     }
 
+    /// Keep a locked pid file here for the daemon's life (see [`pidfile`]): a second
+    /// instance refuses to start ("already running (pid N)"), and the file is
+    /// removed on exit. Taken before `after_init`, as the seed orders it.
+    pub fn pid_path(mut self, path: impl Into<PathBuf>) -> Self {
+        self.pid_path = Some(path.into());
+        self
+    }
+
     /// Write the error log as JSON records instead of plain text.
     pub fn json_log(mut self, yes: bool) -> Self {
         self.json_log = yes;
@@ -312,10 +325,19 @@ impl<T: 'static> Prefork<T> {
             (None, Some(f)) => file_logger(f, logs.json),
             (None, None) => default_logger(),
         };
+        // Held until `run` returns; dropping it removes the file.
+        let pid_file = self
+            .pid_path
+            .as_ref()
+            .map(pidfile::PidFile::acquire)
+            .transpose()?;
         if self.options.prefork == 0 {
             return self.run_in_process(logger, logs);
         }
-        Parent::start(self, logger, logs)?.run()
+        let pid_fd = pid_file.as_ref().map(std::os::fd::AsRawFd::as_raw_fd);
+        let code = Parent::start(self, logger, logs, pid_fd)?.run();
+        drop(pid_file);
+        code
     }
 
     /// `prefork = 0`: `main_loop` in this process, with the same signals and
@@ -481,6 +503,8 @@ struct Parent<T> {
     baseline: Vec<(PathBuf, Option<SystemTime>)>,
     parent_pid: unistd::Pid,
     logs: Logs,
+    /// The service manager, when NOTIFY_SOCKET names one.
+    notifier: Option<systemd::Notifier>,
     stopping_marked: bool,
     /// Look for hung-up clients at all (a hook or a disconnect policy is set).
     watch_disconnects: bool,
@@ -489,7 +513,12 @@ struct Parent<T> {
 }
 
 impl<T: 'static> Parent<T> {
-    fn start(mut cfg: Prefork<T>, logger: slog::Logger, logs: Logs) -> Result<Parent<T>, RunError> {
+    fn start(
+        mut cfg: Prefork<T>,
+        logger: slog::Logger,
+        logs: Logs,
+        pid_fd: Option<std::os::fd::RawFd>,
+    ) -> Result<Parent<T>, RunError> {
         let mut builder = Machine::builder(cfg.options.clone());
         if let Some(p) = cfg.scaling.take() {
             builder = builder.scaling_boxed(p);
@@ -512,7 +541,10 @@ impl<T: 'static> Parent<T> {
                 what: "creating the signal pipe".into(),
                 source: e,
             })?;
+        // Children close these first: the parent's pipes, and the pid file (its lock
+        // must not outlive the parent in a child).
         let mut inherited = vec![sig_read.as_raw_fd()];
+        inherited.extend(pid_fd);
         let mut flags = Vec::new();
         for &sig in &PARENT_SIGNALS {
             let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -637,6 +669,7 @@ impl<T: 'static> Parent<T> {
             baseline,
             parent_pid: unistd::getpid(),
             logs,
+            notifier: systemd::Notifier::from_env(),
             stopping_marked: false,
             watch_disconnects,
             disconnect_due: None,
@@ -800,7 +833,13 @@ impl<T: 'static> Parent<T> {
                         self.machine.handle(now, Event::FilesChanged);
                     }
                 }
-                Action::Notify(n) => slog::debug!(self.logger, "notify: {n:?}"),
+                Action::Notify(n) => {
+                    if let Some(notifier) = &self.notifier {
+                        if let Err(e) = notifier.send(&n) {
+                            slog::warn!(self.logger, "sd_notify {n:?}: {e}");
+                        }
+                    }
+                }
                 Action::Log { level, message } => match level {
                     Level::Error => slog::error!(self.logger, "{message}"),
                     Level::Warning => slog::warn!(self.logger, "{message}"),

@@ -311,6 +311,16 @@ impl PidFile {
     }
 }
 
+impl std::os::fd::AsRawFd for PidFile {
+    /// The locked descriptor (-1 once released), for a forked child to close so
+    /// that it does not keep the lock alive after the parent is gone.
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.file
+            .as_ref()
+            .map_or(-1, std::os::fd::AsRawFd::as_raw_fd)
+    }
+}
+
 impl Drop for PidFile {
     fn drop(&mut self) {
         let _ = self.remove_if_ours();

@@ -35,7 +35,13 @@ impl Demo {
     /// Starts the demo on an ephemeral loopback port with these extra flags and waits
     /// until it listens and its first children are up.
     pub fn start(args: &[&str]) -> Demo {
+        Demo::start_with_env(args, &[])
+    }
+
+    /// [`start`](Self::start) with extra environment variables.
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Demo {
         let mut cmd = Command::new(demo_binary());
+        cmd.envs(env.iter().copied());
         cmd.args(["--listen", "127.0.0.1:0"])
             .args(args)
             .stdin(Stdio::null())
