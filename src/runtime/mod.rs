@@ -294,7 +294,10 @@ impl<T: 'static> Prefork<T> {
 
     /// Runs the daemon until it stops; returns the exit code to exit with (0 after
     /// a clean shutdown). Call it from the main thread, before starting threads of
-    /// your own: children are forked from it.
+    /// your own: children are forked from it. It reaps every child of the process
+    /// (`waitpid(-1)`), so do not wait for subprocesses of your own meanwhile. Its
+    /// signal handlers and two helper threads stay until the process exits: make it
+    /// the last thing `main` does, then exit with the code.
     pub fn run(mut self) -> Result<i32, RunError> {
         if self.disconnect_check_every.is_zero() {
             return Err(RunError::Invalid(

@@ -190,7 +190,9 @@ impl Worker {
 
     /// Whether the parent asked for a log reopen (SIGUSR1) since the last call.
     pub fn take_reopen_request(&self) -> bool {
-        os::REOPEN_REQUESTED.swap(false, Ordering::Relaxed)
+        // A plain load first: this runs on every accept, the swap only on a request.
+        os::REOPEN_REQUESTED.load(Ordering::Relaxed)
+            && os::REOPEN_REQUESTED.swap(false, Ordering::Relaxed)
     }
 
     /// Waits for the next connection on `listener`; `None` when the child should
