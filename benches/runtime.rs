@@ -141,11 +141,17 @@ impl Demo {
 
 impl Drop for Demo {
     fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-9", "--", &format!("-{}", self.pid())])
-            .status();
+        kill_group(self.pid());
         let _ = self.child.wait();
     }
+}
+
+/// SIGKILL to a process group.
+fn kill_group(pgid: i32) {
+    let _ = nix::sys::signal::killpg(
+        nix::unistd::Pid::from_raw(pgid),
+        nix::sys::signal::Signal::SIGKILL,
+    );
 }
 
 fn children_of(pid: i32) -> usize {
@@ -385,9 +391,7 @@ impl Apache {
 
 impl Drop for Apache {
     fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-9", "--", &format!("-{}", self.child.id())])
-            .status();
+        kill_group(self.child.id() as i32);
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
