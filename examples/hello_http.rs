@@ -29,6 +29,7 @@ struct Args {
     error_log: Option<PathBuf>,
     access_log: Option<PathBuf>,
     json_log: bool,
+    require_root: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -41,6 +42,7 @@ fn parse_args() -> Result<Args, String> {
         error_log: None,
         access_log: None,
         json_log: false,
+        require_root: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -58,11 +60,12 @@ fn parse_args() -> Result<Args, String> {
             "--error-log" => a.error_log = Some(value()?.into()),
             "--access-log" => a.access_log = Some(value()?.into()),
             "--json-log" => a.json_log = true,
+            "--require-root" => a.require_root = true,
             "-h" | "--help" => {
                 println!(
                     "usage: hello_http [--listen ADDR] [--prefork N] [--max-children N] \
                      [--scoreboard PATH] [--pid-file PATH] [--error-log PATH] \
-                     [--access-log PATH] [--json-log]"
+                     [--access-log PATH] [--json-log] [--require-root]"
                 );
                 std::process::exit(0);
             }
@@ -119,13 +122,15 @@ fn main() {
     if let Some(p) = &args.access_log {
         daemon = daemon.access_log_path(p);
     }
-    daemon = daemon.json_log(args.json_log);
+    daemon = daemon
+        .json_log(args.json_log)
+        .require_root(args.require_root);
     if let Some(p) = &args.pid_file {
         daemon = daemon.pid_path(p);
     }
     let code = match daemon.run() {
         Ok(code) => code,
-        Err(preforkd::RunError::Config(e)) => {
+        Err(e @ (preforkd::RunError::Config(_) | preforkd::RunError::Invalid(_))) => {
             eprintln!("hello_http: {e}");
             EX_CONFIG
         }

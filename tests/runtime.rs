@@ -474,3 +474,31 @@ fn the_service_manager_hears_ready_status_and_stopping_in_order() {
     assert!(ready < status && status < stopping, "{got:?}");
     assert_eq!(d.wait_exit(Duration::from_secs(10)), Some(0));
 }
+
+#[test]
+fn require_root_refuses_a_non_root_start_with_a_clear_message() {
+    if !nix::unistd::geteuid().is_root() {
+        // Not root already: the demo itself must refuse.
+        let out = std::process::Command::new(demo_binary())
+            .args(["--listen", "127.0.0.1:0", "--require-root"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(78));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("require_root"));
+        return;
+    }
+    // As root: run the demo as nobody (setuid in the child before exec).
+    use std::os::unix::process::CommandExt;
+    let out = std::process::Command::new(demo_binary())
+        .args(["--listen", "127.0.0.1:0", "--require-root"])
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{err}");
+    assert!(
+        err.contains("require_root is set but this process runs as uid 65534, not root"),
+        "{err}"
+    );
+}

@@ -117,6 +117,7 @@ pub struct Prefork<T> {
     access_log_path: Option<PathBuf>,
     json_log: bool,
     pid_path: Option<PathBuf>,
+    require_root: bool,
     after_init: Init<T>,
     main_loop: MainLoop<T>,
     before_shutdown: Option<StateHook<T>>,
@@ -154,6 +155,7 @@ impl<T: 'static> Prefork<T> {
             access_log_path: None,
             json_log: false,
             pid_path: None,
+            require_root: false,
             after_init: Box::new(after_init),
             main_loop: Box::new(main_loop),
             before_shutdown: None,
@@ -262,6 +264,12 @@ impl<T: 'static> Prefork<T> {
         self
     }
 
+    /// The seed's `require_root`: refuse to start unless the effective uid is 0.
+    pub fn require_root(mut self, yes: bool) -> Self {
+        self.require_root = yes;
+        self
+    }
+
     /// Write the error log as JSON records instead of plain text.
     pub fn json_log(mut self, yes: bool) -> Self {
         self.json_log = yes;
@@ -299,6 +307,12 @@ impl<T: 'static> Prefork<T> {
     /// signal handlers and two helper threads stay until the process exits: make it
     /// the last thing `main` does, then exit with the code.
     pub fn run(mut self) -> Result<i32, RunError> {
+        if self.require_root && !unistd::geteuid().is_root() {
+            return Err(RunError::Invalid(format!(
+                "require_root is set but this process runs as uid {}, not root",
+                unistd::geteuid()
+            )));
+        }
         if self.disconnect_check_every.is_zero() {
             return Err(RunError::Invalid(
                 "disconnect_check_every must be greater than zero".into(),
@@ -717,7 +731,12 @@ impl<T: 'static> Parent<T> {
             select! {
                 recv(self.signals) -> sig => match sig {
                     Ok(sig) => self.on_signal(sig),
-                    Err(_) => return Err(RunError::Invalid("the signal thread stopped".into())),
+                    Err(_) => {
+                        return Err(RunError::Io {
+                            what: "waiting for signals".into(),
+                            source: std::io::Error::other("the signal thread stopped"),
+                        })
+                    }
                 },
                 recv(self.wakes) -> _ => {
                     while self.wakes.try_recv().is_ok() {}
