@@ -30,6 +30,7 @@ struct Args {
     access_log: Option<PathBuf>,
     json_log: bool,
     require_root: bool,
+    daemonize: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -43,6 +44,7 @@ fn parse_args() -> Result<Args, String> {
         access_log: None,
         json_log: false,
         require_root: false,
+        daemonize: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -61,11 +63,12 @@ fn parse_args() -> Result<Args, String> {
             "--access-log" => a.access_log = Some(value()?.into()),
             "--json-log" => a.json_log = true,
             "--require-root" => a.require_root = true,
+            "--daemonize" => a.daemonize = true,
             "-h" | "--help" => {
                 println!(
                     "usage: hello_http [--listen ADDR] [--prefork N] [--max-children N] \
                      [--scoreboard PATH] [--pid-file PATH] [--error-log PATH] \
-                     [--access-log PATH] [--json-log] [--require-root]"
+                     [--access-log PATH] [--json-log] [--require-root] [--daemonize]"
                 );
                 std::process::exit(0);
             }
@@ -122,9 +125,11 @@ fn main() {
     if let Some(p) = &args.access_log {
         daemon = daemon.access_log_path(p);
     }
+    // In the foreground unless asked: the demo is the README's first command.
     daemon = daemon
         .json_log(args.json_log)
-        .require_root(args.require_root);
+        .require_root(args.require_root)
+        .daemonize(args.daemonize);
     if let Some(p) = &args.pid_file {
         daemon = daemon.pid_path(p);
     }

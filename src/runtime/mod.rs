@@ -26,11 +26,13 @@
 //! )
 //! .prefork(3)
 //! .max_children(150)
+//! .daemonize(false) // the seed's default is to daemonize
 //! .run()?;
 //! std::process::exit(code);
 //! # Ok::<(), preforkd::RunError>(())
 //! ```
 
+mod daemon;
 mod logs;
 mod netstat;
 pub(crate) mod os;
@@ -118,6 +120,8 @@ pub struct Prefork<T> {
     json_log: bool,
     pid_path: Option<PathBuf>,
     require_root: bool,
+    daemonize: bool,
+    keep_fds: Vec<std::os::fd::RawFd>,
     after_init: Init<T>,
     main_loop: MainLoop<T>,
     before_shutdown: Option<StateHook<T>>,
@@ -156,6 +160,8 @@ impl<T: 'static> Prefork<T> {
             json_log: false,
             pid_path: None,
             require_root: false,
+            daemonize: true,
+            keep_fds: Vec::new(),
             after_init: Box::new(after_init),
             main_loop: Box::new(main_loop),
             before_shutdown: None,
@@ -264,6 +270,24 @@ impl<T: 'static> Prefork<T> {
         self
     }
 
+    /// The seed's `daemonize` (default true, as in the seed): detach from the
+    /// terminal (fork, setsid, fork, chdir /, umask 022, stdin from /dev/null,
+    /// stdout and stderr to the error log, inherited descriptors closed except
+    /// [`keep_fd`](Self::keep_fd)s). The launching process waits until the daemon has
+    /// its pid file and has run `after_init`, then exits 0; if the start fails it
+    /// prints the reason on its stderr and exits 1. Needs `error_log_path`,
+    /// `access_log_path` and `pid_path`. `false` runs in the foreground.
+    pub fn daemonize(mut self, yes: bool) -> Self {
+        self.daemonize = yes;
+        self
+    }
+
+    /// A descriptor the daemon keeps open when it closes what it inherited.
+    pub fn keep_fd(mut self, fd: std::os::fd::RawFd) -> Self {
+        self.keep_fds.push(fd);
+        self
+    }
+
     /// The seed's `require_root`: refuse to start unless the effective uid is 0.
     pub fn require_root(mut self, yes: bool) -> Self {
         self.require_root = yes;
@@ -306,7 +330,7 @@ impl<T: 'static> Prefork<T> {
     /// (`waitpid(-1)`), so do not wait for subprocesses of your own meanwhile. Its
     /// signal handlers and two helper threads stay until the process exits: make it
     /// the last thing `main` does, then exit with the code.
-    pub fn run(mut self) -> Result<i32, RunError> {
+    pub fn run(self) -> Result<i32, RunError> {
         if self.require_root && !unistd::geteuid().is_root() {
             return Err(RunError::Invalid(format!(
                 "require_root is set but this process runs as uid {}, not root",
@@ -322,6 +346,55 @@ impl<T: 'static> Prefork<T> {
             return Err(RunError::Invalid(
                 "auto_reload_handler is required when auto_reload_check_every is set".into(),
             ));
+        }
+        let mut reporter = None;
+        if self.daemonize {
+            let missing: Vec<&str> = [
+                ("error_log_path", self.error_log_path.is_none()),
+                ("access_log_path", self.access_log_path.is_none()),
+                ("pid_path", self.pid_path.is_none()),
+            ]
+            .into_iter()
+            .filter_map(|(name, missing)| missing.then_some(name))
+            .collect();
+            if !missing.is_empty() {
+                return Err(RunError::Invalid(format!(
+                    "daemonize needs error_log_path, access_log_path and pid_path; missing: {}",
+                    missing.join(", ")
+                )));
+            }
+            // Refuse before forking, so the operator sees it at once.
+            if let Some(path) = &self.pid_path {
+                if let Some(pid) = pidfile::is_running(path)? {
+                    return Err(pidfile::PidFileError::AlreadyRunning {
+                        path: path.clone(),
+                        pid: Some(pid),
+                    }
+                    .into());
+                }
+            }
+            let r = daemon::detach().map_err(|e| RunError::Io {
+                what: "daemonizing".into(),
+                source: e,
+            })?;
+            reporter = Some(r);
+        }
+        // From here on, in a daemon, a failure is also told to the launcher.
+        let result = self.run_detached(&mut reporter);
+        if let (Err(e), Some(r)) = (&result, reporter.as_mut()) {
+            r.fail(&e.to_string());
+        }
+        result
+    }
+
+    fn run_detached(mut self, reporter: &mut Option<daemon::Reporter>) -> Result<i32, RunError> {
+        if let (Some(r), Some(log)) = (reporter.as_ref(), &self.error_log_path) {
+            let mut keep = self.keep_fds.clone();
+            keep.extend(r.raw_fd());
+            daemon::settle(log, &keep).map_err(|e| RunError::Io {
+                what: "detaching".into(),
+                source: e,
+            })?;
         }
         let open = |p: &Option<PathBuf>| -> Result<Option<Arc<LogFile>>, RunError> {
             p.as_ref()
@@ -349,17 +422,22 @@ impl<T: 'static> Prefork<T> {
             .map(pidfile::PidFile::acquire)
             .transpose()?;
         if self.options.prefork == 0 {
-            return self.run_in_process(logger, logs);
+            return self.run_in_process(logger, logs, reporter.take());
         }
         let pid_fd = pid_file.as_ref().map(std::os::fd::AsRawFd::as_raw_fd);
-        let code = Parent::start(self, logger, logs, pid_fd)?.run();
+        let code = Parent::start(self, logger, logs, pid_fd, reporter.take())?.run();
         drop(pid_file);
         code
     }
 
     /// `prefork = 0`: `main_loop` in this process, with the same signals and
     /// graceful shutdown.
-    fn run_in_process(self, logger: slog::Logger, logs: Logs) -> Result<i32, RunError> {
+    fn run_in_process(
+        self,
+        logger: slog::Logger,
+        logs: Logs,
+        mut reporter: Option<daemon::Reporter>,
+    ) -> Result<i32, RunError> {
         self.options.validate()?;
         os::ignore_sigpipe().map_err(io_err("ignoring SIGPIPE"))?;
         let wake = os::install_worker_handlers().map_err(io_err("installing signal handlers"))?;
@@ -368,7 +446,19 @@ impl<T: 'static> Prefork<T> {
                 what: "creating the scoreboard".into(),
                 source: e,
             })?;
-        let state = (self.after_init)().map_err(RunError::AfterInit)?;
+        let state = match (self.after_init)() {
+            Ok(s) => s,
+            Err(e) => {
+                let e = RunError::AfterInit(e);
+                if let Some(r) = reporter.as_mut() {
+                    r.fail(&e.to_string());
+                }
+                return Err(e);
+            }
+        };
+        if let Some(r) = reporter.as_mut() {
+            r.ok();
+        }
         board.prepare(0, 1);
         board.worker_slot(0).claim(unistd::getpid().as_raw());
         // TERM here is always a shutdown: drain the backlog before leaving.
@@ -522,6 +612,8 @@ struct Parent<T> {
     logs: Logs,
     /// The service manager, when NOTIFY_SOCKET names one.
     notifier: Option<systemd::Notifier>,
+    /// The launcher waiting for the daemon to be up, when daemonized.
+    reporter: Option<daemon::Reporter>,
     stopping_marked: bool,
     /// Look for hung-up clients at all (a hook or a disconnect policy is set).
     watch_disconnects: bool,
@@ -535,6 +627,7 @@ impl<T: 'static> Parent<T> {
         logger: slog::Logger,
         logs: Logs,
         pid_fd: Option<std::os::fd::RawFd>,
+        reporter: Option<daemon::Reporter>,
     ) -> Result<Parent<T>, RunError> {
         let mut builder = Machine::builder(cfg.options.clone());
         if let Some(p) = cfg.scaling.take() {
@@ -687,6 +780,7 @@ impl<T: 'static> Parent<T> {
             parent_pid: unistd::getpid(),
             logs,
             notifier: systemd::Notifier::from_env(),
+            reporter,
             stopping_marked: false,
             watch_disconnects,
             disconnect_due: None,
@@ -890,10 +984,16 @@ impl<T: 'static> Parent<T> {
                 let ok = match catch_unwind(AssertUnwindSafe(init)) {
                     Ok(Ok(state)) => {
                         self.state = Some(state);
+                        if let Some(r) = self.reporter.as_mut() {
+                            r.ok();
+                        }
                         true
                     }
                     Ok(Err(e)) => {
                         slog::error!(self.logger, "after_init failed: {e}");
+                        if let Some(r) = self.reporter.as_mut() {
+                            r.fail(&format!("after_init failed: {e}"));
+                        }
                         self.init_error = Some(e);
                         false
                     }

@@ -180,7 +180,9 @@ pub(crate) fn ignore_sigpipe() -> nix::Result<()> {
 /// Closes a descriptor inherited from the parent that this child must not hold.
 pub(crate) fn close_inherited(fd: RawFd) {
     use std::os::fd::{FromRawFd, OwnedFd};
-    if fd >= 0 {
+    // SAFETY: F_GETFD only asks whether `fd` is open; it changes nothing.
+    let open = fd >= 0 && unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0;
+    if open {
         // SAFETY: in the child, just after the fork, nothing else in this process
         // owns or uses `fd` (the parent's owner of it never runs here: the child
         // ends with `_exit`), so taking ownership and closing it is sound.
@@ -205,4 +207,35 @@ pub(crate) fn adopt_fd(fd: RawFd) -> std::io::Result<OwnedFd> {
     // once (under a process-wide guard, and it unsets LISTEN_* so no later call
     // sees them).
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Which side of a daemonizing fork this process is on.
+pub(crate) enum Side {
+    /// The process that called `fork`, with the child's pid.
+    Parent(Pid),
+    /// The new process; it carries on with the caller's code (it becomes the daemon).
+    Child,
+}
+
+/// A plain fork for daemonizing, where the child does continue with the caller's
+/// code. Call it only before the runtime starts any thread.
+pub(crate) fn fork_for_daemon() -> nix::Result<Side> {
+    // SAFETY: called before `Prefork::run` starts its threads (and the crate
+    // documents that `run` must come before the user's own threads), so the child is
+    // an exact single-threaded copy: no lock can be held by a thread that does not
+    // exist in it.
+    match unsafe { unistd::fork() }? {
+        ForkResult::Parent { child } => Ok(Side::Parent(child)),
+        ForkResult::Child => Ok(Side::Child),
+    }
+}
+
+/// Ends this process at once, without unwinding into the caller or running
+/// atexit handlers (a daemonizing launcher's end).
+pub(crate) fn exit_now(code: i32) -> ! {
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    // SAFETY: `_exit` is always sound; nothing after it runs.
+    unsafe { libc::_exit(code) }
 }
