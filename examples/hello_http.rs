@@ -31,6 +31,8 @@ struct Args {
     json_log: bool,
     require_root: bool,
     daemonize: bool,
+    user: Option<String>,
+    group: Option<String>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -45,6 +47,8 @@ fn parse_args() -> Result<Args, String> {
         json_log: false,
         require_root: false,
         daemonize: false,
+        user: None,
+        group: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -64,11 +68,13 @@ fn parse_args() -> Result<Args, String> {
             "--json-log" => a.json_log = true,
             "--require-root" => a.require_root = true,
             "--daemonize" => a.daemonize = true,
+            "--user" => a.user = Some(value()?),
+            "--group" => a.group = Some(value()?),
             "-h" | "--help" => {
                 println!(
                     "usage: hello_http [--listen ADDR] [--prefork N] [--max-children N] \
                      [--scoreboard PATH] [--pid-file PATH] [--error-log PATH] \
-                     [--access-log PATH] [--json-log] [--require-root] [--daemonize]"
+                     [--access-log PATH] [--json-log] [--require-root] [--daemonize] [--user NAME] [--group NAME]"
                 );
                 std::process::exit(0);
             }
@@ -130,6 +136,12 @@ fn main() {
         .json_log(args.json_log)
         .require_root(args.require_root)
         .daemonize(args.daemonize);
+    if let Some(u) = &args.user {
+        daemon = daemon.user(u.as_str());
+    }
+    if let Some(g) = &args.group {
+        daemon = daemon.group(g.as_str());
+    }
     if let Some(p) = &args.pid_file {
         daemon = daemon.pid_path(p);
     }

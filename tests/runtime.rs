@@ -502,3 +502,42 @@ fn require_root_refuses_a_non_root_start_with_a_clear_message() {
         "{err}"
     );
 }
+
+/// The uid (real) in /proc/PID/status.
+fn uid_of(pid: i32) -> Option<u32> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find_map(|l| l.strip_prefix("Uid:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+#[test]
+fn children_run_as_the_configured_user() {
+    if !nix::unistd::geteuid().is_root() {
+        // Only root can switch: anyone else gets a clear refusal.
+        let out = std::process::Command::new(demo_binary())
+            .args(["--listen", "127.0.0.1:0", "--user", "nobody"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(78));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("only root can switch"));
+        return;
+    }
+    let d = Demo::start(&["--prefork", "2", "--user", "nobody"]);
+    assert!(wait_for(Duration::from_secs(5), || d.children().len() == 2));
+    assert_eq!(get(d.addr, "/").unwrap().0, 200);
+    assert_eq!(uid_of(d.pid()), Some(0), "the parent keeps root");
+    for c in d.children() {
+        assert_eq!(uid_of(c), Some(65534), "child {c} runs as nobody");
+    }
+    let unknown = std::process::Command::new(demo_binary())
+        .args(["--listen", "127.0.0.1:0", "--user", "no-such-user-here"])
+        .output()
+        .unwrap();
+    assert!(!unknown.status.success());
+    assert!(String::from_utf8_lossy(&unknown.stderr)
+        .contains("user \"no-such-user-here\" does not exist"));
+}

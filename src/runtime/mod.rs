@@ -122,6 +122,8 @@ pub struct Prefork<T> {
     require_root: bool,
     daemonize: bool,
     keep_fds: Vec<std::os::fd::RawFd>,
+    user: Option<String>,
+    group: Option<String>,
     after_init: Init<T>,
     main_loop: MainLoop<T>,
     before_shutdown: Option<StateHook<T>>,
@@ -162,6 +164,8 @@ impl<T: 'static> Prefork<T> {
             require_root: false,
             daemonize: true,
             keep_fds: Vec::new(),
+            user: None,
+            group: None,
             after_init: Box::new(after_init),
             main_loop: Box::new(main_loop),
             before_shutdown: None,
@@ -288,6 +292,21 @@ impl<T: 'static> Prefork<T> {
         self
     }
 
+    /// Children run as this user (its supplementary groups and, unless
+    /// [`group`](Self::group) says otherwise, its primary group). The parent keeps
+    /// its privileges (to reopen logs); `after_init` runs before any switch, so it
+    /// can bind port 80. Needs root.
+    pub fn user(mut self, name: impl Into<String>) -> Self {
+        self.user = Some(name.into());
+        self
+    }
+
+    /// Children run with this group. Needs root.
+    pub fn group(mut self, name: impl Into<String>) -> Self {
+        self.group = Some(name.into());
+        self
+    }
+
     /// The seed's `require_root`: refuse to start unless the effective uid is 0.
     pub fn require_root(mut self, yes: bool) -> Self {
         self.require_root = yes;
@@ -334,6 +353,12 @@ impl<T: 'static> Prefork<T> {
         if self.require_root && !unistd::geteuid().is_root() {
             return Err(RunError::Invalid(format!(
                 "require_root is set but this process runs as uid {}, not root",
+                unistd::geteuid()
+            )));
+        }
+        if (self.user.is_some() || self.group.is_some()) && !unistd::geteuid().is_root() {
+            return Err(RunError::Invalid(format!(
+                "user/group are set but this process runs as uid {}: only root can switch",
                 unistd::geteuid()
             )));
         }
@@ -614,6 +639,8 @@ struct Parent<T> {
     notifier: Option<systemd::Notifier>,
     /// The launcher waiting for the daemon to be up, when daemonized.
     reporter: Option<daemon::Reporter>,
+    /// Who the children run as.
+    credentials: Option<Credentials>,
     stopping_marked: bool,
     /// Look for hung-up clients at all (a hook or a disconnect policy is set).
     watch_disconnects: bool,
@@ -636,6 +663,7 @@ impl<T: 'static> Parent<T> {
         if let Some(p) = cfg.reload.take() {
             builder = builder.reload_boxed(p);
         }
+        let credentials = Credentials::resolve(cfg.user.as_deref(), cfg.group.as_deref())?;
         let watch_disconnects = cfg.on_client_disconnect.is_some() || cfg.disconnect.is_some();
         if let Some(p) = cfg.disconnect.take() {
             builder = builder.disconnect_boxed(p);
@@ -781,6 +809,7 @@ impl<T: 'static> Parent<T> {
             logs,
             notifier: systemd::Notifier::from_env(),
             reporter,
+            credentials,
             stopping_marked: false,
             watch_disconnects,
             disconnect_due: None,
@@ -1066,6 +1095,7 @@ impl<T: 'static> Parent<T> {
         let main_loop = &self.cfg.main_loop;
         let child_logger = &self.cfg.child_logger;
         let logs = &self.logs;
+        let credentials = self.credentials.as_ref();
         let result = os::fork_child(&PARENT_SIGNALS, || {
             child_main(ChildStart {
                 parent_pid,
@@ -1078,6 +1108,7 @@ impl<T: 'static> Parent<T> {
                 state,
                 child_logger,
                 logs,
+                credentials,
             })
         });
         let now = self.now();
@@ -1112,10 +1143,77 @@ struct ChildStart<'a, T> {
     state: &'a T,
     child_logger: &'a Option<LoggerFactory>,
     logs: &'a Logs,
+    credentials: Option<&'a Credentials>,
+}
+
+/// The user and groups children switch to, resolved once in the parent.
+#[derive(Debug, Clone)]
+struct Credentials {
+    /// The user's name (for its supplementary groups), uid and primary gid.
+    user: Option<(std::ffi::CString, unistd::Uid)>,
+    gid: unistd::Gid,
+}
+
+impl Credentials {
+    fn resolve(user: Option<&str>, group: Option<&str>) -> Result<Option<Credentials>, RunError> {
+        if user.is_none() && group.is_none() {
+            return Ok(None);
+        }
+        let lookup = |e: nix::Error| RunError::Io {
+            what: "looking up the user or group".into(),
+            source: e.into(),
+        };
+        let u = match user {
+            Some(name) => Some(
+                unistd::User::from_name(name)
+                    .map_err(lookup)?
+                    .ok_or_else(|| RunError::Invalid(format!("user {name:?} does not exist")))?,
+            ),
+            None => None,
+        };
+        let gid = match group {
+            Some(name) => {
+                unistd::Group::from_name(name)
+                    .map_err(lookup)?
+                    .ok_or_else(|| RunError::Invalid(format!("group {name:?} does not exist")))?
+                    .gid
+            }
+            None => u.as_ref().map_or(unistd::getgid(), |u| u.gid),
+        };
+        let user = match u {
+            Some(u) => Some((
+                std::ffi::CString::new(u.name.clone())
+                    .map_err(|_| RunError::Invalid(format!("user name {:?} has a NUL", u.name)))?,
+                u.uid,
+            )),
+            None => None,
+        };
+        Ok(Some(Credentials { user, gid }))
+    }
+
+    /// Switches this (child) process: groups first, then the gid, then the uid.
+    fn apply(&self) -> nix::Result<()> {
+        match &self.user {
+            Some((name, _)) => unistd::initgroups(name, self.gid)?,
+            None => unistd::setgroups(&[self.gid])?,
+        }
+        unistd::setgid(self.gid)?;
+        if let Some((_, uid)) = &self.user {
+            unistd::setuid(*uid)?;
+        }
+        Ok(())
+    }
 }
 
 /// The child's whole life, from just after the fork; returns its exit code.
 fn child_main<T>(c: ChildStart<'_, T>) -> i32 {
+    // Drop privileges first: a credential change clears PDEATHSIG.
+    if let Some(creds) = c.credentials {
+        if let Err(e) = creds.apply() {
+            eprintln!("preforkd child: cannot switch user/group: {e}");
+            return 1;
+        }
+    }
     // Die with the parent; then close the race where it died before this line.
     if nix::sys::prctl::set_pdeathsig(NSig::SIGKILL).is_err() || unistd::getppid() != c.parent_pid {
         return 1;
