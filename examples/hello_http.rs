@@ -95,9 +95,14 @@ fn main() {
     let listen = args.listen.clone();
     let mut daemon = Prefork::new(
         move || {
-            // A deep backlog: a burst waits there while the pool grows.
-            let l = preforkd::listen(&listen, 1024)
-                .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+            // A socket the service manager passed (socket activation), else our own
+            // with a deep backlog: a burst waits there while the pool grows.
+            let activated = preforkd::runtime::systemd::listen_fds()?;
+            let l = match activated.into_iter().next() {
+                Some(socket) => socket.into_tcp_listener()?,
+                None => preforkd::listen(&listen, 1024)
+                    .map_err(|e| format!("cannot listen on {listen}: {e}"))?,
+            };
             // Accepted sockets inherit the listener's receive timeout (Linux): the
             // keep-alive limit is set once here, not once per connection.
             let timeout = nix::sys::time::TimeVal::new(KEEP_ALIVE.as_secs() as i64, 0);

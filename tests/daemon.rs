@@ -130,3 +130,42 @@ fn daemonizing_without_the_paths_is_a_configuration_error() {
         "{err}"
     );
 }
+
+#[test]
+fn a_socket_passed_by_the_service_manager_is_served() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let fd = listener.as_raw_fd();
+    let bin = demo_binary();
+    let mut cmd = Command::new("sh");
+    // LISTEN_PID must be the demo's pid: `exec` keeps the shell's.
+    cmd.arg("-c")
+        .arg(r#"LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=http exec "$0" --listen 192.0.2.1:9 --prefork 1"#)
+        .arg(&bin)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .process_group(0);
+    // SAFETY: between fork and exec the closure only calls dup2(2) and fcntl(2),
+    // both async-signal-safe, on a descriptor this process owns.
+    unsafe {
+        cmd.pre_exec(move || {
+            if nix::libc::dup2(fd, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            nix::libc::fcntl(3, nix::libc::F_SETFD, 0);
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    // The --listen address is not on this machine (binding it would fail): only
+    // the passed socket can be what answers.
+    let ok = wait_for(
+        Duration::from_secs(10),
+        || matches!(get(addr, "/"), Ok((200, ref b)) if b == "hello\n"),
+    );
+    send_signal(-(child.id() as i32), 9);
+    let _ = child.wait();
+    assert!(ok, "the activated socket was not served");
+}

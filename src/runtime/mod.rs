@@ -47,7 +47,7 @@ pub use worker::{BusyGuard, Worker};
 
 use crate::policy::{Disconnect, DisconnectPolicy, ReloadPolicy, ScalingPolicy};
 use crate::{
-    Action, ConfigError, Event, ExitStatus, Hook, HookKind, Level, Machine, Options, Pid,
+    Action, ConfigError, Event, ExitStatus, Hook, HookKind, Level, Machine, Notify, Options, Pid,
     Scoreboard, Signal, State, Time,
 };
 use crossbeam_channel::{after, never, select, unbounded, Receiver};
@@ -641,6 +641,10 @@ struct Parent<T> {
     reporter: Option<daemon::Reporter>,
     /// Who the children run as.
     credentials: Option<Credentials>,
+    /// Ticks at half the service manager's watchdog interval (WATCHDOG_USEC).
+    watchdog: Option<Receiver<std::time::Instant>>,
+    /// Daemonized: the service manager must be told the main pid changed.
+    daemonized: bool,
     stopping_marked: bool,
     /// Look for hung-up clients at all (a hook or a disconnect policy is set).
     watch_disconnects: bool,
@@ -808,8 +812,10 @@ impl<T: 'static> Parent<T> {
             parent_pid: unistd::getpid(),
             logs,
             notifier: systemd::Notifier::from_env(),
+            daemonized: reporter.is_some(),
             reporter,
             credentials,
+            watchdog: systemd::watchdog_interval().map(crossbeam_channel::tick),
             stopping_marked: false,
             watch_disconnects,
             disconnect_due: None,
@@ -851,6 +857,7 @@ impl<T: 'static> Parent<T> {
                 )),
                 None => never(),
             };
+            let watchdog = self.watchdog.clone().unwrap_or_else(never);
             select! {
                 recv(self.signals) -> sig => match sig {
                     Ok(sig) => self.on_signal(sig),
@@ -866,6 +873,13 @@ impl<T: 'static> Parent<T> {
                     self.tick();
                 },
                 recv(timer) -> _ => self.tick(),
+                recv(watchdog) -> _ => {
+                    if let Some(n) = &self.notifier {
+                        if let Err(e) = n.watchdog() {
+                            slog::warn!(self.logger, "sd_notify WATCHDOG=1: {e}");
+                        }
+                    }
+                }
                 recv(netstat) -> _ => {
                     self.disconnect_due = None;
                     let children: Vec<i32> = self.machine.pids().map(|p| p.0).collect();
@@ -979,6 +993,14 @@ impl<T: 'static> Parent<T> {
                     }
                 }
                 Action::Notify(n) => {
+                    if let (Some(notifier), true, Notify::Ready) =
+                        (&self.notifier, self.daemonized, &n)
+                    {
+                        // After the double fork, the pid systemd started is gone.
+                        if let Err(e) = notifier.mainpid(std::process::id()) {
+                            slog::warn!(self.logger, "sd_notify MAINPID: {e}");
+                        }
+                    }
                     if let Some(notifier) = &self.notifier {
                         if let Err(e) = notifier.send(&n) {
                             slog::warn!(self.logger, "sd_notify {n:?}: {e}");
