@@ -169,3 +169,126 @@ fn a_socket_passed_by_the_service_manager_is_served() {
     let _ = child.wait();
     assert!(ok, "the activated socket was not served");
 }
+
+fn daemon_args(dir: &std::path::Path, listen: &str) -> Vec<String> {
+    let p = |n: &str| dir.join(n).to_str().unwrap().to_string();
+    vec![
+        "--daemonize".into(),
+        "--listen".into(),
+        listen.into(),
+        "--prefork".into(),
+        "1".into(),
+        "--pid-file".into(),
+        p("demo.pid"),
+        "--error-log".into(),
+        p("error.log"),
+        "--access-log".into(),
+        p("access.log"),
+    ]
+}
+
+/// Stops the daemon named by the pid file, if any; waits until it is gone.
+fn stop(pid_file: &std::path::Path) {
+    if let Ok(pid) = std::fs::read_to_string(pid_file) {
+        if let Ok(pid) = pid.trim().parse::<i32>() {
+            send_signal(pid, 15);
+            assert!(wait_for(Duration::from_secs(10), || !alive(pid)));
+        }
+    }
+}
+
+#[test]
+fn ten_simultaneous_starts_yield_exactly_one_daemon() {
+    let dir = tempdir("ten");
+    let starts: Vec<_> = (0..10)
+        .map(|_| {
+            Command::new(demo_binary())
+                .args(daemon_args(&dir, &format!("127.0.0.1:{}", free_port())))
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let outcomes: Vec<_> = starts
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap())
+        .collect();
+    let winners = outcomes.iter().filter(|o| o.status.success()).count();
+    let pid = std::fs::read_to_string(dir.join("demo.pid")).unwrap();
+    stop(&dir.join("demo.pid"));
+    assert_eq!(winners, 1, "{outcomes:?}");
+    for o in outcomes.iter().filter(|o| !o.status.success()) {
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains(&format!("already running (pid {})", pid.trim())),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn a_stale_pid_file_is_recovered_and_a_symlinked_one_refused() {
+    let dir = tempdir("stale");
+    // A pid that cannot be running (beyond pid_max), and no lock.
+    std::fs::write(dir.join("demo.pid"), "999999999\n").unwrap();
+    let out = Command::new(demo_binary())
+        .args(daemon_args(&dir, &format!("127.0.0.1:{}", free_port())))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let pid = std::fs::read_to_string(dir.join("demo.pid")).unwrap();
+    assert_ne!(pid.trim(), "999999999");
+    stop(&dir.join("demo.pid"));
+
+    let dir = tempdir("symlink");
+    let target = dir.join("elsewhere");
+    std::fs::write(&target, "precious\n").unwrap();
+    std::os::unix::fs::symlink(&target, dir.join("demo.pid")).unwrap();
+    let out = Command::new(demo_binary())
+        .args(daemon_args(&dir, &format!("127.0.0.1:{}", free_port())))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is a symlink"), "{err}");
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "precious\n");
+}
+
+#[test]
+fn bad_configuration_gets_one_clear_error_each_and_exit_78() {
+    let dir = tempdir("config");
+    let run = |args: &[&str]| {
+        let out = Command::new(demo_binary())
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let unwritable = "/proc/preforkd-no-such-dir/error.log";
+    for (args, needle) in [
+        (
+            vec!["--prefork", "10", "--max-children", "5"],
+            "prefork (10) exceeds max_children (5)",
+        ),
+        (vec!["--max-children", "0"], "max_children"),
+        (
+            vec!["--daemonize"],
+            "missing: error_log_path, access_log_path, pid_path",
+        ),
+        (vec!["--error-log", unwritable], "cannot open the log"),
+        (
+            vec!["--prefork", "many"],
+            "--prefork: \"many\" is not a number",
+        ),
+    ] {
+        let (code, err) = run(&args);
+        assert_eq!(code, Some(78), "{args:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: one error, got {err}");
+    }
+    drop(dir);
+}

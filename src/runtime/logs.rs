@@ -53,6 +53,15 @@ impl LogFile {
         }))
     }
 
+    /// The descriptor of the file in use now (to keep it open when daemonizing).
+    pub(crate) fn raw_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        self.file
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_raw_fd()
+    }
+
     /// The path it was opened at.
     pub fn path(&self) -> &Path {
         &self.path

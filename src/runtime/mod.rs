@@ -372,6 +372,19 @@ impl<T: 'static> Prefork<T> {
                 "auto_reload_handler is required when auto_reload_check_every is set".into(),
             ));
         }
+        // Logs are opened before any fork: a path that cannot be used is a
+        // configuration error the operator sees at once.
+        let open = |p: &Option<PathBuf>| -> Result<Option<Arc<LogFile>>, RunError> {
+            p.as_ref()
+                .map(LogFile::open)
+                .transpose()
+                .map_err(|e| RunError::Invalid(format!("cannot open the log: {e}")))
+        };
+        let logs = Logs {
+            error: open(&self.error_log_path)?,
+            access: open(&self.access_log_path)?,
+            json: self.json_log,
+        };
         let mut reporter = None;
         if self.daemonize {
             let missing: Vec<&str> = [
@@ -405,36 +418,27 @@ impl<T: 'static> Prefork<T> {
             reporter = Some(r);
         }
         // From here on, in a daemon, a failure is also told to the launcher.
-        let result = self.run_detached(&mut reporter);
+        let result = self.run_detached(&mut reporter, logs);
         if let (Err(e), Some(r)) = (&result, reporter.as_mut()) {
             r.fail(&e.to_string());
         }
         result
     }
 
-    fn run_detached(mut self, reporter: &mut Option<daemon::Reporter>) -> Result<i32, RunError> {
+    fn run_detached(
+        mut self,
+        reporter: &mut Option<daemon::Reporter>,
+        logs: Logs,
+    ) -> Result<i32, RunError> {
         if let (Some(r), Some(log)) = (reporter.as_ref(), &self.error_log_path) {
             let mut keep = self.keep_fds.clone();
             keep.extend(r.raw_fd());
+            keep.extend(logs.all().iter().map(|l| l.raw_fd()));
             daemon::settle(log, &keep).map_err(|e| RunError::Io {
                 what: "detaching".into(),
                 source: e,
             })?;
         }
-        let open = |p: &Option<PathBuf>| -> Result<Option<Arc<LogFile>>, RunError> {
-            p.as_ref()
-                .map(LogFile::open)
-                .transpose()
-                .map_err(|e| RunError::Io {
-                    what: "opening the log".into(),
-                    source: e,
-                })
-        };
-        let logs = Logs {
-            error: open(&self.error_log_path)?,
-            access: open(&self.access_log_path)?,
-            json: self.json_log,
-        };
         let logger = match (self.logger.take(), &logs.error) {
             (Some(l), _) => l,
             (None, Some(f)) => file_logger(f, logs.json),
