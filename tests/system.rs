@@ -1,0 +1,128 @@
+//! System tests: the demo with programs a fresh machine lacks. Run with
+//! `cargo test --features system-tests --test system`; `.ci/run` installs what they
+//! need. A missing program fails the test, never skips it.
+#![cfg(feature = "system-tests")]
+// Real processes need real time.
+#![allow(clippy::disallowed_methods)]
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+use support::*;
+
+fn program(name: &str) -> std::path::PathBuf {
+    for dir in ["/usr/sbin", "/usr/bin", "/sbin", "/bin"] {
+        let p = std::path::Path::new(dir).join(name);
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!(
+        "{name} is not installed: apt-get install -y {name} (the system-tests feature needs it)"
+    );
+}
+
+#[test]
+fn logrotate_with_a_usr1_postrotate_loses_no_access_log_line() {
+    let logrotate = program("logrotate");
+    let dir = std::env::temp_dir().join(format!("preforkd-logrotate-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let access = dir.join("access.log");
+    let errors = dir.join("error.log");
+    let pid_file = dir.join("demo.pid");
+    let d = Demo::start(&[
+        "--prefork",
+        "2",
+        "--max-children",
+        "4",
+        "--access-log",
+        access.to_str().unwrap(),
+        "--error-log",
+        errors.to_str().unwrap(),
+        "--pid-file",
+        pid_file.to_str().unwrap(),
+    ]);
+    assert!(wait_for(Duration::from_secs(5), || d.children().len() == 2));
+    let conf = dir.join("logrotate.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "{dir}/access.log {dir}/error.log {{\n  rotate 20\n  missingok\n  nocompress\n  \
+             sharedscripts\n  postrotate\n    kill -USR1 $(cat {pid})\n  endscript\n}}\n",
+            dir = dir.display(),
+            pid = pid_file.display()
+        ),
+    )
+    .unwrap();
+    let addr = d.addr;
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..4)
+        .map(|t| {
+            let stop = Arc::clone(&stop);
+            thread::spawn(move || {
+                let mut k = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    assert_eq!(
+                        get(addr, &format!("/?id={t}-{k}")).expect("answered").0,
+                        200
+                    );
+                    k += 1;
+                    thread::sleep(Duration::from_millis(5));
+                }
+                k
+            })
+        })
+        .collect();
+    for _ in 0..3 {
+        thread::sleep(Duration::from_millis(200));
+        let out = Command::new(&logrotate)
+            .arg("--force")
+            .arg("--state")
+            .arg(dir.join("state"))
+            .arg(&conf)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    }
+    thread::sleep(Duration::from_millis(200));
+    stop.store(true, Ordering::Relaxed);
+    let sent: usize = clients.into_iter().map(|c| c.join().unwrap()).sum();
+    // The daemon has reopened after the last rotation (it logs that it did).
+    assert!(wait_for(Duration::from_secs(5), || {
+        std::fs::read_to_string(&errors).is_ok_and(|t| t.contains("reopened"))
+    }));
+    let mut seen = BTreeMap::new();
+    for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+        if !entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with("access.log")
+        {
+            continue;
+        }
+        for line in std::fs::read_to_string(entry.path()).unwrap().lines() {
+            let id = line
+                .split("id=")
+                .nth(1)
+                .unwrap()
+                .split(' ')
+                .next()
+                .unwrap()
+                .to_string();
+            *seen.entry(id).or_insert(0) += 1;
+        }
+    }
+    assert!(sent > 100, "only {sent} requests");
+    assert_eq!(seen.len(), sent, "every request logged");
+    assert!(seen.values().all(|&n| n == 1), "a request logged twice");
+    assert!(
+        dir.join("access.log.3").exists(),
+        "three rotations happened"
+    );
+}
