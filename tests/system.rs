@@ -8,6 +8,7 @@
 mod support;
 
 use std::collections::BTreeMap;
+use std::os::unix::process::CommandExt;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -125,4 +126,43 @@ fn logrotate_with_a_usr1_postrotate_loses_no_access_log_line() {
         dir.join("access.log.3").exists(),
         "three rotations happened"
     );
+}
+
+#[test]
+fn as_pid_1_it_reaps_re_parented_grandchildren() {
+    let unshare = program("unshare");
+    let bin = demo_binary();
+    // In a new pid namespace the demo is PID 1; the subshell's `sleep` is orphaned
+    // and re-parented to it: when it exits, only the demo can reap it.
+    let script = r#"(sleep 0.5 &); exec "$0" --listen 127.0.0.1:0 --prefork 1"#;
+    let mut ns = Command::new(unshare)
+        .args(["--pid", "--fork", "--kill-child", "sh", "-c", script])
+        .arg(&bin)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .process_group(0)
+        .spawn()
+        .expect("unshare (util-linux) runs as root");
+    let unshare_pid = ns.id() as i32;
+    // The demo is unshare's child (host pids); the sleep becomes the demo's child.
+    let mut demo = None;
+    let found = wait_for(Duration::from_secs(5), || {
+        demo = children_of(unshare_pid).first().copied();
+        demo.is_some_and(|p| {
+            children_of(p).iter().any(|&c| {
+                std::fs::read_to_string(format!("/proc/{c}/comm"))
+                    .is_ok_and(|n| n.trim() == "sleep")
+            })
+        })
+    });
+    let demo = demo.expect("the demo runs");
+    let sleeper = children_of(demo).into_iter().find(|&c| {
+        std::fs::read_to_string(format!("/proc/{c}/comm")).is_ok_and(|n| n.trim() == "sleep")
+    });
+    let reaped =
+        sleeper.is_some_and(|s| wait_for(Duration::from_secs(5), || proc_state(s).is_none()));
+    send_signal(-unshare_pid, 9);
+    let _ = ns.wait();
+    assert!(found, "the orphaned sleep was not re-parented to the demo");
+    assert!(reaped, "the re-parented grandchild was left a zombie");
 }
