@@ -346,21 +346,7 @@ fn usr1_reopens_the_logs_and_every_request_is_logged_exactly_once() {
     assert!(wait_for(Duration::from_secs(5), || d.children().len() == 2));
     let addr = d.addr;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let clients: Vec<_> = (0..4)
-        .map(|t| {
-            let stop = std::sync::Arc::clone(&stop);
-            thread::spawn(move || {
-                let mut k = 0;
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    let (status, _) = get(addr, &format!("/?id={t}-{k}")).expect("answered");
-                    assert_eq!(status, 200);
-                    k += 1;
-                    thread::sleep(Duration::from_millis(5));
-                }
-                k
-            })
-        })
-        .collect();
+    let clients = id_load(addr, 4, &stop);
     // Rotate five times under load, as logrotate's postrotate would.
     for i in 1..=5 {
         thread::sleep(Duration::from_millis(150));
@@ -375,28 +361,7 @@ fn usr1_reopens_the_logs_and_every_request_is_logged_exactly_once() {
     assert!(wait_for(Duration::from_secs(5), || {
         std::fs::read_to_string(&errors).is_ok_and(|t| t.contains("reopened"))
     }));
-    let mut seen = std::collections::BTreeMap::new();
-    let mut files = 0;
-    for entry in std::fs::read_dir(&dir).unwrap().flatten() {
-        let name = entry.file_name().to_string_lossy().to_string();
-        if !name.starts_with("access.log") {
-            continue;
-        }
-        files += 1;
-        for line in std::fs::read_to_string(entry.path()).unwrap().lines() {
-            // Combined format: host - - [date] "GET /?id=T-K HTTP/1.1" 200 6 "-" "-"
-            assert!(line.contains("\" 200 6 "), "{line}");
-            let id = line
-                .split("id=")
-                .nth(1)
-                .unwrap()
-                .split(' ')
-                .next()
-                .unwrap()
-                .to_string();
-            *seen.entry(id).or_insert(0) += 1;
-        }
-    }
+    let (files, seen) = logged_ids(&dir);
     assert_eq!(files, 6, "five rotated files and the current one");
     assert!(sent > 100, "only {sent} requests during the rotations");
     assert_eq!(seen.len(), sent, "every request logged");

@@ -7,11 +7,8 @@
 
 mod support;
 
-use std::collections::BTreeMap;
 use std::os::unix::process::CommandExt;
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 use support::*;
@@ -62,24 +59,8 @@ fn logrotate_with_a_usr1_postrotate_loses_no_access_log_line() {
     )
     .unwrap();
     let addr = d.addr;
-    let stop = Arc::new(AtomicBool::new(false));
-    let clients: Vec<_> = (0..4)
-        .map(|t| {
-            let stop = Arc::clone(&stop);
-            thread::spawn(move || {
-                let mut k = 0;
-                while !stop.load(Ordering::Relaxed) {
-                    assert_eq!(
-                        get(addr, &format!("/?id={t}-{k}")).expect("answered").0,
-                        200
-                    );
-                    k += 1;
-                    thread::sleep(Duration::from_millis(5));
-                }
-                k
-            })
-        })
-        .collect();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients = id_load(addr, 4, &stop);
     for _ in 0..3 {
         thread::sleep(Duration::from_millis(200));
         let out = Command::new(&logrotate)
@@ -92,33 +73,13 @@ fn logrotate_with_a_usr1_postrotate_loses_no_access_log_line() {
         assert!(out.status.success(), "{out:?}");
     }
     thread::sleep(Duration::from_millis(200));
-    stop.store(true, Ordering::Relaxed);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let sent: usize = clients.into_iter().map(|c| c.join().unwrap()).sum();
     // The daemon has reopened after the last rotation (it logs that it did).
     assert!(wait_for(Duration::from_secs(5), || {
         std::fs::read_to_string(&errors).is_ok_and(|t| t.contains("reopened"))
     }));
-    let mut seen = BTreeMap::new();
-    for entry in std::fs::read_dir(&dir).unwrap().flatten() {
-        if !entry
-            .file_name()
-            .to_string_lossy()
-            .starts_with("access.log")
-        {
-            continue;
-        }
-        for line in std::fs::read_to_string(entry.path()).unwrap().lines() {
-            let id = line
-                .split("id=")
-                .nth(1)
-                .unwrap()
-                .split(' ')
-                .next()
-                .unwrap()
-                .to_string();
-            *seen.entry(id).or_insert(0) += 1;
-        }
-    }
+    let (_, seen) = logged_ids(&dir);
     assert!(sent > 100, "only {sent} requests");
     assert_eq!(seen.len(), sent, "every request logged");
     assert!(seen.values().all(|&n| n == 1), "a request logged twice");

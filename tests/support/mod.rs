@@ -194,3 +194,51 @@ pub fn parse_response(buf: &str) -> std::io::Result<(u16, String)> {
         .ok_or_else(bad)?;
     Ok((status, body))
 }
+
+/// Clients asking `/?id=T-K` from `threads` threads, each request a new
+/// connection, until `stop` is set; each handle gives how many that thread sent.
+pub fn id_load(
+    addr: SocketAddr,
+    threads: usize,
+    stop: &Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<std::thread::JoinHandle<usize>> {
+    (0..threads)
+        .map(|t| {
+            let stop = Arc::clone(stop);
+            std::thread::spawn(move || {
+                let mut k = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let (status, _) = get(addr, &format!("/?id={t}-{k}")).expect("answered");
+                    assert_eq!(status, 200);
+                    k += 1;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                k
+            })
+        })
+        .collect()
+}
+
+/// Reads every `access.log*` file in `dir`: how many files, and how many times each
+/// `id` of [`id_load`] was logged. Every line must be a combined-format 200 of 6
+/// bytes (`"GET /?id=T-K HTTP/1.1" 200 6 "-" "-"`).
+pub fn logged_ids(dir: &std::path::Path) -> (usize, std::collections::BTreeMap<String, usize>) {
+    let mut seen = std::collections::BTreeMap::new();
+    let mut files = 0;
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        if !entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with("access.log")
+        {
+            continue;
+        }
+        files += 1;
+        for line in std::fs::read_to_string(entry.path()).unwrap().lines() {
+            assert!(line.contains("\" 200 6 "), "{line}");
+            let id = line.split("id=").nth(1).unwrap().split(' ').next().unwrap();
+            *seen.entry(id.to_string()).or_insert(0) += 1;
+        }
+    }
+    (files, seen)
+}
