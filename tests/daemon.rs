@@ -18,13 +18,6 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn tempdir(tag: &str) -> std::path::PathBuf {
-    let p = std::env::temp_dir().join(format!("preforkd-daemon-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&p);
-    std::fs::create_dir_all(&p).unwrap();
-    p
-}
-
 #[test]
 fn start_stop_daemon_starts_and_stops_the_daemonized_demo_cleanly() {
     let dir = tempdir("ssd");

@@ -25,7 +25,7 @@ fn assert_no_zombies(d: &Demo) {
 
 #[test]
 fn pool_starts_at_prefork_and_the_scoreboard_matches_ps() {
-    let dir = tempdir();
+    let dir = tempdir("runtime");
     let sb = dir.join("scoreboard");
     let d = Demo::start(&[
         "--prefork",
@@ -234,19 +234,6 @@ fn keep_alive_and_connection_close_are_honoured() {
     );
 }
 
-fn tempdir() -> std::path::PathBuf {
-    let p = std::env::temp_dir().join(format!(
-        "preforkd-test-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    ));
-    std::fs::create_dir_all(&p).unwrap();
-    p
-}
-
 #[test]
 fn hup_rolls_every_child_over_without_losing_a_request() {
     let d = Demo::start(&["--prefork", "3", "--max-children", "12"]);
@@ -330,7 +317,7 @@ fn a_client_hanging_up_on_a_busy_child_reaches_on_client_disconnect_once() {
 
 #[test]
 fn usr1_reopens_the_logs_and_every_request_is_logged_exactly_once() {
-    let dir = tempdir();
+    let dir = tempdir("runtime");
     let access = dir.join("access.log");
     let errors = dir.join("error.log");
     let d = Demo::start(&[
@@ -373,7 +360,7 @@ fn usr1_reopens_the_logs_and_every_request_is_logged_exactly_once() {
 
 #[test]
 fn a_second_instance_on_the_same_pid_file_refuses_to_start() {
-    let dir = tempdir();
+    let dir = tempdir("runtime");
     let pid_file = dir.join("demo.pid");
     let p = pid_file.to_str().unwrap();
     let mut first = Demo::start(&["--prefork", "1", "--pid-file", p]);
@@ -398,7 +385,7 @@ fn a_second_instance_on_the_same_pid_file_refuses_to_start() {
 
 #[test]
 fn the_service_manager_hears_ready_status_and_stopping_in_order() {
-    let dir = tempdir();
+    let dir = tempdir("runtime");
     let sock_path = dir.join("notify.sock");
     let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(10)))

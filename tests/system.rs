@@ -28,9 +28,7 @@ fn program(name: &str) -> std::path::PathBuf {
 #[test]
 fn logrotate_with_a_usr1_postrotate_loses_no_access_log_line() {
     let logrotate = program("logrotate");
-    let dir = std::env::temp_dir().join(format!("preforkd-logrotate-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = tempdir("logrotate");
     let access = dir.join("access.log");
     let errors = dir.join("error.log");
     let pid_file = dir.join("demo.pid");

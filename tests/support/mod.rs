@@ -242,3 +242,13 @@ pub fn logged_ids(dir: &std::path::Path) -> (usize, std::collections::BTreeMap<S
     }
     (files, seen)
 }
+
+/// A fresh, empty directory for one test: unique per tag, process and call.
+pub fn tempdir(tag: &str) -> std::path::PathBuf {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let p = std::env::temp_dir().join(format!("preforkd-{tag}-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&p);
+    std::fs::create_dir_all(&p).unwrap();
+    p
+}
