@@ -33,6 +33,8 @@ struct Args {
     daemonize: bool,
     user: Option<String>,
     group: Option<String>,
+    graceful_timeout: Option<Duration>,
+    busy_timeout: Option<Duration>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -49,6 +51,8 @@ fn parse_args() -> Result<Args, String> {
         daemonize: false,
         user: None,
         group: None,
+        graceful_timeout: None,
+        busy_timeout: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -57,8 +61,15 @@ fn parse_args() -> Result<Args, String> {
             v.parse::<usize>()
                 .map_err(|_| format!("{name}: {v:?} is not a number"))
         };
+        let duration = |v: String, name: &str| {
+            preforkd::policy::parse_duration(&v).map_err(|e| format!("{name}: {e}"))
+        };
         match flag.as_str() {
             "--listen" => a.listen = value()?,
+            "--graceful-timeout" => {
+                a.graceful_timeout = Some(duration(value()?, "--graceful-timeout")?)
+            }
+            "--busy-timeout" => a.busy_timeout = Some(duration(value()?, "--busy-timeout")?),
             "--prefork" => a.prefork = number(value()?, "--prefork")?,
             "--max-children" => a.max_children = number(value()?, "--max-children")?,
             "--scoreboard" => a.scoreboard = Some(value()?.into()),
@@ -74,7 +85,8 @@ fn parse_args() -> Result<Args, String> {
                 println!(
                     "usage: hello_http [--listen ADDR] [--prefork N] [--max-children N] \
                      [--scoreboard PATH] [--pid-file PATH] [--error-log PATH] \
-                     [--access-log PATH] [--json-log] [--require-root] [--daemonize] [--user NAME] [--group NAME]"
+                     [--access-log PATH] [--json-log] [--require-root] [--daemonize] [--user NAME] [--group NAME] \
+                     [--graceful-timeout DURATION] [--busy-timeout DURATION]"
                 );
                 std::process::exit(0);
             }
@@ -121,6 +133,8 @@ fn main() {
     )
     .prefork(args.prefork)
     .max_children(args.max_children)
+    .graceful_timeout(args.graceful_timeout.unwrap_or(Duration::from_secs(30)))
+    .busy_timeout(args.busy_timeout)
     .on_client_disconnect(|d| {
         eprintln!(
             "hello_http: client {}:{} hung up on child {} ({}:{})",

@@ -197,6 +197,20 @@ impl<T: 'static> Prefork<T> {
         self
     }
 
+    /// How long a graceful stop may take before the children still working are
+    /// KILLed (30 s); with `prefork = 0`, before the process exits with code 1.
+    pub fn graceful_timeout(mut self, d: Duration) -> Self {
+        self.options.graceful_timeout = d;
+        self
+    }
+
+    /// A request running longer than this gets its child stopped: TERM, then KILL
+    /// after `kill_grace` (`None`, the default: no limit).
+    pub fn busy_timeout(mut self, d: Option<Duration>) -> Self {
+        self.options.busy_timeout = d;
+        self
+    }
+
     /// Keep the scoreboard in a file here (0600) so other processes can read it;
     /// without it the scoreboard lives in anonymous shared memory (autoscaling
     /// works either way).
@@ -469,7 +483,9 @@ impl<T: 'static> Prefork<T> {
     ) -> Result<i32, RunError> {
         self.options.validate()?;
         os::ignore_sigpipe().map_err(io_err("ignoring SIGPIPE"))?;
-        let wake = os::install_worker_handlers().map_err(io_err("installing signal handlers"))?;
+        let gate = os::SignalGate::current().map_err(io_err("reading the signal mask"))?;
+        let wake =
+            os::install_worker_handlers(gate).map_err(io_err("installing signal handlers"))?;
         let board =
             Board::create(self.scoreboard_path.as_deref(), 1, -1).map_err(|e| RunError::Io {
                 what: "creating the scoreboard".into(),
@@ -1122,8 +1138,9 @@ impl<T: 'static> Parent<T> {
         let child_logger = &self.cfg.child_logger;
         let logs = &self.logs;
         let credentials = self.credentials.as_ref();
-        let result = os::fork_child(&PARENT_SIGNALS, || {
+        let result = os::fork_child(&PARENT_SIGNALS, |gate| {
             child_main(ChildStart {
+                gate,
                 parent_pid,
                 board,
                 inherited,
@@ -1159,6 +1176,8 @@ impl<T: 'static> Parent<T> {
 }
 
 struct ChildStart<'a, T> {
+    /// Opened once the child's handlers exist (signals stay blocked until then).
+    gate: os::SignalGate,
     parent_pid: unistd::Pid,
     board: Board,
     inherited: &'a [std::os::fd::RawFd],
@@ -1244,7 +1263,7 @@ fn child_main<T>(c: ChildStart<'_, T>) -> i32 {
     if nix::sys::prctl::set_pdeathsig(NSig::SIGKILL).is_err() || unistd::getppid() != c.parent_pid {
         return 1;
     }
-    let Ok(wake) = os::install_worker_handlers() else {
+    let Ok(wake) = os::install_worker_handlers(c.gate) else {
         return 1;
     };
     // The parent's self-pipe and wake-up reader are not ours to hold.

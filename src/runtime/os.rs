@@ -53,14 +53,42 @@ pub(crate) fn map_board(
     }
 }
 
-/// Forks. In the child, runs `child` with signals reset and then exits with its
-/// code through `_exit`; it never returns there. In the parent, returns the
-/// child's pid. Call only from the main thread.
-pub(crate) fn fork_child(reset: &[c_int], child: impl FnOnce() -> i32) -> nix::Result<Pid> {
+/// The signal mask a new child runs with once its own handlers exist. Until then
+/// every signal stays blocked (pending, not lost): a signal sent right after the
+/// fork must not meet a default disposition and kill the child.
+#[derive(Debug)]
+pub(crate) struct SignalGate {
+    mask: SigSet,
+}
+
+impl SignalGate {
+    /// A gate that restores this thread's current mask (no fork involved:
+    /// `prefork = 0` installs the worker's handlers in the parent itself).
+    pub(crate) fn current() -> nix::Result<SignalGate> {
+        let mut mask = SigSet::empty();
+        signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, None, Some(&mut mask))?;
+        Ok(SignalGate { mask })
+    }
+
+    fn open(self) -> nix::Result<()> {
+        signal::pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&self.mask), None)
+    }
+}
+
+/// Forks. In the child, runs `child` with every handled signal reset to its
+/// default and every signal still blocked (the child unblocks them by handing the
+/// gate to [`install_worker_handlers`]), then exits with its code through `_exit`:
+/// it never returns there, not even by a panic (exit code 70). In the parent,
+/// returns the child's pid. Call only from the main thread.
+pub(crate) fn fork_child(
+    reset: &[c_int],
+    child: impl FnOnce(SignalGate) -> i32,
+) -> nix::Result<Pid> {
     let all = SigSet::all();
     let mut old = SigSet::empty();
     // Block everything so no handler of the parent runs in the child between the
-    // fork and the reset below.
+    // fork and the reset below, and no signal meets a default disposition before
+    // the child's own handlers exist.
     signal::pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&all), Some(&mut old))?;
     // SAFETY: the child only resets signal dispositions (async-signal-safe), then
     // runs code that takes no lock another parent thread could hold: the parent's
@@ -80,11 +108,19 @@ pub(crate) fn fork_child(reset: &[c_int], child: impl FnOnce() -> i32) -> nix::R
                     };
                 }
             }
-            let _ = signal::pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
-            let code = child();
-            // SAFETY: `_exit` ends the process without running the parent's atexit
-            // handlers or unwinding into the caller's code; always sound.
-            unsafe { libc::_exit(code) }
+            let gate = SignalGate { mask: old };
+            // A panic must not unwind into the caller's code (the parent's loop, then
+            // the user's `main`) in this process: it ends here, as a crash.
+            let code = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| child(gate)))
+            {
+                Ok(code) => code,
+                Err(payload) => {
+                    // Dropping the payload could panic again: leak it, we exit now.
+                    std::mem::forget(payload);
+                    70
+                }
+            };
+            exit_now(code)
         }
         Ok(ForkResult::Parent { child }) => {
             let _ = signal::pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
@@ -139,7 +175,10 @@ extern "C" fn on_reopen(_: c_int) {
 /// request in hand, USR1 asks for a log reopen (both set a flag and poke the
 /// worker's wake-up pipe, whose read end is returned); HUP/TTIN/TTOU/PIPE/USR2 are
 /// ignored (they are the parent's business); QUIT keeps its default (immediate).
-pub(crate) fn install_worker_handlers() -> nix::Result<OwnedFd> {
+/// The handlers restart interrupted system calls (`SA_RESTART`): a log rotation
+/// must not make a busy child's blocking read fail. Then it opens `gate`: signals
+/// that arrived since the fork are delivered to these handlers.
+pub(crate) fn install_worker_handlers(gate: SignalGate) -> nix::Result<OwnedFd> {
     use signal::Signal as S;
     let (read, write) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)?;
@@ -147,12 +186,12 @@ pub(crate) fn install_worker_handlers() -> nix::Result<OwnedFd> {
     WORKER_WAKE_FD.store(write.into_raw_fd(), Ordering::Relaxed);
     let stop = SigAction::new(
         SigHandler::Handler(on_stop),
-        SaFlags::empty(),
+        SaFlags::SA_RESTART,
         SigSet::empty(),
     );
     let reopen = SigAction::new(
         SigHandler::Handler(on_reopen),
-        SaFlags::empty(),
+        SaFlags::SA_RESTART,
         SigSet::empty(),
     );
     let ignore = SigAction::new(SigHandler::SigIgn, SaFlags::empty(), SigSet::empty());
@@ -166,6 +205,7 @@ pub(crate) fn install_worker_handlers() -> nix::Result<OwnedFd> {
             signal::sigaction(s, &ignore)?;
         }
     }
+    gate.open()?;
     Ok(read)
 }
 
@@ -238,4 +278,66 @@ pub(crate) fn exit_now(code: i32) -> ! {
     let _ = std::io::stderr().flush();
     // SAFETY: `_exit` is always sound; nothing after it runs.
     unsafe { libc::_exit(code) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::sys::wait::{waitpid, WaitStatus};
+
+    fn exit_of(pid: Pid) -> WaitStatus {
+        waitpid(pid, None).expect("waitpid")
+    }
+
+    #[test]
+    fn a_signal_sent_right_after_the_fork_waits_for_the_childs_handlers() {
+        let pid = fork_child(&[libc::SIGUSR1], |gate| {
+            // As a parent's USR1 would: it arrives before the handlers exist.
+            let _ = signal::raise(signal::Signal::SIGUSR1);
+            let Ok(_wake) = install_worker_handlers(gate) else {
+                return 2;
+            };
+            if REOPEN_REQUESTED.load(Ordering::SeqCst) {
+                0
+            } else {
+                3
+            }
+        })
+        .expect("fork");
+        assert_eq!(exit_of(pid), WaitStatus::Exited(pid, 0));
+    }
+
+    #[test]
+    fn a_worker_signal_does_not_break_a_blocking_read() {
+        let (ready_r, ready_w) = unistd::pipe().unwrap();
+        let (data_r, data_w) = unistd::pipe().unwrap();
+        let pid = fork_child(&[], |gate| {
+            let Ok(_wake) = install_worker_handlers(gate) else {
+                return 2;
+            };
+            let _ = unistd::write(&ready_w, b"r");
+            let mut buf = [0u8; 1];
+            // nix does not retry on EINTR: only SA_RESTART keeps this read going.
+            match unistd::read(&data_r, &mut buf) {
+                Ok(1) => 0,
+                Err(Errno::EINTR) => 4,
+                _ => 5,
+            }
+        })
+        .expect("fork");
+        let mut buf = [0u8; 1];
+        assert_eq!(unistd::read(&ready_r, &mut buf), Ok(1));
+        // Let the child block in read(2), then interrupt it.
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        signal::kill(pid, signal::Signal::SIGUSR1).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        unistd::write(&data_w, b"d").unwrap();
+        assert_eq!(exit_of(pid), WaitStatus::Exited(pid, 0));
+    }
+
+    #[test]
+    fn a_child_that_panics_ends_in_exit_never_in_the_callers_code() {
+        let pid = fork_child(&[], |_| panic!("outside any catch_unwind")).expect("fork");
+        assert_eq!(exit_of(pid), WaitStatus::Exited(pid, 70));
+    }
 }
