@@ -183,11 +183,20 @@ fn serve(worker: &Worker, stream: TcpStream, peer: &str) -> io::Result<()> {
     // Reads and writes share the socket by reference: no dup per connection.
     let mut reader = BufReader::new(&stream);
     let mut out = &stream;
+    let mut first = true;
     loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line)? == 0 {
+        // Between requests, wait without blocking in a read: a child asked to stop
+        // closes an idle kept-alive connection at once. (The first request of a
+        // connection was already on its way when it was accepted.)
+        if !first && reader.buffer().is_empty() && !worker.wait_for_input(&stream, KEEP_ALIVE)? {
             return Ok(());
         }
+        first = false;
+        let line = match read_line(&mut reader, MAX_REQUEST_LINE)? {
+            Line::Eof => return Ok(()),
+            Line::TooLong => return respond(&mut out, 414, "request line too long\n", false),
+            Line::Text(l) => l,
+        };
         let mut parts = line.split_whitespace();
         let (method, target, version) = match (parts.next(), parts.next(), parts.next()) {
             (Some(m), Some(t), Some(v)) => (m.to_string(), t.to_string(), v.to_string()),
@@ -196,11 +205,16 @@ fn serve(worker: &Worker, stream: TcpStream, peer: &str) -> io::Result<()> {
         let mut keep_alive = version == "HTTP/1.1";
         let mut length = 0usize;
         let (mut agent, mut referer) = (None, None);
+        let mut header_bytes = 0;
         loop {
-            let mut h = String::new();
-            if reader.read_line(&mut h)? == 0 {
-                return Ok(());
-            }
+            let h = match read_line(&mut reader, MAX_HEADERS - header_bytes)? {
+                Line::Eof => return Ok(()),
+                Line::TooLong => {
+                    return respond(&mut out, 431, "request header fields too large\n", false)
+                }
+                Line::Text(h) => h,
+            };
+            header_bytes += h.len();
             let h = h.trim_end();
             if h.is_empty() {
                 break;
@@ -214,7 +228,11 @@ fn serve(worker: &Worker, stream: TcpStream, peer: &str) -> io::Result<()> {
                         keep_alive = true;
                     }
                 } else if name.eq_ignore_ascii_case("content-length") {
-                    length = value.parse().unwrap_or(0);
+                    length = match value.parse() {
+                        Ok(n) if n <= MAX_BODY => n,
+                        Ok(_) => return respond(&mut out, 413, "content too large\n", false),
+                        Err(_) => return respond(&mut out, 400, "bad content-length\n", false),
+                    };
                 } else if name.eq_ignore_ascii_case("user-agent") {
                     agent = Some(value.to_string());
                 } else if name.eq_ignore_ascii_case("referer") {
@@ -274,11 +292,46 @@ fn hold(d: Duration) {
     std::thread::sleep(d);
 }
 
+/// The longest request line, the most header bytes and the largest body a request
+/// may have: a client cannot make a child hold more than this.
+const MAX_REQUEST_LINE: usize = 8 * 1024;
+const MAX_HEADERS: usize = 16 * 1024;
+const MAX_BODY: usize = 1024 * 1024;
+
+/// A line read with a bound on its length.
+enum Line {
+    Eof,
+    TooLong,
+    Text(String),
+}
+
+/// Reads one line of at most `limit` bytes (newline included) without ever
+/// buffering more than that.
+fn read_line(reader: &mut BufReader<&TcpStream>, limit: usize) -> io::Result<Line> {
+    let mut bytes = Vec::new();
+    let n = (&mut *reader)
+        .take(limit as u64)
+        .read_until(b'\n', &mut bytes)?;
+    if n == 0 {
+        return Ok(if limit == 0 { Line::TooLong } else { Line::Eof });
+    }
+    if bytes.last() != Some(&b'\n') {
+        // Cut off by the limit (or the peer closed mid-line).
+        return Ok(if n == limit { Line::TooLong } else { Line::Eof });
+    }
+    String::from_utf8(bytes)
+        .map(Line::Text)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "request is not UTF-8"))
+}
+
 /// Writes the whole response with one system call.
 fn respond(out: &mut &TcpStream, status: u16, body: &str, keep_alive: bool) -> io::Result<()> {
     let reason = match status {
         200 => "OK",
         400 => "Bad Request",
+        413 => "Content Too Large",
+        414 => "URI Too Long",
+        431 => "Request Header Fields Too Large",
         _ => "Not Found",
     };
     let connection = if keep_alive { "keep-alive" } else { "close" };

@@ -518,12 +518,74 @@ impl<T: 'static> Prefork<T> {
         )
         .with_logs(logs.all(), logs.access.clone());
         worker.ready();
+        let _timeout = GracefulTimeout::start(
+            self.options.graceful_timeout,
+            logger.clone(),
+            self.pid_path.clone(),
+        )?;
         let code = run_main_loop(&self.main_loop, &worker, &state, &logger);
         worker.retire();
         if let Some(mut f) = self.before_shutdown {
             f(&state);
         }
         Ok(code)
+    }
+}
+
+/// `prefork = 0`: the graceful timeout, kept by a thread. Once a stop is requested
+/// it waits `graceful_timeout` for `main_loop` to return (which drops this guard);
+/// past that it logs, removes the pid file and ends the process with exit code 1,
+/// the request in hand cut off (there is no child to KILL).
+struct GracefulTimeout {
+    done: Option<crossbeam_channel::Sender<()>>,
+}
+
+impl GracefulTimeout {
+    fn start(
+        timeout: Duration,
+        logger: slog::Logger,
+        pid_path: Option<PathBuf>,
+    ) -> Result<GracefulTimeout, RunError> {
+        let stops = os::watch_stops().map_err(io_err("creating the stop pipe"))?;
+        let (done, finished) = crossbeam_channel::bounded::<()>(0);
+        std::thread::Builder::new()
+            .name("preforkd-graceful-timeout".into())
+            .spawn(move || {
+                let mut byte = [0u8; 1];
+                loop {
+                    match unistd::read(&stops, &mut byte) {
+                        Ok(_) => break,
+                        Err(nix::errno::Errno::EINTR) => {}
+                        Err(_) => return,
+                    }
+                }
+                // The main loop returning drops the sender: a clean stop.
+                if !matches!(
+                    finished.recv_timeout(timeout),
+                    Err(crossbeam_channel::RecvTimeoutError::Timeout)
+                ) {
+                    return;
+                }
+                slog::error!(
+                    logger,
+                    "graceful_timeout ({timeout:?}) passed with a request in hand; exiting"
+                );
+                if let Some(p) = pid_path {
+                    let _ = std::fs::remove_file(p);
+                }
+                os::exit_now(1);
+            })
+            .map_err(|e| RunError::Io {
+                what: "starting the graceful-timeout thread".into(),
+                source: e,
+            })?;
+        Ok(GracefulTimeout { done: Some(done) })
+    }
+}
+
+impl Drop for GracefulTimeout {
+    fn drop(&mut self) {
+        self.done.take();
     }
 }
 

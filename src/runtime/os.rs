@@ -11,7 +11,7 @@ use nix::sys::signal::{self, SaFlags, SigAction, SigHandler, SigSet, SigmaskHow}
 use nix::unistd::{self, ForkResult, Pid};
 use std::ffi::c_int;
 use std::num::NonZeroUsize;
-use std::os::fd::{AsFd, BorrowedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::os::fd::{IntoRawFd, OwnedFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
@@ -133,6 +133,29 @@ pub(crate) fn fork_child(
     }
 }
 
+/// How many connections wait in a listening TCP socket's accept queue (the
+/// kernel reports it in `TCP_INFO`'s `tcpi_unacked` for a socket in LISTEN).
+pub(crate) fn listen_queue_len(listener: BorrowedFd<'_>) -> Option<u32> {
+    // SAFETY: all-zero bytes are a valid `tcp_info` (plain integers).
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: `info` is writable for `len` bytes and `len` says so; the kernel
+    // writes at most `len` bytes and updates `len`.
+    let r = unsafe {
+        libc::getsockopt(
+            listener.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            std::ptr::from_mut(&mut info).cast(),
+            &mut len,
+        )
+    };
+    // TCP_LISTEN in the kernel's tcp_states.h.
+    const TCP_LISTEN: u8 = 10;
+    let listening = info.tcpi_state == TCP_LISTEN;
+    (r == 0 && listening).then_some(info.tcpi_unacked)
+}
+
 /// Borrows a descriptor this process keeps open for its whole life (the wake-up
 /// pipe's write end).
 pub(crate) fn borrow_fd(fd: RawFd) -> BorrowedFd<'static> {
@@ -161,9 +184,36 @@ fn poke() {
     }
 }
 
+/// The write end of a pipe told of every stop request (-1: none): how the
+/// in-process mode's graceful-timeout thread learns that a stop began.
+static STOP_WATCH_FD: AtomicI32 = AtomicI32::new(-1);
+
 extern "C" fn on_stop(_: c_int) {
     STOP_REQUESTED.store(true, Ordering::SeqCst);
     poke();
+    let fd = STOP_WATCH_FD.load(Ordering::Relaxed);
+    if fd >= 0 {
+        // SAFETY: write(2) is async-signal-safe; `fd` is kept open for the
+        // process's life; a full pipe means the watcher was told already.
+        let _ = unsafe { libc::write(fd, std::ptr::from_ref(&1u8).cast(), 1) };
+    }
+}
+
+/// A descriptor that becomes readable once a stop is requested (TERM or INT
+/// reached the worker's handlers), for a thread to wait on in a blocking read.
+pub(crate) fn watch_stops() -> nix::Result<OwnedFd> {
+    let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    nix::fcntl::fcntl(
+        &write,
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+    )?;
+    // The write end lives as long as the process: the handler may use it any time.
+    STOP_WATCH_FD.store(write.into_raw_fd(), Ordering::Relaxed);
+    if STOP_REQUESTED.load(Ordering::SeqCst) {
+        // A stop that came before the pipe existed.
+        let _ = nix::unistd::write(borrow_fd(STOP_WATCH_FD.load(Ordering::Relaxed)), &[1]);
+    }
+    Ok(read)
 }
 
 extern "C" fn on_reopen(_: c_int) {

@@ -3,15 +3,17 @@
 
 use crate::runtime::logs::LogFile;
 use crate::runtime::os;
+use crate::runtime::scoreboard::now_ns;
 use crate::runtime::scoreboard::{WorkerSlot, WorkerState};
 use nix::fcntl::OFlag;
-use nix::poll::PollTimeout;
+use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 /// The context of one child, passed to `main_loop`.
 ///
@@ -45,7 +47,18 @@ pub struct Worker {
 struct Poller {
     listener: RawFd,
     epoll: Epoll,
+    /// During a graceful shutdown: how many more connections this child may take
+    /// from the queue, counted from the queue's length when it first saw the stop.
+    drain_left: Option<u32>,
 }
+
+/// How long a stopping child still waits for the next request on a kept-alive
+/// connection that was idle (a request crossing our decision to close).
+const STOP_LINGER: Duration = Duration::from_millis(100);
+
+/// The most connections a stopping child takes from the queue when the kernel
+/// cannot say how many are waiting.
+const DRAIN_FALLBACK: u32 = 128;
 
 impl std::fmt::Debug for Worker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -196,9 +209,12 @@ impl Worker {
     }
 
     /// Waits for the next connection on `listener`; `None` when the child should
-    /// exit. During a graceful shutdown it first serves the connections already
-    /// waiting in the backlog, so none is reset; when retired alone (scale-down,
-    /// reload, request limit) it leaves them to its siblings.
+    /// exit. During a graceful shutdown it first serves the connections that were
+    /// waiting in the queue when it saw the stop (so none of them is reset), then
+    /// leaves even if clients keep connecting: the stop ends in about one request
+    /// time, and later connections are refused once the listener closes. When
+    /// retired alone (scale-down, reload, request limit) it leaves the queue to its
+    /// siblings.
     ///
     /// The listener is put in non-blocking mode (shared by every child) and watched
     /// with `EPOLLEXCLUSIVE`, so a new connection wakes one waiting child rather than
@@ -214,7 +230,7 @@ impl Worker {
                 }
             };
         }
-        let poller = guard.as_ref()?;
+        let poller = guard.as_mut()?;
         let mut events = [EpollEvent::empty(); 2];
         loop {
             self.reopen_logs_if_asked();
@@ -223,8 +239,22 @@ impl Worker {
                 if !self.slot.stopping() || limit_reached {
                     return None;
                 }
-                // Graceful shutdown: drain what is already queued, then leave.
-                return listener.accept().ok();
+                // Graceful shutdown: drain what was queued, then leave.
+                let left = poller.drain_left.get_or_insert_with(|| {
+                    os::listen_queue_len(listener.as_fd()).unwrap_or(DRAIN_FALLBACK)
+                });
+                if *left == 0 {
+                    return None;
+                }
+                *left -= 1;
+                loop {
+                    match listener.accept() {
+                        Ok(conn) => return Some(conn),
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        // Nothing queued any more (or the client gave up): done.
+                        Err(_) => return None,
+                    }
+                }
             }
             match listener.accept() {
                 // Linux: an accepted socket is blocking, whatever the listener's mode.
@@ -248,6 +278,49 @@ impl Worker {
         }
     }
 
+    /// Waits until `conn` has something to read (a kept-alive connection's next
+    /// request), at most `timeout`: `true` when it has (or the peer closed it, so
+    /// a read returns at once), `false` when the time is up or the child should
+    /// exit. Call it between requests instead of blocking in a read: a child asked
+    /// to stop then closes an idle connection at once rather than waiting for its
+    /// client, while a request the client already sent is still served. Log
+    /// reopen requests are handled meanwhile.
+    pub fn wait_for_input(&self, conn: &impl AsFd, timeout: Duration) -> io::Result<bool> {
+        let mut deadline = now_ns().saturating_add(timeout.as_nanos().min(u64::MAX as u128) as u64);
+        let mut lingering = false;
+        loop {
+            self.reopen_logs_if_asked();
+            if !lingering && self.should_exit() {
+                // A request the client sent just as we decided to stop is still on
+                // its way: wait a moment for it rather than close on it.
+                lingering = true;
+                deadline = deadline.min(now_ns().saturating_add(STOP_LINGER.as_nanos() as u64));
+            }
+            let left_ms = deadline.saturating_sub(now_ns()).div_ceil(1_000_000);
+            let wait = PollTimeout::try_from(left_ms.min(i32::MAX as u64) as i32)
+                .unwrap_or(PollTimeout::MAX);
+            let mut fds = [
+                PollFd::new(conn.as_fd(), PollFlags::POLLIN),
+                PollFd::new(self.wake.as_fd(), PollFlags::POLLIN),
+            ];
+            match nix::poll::poll(&mut fds, wait) {
+                Ok(_) => {}
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+            let ready = |f: &PollFd| f.revents().is_some_and(|r| !r.is_empty());
+            if ready(&fds[0]) {
+                return Ok(true);
+            }
+            if left_ms == 0 || now_ns() >= deadline {
+                return Ok(false);
+            }
+            if ready(&fds[1]) {
+                self.drain_wake();
+            }
+        }
+    }
+
     fn watch(&self, listener: &TcpListener) -> io::Result<Poller> {
         listener.set_nonblocking(true)?;
         let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
@@ -259,6 +332,7 @@ impl Worker {
         Ok(Poller {
             listener: listener.as_raw_fd(),
             epoll,
+            drain_left: None,
         })
     }
 

@@ -1,0 +1,222 @@
+//! Faults the runtime must survive, with real processes: stops under steady load,
+//! signals at odd moments, hostile clients. Each test here reproduced a defect
+//! before its fix (issue 7).
+// Real processes need real time: bounded waits and sleeps are the point here.
+#![allow(clippy::disallowed_methods)]
+
+mod support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+use support::*;
+
+const SIGHUP: i32 = 1;
+const SIGUSR1: i32 = 10;
+const SIGTERM: i32 = 15;
+
+/// Counts of a load run: answered with 200, and failures (refused, reset, empty)
+/// split by whether they came before the stop signal was sent.
+#[derive(Default)]
+struct Tally {
+    ok: AtomicUsize,
+    failed_before_stop: AtomicUsize,
+}
+
+/// Clients sending `path` as fast as they can until `stop`: each request a new
+/// connection (`keep_alive` false) or many requests on one kept-alive connection.
+/// A request fails when its connection is refused or reset or the reply is not a
+/// 200; failures after `stopped` is set are expected (the listener is closing).
+fn steady_load(
+    addr: std::net::SocketAddr,
+    threads: usize,
+    path: &'static str,
+    keep_alive: bool,
+    stop: &Arc<AtomicBool>,
+    stopped: &Arc<AtomicBool>,
+    tally: &Arc<Tally>,
+) -> Vec<thread::JoinHandle<()>> {
+    (0..threads)
+        .map(|_| {
+            let (stop, stopped, tally) = (stop.clone(), stopped.clone(), tally.clone());
+            thread::spawn(move || {
+                let until = Instant::now() + Duration::from_secs(60);
+                while !stop.load(Ordering::Relaxed) && Instant::now() < until {
+                    let was_stopped = stopped.load(Ordering::SeqCst);
+                    let r = if keep_alive {
+                        keep_alive_session(addr, path, 20, &tally.ok)
+                    } else {
+                        get(addr, path).map(|(s, _)| {
+                            tally.ok.fetch_add(usize::from(s == 200), Ordering::Relaxed);
+                            usize::from(s == 200)
+                        })
+                    };
+                    match r {
+                        Ok(n) if n > 0 => {}
+                        _ if was_stopped => thread::sleep(Duration::from_millis(5)),
+                        _ => {
+                            tally.failed_before_stop.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
+/// Up to `n` requests on one kept-alive connection; how many were answered 200
+/// before the server closed it (it says `connection: close` when it stops). A
+/// connection closed without that notice, or an error, after answers already
+/// given is an error too: the client would see a request fail.
+fn keep_alive_session(
+    addr: std::net::SocketAddr,
+    path: &str,
+    n: usize,
+    answers: &AtomicUsize,
+) -> std::io::Result<usize> {
+    let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(20)))?;
+    let mut reader = BufReader::new(s.try_clone()?);
+    let mut out = s;
+    let mut answered = 0;
+    for _ in 0..n {
+        write!(out, "GET {path} HTTP/1.1\r\nHost: test\r\n\r\n")?;
+        let mut status = String::new();
+        if reader.read_line(&mut status)? == 0 {
+            return Err(std::io::Error::other(format!(
+                "closed without notice after {answered} answers"
+            )));
+        }
+        let mut length = 0;
+        let mut close = false;
+        loop {
+            let mut h = String::new();
+            reader.read_line(&mut h)?;
+            let h = h.trim_end().to_ascii_lowercase();
+            if h.is_empty() {
+                break;
+            }
+            if let Some(v) = h.strip_prefix("content-length:") {
+                length = v.trim().parse().unwrap_or(0);
+            }
+            close |= h == "connection: close";
+        }
+        let mut body = vec![0; length];
+        reader.read_exact(&mut body)?;
+        if status.split_whitespace().nth(1) != Some("200") {
+            break;
+        }
+        answered += 1;
+        answers.fetch_add(1, Ordering::Relaxed);
+        if close {
+            break;
+        }
+    }
+    Ok(answered)
+}
+
+/// TERM under steady load: the stop completes in about one request time, without
+/// the graceful timeout's KILL, and every request sent before the TERM is answered.
+fn stop_under_load(keep_alive: bool) {
+    let mut d = Demo::start(&["--prefork", "2", "--max-children", "2"]);
+    assert!(wait_for(Duration::from_secs(5), || d.children().len() == 2));
+    let stop = Arc::new(AtomicBool::new(false));
+    let stopped = Arc::new(AtomicBool::new(false));
+    let tally = Arc::new(Tally::default());
+    let clients = steady_load(
+        d.addr,
+        6,
+        "/sleep?ms=50",
+        keep_alive,
+        &stop,
+        &stopped,
+        &tally,
+    );
+    thread::sleep(Duration::from_millis(800));
+    let served_before = tally.ok.load(Ordering::Relaxed);
+    stopped.store(true, Ordering::SeqCst);
+    let t0 = Instant::now();
+    d.signal(SIGTERM);
+    // graceful_timeout is 30 s: a drain that never ends would last that long.
+    let code = d.wait_exit(Duration::from_secs(10));
+    let took = t0.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.join().unwrap();
+    }
+    let log = d.log();
+    assert_eq!(code, Some(0), "no clean stop within 10 s\nlog:\n{log}");
+    assert!(!log.contains("KILL"), "children were KILLed:\n{log}");
+    assert!(served_before > 10, "the load ran: {served_before} answers");
+    assert_eq!(
+        tally.failed_before_stop.load(Ordering::Relaxed),
+        0,
+        "requests sent before TERM failed\nlog:\n{log}"
+    );
+    eprintln!("stop under load (keep-alive {keep_alive}) took {took:?}");
+}
+
+#[test]
+fn term_under_steady_load_stops_without_kill() {
+    stop_under_load(false);
+}
+
+#[test]
+fn term_under_steady_keep_alive_load_stops_without_kill() {
+    stop_under_load(true);
+}
+
+#[test]
+fn prefork_zero_honours_the_graceful_timeout() {
+    let mut d = Demo::start(&["--prefork", "0", "--graceful-timeout", "1s"]);
+    let addr = d.addr;
+    let held = thread::spawn(move || get(addr, "/sleep?ms=20000"));
+    thread::sleep(Duration::from_millis(300));
+    let t0 = Instant::now();
+    d.signal(SIGTERM);
+    let code = d.wait_exit(Duration::from_secs(8));
+    let log = d.log();
+    assert!(
+        code.is_some(),
+        "still running 8 s after TERM with a 1 s graceful timeout\nlog:\n{log}"
+    );
+    assert_ne!(code, Some(0), "a stop cut short is not a clean exit");
+    assert!(log.contains("graceful_timeout"), "log says why:\n{log}");
+    assert!(t0.elapsed() < Duration::from_secs(8));
+    assert!(
+        held.join().unwrap().is_err(),
+        "the held request was cut off"
+    );
+}
+
+/// USR1 right after HUP reaches children that were just forked: with the signals
+/// unblocked before their handlers existed, it killed them (counted as crashes).
+#[test]
+fn usr1_right_after_hup_kills_no_starting_child() {
+    let d = Demo::start(&["--prefork", "4", "--max-children", "8"]);
+    assert!(wait_for(Duration::from_secs(5), || d.children().len() == 4));
+    // Two seconds of USR1 as fast as it can be sent, with a HUP (a new generation
+    // of children) every 20 ms: many USR1s reach children in their first moments.
+    let until = Instant::now() + Duration::from_secs(2);
+    let mut last_hup = Instant::now() - Duration::from_secs(1);
+    while Instant::now() < until {
+        if last_hup.elapsed() >= Duration::from_millis(20) {
+            d.signal(SIGHUP);
+            last_hup = Instant::now();
+        }
+        d.signal(SIGUSR1);
+        thread::sleep(Duration::from_micros(50));
+    }
+    assert!(wait_for(Duration::from_secs(10), || {
+        d.children().len() == 4 && get(d.addr, "/").is_ok()
+    }));
+    let log = d.log();
+    assert!(
+        !log.contains("exited early"),
+        "children died of a signal sent during their start:\n{log}"
+    );
+    assert!(!log.contains("signal 10"), "{log}");
+}
