@@ -358,6 +358,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::disallowed_methods)] // a real child needs real time to block
     fn a_worker_signal_does_not_break_a_blocking_read() {
         let (ready_r, ready_w) = unistd::pipe().unwrap();
         let (data_r, data_w) = unistd::pipe().unwrap();
