@@ -220,3 +220,81 @@ fn usr1_right_after_hup_kills_no_starting_child() {
     );
     assert!(!log.contains("signal 10"), "{log}");
 }
+
+/// Sends `request` and reads what comes back within 5 s (the reply, or what
+/// arrived before the server closed or the time ran out).
+fn raw_exchange(addr: std::net::SocketAddr, request: &[u8]) -> String {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    // The server may answer and close before it has read all of it.
+    let _ = s.write_all(request);
+    let mut reply = Vec::new();
+    let _ = s.read_to_end(&mut reply);
+    String::from_utf8_lossy(&reply).into_owned()
+}
+
+fn rss_kib(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn the_demo_caps_what_a_client_can_make_a_child_hold() {
+    let d = Demo::start(&["--prefork", "1", "--max-children", "1"]);
+    assert!(wait_for(Duration::from_secs(5), || d.children().len() == 1));
+    let child = d.children()[0];
+    // A request line that never ends.
+    let long_line = vec![b'A'; 4 << 20];
+    let reply = raw_exchange(d.addr, &long_line);
+    assert!(reply.starts_with("HTTP/1.1 414 "), "{reply:?}");
+    // Header fields without end.
+    let mut headers = b"GET / HTTP/1.1\r\n".to_vec();
+    for i in 0..2000 {
+        headers.extend_from_slice(format!("x-filler-{i}: {}\r\n", "v".repeat(100)).as_bytes());
+    }
+    let reply = raw_exchange(d.addr, &headers);
+    assert!(reply.starts_with("HTTP/1.1 431 "), "{reply:?}");
+    // A body too large to be worth reading, and a length that is no number.
+    let reply = raw_exchange(
+        d.addr,
+        b"POST / HTTP/1.1\r\ncontent-length: 1000000000000\r\n\r\n",
+    );
+    assert!(reply.starts_with("HTTP/1.1 413 "), "{reply:?}");
+    let reply = raw_exchange(d.addr, b"POST / HTTP/1.1\r\ncontent-length: x\r\n\r\n");
+    assert!(reply.starts_with("HTTP/1.1 400 "), "{reply:?}");
+    // The same child goes on serving, and it never held the 4 MiB line.
+    assert_eq!(get(d.addr, "/pid").unwrap().1.trim(), child.to_string());
+    assert!(
+        rss_kib(child) < 64 * 1024,
+        "child RSS {} KiB",
+        rss_kib(child)
+    );
+}
+
+#[test]
+fn the_demo_busy_timeout_stops_a_request_that_holds_a_child() {
+    let d = Demo::start(&[
+        "--prefork",
+        "1",
+        "--max-children",
+        "2",
+        "--busy-timeout",
+        "500ms",
+    ]);
+    assert!(wait_for(Duration::from_secs(5), || d.children().len() == 1));
+    let t0 = Instant::now();
+    let r = get(d.addr, "/sleep?ms=60000");
+    // busy_refresh (1 s) notices it, then TERM and KILL after kill_grace (5 s).
+    assert!(r.is_err(), "the held request was cut off: {r:?}");
+    assert!(t0.elapsed() < Duration::from_secs(20), "{:?}", t0.elapsed());
+    assert!(
+        wait_for(Duration::from_secs(5), || d.log().contains("busy timeout")),
+        "log:\n{}",
+        d.log()
+    );
+    assert!(wait_for(Duration::from_secs(5), || get(d.addr, "/").is_ok()));
+}
