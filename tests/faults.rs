@@ -298,3 +298,29 @@ fn the_demo_busy_timeout_stops_a_request_that_holds_a_child() {
     );
     assert!(wait_for(Duration::from_secs(5), || get(d.addr, "/").is_ok()));
 }
+
+/// A client that sent its request and shut down its write side still reads the
+/// answer: it has not hung up, and a cancel-on-disconnect policy must not kill
+/// its job. (The client that really closes is reported: tests/runtime.rs.)
+#[test]
+fn a_half_closed_client_is_not_reported_as_hung_up() {
+    let d = Demo::start(&["--prefork", "1", "--max-children", "2"]);
+    assert!(wait_for(Duration::from_secs(5), || d.children().len() == 1));
+    let mut s = TcpStream::connect(d.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET /sleep?ms=2500 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200 "), "{reply:?}");
+    assert!(reply.ends_with("slept 2500 ms\n"), "{reply:?}");
+    assert!(
+        !d.log().contains("hung up on child"),
+        "a half-closed client was reported:\n{}",
+        d.log()
+    );
+}

@@ -244,8 +244,12 @@ impl<T: 'static> Prefork<T> {
         self
     }
 
-    /// Runs in the parent for each client that hung up on a child (its socket in
-    /// CLOSE_WAIT), once per connection however long it lingers. TCP over IPv4 and
+    /// Runs in the parent for each client that hung up on a child, once per
+    /// connection however long it lingers. Hung up means the client can no longer
+    /// receive: the child's socket is in CLOSE_WAIT and, for a client on this host,
+    /// the client's own socket is closed too; a client that only half-closed
+    /// (`shutdown(SHUT_WR)`) and still reads is not reported. A client on another
+    /// host shows only its FIN, so there a half-close counts as a hang-up. TCP over IPv4 and
     /// IPv6; connections are looked at every `disconnect_check_every` while some child
     /// is busy (an idle pool is never scanned).
     pub fn on_client_disconnect(mut self, f: impl FnMut(&Disconnect) + 'static) -> Self {

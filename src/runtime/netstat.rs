@@ -1,27 +1,58 @@
-//! Finding the connections whose client has gone: TCP sockets in CLOSE_WAIT held
-//! by a child, from /proc (the kernel's tables, not a parsed `netstat` run).
+//! Finding the connections whose client has gone: TCP sockets held by a child
+//! whose peer can no longer receive, from /proc (the kernel's tables, not a
+//! parsed `netstat` run).
+//!
+//! The rule. A socket in CLOSE_WAIT has received the client's FIN: the client
+//! will send nothing more, but it may still read (a half-close,
+//! `shutdown(SHUT_WR)`, is how some clients say "that was the whole request"). So
+//! CLOSE_WAIT alone does not mean gone:
+//! - when the client's own socket is on this host (its end appears in the same
+//!   tables, local and remote swapped), it is gone only if that socket is orphaned
+//!   (no process holds it any more: the client closed it or died) or already gone;
+//!   a client that only half-closed still holds its socket and is not reported;
+//! - when the client is on another host, TCP shows nothing more than the FIN
+//!   until the child writes (a closed peer then answers with a reset), so a
+//!   remote half-close cannot be told from a close: CLOSE_WAIT is reported, as the
+//!   seed did.
 
 use crate::policy::{Disconnect, Proto};
 use crate::{ConnState, Connection, Pid};
 use procfs::net::{TcpNetEntry, TcpState};
 use procfs::process::{FDTarget, Process};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
 
-/// The CLOSE_WAIT sockets of `children`. Cheap when nobody hung up: the per-child
-/// descriptor scan happens only if the kernel's tables list some CLOSE_WAIT socket.
+/// An address with IPv4-mapped IPv6 addresses written as IPv4, so both ends of a
+/// connection match whichever table each is in.
+fn canonical(a: SocketAddr) -> SocketAddr {
+    SocketAddr::new(a.ip().to_canonical(), a.port())
+}
+
+/// The CLOSE_WAIT sockets of `children` whose peer is gone (see the module docs).
+/// Cheap when nobody hung up: the per-child descriptor scan happens only if the
+/// kernel's tables list some CLOSE_WAIT socket.
 pub(crate) fn closed_connections(children: &[i32]) -> Vec<Connection> {
     let mut closed: BTreeMap<u64, (Proto, TcpNetEntry)> = BTreeMap::new();
+    // Local ends (local, remote) still held by a process: a peer that can receive.
+    let mut held: BTreeSet<(SocketAddr, SocketAddr)> = BTreeSet::new();
     for (proto, table) in [
         (Proto::Tcp, procfs::net::tcp()),
         (Proto::Tcp6, procfs::net::tcp6()),
     ] {
         // A missing table (no IPv6) is simply empty.
         for e in table.into_iter().flatten() {
+            if e.inode != 0 && e.state != TcpState::Listen {
+                held.insert((canonical(e.local_address), canonical(e.remote_address)));
+            }
             if e.state == TcpState::CloseWait {
                 closed.insert(e.inode, (proto, e));
             }
         }
     }
+    // A client on this host that only half-closed still holds its end.
+    closed.retain(|_, (_, e)| {
+        !held.contains(&(canonical(e.remote_address), canonical(e.local_address)))
+    });
     if closed.is_empty() {
         return Vec::new();
     }
@@ -80,5 +111,24 @@ mod tests {
         assert_eq!(c.conn.proto, Proto::Tcp);
         assert_eq!(c.conn.local_port, l.local_addr().unwrap().port());
         assert_eq!(c.state, ConnState::CloseWait);
+    }
+
+    #[test]
+    fn a_peer_that_only_half_closed_is_not_gone() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (mut server, peer) = l.accept().unwrap();
+        let me = std::process::id() as i32;
+        client.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut buf = [0u8; 1];
+        assert_eq!(server.read(&mut buf).unwrap(), 0);
+        // Our end is in CLOSE_WAIT, but the client still holds its socket.
+        assert!(closed_connections(&[me])
+            .iter()
+            .all(|c| c.conn.foreign_port != peer.port()));
+        drop(client);
+        assert!(closed_connections(&[me])
+            .iter()
+            .any(|c| c.conn.foreign_port == peer.port()));
     }
 }
