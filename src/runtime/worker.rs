@@ -212,7 +212,8 @@ impl Worker {
     /// exit. During a graceful shutdown it first serves the connections that were
     /// waiting in the queue when it saw the stop (so none of them is reset), then
     /// leaves even if clients keep connecting: the stop ends in about one request
-    /// time, and later connections are refused once the listener closes. When
+    /// time. Connections that arrive later are reset when the last process holding
+    /// the listener closes it (as with Apache's graceful-stop). When
     /// retired alone (scale-down, reload, request limit) it leaves the queue to its
     /// siblings.
     ///
@@ -284,7 +285,9 @@ impl Worker {
     /// exit. Call it between requests instead of blocking in a read: a child asked
     /// to stop then closes an idle connection at once rather than waiting for its
     /// client, while a request the client already sent is still served. Log
-    /// reopen requests are handled meanwhile.
+    /// reopen requests are handled meanwhile. It looks at the socket only: check
+    /// your own read buffer first (`BufReader::buffer`), a pipelined request may
+    /// already be there.
     pub fn wait_for_input(&self, conn: &impl AsFd, timeout: Duration) -> io::Result<bool> {
         let mut deadline = now_ns().saturating_add(timeout.as_nanos().min(u64::MAX as u128) as u64);
         let mut lingering = false;
