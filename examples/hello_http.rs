@@ -128,7 +128,11 @@ fn main() {
         let _ = writeln!(
             io::stderr(),
             "hello_http: client {}:{} hung up on child {} ({}:{})",
-            d.foreign_host, d.foreign_port, d.pid, d.local_host, d.local_port
+            d.foreign_host,
+            d.foreign_port,
+            d.pid,
+            d.local_host,
+            d.local_port
         );
     });
     if let Some(p) = &args.scoreboard {
