@@ -229,3 +229,31 @@ fn after_usr1_the_daemons_stderr_goes_to_the_new_error_log() {
     );
     assert!(!old.contains("hung up on child"), "{old}");
 }
+
+#[test]
+fn each_child_holds_its_own_log_channel_and_no_siblings() {
+    let dir = tempdir("channels");
+    let d = Demo::start(&[
+        "--prefork",
+        "3",
+        "--access-log",
+        dir.join("access.log").to_str().unwrap(),
+        "--error-log",
+        dir.join("error.log").to_str().unwrap(),
+    ]);
+    assert!(wait_for(Duration::from_secs(5), || d.children().len() == 3));
+    let sockets = |pid: i32| -> Vec<String> {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .flatten()
+            .filter_map(|e| std::fs::read_link(e.path()).ok())
+            .map(|l| l.to_string_lossy().into_owned())
+            .filter(|l| l.starts_with("socket:"))
+            .collect()
+    };
+    for c in d.children() {
+        // The listener and the child's end of its log channel: the parent's ends
+        // of its siblings' channels (copied by each fork) were closed.
+        assert_eq!(sockets(c).len(), 2, "child {c}: {:?}", sockets(c));
+    }
+}
