@@ -252,7 +252,8 @@ impl<T: 'static> Prefork<T> {
     }
 
     /// Log to this file (appending; reopened on SIGUSR1) instead of stderr, in the
-    /// parent and in every child. Ignored for the parent if [`logger`](Self::logger)
+    /// parent and in every child. A record that cannot be written (full disk) is
+    /// dropped and counted, never a reason to stop; see [`file_logger`]. Ignored for the parent if [`logger`](Self::logger)
     /// is given, for the children if [`child_logger`](Self::child_logger) is.
     pub fn error_log_path(mut self, path: impl Into<PathBuf>) -> Self {
         self.error_log_path = Some(path.into());
@@ -320,7 +321,8 @@ impl<T: 'static> Prefork<T> {
         self
     }
 
-    /// Write the error log as JSON records instead of plain text.
+    /// Write the error log as JSON records instead of plain text: one record per
+    /// line, each written whole as soon as it is logged.
     pub fn json_log(mut self, yes: bool) -> Self {
         self.json_log = yes;
         self
