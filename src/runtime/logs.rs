@@ -289,8 +289,9 @@ impl<D: slog::Drain<Err = io::Error>> slog::Drain for Lossy<D> {
 }
 
 /// Sends the descriptors of `logs` (in their order) to a child over its log
-/// channel: one datagram whose bytes are the indices of the logs in
-/// [`Logs::all`](crate::runtime) order, the descriptors attached (`SCM_RIGHTS`).
+/// channel: one datagram whose bytes are the indices of the logs (error log,
+/// then access log, as the child's `Worker` lists them), the descriptors attached
+/// (`SCM_RIGHTS`).
 pub(crate) fn send_logs(channel: &OwnedFd, logs: &[Arc<LogFile>]) -> io::Result<()> {
     use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
     let fds: Vec<std::os::fd::RawFd> = logs.iter().map(|l| l.raw_fd()).collect();
