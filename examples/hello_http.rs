@@ -6,7 +6,9 @@
 //! ```
 //!
 //! Endpoints: `GET /` answers `hello`, `GET /sleep?ms=N` holds the child N ms
-//! first, `GET /pid` answers the child's pid. Keep-alive is honoured (HTTP/1.1 by
+//! first, `GET /pid` answers the child's pid, `GET /say` writes one line to the
+//! child's error log and one to its stderr, then answers its pid (to see where
+//! they land after a log rotation). Keep-alive is honoured (HTTP/1.1 by
 //! default, `Connection: close` ends it). TERM or INT stop it gracefully.
 
 use preforkd::{Prefork, Worker};
@@ -119,7 +121,8 @@ fn main() {
             // keep-alive limit is set once here, not once per connection.
             let timeout = nix::sys::time::TimeVal::new(KEEP_ALIVE.as_secs() as i64, 0);
             nix::sys::socket::setsockopt(&l, nix::sys::socket::sockopt::ReceiveTimeout, &timeout)?;
-            eprintln!("hello_http: listening on {}", l.local_addr()?);
+            // Never a panic over a closed stderr: the pool serves without it.
+            let _ = writeln!(io::stderr(), "hello_http: listening on {}", l.local_addr()?);
             Ok(l)
         },
         |worker: &Worker, listener: &TcpListener| {
@@ -136,10 +139,15 @@ fn main() {
     .graceful_timeout(args.graceful_timeout.unwrap_or(Duration::from_secs(30)))
     .busy_timeout(args.busy_timeout)
     .on_client_disconnect(|d| {
-        eprintln!(
+        let _ = writeln!(
+            io::stderr(),
             "hello_http: client {}:{} hung up on child {} ({}:{})",
-            d.foreign_host, d.foreign_port, d.pid, d.local_host, d.local_port
-        )
+            d.foreign_host,
+            d.foreign_port,
+            d.pid,
+            d.local_host,
+            d.local_port
+        );
     });
     if let Some(p) = &args.scoreboard {
         daemon = daemon.scoreboard_path(p);
@@ -249,6 +257,12 @@ fn serve(worker: &Worker, stream: TcpStream, peer: &str) -> io::Result<()> {
         let (status, body) = match (method.as_str(), path) {
             ("GET", "/") => (200, "hello\n".to_string()),
             ("GET", "/pid") => (200, format!("{}\n", std::process::id())),
+            ("GET", "/say") => {
+                let pid = std::process::id();
+                slog::info!(worker.logger(), "child {pid} says hello");
+                let _ = writeln!(io::stderr(), "hello_http: child {pid} says hello on stderr");
+                (200, format!("{pid}\n"))
+            }
             ("GET", "/sleep") => {
                 let ms = query
                     .split('&')

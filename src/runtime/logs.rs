@@ -1,11 +1,22 @@
 //! Log files that survive rotation: opened in append mode, reopened on SIGUSR1
 //! (logrotate's convention) without losing a line, written one whole line per
 //! system call so the parent and every child can share one file.
+//!
+//! A log that cannot be written (a full disk, a closed pipe, a bad descriptor)
+//! never stops the daemon: its lines are counted and dropped, the failure is told
+//! once, and when writing works again the number of lines lost is logged.
+//!
+//! Rotation: the parent reopens the paths on SIGUSR1 and passes the new
+//! descriptors to every child over a Unix socket (`SCM_RIGHTS`) before it
+//! forwards the signal; a child never opens a log path itself, so rotation works
+//! whatever user the children run as.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// A log file shared by the parent and the children (each process holds its own
@@ -24,10 +35,31 @@ use std::sync::{Arc, Mutex};
 /// assert_eq!(std::fs::read_to_string(dir.join("access.log")).unwrap(), "second\n");
 /// # std::fs::remove_dir_all(&dir).unwrap();
 /// ```
+///
+/// # Descriptors held by the children
+///
+/// Every child holds a writable descriptor of each log file: inherited at the
+/// fork, and after each rotation passed by the parent, even when the children run
+/// as another [`user`](crate::Prefork::user) and the files belong to root (the
+/// children need no permission on the files or their directory). The files are
+/// opened with `O_APPEND`: every write goes to the end, so a child cannot
+/// overwrite lines already written, but `ftruncate(2)` works on such a descriptor:
+/// a compromised child can empty or shorten a log it writes. Ship logs that must
+/// be tamper-evident elsewhere as they are written.
 #[derive(Debug)]
 pub struct LogFile {
     path: PathBuf,
-    file: Mutex<File>,
+    file: Mutex<Sink>,
+}
+
+/// The open file, and whether the last write failed.
+#[derive(Debug)]
+struct Sink {
+    file: File,
+    /// A write failed: a full disk may have left part of a line (ours, or another
+    /// process's: they share the file), so the next line written starts with a
+    /// newline rather than be glued to a fragment. (At worst an empty line.)
+    torn: bool,
 }
 
 fn open_append(path: &Path) -> io::Result<File> {
@@ -49,16 +81,17 @@ impl LogFile {
         let file = open_append(&path)?;
         Ok(Arc::new(LogFile {
             path,
-            file: Mutex::new(file),
+            file: Mutex::new(Sink { file, torn: false }),
         }))
     }
 
-    /// The descriptor of the file in use now (to keep it open when daemonizing).
+    /// The descriptor of the file in use now (to keep it open when daemonizing,
+    /// to pass it to the children).
     pub(crate) fn raw_fd(&self) -> std::os::fd::RawFd {
-        use std::os::fd::AsRawFd;
         self.file
             .lock()
             .unwrap_or_else(|e| e.into_inner())
+            .file
             .as_raw_fd()
     }
 
@@ -70,12 +103,24 @@ impl LogFile {
     /// Opens the path again (after logrotate moved the file away) and switches to
     /// the new file. Lines written before go to the old file, lines after to the new:
     /// none is lost. If the new file cannot be opened, the old one stays in use and
-    /// the error is returned.
+    /// the error is returned. If this process's stdout or stderr is the old file
+    /// (a daemon's are its error log), they are moved to the new one too.
     pub fn reopen(&self) -> io::Result<()> {
         let fresh = open_append(&self.path)?;
-        let mut f = self.file.lock().unwrap_or_else(|e| e.into_inner());
-        *f = fresh;
+        self.replace(fresh);
         Ok(())
+    }
+
+    /// Switches to `fresh` (a descriptor of the new file, opened by this process
+    /// or passed by the parent); stdout and stderr follow if they were the old
+    /// file. The old file is closed.
+    pub(crate) fn replace(&self, fresh: File) {
+        let mut sink = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        follow_with_stdio(&sink.file, &fresh);
+        *sink = Sink {
+            file: fresh,
+            torn: false,
+        };
     }
 
     /// Appends `line` and a newline with one write.
@@ -87,8 +132,15 @@ impl LogFile {
     }
 
     fn write_whole(&self, bytes: &[u8]) -> io::Result<()> {
-        let mut f = self.file.lock().unwrap_or_else(|e| e.into_inner());
-        f.write_all(bytes)
+        let mut sink = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        if sink.torn {
+            // Only after a failure: end the fragment, then the line, in one write.
+            let mut fixed = Vec::with_capacity(bytes.len() + 1);
+            fixed.push(b'\n');
+            fixed.extend_from_slice(bytes);
+            return sink.write_all(&fixed);
+        }
+        sink.write_all(bytes)
     }
 
     /// A writer for a log formatter: it collects a record and writes it whole on
@@ -99,6 +151,181 @@ impl LogFile {
             buf: Vec::new(),
         }
     }
+}
+
+impl Sink {
+    /// `write_all`, remembering whether it failed.
+    fn write_all(&mut self, mut bytes: &[u8]) -> io::Result<()> {
+        while !bytes.is_empty() {
+            match self.file.write(bytes) {
+                Ok(0) => {
+                    self.torn = true;
+                    return Err(io::ErrorKind::WriteZero.into());
+                }
+                Ok(n) => {
+                    bytes = &bytes[n..];
+                    // Whatever was torn before is ended by this write's first byte.
+                    self.torn = false;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.torn = true;
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// If this process's stdout or stderr is `old` (the same file), points it at `new`.
+fn follow_with_stdio(old: &File, new: &File) {
+    let id = |fd: std::os::fd::BorrowedFd<'_>| {
+        nix::sys::stat::fstat(fd)
+            .ok()
+            .map(|st| (st.st_dev, st.st_ino))
+    };
+    let Some(old_id) = id(old.as_fd()) else {
+        return;
+    };
+    if id(io::stdout().as_fd()) == Some(old_id) {
+        let _ = io::stdout().flush();
+        let _ = nix::unistd::dup2_stdout(new);
+    }
+    if id(io::stderr().as_fd()) == Some(old_id) {
+        let _ = nix::unistd::dup2_stderr(new);
+    }
+}
+
+/// Lines lost while a sink fails, so that the failure is told once and the loss
+/// when it ends. Lock-free: it is on the access log's path.
+#[derive(Debug, Default)]
+pub(crate) struct Losses {
+    dropped: AtomicU64,
+}
+
+impl Losses {
+    /// A line could not be written. True for the first of a streak: tell it.
+    pub(crate) fn lost(&self) -> bool {
+        self.dropped.fetch_add(1, Ordering::Relaxed) == 0
+    }
+
+    /// A line was written. If that ends a streak, the lines it lost.
+    pub(crate) fn written(&self) -> Option<u64> {
+        if self.dropped.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
+        Some(self.dropped.swap(0, Ordering::Relaxed)).filter(|&n| n > 0)
+    }
+
+    /// Lines lost in the current streak (0: none).
+    pub(crate) fn pending(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// The streak goes on after all (the notice of its end was lost too).
+    fn relapse(&self, n: u64) {
+        self.dropped.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// Says something on stderr, best effort: it may be the thing that fails.
+fn tell_stderr(what: &str) {
+    let _ = io::stderr().write_all(format!("{what}\n").as_bytes());
+}
+
+/// A drain that never fails and never panics (unlike slog's `Fuse`): a record
+/// it cannot write is dropped and counted; the first of a streak is told once on
+/// stderr; the first record written afterwards is followed by one saying how many
+/// were lost.
+pub(crate) struct Lossy<D> {
+    inner: D,
+    /// What is written, for the notices: "error log /var/log/x.log", "stderr".
+    what: String,
+    losses: Losses,
+}
+
+impl<D> Lossy<D> {
+    pub(crate) fn new(inner: D, what: String) -> Lossy<D> {
+        Lossy {
+            inner,
+            what,
+            losses: Losses::default(),
+        }
+    }
+}
+
+impl<D: slog::Drain<Err = io::Error>> slog::Drain for Lossy<D> {
+    type Ok = ();
+    type Err = slog::Never;
+
+    fn log(
+        &self,
+        record: &slog::Record<'_>,
+        values: &slog::OwnedKVList,
+    ) -> Result<(), slog::Never> {
+        match self.inner.log(record, values) {
+            Ok(_) => {
+                if let Some(n) = self.losses.written() {
+                    let msg = format_args!("{}: writable again; {n} lines dropped", self.what);
+                    let notice = slog::record!(slog::Level::Warning, "", &msg, slog::b!());
+                    if self.inner.log(&notice, values).is_err() {
+                        self.losses.relapse(n);
+                    }
+                }
+            }
+            Err(e) => {
+                if self.losses.lost() {
+                    tell_stderr(&format!(
+                        "preforkd[{}]: {}: {e}; dropping lines until it can be written again",
+                        std::process::id(),
+                        self.what
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Sends the descriptors of `logs` (in their order) to a child over its log
+/// channel: one datagram whose bytes are the indices of the logs (error log,
+/// then access log, as the child's `Worker` lists them), the descriptors attached
+/// (`SCM_RIGHTS`).
+pub(crate) fn send_logs(channel: &OwnedFd, logs: &[Arc<LogFile>]) -> io::Result<()> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    let fds: Vec<std::os::fd::RawFd> = logs.iter().map(|l| l.raw_fd()).collect();
+    let indices: Vec<u8> = (0..logs.len()).map(|i| i as u8).collect();
+    sendmsg::<()>(
+        channel.as_raw_fd(),
+        &[io::IoSlice::new(&indices)],
+        &[ControlMessage::ScmRights(&fds)],
+        MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
+        None,
+    )?;
+    Ok(())
+}
+
+/// Receives, without waiting, every set of log descriptors the parent sent, and
+/// switches `logs` to them (the last set wins). Returns how many sets there were.
+pub(crate) fn take_passed_logs(channel: &OwnedFd, logs: &[Arc<LogFile>]) -> io::Result<usize> {
+    let mut sets = 0;
+    let mut indices = [0u8; 8];
+    while let Some((n, fds)) = crate::runtime::os::recv_fds(channel, &mut indices)? {
+        sets += 1;
+        if n != fds.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{n} log indices with {} descriptors", fds.len()),
+            ));
+        }
+        for (&i, fd) in indices[..n].iter().zip(fds) {
+            if let Some(log) = logs.get(usize::from(i)) {
+                log.replace(File::from(fd));
+            }
+        }
+    }
+    Ok(sets)
 }
 
 /// Buffers what a formatter writes and hands it to its [`LogFile`] whole, on flush
@@ -131,19 +358,26 @@ impl Drop for LineWriter {
     }
 }
 
-/// A slog logger writing plain text (or JSON) records to `log`.
+/// A slog logger writing plain text (or JSON) records to `log` (the error log),
+/// each record whole with one write as soon as it is logged. A record that cannot
+/// be written (full disk, ...) is dropped, never a panic: the first of a streak
+/// is told on stderr ("error log PATH: No space left on device; dropping lines
+/// ..."), and once writing works again a record says how many were dropped.
 pub fn file_logger(log: &Arc<LogFile>, json: bool) -> slog::Logger {
     use slog::Drain;
+    let what = format!("error log {}", log.path().display());
     if json {
         let drain = slog_json::Json::new(log.writer())
             .add_default_keys()
+            // One record, one flush: written whole, at once.
+            .set_flush(true)
             .build();
-        let drain = std::sync::Mutex::new(drain).map(slog::Fuse);
+        let drain = std::sync::Mutex::new(Lossy::new(drain, what)).ignore_res();
         slog::Logger::root(drain, slog::o!("pid" => std::process::id()))
     } else {
         let decorator = slog_term::PlainSyncDecorator::new(log.writer());
-        let drain = slog_term::FullFormat::new(decorator).build();
-        let drain = slog::LevelFilter::new(drain, slog::Level::Info).fuse();
+        let drain = Lossy::new(slog_term::FullFormat::new(decorator).build(), what);
+        let drain = slog::LevelFilter::new(drain, slog::Level::Info).ignore_res();
         slog::Logger::root(drain, slog::o!("pid" => std::process::id()))
     }
 }
@@ -260,6 +494,70 @@ mod tests {
             std::fs::read_to_string(d.join("moved.log")).unwrap(),
             "still here\n"
         );
+    }
+
+    #[test]
+    fn a_log_that_cannot_be_written_never_panics_and_counts_its_losses() {
+        // /dev/full fails every write with ENOSPC.
+        let log = LogFile::open("/dev/full").unwrap();
+        for json in [false, true] {
+            let l = file_logger(&log, json);
+            for n in 0..3 {
+                slog::error!(l, "lost"; "n" => n);
+            }
+        }
+        assert!(log.write_line("x").is_err());
+        let losses = Losses::default();
+        assert!(losses.lost(), "the first loss is told");
+        assert!(!losses.lost(), "the second is not");
+        assert_eq!(losses.pending(), 2);
+        assert_eq!(
+            losses.written(),
+            Some(2),
+            "the end of the streak says how many"
+        );
+        assert_eq!(losses.written(), None);
+        assert!(losses.lost(), "a new streak is told again");
+    }
+
+    #[test]
+    fn passed_descriptors_replace_the_files_in_their_order() {
+        use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+        let d = dir().join("passed");
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        // The parent's view and a child's (its own LogFile objects, same files).
+        let parent = [
+            LogFile::open(d.join("error.log")).unwrap(),
+            LogFile::open(d.join("access.log")).unwrap(),
+        ];
+        let child = [
+            LogFile::open(d.join("error.log")).unwrap(),
+            LogFile::open(d.join("access.log")).unwrap(),
+        ];
+        let (p, c) = socketpair(
+            AddressFamily::Unix,
+            SockType::Datagram,
+            None,
+            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        )
+        .unwrap();
+        assert_eq!(take_passed_logs(&c, &child).unwrap(), 0, "nothing waiting");
+        for name in ["error.log", "access.log"] {
+            std::fs::rename(d.join(name), d.join(format!("{name}.1"))).unwrap();
+        }
+        for l in &parent {
+            l.reopen().unwrap();
+        }
+        send_logs(&p, &parent).unwrap();
+        send_logs(&p, &parent).unwrap();
+        assert_eq!(take_passed_logs(&c, &child).unwrap(), 2);
+        child[0].write_line("e").unwrap();
+        child[1].write_line("a").unwrap();
+        let read = |n: &str| std::fs::read_to_string(d.join(n)).unwrap();
+        assert_eq!(read("error.log"), "e\n");
+        assert_eq!(read("access.log"), "a\n");
+        assert_eq!(read("access.log.1"), "");
     }
 
     #[test]

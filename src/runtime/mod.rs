@@ -270,7 +270,8 @@ impl<T: 'static> Prefork<T> {
     }
 
     /// Log to this file (appending; reopened on SIGUSR1) instead of stderr, in the
-    /// parent and in every child. Ignored for the parent if [`logger`](Self::logger)
+    /// parent and in every child. A record that cannot be written (full disk) is
+    /// dropped and counted, never a reason to stop; see [`file_logger`]. Ignored for the parent if [`logger`](Self::logger)
     /// is given, for the children if [`child_logger`](Self::child_logger) is.
     pub fn error_log_path(mut self, path: impl Into<PathBuf>) -> Self {
         self.error_log_path = Some(path.into());
@@ -312,8 +313,15 @@ impl<T: 'static> Prefork<T> {
 
     /// Children run as this user (its supplementary groups and, unless
     /// [`group`](Self::group) says otherwise, its primary group). The parent keeps
-    /// its privileges (to reopen logs); `after_init` runs before any switch, so it
-    /// can bind port 80. Needs root.
+    /// its privileges; `after_init` runs before any switch, so it can bind port 80.
+    /// Needs root.
+    ///
+    /// Log rotation works whatever this user may open: on SIGUSR1 the parent
+    /// reopens the log files and passes the new descriptors to every child over a
+    /// Unix socket (`SCM_RIGHTS`) before forwarding the signal; children never
+    /// open a log path. So the children hold writable descriptors of root's log
+    /// files: they cannot overwrite what is written (`O_APPEND`) but could
+    /// truncate a file (`ftruncate`); see [`LogFile`].
     pub fn user(mut self, name: impl Into<String>) -> Self {
         self.user = Some(name.into());
         self
@@ -331,7 +339,8 @@ impl<T: 'static> Prefork<T> {
         self
     }
 
-    /// Write the error log as JSON records instead of plain text.
+    /// Write the error log as JSON records instead of plain text: one record per
+    /// line, each written whole as soon as it is logged.
     pub fn json_log(mut self, yes: bool) -> Self {
         self.json_log = yes;
         self
@@ -631,11 +640,16 @@ impl Logs {
     }
 }
 
+/// Plain text on stderr. A write that fails (a closed pipe, a full disk behind a
+/// redirection) drops the record: never a panic, never a stop.
 fn default_logger() -> slog::Logger {
     use slog::Drain;
     let decorator = slog_term::PlainSyncDecorator::new(std::io::stderr());
-    let drain = slog_term::FullFormat::new(decorator).build();
-    let drain = slog::LevelFilter::new(drain, slog::Level::Info).fuse();
+    let drain = logs::Lossy::new(
+        slog_term::FullFormat::new(decorator).build(),
+        "stderr".into(),
+    );
+    let drain = slog::LevelFilter::new(drain, slog::Level::Info).ignore_res();
     slog::Logger::root(drain, slog::o!("pid" => std::process::id()))
 }
 
@@ -712,6 +726,9 @@ struct Parent<T> {
     wakes: Receiver<()>,
     // The parent's ends of its pipes, which a child closes first thing.
     inherited: Vec<std::os::fd::RawFd>,
+    /// The parent's end of each live child's log channel (by pid), where the
+    /// reopened logs are passed; closed when the child is reaped.
+    log_channels: std::collections::BTreeMap<i32, OwnedFd>,
     _wake_read: OwnedFd,
     // Kept open for the daemon's life: children write wake-ups to it.
     _wake_write: OwnedFd,
@@ -886,6 +903,7 @@ impl<T: 'static> Parent<T> {
             signals,
             wakes,
             inherited,
+            log_channels: std::collections::BTreeMap::new(),
             _wake_read: wake_read,
             _wake_write: wake_write,
             state: None,
@@ -1013,6 +1031,7 @@ impl<T: 'static> Parent<T> {
         // not mistaken for a crash.
         self.tick();
         for (pid, status) in reaped {
+            self.log_channels.remove(&pid.as_raw());
             if let Some(slot) = self.board.slot_of(pid.as_raw()) {
                 self.board.release(slot);
             }
@@ -1064,13 +1083,17 @@ impl<T: 'static> Parent<T> {
                 }
                 Action::RunHook(hook) => self.run_hook(hook),
                 Action::ReopenLogs => {
-                    for log in self.logs.all() {
+                    let all = self.logs.all();
+                    for log in &all {
+                        // A daemon's stdout and stderr follow its error log.
                         match log.reopen() {
                             Ok(()) => slog::info!(self.logger, "reopened {}", log.path().display()),
                             // The old file stays in use: nothing is lost.
                             Err(e) => slog::error!(self.logger, "cannot reopen: {e}"),
                         }
                     }
+                    // Before the USR1 that follows: a child finds them when it looks.
+                    self.pass_logs(&all);
                 }
                 Action::CheckForChanges => {
                     if self.files_changed() {
@@ -1108,6 +1131,35 @@ impl<T: 'static> Parent<T> {
             }
         }
         Ok(None)
+    }
+
+    /// Passes the current log descriptors to every live child (see
+    /// [`Prefork::user`]); a child that cannot get them keeps its files.
+    fn pass_logs(&self, all: &[Arc<LogFile>]) {
+        let mut failed = 0;
+        let mut last = None;
+        for (&pid, channel) in &self.log_channels {
+            match logs::send_logs(channel, all) {
+                Ok(()) => {}
+                // The child has exited and is not reaped yet: nothing to pass.
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::ECONNREFUSED) | Some(libc::EPIPE)
+                    ) => {}
+                Err(e) => {
+                    failed += 1;
+                    last = Some((pid, e));
+                }
+            }
+        }
+        if let Some((pid, e)) = last {
+            slog::error!(
+                self.logger,
+                "could not pass the reopened logs to {failed} children (child {pid}: {e}); \
+                 they keep writing the old files"
+            );
+        }
     }
 
     fn run_hook(&mut self, hook: Hook) {
@@ -1197,14 +1249,36 @@ impl<T: 'static> Parent<T> {
             self.machine.handle(now, Event::SpawnFailed { slot });
             return;
         };
+        // The channel the reopened logs will come down (only with log files).
+        let (parent_end, child_end) = if self.logs.all().is_empty() {
+            (None, None)
+        } else {
+            match log_channel() {
+                Ok((p, c)) => (Some(p), Some(c)),
+                Err(e) => {
+                    slog::error!(
+                        self.logger,
+                        "cannot create a log channel: {e}; the child will reopen the log paths itself"
+                    );
+                    (None, None)
+                }
+            }
+        };
+        // What the child closes first: the parent's pipes and the parent's ends of
+        // every log channel (a fork copies them all; close-on-exec is no help).
+        let mut inherited = self.inherited.clone();
+        inherited.extend(self.log_channels.values().map(AsRawFd::as_raw_fd));
+        inherited.extend(parent_end.as_ref().map(AsRawFd::as_raw_fd));
         let parent_pid = self.parent_pid;
         let board = self.board;
-        let inherited = &self.inherited;
+        let inherited = &inherited;
         let main_loop = &self.cfg.main_loop;
         let child_logger = &self.cfg.child_logger;
         let logs = &self.logs;
         let credentials = self.credentials.as_ref();
-        let result = os::fork_child(&PARENT_SIGNALS, |gate| {
+        // `move`: the child's end goes with the closure, which the parent drops
+        // (closing its copy) and the child consumes.
+        let result = os::fork_child(&PARENT_SIGNALS, move |gate| {
             child_main(ChildStart {
                 gate,
                 parent_pid,
@@ -1218,11 +1292,15 @@ impl<T: 'static> Parent<T> {
                 child_logger,
                 logs,
                 credentials,
+                log_channel: child_end,
             })
         });
         let now = self.now();
         match result {
             Ok(pid) => {
+                if let Some(p) = parent_end {
+                    self.log_channels.insert(pid.as_raw(), p);
+                }
                 self.board.assign(slot, pid.as_raw());
                 self.machine.handle(
                     now,
@@ -1255,6 +1333,21 @@ struct ChildStart<'a, T> {
     child_logger: &'a Option<LoggerFactory>,
     logs: &'a Logs,
     credentials: Option<&'a Credentials>,
+    /// Where the parent passes the reopened logs.
+    log_channel: Option<OwnedFd>,
+}
+
+/// A connected pair of Unix datagram sockets, close-on-exec: (parent's end,
+/// child's end). The parent's end never blocks: a child that does not read in
+/// time misses that rotation's descriptors, the parent does not wait for it.
+fn log_channel() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+    Ok(socketpair(
+        AddressFamily::Unix,
+        SockType::Datagram,
+        None,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+    )?)
 }
 
 /// The user and groups children switch to, resolved once in the parent.
@@ -1321,7 +1414,12 @@ fn child_main<T>(c: ChildStart<'_, T>) -> i32 {
     // Drop privileges first: a credential change clears PDEATHSIG.
     if let Some(creds) = c.credentials {
         if let Err(e) = creds.apply() {
-            eprintln!("preforkd child: cannot switch user/group: {e}");
+            use std::io::Write;
+            // Not eprintln!: a closed stderr must not make this a panic.
+            let _ = writeln!(
+                std::io::stderr(),
+                "preforkd child: cannot switch user/group: {e}"
+            );
             return 1;
         }
     }
@@ -1343,7 +1441,7 @@ fn child_main<T>(c: ChildStart<'_, T>) -> i32 {
         (None, Some(l)) => file_logger(l, c.logs.json),
         (None, None) => default_logger(),
     };
-    let worker = Worker::new(
+    let mut worker = Worker::new(
         c.slot,
         c.generation,
         c.max_requests,
@@ -1352,6 +1450,9 @@ fn child_main<T>(c: ChildStart<'_, T>) -> i32 {
         wake,
     )
     .with_logs(c.logs.all(), c.logs.access.clone());
+    if let Some(channel) = c.log_channel {
+        worker = worker.with_log_channel(channel);
+    }
     worker.ready();
     let code = run_main_loop(c.main_loop, &worker, c.state, &logger);
     worker.retire();

@@ -330,6 +330,42 @@ pub(crate) fn exit_now(code: i32) -> ! {
     unsafe { libc::_exit(code) }
 }
 
+/// Receives one datagram without waiting: its bytes into `payload`, and the
+/// descriptors passed with it (`SCM_RIGHTS`, at most 8), each close-on-exec and
+/// owned by the caller. `None` when nothing is waiting.
+pub(crate) fn recv_fds(
+    sock: &OwnedFd,
+    payload: &mut [u8],
+) -> std::io::Result<Option<(usize, Vec<OwnedFd>)>> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let mut space = nix::cmsg_space!([RawFd; 8]);
+    let mut iov = [std::io::IoSliceMut::new(payload)];
+    let msg = match recvmsg::<()>(
+        sock.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC,
+    ) {
+        Ok(m) => m,
+        Err(Errno::EAGAIN) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let mut fds = Vec::new();
+    // MSG_CTRUNC (more than 8 descriptors; the parent sends 2 at most) is an error.
+    for cmsg in msg.cmsgs().map_err(std::io::Error::from)? {
+        if let ControlMessageOwned::ScmRights(raw) = cmsg {
+            for fd in raw {
+                // SAFETY: the kernel has just installed `fd` in this process for this
+                // message (SCM_RIGHTS); nothing else knows of it, so this is its only
+                // owner.
+                fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
+            }
+        }
+    }
+    Ok(Some((msg.bytes, fds)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

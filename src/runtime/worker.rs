@@ -1,7 +1,7 @@
 //! What a child's `main_loop` gets: its slot, the busy/idle guard, the accept helper
 //! and the "should I exit now?" question.
 
-use crate::runtime::logs::LogFile;
+use crate::runtime::logs::{self, LogFile, Losses};
 use crate::runtime::os;
 use crate::runtime::scoreboard::now_ns;
 use crate::runtime::scoreboard::{WorkerSlot, WorkerState};
@@ -40,6 +40,11 @@ pub struct Worker {
     logs: Vec<Arc<LogFile>>,
     /// The access log, if the daemon has one.
     access: Option<Arc<LogFile>>,
+    /// Access-log lines lost while it cannot be written.
+    access_losses: Losses,
+    /// Where the parent passes the reopened logs (none: this process reopens
+    /// the paths itself, as with `prefork = 0`).
+    log_channel: Option<OwnedFd>,
 }
 
 /// An epoll set watching one listener (exclusively: a connection wakes one child,
@@ -103,6 +108,8 @@ impl Worker {
             poller: Mutex::new(None),
             logs: Vec::new(),
             access: None,
+            access_losses: Losses::default(),
+            log_channel: None,
         }
     }
 
@@ -116,15 +123,40 @@ impl Worker {
         self
     }
 
-    /// Reopens this process's log files if the parent asked (SIGUSR1, passed on).
-    /// [`accept`](Self::accept) and [`log_access`](Self::log_access) call it; a
-    /// `main_loop` that does neither can call it between requests.
+    /// The child's end of its log channel: the parent sends the reopened logs there.
+    pub(crate) fn with_log_channel(mut self, channel: OwnedFd) -> Worker {
+        self.log_channel = Some(channel);
+        self
+    }
+
+    /// Switches this process's log files to the new ones if the parent asked
+    /// (SIGUSR1, passed on). [`accept`](Self::accept) and
+    /// [`log_access`](Self::log_access) call it; a `main_loop` that does neither
+    /// can call it between requests.
+    ///
+    /// A child never opens a log path: the parent (root, when the children run as
+    /// another [`user`](crate::Prefork::user)) reopens the files and passes their
+    /// descriptors to each child before it forwards the signal, so they are
+    /// always waiting here. If stdout or stderr were the old error log (a daemon's
+    /// are), they move to the new one too. With `prefork = 0` the process reopens
+    /// the paths itself.
     pub fn reopen_logs_if_asked(&self) {
-        if self.take_reopen_request() {
-            for log in &self.logs {
-                if let Err(e) = log.reopen() {
-                    // The old file stays in use: nothing is lost, say why.
-                    slog::error!(self.logger, "cannot reopen {}: {e}", log.path().display());
+        if !self.take_reopen_request() {
+            return;
+        }
+        match &self.log_channel {
+            Some(channel) => {
+                if let Err(e) = logs::take_passed_logs(channel, &self.logs) {
+                    // The current files stay in use: nothing is lost, say why.
+                    slog::error!(self.logger, "cannot take the reopened logs: {e}");
+                }
+            }
+            None => {
+                for log in &self.logs {
+                    if let Err(e) = log.reopen() {
+                        // The old file stays in use: nothing is lost, say why.
+                        slog::error!(self.logger, "cannot reopen {}: {e}", log.path().display());
+                    }
                 }
             }
         }
@@ -132,11 +164,32 @@ impl Worker {
 
     /// Writes one line to the access log (for example a
     /// [`combined_log_line`](crate::combined_log_line)), if the daemon has one.
+    ///
+    /// A line that cannot be written (full disk, ...) is dropped: serving goes on.
+    /// The first failure of a streak is logged once on the error log; when lines
+    /// are written again, how many were dropped.
     pub fn log_access(&self, line: &str) {
         self.reopen_logs_if_asked();
         if let Some(log) = &self.access {
-            if let Err(e) = log.write_line(line) {
-                slog::error!(self.logger, "access log {}: {e}", log.path().display());
+            match log.write_line(line) {
+                Ok(()) => {
+                    if let Some(n) = self.access_losses.written() {
+                        slog::warn!(
+                            self.logger,
+                            "access log {}: writable again; {n} lines dropped",
+                            log.path().display()
+                        );
+                    }
+                }
+                Err(e) => {
+                    if self.access_losses.lost() {
+                        slog::error!(
+                            self.logger,
+                            "access log {}: {e}; dropping lines until it can be written again",
+                            log.path().display()
+                        );
+                    }
+                }
             }
         }
     }
@@ -350,6 +403,15 @@ impl Worker {
 
     pub(crate) fn retire(&self) {
         self.slot.retire();
+        // A child leaving during a streak of lost access lines still says how many.
+        let lost = self.access_losses.pending();
+        if let (Some(log), true) = (&self.access, lost > 0) {
+            slog::warn!(
+                self.logger,
+                "access log {}: {lost} lines dropped (still failing at exit)",
+                log.path().display()
+            );
+        }
     }
 }
 
