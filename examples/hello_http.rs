@@ -37,6 +37,7 @@ struct Args {
     group: Option<String>,
     graceful_timeout: Option<Duration>,
     busy_timeout: Option<Duration>,
+    request_timeout: Duration,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -55,6 +56,7 @@ fn parse_args() -> Result<Args, String> {
         group: None,
         graceful_timeout: None,
         busy_timeout: None,
+        request_timeout: REQUEST_TIMEOUT,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -72,6 +74,12 @@ fn parse_args() -> Result<Args, String> {
                 a.graceful_timeout = Some(duration(value()?, "--graceful-timeout")?)
             }
             "--busy-timeout" => a.busy_timeout = Some(duration(value()?, "--busy-timeout")?),
+            "--request-timeout" => {
+                a.request_timeout = duration(value()?, "--request-timeout")?;
+                if a.request_timeout.is_zero() {
+                    return Err("--request-timeout must be greater than zero".into());
+                }
+            }
             "--prefork" => a.prefork = number(value()?, "--prefork")?,
             "--max-children" => a.max_children = number(value()?, "--max-children")?,
             "--scoreboard" => a.scoreboard = Some(value()?.into()),
@@ -88,7 +96,7 @@ fn parse_args() -> Result<Args, String> {
                     "usage: hello_http [--listen ADDR] [--prefork N] [--max-children N] \
                      [--scoreboard PATH] [--pid-file PATH] [--error-log PATH] \
                      [--access-log PATH] [--json-log] [--require-root] [--daemonize] [--user NAME] [--group NAME] \
-                     [--graceful-timeout DURATION] [--busy-timeout DURATION]"
+                     [--graceful-timeout DURATION] [--busy-timeout DURATION] [--request-timeout DURATION]"
                 );
                 std::process::exit(0);
             }
@@ -107,6 +115,7 @@ fn main() {
         }
     };
     let listen = args.listen.clone();
+    let request_timeout = args.request_timeout;
     let mut daemon = Prefork::new(
         move || {
             // A socket the service manager passed (socket activation), else our own
@@ -125,11 +134,12 @@ fn main() {
             let _ = writeln!(io::stderr(), "hello_http: listening on {}", l.local_addr()?);
             Ok(l)
         },
-        |worker: &Worker, listener: &TcpListener| {
+        move |worker: &Worker, listener: &TcpListener| {
             while let Some((stream, peer)) = worker.accept(listener) {
-                let _busy = worker.busy();
-                // A client that misbehaves costs only its own connection.
-                let _ = serve(worker, stream, &peer.ip().to_string());
+                // A client that misbehaves costs only its own connection. The child
+                // counts as busy per request (see `serve`), not while a kept-alive
+                // connection sits idle.
+                let _ = serve(worker, stream, &peer.ip().to_string(), request_timeout);
             }
             Ok(())
         },
@@ -187,24 +197,39 @@ fn main() {
 }
 
 /// Serves one connection: requests until the client or the child is done.
-fn serve(worker: &Worker, stream: TcpStream, peer: &str) -> io::Result<()> {
+fn serve(
+    worker: &Worker,
+    stream: TcpStream,
+    peer: &str,
+    request_timeout: Duration,
+) -> io::Result<()> {
     // Reads and writes share the socket by reference: no dup per connection.
-    let mut reader = BufReader::new(&stream);
+    let mut reader = BufReader::new(Timed {
+        stream: &stream,
+        deadline: std::cell::Cell::new(None),
+    });
     let mut out = &stream;
-    let mut first = true;
     loop {
-        // Between requests, wait without blocking in a read: a child asked to stop
-        // closes an idle kept-alive connection at once. (The first request of a
-        // connection was already on its way when it was accepted.)
-        if !first && reader.buffer().is_empty() && !worker.wait_for_input(&stream, KEEP_ALIVE)? {
+        // Wait for the request without blocking in a read: a child asked to stop
+        // closes an idle connection at once (after a short linger for a request
+        // already on its way) instead of waiting for its client.
+        if reader.buffer().is_empty() && !worker.wait_for_input(&stream, KEEP_ALIVE)? {
             return Ok(());
         }
-        first = false;
+        // One deadline for the whole request: a client sending a byte now and then
+        // cannot hold the child (or a graceful stop) longer than this.
+        reader
+            .get_ref()
+            .deadline
+            .set(Some(deadline_in(request_timeout)));
         let line = match read_line(&mut reader, MAX_REQUEST_LINE)? {
             Line::Eof => return Ok(()),
             Line::TooLong => return respond(&mut out, 414, "request line too long\n", false),
+            Line::Bad => return respond(&mut out, 400, "bad request\n", false),
             Line::Text(l) => l,
         };
+        // Busy from the request line to the logged answer: one request.
+        let _busy = worker.busy();
         let mut parts = line.split_whitespace();
         let (method, target, version) = match (parts.next(), parts.next(), parts.next()) {
             (Some(m), Some(t), Some(v)) => (m.to_string(), t.to_string(), v.to_string()),
@@ -217,6 +242,7 @@ fn serve(worker: &Worker, stream: TcpStream, peer: &str) -> io::Result<()> {
         loop {
             let h = match read_line(&mut reader, MAX_HEADERS - header_bytes)? {
                 Line::Eof => return Ok(()),
+                Line::Bad => return respond(&mut out, 400, "bad request\n", false),
                 Line::TooLong => {
                     return respond(&mut out, 431, "request header fields too large\n", false)
                 }
@@ -235,6 +261,10 @@ fn serve(worker: &Worker, stream: TcpStream, peer: &str) -> io::Result<()> {
                     } else if value.eq_ignore_ascii_case("keep-alive") {
                         keep_alive = true;
                     }
+                } else if name.eq_ignore_ascii_case("transfer-encoding") {
+                    // Chunked bodies are not parsed here: refuse rather than read the
+                    // body as the next request.
+                    return respond(&mut out, 501, "transfer-encoding not supported\n", false);
                 } else if name.eq_ignore_ascii_case("content-length") {
                     length = match value.parse() {
                         Ok(n) if n <= MAX_BODY => n,
@@ -312,16 +342,48 @@ const MAX_REQUEST_LINE: usize = 8 * 1024;
 const MAX_HEADERS: usize = 16 * 1024;
 const MAX_BODY: usize = 1024 * 1024;
 
+/// How long a client may take to send one whole request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[allow(clippy::disallowed_methods)] // a network deadline is wall-clock time
+fn deadline_in(d: Duration) -> std::time::Instant {
+    std::time::Instant::now() + d
+}
+
+/// The connection, read under the current request's deadline: each read may
+/// wait only for what is left of it, so a client sending a byte now and then
+/// cannot stretch a request past it.
+struct Timed<'a> {
+    stream: &'a TcpStream,
+    deadline: std::cell::Cell<Option<std::time::Instant>>,
+}
+
+impl Read for Timed<'_> {
+    #[allow(clippy::disallowed_methods)]
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some(end) = self.deadline.get() {
+            let left = end.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Err(io::Error::new(io::ErrorKind::TimedOut, "request too slow"));
+            }
+            self.stream.set_read_timeout(Some(left))?;
+        }
+        self.stream.read(buf)
+    }
+}
+
 /// A line read with a bound on its length.
 enum Line {
     Eof,
     TooLong,
+    /// Not UTF-8.
+    Bad,
     Text(String),
 }
 
 /// Reads one line of at most `limit` bytes (newline included) without ever
 /// buffering more than that.
-fn read_line(reader: &mut BufReader<&TcpStream>, limit: usize) -> io::Result<Line> {
+fn read_line(reader: &mut BufReader<Timed<'_>>, limit: usize) -> io::Result<Line> {
     let mut bytes = Vec::new();
     let n = (&mut *reader)
         .take(limit as u64)
@@ -333,9 +395,7 @@ fn read_line(reader: &mut BufReader<&TcpStream>, limit: usize) -> io::Result<Lin
         // Cut off by the limit (or the peer closed mid-line).
         return Ok(if n == limit { Line::TooLong } else { Line::Eof });
     }
-    String::from_utf8(bytes)
-        .map(Line::Text)
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "request is not UTF-8"))
+    Ok(String::from_utf8(bytes).map_or(Line::Bad, Line::Text))
 }
 
 /// Writes the whole response with one system call.
@@ -346,6 +406,7 @@ fn respond(out: &mut &TcpStream, status: u16, body: &str, keep_alive: bool) -> i
         413 => "Content Too Large",
         414 => "URI Too Long",
         431 => "Request Header Fields Too Large",
+        501 => "Not Implemented",
         _ => "Not Found",
     };
     let connection = if keep_alive { "keep-alive" } else { "close" };

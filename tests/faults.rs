@@ -120,15 +120,22 @@ fn keep_alive_session(
 
 /// TERM under steady load: the stop completes in about one request time, without
 /// the graceful timeout's KILL, and every request sent before the TERM is answered.
-fn stop_under_load(keep_alive: bool) {
-    let mut d = Demo::start(&["--prefork", "2", "--max-children", "2"]);
+fn stop_under_load(keep_alive: bool, clients: usize, graceful_timeout: &str) {
+    let mut d = Demo::start(&[
+        "--prefork",
+        "2",
+        "--max-children",
+        "2",
+        "--graceful-timeout",
+        graceful_timeout,
+    ]);
     assert!(wait_for(Duration::from_secs(5), || d.children().len() == 2));
     let stop = Arc::new(AtomicBool::new(false));
     let stopped = Arc::new(AtomicBool::new(false));
     let tally = Arc::new(Tally::default());
     let clients = steady_load(
         d.addr,
-        6,
+        clients,
         "/sleep?ms=50",
         keep_alive,
         &stop,
@@ -140,7 +147,7 @@ fn stop_under_load(keep_alive: bool) {
     stopped.store(true, Ordering::SeqCst);
     let t0 = Instant::now();
     d.signal(SIGTERM);
-    // graceful_timeout is 30 s: a drain that never ends would last that long.
+    // A drain that never ends would last until the graceful timeout's KILL.
     let code = d.wait_exit(Duration::from_secs(10));
     let took = t0.elapsed();
     stop.store(true, Ordering::Relaxed);
@@ -161,12 +168,20 @@ fn stop_under_load(keep_alive: bool) {
 
 #[test]
 fn term_under_steady_load_stops_without_kill() {
-    stop_under_load(false);
+    stop_under_load(false, 6, "30s");
+}
+
+/// 100 clients for 2 children keep ~98 connections queued: the pool serves those
+/// (49 each, ~2.5 s of 50 ms requests), not 98 each (~5 s) as when every child
+/// counted the whole queue as its own share.
+#[test]
+fn term_with_a_deep_queue_serves_the_queue_once_then_stops() {
+    stop_under_load(false, 100, "4s");
 }
 
 #[test]
 fn term_under_steady_keep_alive_load_stops_without_kill() {
-    stop_under_load(true);
+    stop_under_load(true, 6, "30s");
 }
 
 #[test]
@@ -323,4 +338,104 @@ fn a_half_closed_client_is_not_reported_as_hung_up() {
         "a half-closed client was reported:\n{}",
         d.log()
     );
+}
+
+/// A child retired by a reload used to take the wake-up meant for a new
+/// connection (the listener is watched with EPOLLEXCLUSIVE: one waiter is woken)
+/// and leave without accepting it: the client hung until another connection came.
+#[test]
+fn a_reload_never_leaves_a_connection_unanswered() {
+    let d = Demo::start(&["--prefork", "2", "--max-children", "4"]);
+    assert!(wait_for(Duration::from_secs(5), || d.children().len() == 2));
+    let mut hangs = Vec::new();
+    for round in 0..40 {
+        for k in 0..8 {
+            if k == 2 {
+                d.signal(SIGHUP);
+            }
+            let mut s = TcpStream::connect_timeout(&d.addr, Duration::from_secs(5)).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+            s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+                .unwrap();
+            let mut reply = String::new();
+            if s.read_to_string(&mut reply).is_err() || !reply.starts_with("HTTP/1.1 200") {
+                hangs.push((round, k));
+            }
+        }
+    }
+    assert!(hangs.is_empty(), "unanswered (round, request): {hangs:?}");
+}
+
+/// The busy timeout limits one request: a kept-alive client sending quick
+/// requests for longer than the timeout is never cut off.
+#[test]
+fn the_busy_timeout_counts_requests_not_kept_alive_connections() {
+    let d = Demo::start(&[
+        "--prefork",
+        "1",
+        "--max-children",
+        "2",
+        "--busy-timeout",
+        "1s",
+    ]);
+    assert!(wait_for(Duration::from_secs(5), || d.children().len() == 1));
+    let s = TcpStream::connect(d.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut reader = BufReader::new(s.try_clone().unwrap());
+    let mut out = s;
+    for i in 0..8 {
+        write!(out, "GET /pid HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+        let mut head = String::new();
+        loop {
+            let mut l = String::new();
+            reader.read_line(&mut l).unwrap();
+            if l == "\r\n" || l.is_empty() {
+                break;
+            }
+            head.push_str(&l);
+        }
+        assert!(head.starts_with("HTTP/1.1 200"), "request {i}: {head:?}");
+        assert!(
+            head.contains("connection: keep-alive"),
+            "request {i} closed the connection: {head:?}\nlog:\n{}",
+            d.log()
+        );
+        let mut body = String::new();
+        reader.read_line(&mut body).unwrap();
+        thread::sleep(Duration::from_millis(300));
+    }
+    assert!(!d.log().contains("busy timeout"), "{}", d.log());
+}
+
+/// A client that sends its request a byte at a time cannot hold a child past
+/// the request timeout, nor turn a graceful stop into the graceful timeout's KILL.
+#[test]
+fn a_dribbling_client_cannot_hold_a_graceful_stop() {
+    let mut d = Demo::start(&[
+        "--prefork",
+        "1",
+        "--max-children",
+        "1",
+        "--request-timeout",
+        "2s",
+        "--graceful-timeout",
+        "20s",
+    ]);
+    assert!(wait_for(Duration::from_secs(5), || d.children().len() == 1));
+    let mut s = TcpStream::connect(d.addr).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\n").unwrap();
+    let dribble = thread::spawn(move || {
+        for _ in 0..30 {
+            if s.write_all(b"x").is_err() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(500));
+        }
+    });
+    thread::sleep(Duration::from_millis(300));
+    d.signal(SIGTERM);
+    let code = d.wait_exit(Duration::from_secs(10));
+    assert_eq!(code, Some(0), "log:\n{}", d.log());
+    assert!(!d.log().contains("KILL"), "{}", d.log());
+    dribble.join().unwrap();
 }

@@ -48,7 +48,7 @@ pub use worker::{BusyGuard, Worker};
 use crate::policy::{Disconnect, DisconnectPolicy, ReloadPolicy, ScalingPolicy};
 use crate::{
     Action, ConfigError, Event, ExitStatus, Hook, HookKind, Level, Machine, Notify, Options, Pid,
-    Scoreboard, Signal, State, Time,
+    Scoreboard, Signal, SignalReason, State, Time,
 };
 use crossbeam_channel::{after, never, select, unbounded, Receiver};
 use nix::fcntl::OFlag;
@@ -537,6 +537,8 @@ impl<T: 'static> Prefork<T> {
             self.pid_path.clone(),
         )?;
         let code = run_main_loop(&self.main_loop, &worker, &state, &logger);
+        // The timeout bounds main_loop's drain, not before_shutdown.
+        drop(_timeout);
         worker.retire();
         if let Some(mut f) = self.before_shutdown {
             f(&state);
@@ -546,7 +548,8 @@ impl<T: 'static> Prefork<T> {
 }
 
 /// `prefork = 0`: the graceful timeout, kept by a thread. Once a stop is requested
-/// it waits `graceful_timeout` for `main_loop` to return (which drops this guard);
+/// it waits `graceful_timeout` for `main_loop` to return (the caller then drops
+/// this guard, before `before_shutdown` runs);
 /// past that it logs, removes the pid file and ends the process with exit code 1,
 /// the request in hand cut off (there is no child to KILL).
 struct GracefulTimeout {
@@ -1070,7 +1073,25 @@ impl<T: 'static> Parent<T> {
                     generation,
                     max_requests,
                 } => self.spawn(slot, generation, max_requests),
-                Action::Signal { pid, signal, .. } => {
+                Action::Signal {
+                    pid,
+                    signal,
+                    reason,
+                } => {
+                    let alone = !matches!(
+                        reason,
+                        SignalReason::Shutdown
+                            | SignalReason::Escalation
+                            | SignalReason::ReopenLogs
+                    );
+                    if signal == Signal::Term && alone {
+                        // Before the TERM: the child must know it leaves alone and
+                        // that the queue is its siblings' (a TERM without this mark
+                        // is a shutdown, whoever sent it).
+                        if let Some(slot) = self.board.slot_of(pid.0) {
+                            self.board.mark_retired_alone(slot);
+                        }
+                    }
                     match nsig::kill(unistd::Pid::from_raw(pid.0), to_os_signal(signal)) {
                         Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
                         Err(e) => slog::error!(

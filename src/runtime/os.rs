@@ -191,7 +191,7 @@ static STOP_WATCH_FD: AtomicI32 = AtomicI32::new(-1);
 extern "C" fn on_stop(_: c_int) {
     STOP_REQUESTED.store(true, Ordering::SeqCst);
     poke();
-    let fd = STOP_WATCH_FD.load(Ordering::Relaxed);
+    let fd = STOP_WATCH_FD.load(Ordering::SeqCst);
     if fd >= 0 {
         // SAFETY: write(2) is async-signal-safe; `fd` is kept open for the
         // process's life; a full pipe means the watcher was told already.
@@ -208,10 +208,12 @@ pub(crate) fn watch_stops() -> nix::Result<OwnedFd> {
         nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
     )?;
     // The write end lives as long as the process: the handler may use it any time.
-    STOP_WATCH_FD.store(write.into_raw_fd(), Ordering::Relaxed);
+    // SeqCst on both sides (here and in the handler): one of the two always sees
+    // the other's store, so a stop is never missed.
+    STOP_WATCH_FD.store(write.into_raw_fd(), Ordering::SeqCst);
     if STOP_REQUESTED.load(Ordering::SeqCst) {
         // A stop that came before the pipe existed.
-        let _ = nix::unistd::write(borrow_fd(STOP_WATCH_FD.load(Ordering::Relaxed)), &[1]);
+        let _ = nix::unistd::write(borrow_fd(STOP_WATCH_FD.load(Ordering::SeqCst)), &[1]);
     }
     Ok(read)
 }
@@ -226,7 +228,10 @@ extern "C" fn on_reopen(_: c_int) {
 /// worker's wake-up pipe, whose read end is returned); HUP/TTIN/TTOU/PIPE/USR2 are
 /// ignored (they are the parent's business); QUIT keeps its default (immediate).
 /// The handlers restart interrupted system calls (`SA_RESTART`): a log rotation
-/// must not make a busy child's blocking read fail. Then it opens `gate`: signals
+/// must not make a busy child's blocking read fail. Linux never restarts a socket
+/// read or write that has a timeout (`SO_RCVTIMEO`/`SO_SNDTIMEO`): those still
+/// fail with `EINTR` (`ErrorKind::Interrupted`), which std's `read_exact`,
+/// `read_line`, `write_all` and `io::copy` retry, and a plain `read` must too. Then it opens `gate`: signals
 /// that arrived since the fork are delivered to these handlers.
 pub(crate) fn install_worker_handlers(gate: SignalGate) -> nix::Result<OwnedFd> {
     use signal::Signal as S;

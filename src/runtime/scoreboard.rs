@@ -15,9 +15,11 @@
 //! | 32 | stopping (graceful shutdown under way) | `u32` |
 //! | 36 | the pool can grow (saturation wakes the parent) | `u32` |
 //! | 40 | the parent wants to hear of the next busy child | `u32` |
+//! | 44 | graceful-shutdown drain: connections left to take + 1 (0: not counted yet) | `u32` |
 //!
 //! Slot `i` starts at `64 * (i + 1)`: pid `i32` at 0, state `u8` at 4 (0 empty,
-//! 1 starting, 2 idle, 3 busy, 4 retiring), generation `u64` at 8, requests `u64`
+//! 1 starting, 2 idle, 3 busy, 4 retiring), retired alone `u8` at 5 (1: the parent
+//! retires this child by itself, its TERM is no shutdown), generation `u64` at 8, requests `u64`
 //! at 16, current request start `u64` at 24 and last heartbeat `u64` at 32, both in
 //! nanoseconds of `CLOCK_MONOTONIC`.
 
@@ -56,6 +58,9 @@ pub(crate) struct Header {
     /// Set by the parent when it wants to hear of the first child to get busy (to
     /// start looking for hung-up clients); the child that clears it wakes the parent.
     watch_busy: AtomicU32,
+    /// During a graceful shutdown, the connections the pool still takes from the
+    /// queue, plus one; 0 until the first stopping child counts the queue.
+    drain_left: AtomicU32,
 }
 
 /// One child's record.
@@ -63,6 +68,9 @@ pub(crate) struct Header {
 pub(crate) struct Slot {
     pid: AtomicI32,
     state: AtomicU8,
+    /// Set by the parent before it TERMs this child alone (scale-down, reload,
+    /// limits): a TERM without it comes from a shutdown, whoever sent it.
+    retired_alone: AtomicU8,
     generation: AtomicU64,
     requests: AtomicU64,
     request_start: AtomicU64,
@@ -138,6 +146,7 @@ impl Board {
     pub(crate) fn prepare(&self, slot: usize, generation: u64) {
         let s = &self.slots[slot];
         s.pid.store(0, Ordering::Relaxed);
+        s.retired_alone.store(0, Ordering::Relaxed);
         s.generation.store(generation, Ordering::Relaxed);
         s.requests.store(0, Ordering::Relaxed);
         s.request_start.store(0, Ordering::Relaxed);
@@ -158,6 +167,11 @@ impl Board {
             self.header.idle.fetch_sub(1, Ordering::AcqRel);
         }
         s.pid.store(0, Ordering::Release);
+    }
+
+    /// Parent, before it TERMs the child in `slot` by itself (not a shutdown).
+    pub(crate) fn mark_retired_alone(&self, slot: usize) {
+        self.slots[slot].retired_alone.store(1, Ordering::SeqCst);
     }
 
     /// Parent: the slot a pid is in, if any.
@@ -362,6 +376,30 @@ impl WorkerSlot {
 
     pub(crate) fn stopping(&self) -> bool {
         self.board.stopping()
+    }
+
+    /// Whether the parent retired this child by itself (its TERM is no shutdown).
+    pub(crate) fn retired_alone(&self) -> bool {
+        self.slot.retired_alone.load(Ordering::SeqCst) != 0
+    }
+
+    /// Graceful shutdown: takes one connection from the pool's drain budget,
+    /// which the first child to ask sets to `queued()` (the queue's length then).
+    /// `false` once the pool has taken as many as were queued.
+    pub(crate) fn take_drain(&self, queued: impl FnOnce() -> u32) -> bool {
+        let d = &self.board.header.drain_left;
+        if d.load(Ordering::Acquire) == 0 {
+            let _ = d.compare_exchange(
+                0,
+                queued().saturating_add(1),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            );
+        }
+        d.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n > 1).then(|| n - 1)
+        })
+        .is_ok()
     }
 }
 

@@ -55,11 +55,17 @@ struct Poller {
     /// During a graceful shutdown: how many more connections this child may take
     /// from the queue, counted from the queue's length when it first saw the stop.
     drain_left: Option<u32>,
+    /// This child already shrank the listener's queue for the shutdown.
+    closed_queue: bool,
 }
 
 /// How long a stopping child still waits for the next request on a kept-alive
 /// connection that was idle (a request crossing our decision to close).
-const STOP_LINGER: Duration = Duration::from_millis(100);
+const STOP_LINGER: Duration = Duration::from_millis(250);
+
+/// The epoll tokens of the listener and of the worker's wake-up pipe.
+const LISTENER: u64 = 0;
+const WAKE: u64 = 1;
 
 /// The most connections a stopping child takes from the queue when the kernel
 /// cannot say how many are waiting.
@@ -290,17 +296,36 @@ impl Worker {
             self.reopen_logs_if_asked();
             if self.should_exit() {
                 let limit_reached = self.max_requests.is_some_and(|m| self.requests() >= m);
-                if !self.slot.stopping() || limit_reached {
+                let shutdown = self.slot.stopping();
+                if limit_reached || (self.slot.retired_alone() && !shutdown) {
+                    // Retired alone: the queue is the siblings' to serve.
                     return None;
                 }
-                // Graceful shutdown: drain what was queued, then leave.
-                let left = poller.drain_left.get_or_insert_with(|| {
-                    os::listen_queue_len(listener.as_fd()).unwrap_or(DRAIN_FALLBACK)
-                });
-                if *left == 0 {
+                // A shutdown (the parent's, or a TERM sent to the whole group, as
+                // systemd does): serve what was queued, then leave.
+                let queued = || os::listen_queue_len(listener.as_fd()).unwrap_or(DRAIN_FALLBACK);
+                let take = if shutdown {
+                    if !poller.closed_queue {
+                        poller.closed_queue = true;
+                        // New connections are no longer completed (their SYNs are
+                        // dropped, so clients retry and are refused once the
+                        // listener closes); the queued ones stay.
+                        if let Ok(zero) = nix::sys::socket::Backlog::new(0) {
+                            let _ = nix::sys::socket::listen(listener, zero);
+                        }
+                    }
+                    // One budget for the whole pool: together the children take
+                    // as many connections as were queued, not that many each.
+                    self.slot.take_drain(queued)
+                } else {
+                    let left = poller.drain_left.get_or_insert_with(queued);
+                    let ok = *left > 0;
+                    *left = left.saturating_sub(1);
+                    ok
+                };
+                if !take {
                     return None;
                 }
-                *left -= 1;
                 loop {
                     match listener.accept() {
                         Ok(conn) => return Some(conn),
@@ -315,8 +340,19 @@ impl Worker {
                 Ok(conn) => return Some(conn),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     // EINTR, a connection or a signal's poke: look again.
-                    let _ = poller.epoll.wait(&mut events, EpollTimeout::NONE);
+                    let n = poller
+                        .epoll
+                        .wait(&mut events, EpollTimeout::NONE)
+                        .unwrap_or(0);
                     self.drain_wake();
+                    if events[..n].iter().any(|e| e.data() == LISTENER) {
+                        // EPOLLEXCLUSIVE woke this child alone for a connection: take
+                        // it even if a stop arrived with it (one more request), or it
+                        // waits until the next connection wakes another child.
+                        if let Ok(conn) = listener.accept() {
+                            return Some(conn);
+                        }
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if is_transient(&e) => {
@@ -334,10 +370,12 @@ impl Worker {
 
     /// Waits until `conn` has something to read (a kept-alive connection's next
     /// request), at most `timeout`: `true` when it has (or the peer closed it, so
-    /// a read returns at once), `false` when the time is up or the child should
-    /// exit. Call it between requests instead of blocking in a read: a child asked
-    /// to stop then closes an idle connection at once rather than waiting for its
-    /// client, while a request the client already sent is still served. Log
+    /// a read returns at once), `false` when the time is up. Once the child should
+    /// exit it waits at most 250 ms more (for a request already on its way) and
+    /// then answers `false`. Call it before each request instead of blocking in a
+    /// read: a child asked to stop closes an idle connection within 250 ms rather
+    /// than waiting for its client, while a request the client already sent is
+    /// still served. Log
     /// reopen requests are handled meanwhile. It looks at the socket only: check
     /// your own read buffer first (`BufReader::buffer`), a pipelined request may
     /// already be there.
@@ -382,13 +420,14 @@ impl Worker {
         let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
         epoll.add(
             listener,
-            EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLEXCLUSIVE, 0),
+            EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLEXCLUSIVE, LISTENER),
         )?;
-        epoll.add(&self.wake, EpollEvent::new(EpollFlags::EPOLLIN, 1))?;
+        epoll.add(&self.wake, EpollEvent::new(EpollFlags::EPOLLIN, WAKE))?;
         Ok(Poller {
             listener: listener.as_raw_fd(),
             epoll,
             drain_left: None,
+            closed_queue: false,
         })
     }
 
