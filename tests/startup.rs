@@ -103,7 +103,14 @@ fn a_second_instance_on_the_same_scoreboard_is_refused_and_the_first_keeps_servi
     let before = busy_pids(&board);
 
     let mut second = Command::new(demo_binary());
-    second.args(["--listen", "127.0.0.1:0", "--prefork", "1", "--scoreboard", board_arg]);
+    second.args([
+        "--listen",
+        "127.0.0.1:0",
+        "--prefork",
+        "1",
+        "--scoreboard",
+        board_arg,
+    ]);
     let outcome = run_bounded(second, Duration::from_secs(5));
     let (status, err) = outcome.expect("the second instance gave up at once");
     assert!(!status.success(), "{err}");
@@ -115,7 +122,10 @@ fn a_second_instance_on_the_same_scoreboard_is_refused_and_the_first_keeps_servi
         )),
         "{err}"
     );
-    assert!(!err.contains("listening on"), "it must not have bound: {err}");
+    assert!(
+        !err.contains("listening on"),
+        "it must not have bound: {err}"
+    );
     // Untouched: same size, same children.
     assert_eq!(std::fs::metadata(&board).unwrap().len(), before_len);
     assert_eq!(busy_pids(&board), before);
@@ -268,7 +278,12 @@ impl FakeManager {
     }
 
     fn count(&self, what: &str) -> usize {
-        self.got.lock().unwrap().iter().filter(|m| *m == what).count()
+        self.got
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|m| *m == what)
+            .count()
     }
 
     fn all(&self) -> Vec<String> {
@@ -383,9 +398,16 @@ fn an_absurd_listen_fds_count_is_a_clear_error_never_a_crash() {
     for count in ["2147483644", "2147483647", "4294967296"] {
         let (status, err) = run_bounded(activated_demo(count, &[]), Duration::from_secs(10))
             .expect("exits at once");
-        assert!(status.code().is_some(), "LISTEN_FDS={count}: killed by a signal: {status:?} {err}");
+        assert!(
+            status.code().is_some(),
+            "LISTEN_FDS={count}: killed by a signal: {status:?} {err}"
+        );
         assert!(!status.success(), "{err}");
-        assert_ne!(status.code(), Some(101), "LISTEN_FDS={count}: a panic: {err}");
+        assert_ne!(
+            status.code(),
+            Some(101),
+            "LISTEN_FDS={count}: a panic: {err}"
+        );
         assert!(
             err.contains(&format!("LISTEN_FDS={count}")),
             "LISTEN_FDS={count}: {err}"
@@ -425,5 +447,7 @@ fn children_do_not_see_the_service_manager_variables() {
         assert!(!names.contains(&var), "a child sees {var}: {names:?}");
     }
     // The parent still talks to the manager.
-    assert!(wait_for(Duration::from_secs(5), || manager.count("READY=1") == 1));
+    assert!(wait_for(Duration::from_secs(5), || manager
+        .count("READY=1")
+        == 1));
 }
