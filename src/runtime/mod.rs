@@ -34,7 +34,7 @@
 
 mod daemon;
 mod logs;
-mod netstat;
+pub(crate) mod netstat;
 pub(crate) mod os;
 pub mod pidfile;
 mod scoreboard;

@@ -530,8 +530,13 @@ pub(crate) fn held_fds() -> Vec<RawFd> {
     }
 }
 
+/// The most descriptors [`parse_listen_env`] accepts whatever the open-file limit:
+/// far more than any socket unit passes, few enough that the names cost little.
+pub const MAX_LISTEN_FDS: u64 = 65_536;
+
 /// Checks the values of `LISTEN_PID`, `LISTEN_FDS` and `LISTEN_FDNAMES` for
-/// process `our_pid`, whose open-file limit is `fd_limit`: one name per passed
+/// process `our_pid`, whose open-file limit is `fd_limit` (the descriptors must
+/// all be below it, and be at most [`MAX_LISTEN_FDS`]): one name per passed
 /// descriptor (`None` without `LISTEN_FDNAMES`, or for an empty name), or `None`
 /// when nothing is passed to this process.
 ///
@@ -574,17 +579,14 @@ pub fn parse_listen_env(
     if count == 0 {
         return Ok(None);
     }
-    // The descriptors are 3 .. 3 + count: all must be below the limit.
-    if count.saturating_add(LISTEN_FDS_START as u64) > fd_limit {
-        return Err(ActivationError::TooMany {
-            fds: count,
-            limit: fd_limit,
-        });
+    // The descriptors are 3 .. 3 + count: all must be below the limit (and the
+    // count within reason: one name is allocated per descriptor).
+    let limit = fd_limit.min(MAX_LISTEN_FDS + LISTEN_FDS_START as u64);
+    if count.saturating_add(LISTEN_FDS_START as u64) > limit {
+        return Err(ActivationError::TooMany { fds: count, limit });
     }
-    let count = usize::try_from(count).map_err(|_| ActivationError::TooMany {
-        fds: count,
-        limit: fd_limit,
-    })?;
+    let count =
+        usize::try_from(count).map_err(|_| ActivationError::TooMany { fds: count, limit })?;
     let names = match names {
         None => vec![None; count],
         Some(names) => {
