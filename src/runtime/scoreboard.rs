@@ -484,8 +484,11 @@ pub fn read_scoreboard_file(path: &Path) -> io::Result<Vec<SlotInfo>> {
     parse_scoreboard(&data).map_err(with_path)
 }
 
-/// Decodes a scoreboard (the bytes of a scoreboard file; see the [layout](self)).
-/// Checks the magic, version and size.
+/// Decodes a scoreboard (the bytes of a scoreboard file: a 64-byte header starting
+/// with the magic `PREFORKD`, the layout version 1 as a native `u32` and the slot
+/// count as a native `u32`, then one 64-byte record per slot: pid `i32` at 0,
+/// state `u8` at 4, generation `u64` at 8, requests `u64` at 16). Checks the
+/// magic, version and size.
 ///
 /// ```
 /// let mut data = vec![0u8; 64 * 3];
