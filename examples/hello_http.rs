@@ -3,12 +3,19 @@
 //! ```text
 //! cargo run --release --example hello_http -- [--listen ADDR] [--prefork N]
 //!     [--max-children N] [--scoreboard PATH] [--pid-file PATH]
+//!     [--spawn-in-init CMD]
 //! ```
+//!
+//! `--spawn-in-init CMD` starts `sh -c CMD` from `after_init` and leaves it
+//! running (it prints `hello_http: spawned pid N`): a stand-in for a helper
+//! process a real daemon starts at init (the tests use it to check that such a
+//! process does not keep the daemonizing launcher waiting).
 //!
 //! Endpoints: `GET /` answers `hello`, `GET /sleep?ms=N` holds the child N ms
 //! first, `GET /pid` answers the child's pid, `GET /say` writes one line to the
 //! child's error log and one to its stderr, then answers its pid (to see where
-//! they land after a log rotation). Keep-alive is honoured (HTTP/1.1 by
+//! they land after a log rotation), `GET /env` the names of the child's
+//! environment variables (one a line). Keep-alive is honoured (HTTP/1.1 by
 //! default, `Connection: close` ends it). TERM or INT stop it gracefully.
 
 use preforkd::{Prefork, Worker};
@@ -38,6 +45,7 @@ struct Args {
     graceful_timeout: Option<Duration>,
     busy_timeout: Option<Duration>,
     request_timeout: Duration,
+    spawn_in_init: Option<String>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -57,6 +65,7 @@ fn parse_args() -> Result<Args, String> {
         graceful_timeout: None,
         busy_timeout: None,
         request_timeout: REQUEST_TIMEOUT,
+        spawn_in_init: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -91,12 +100,14 @@ fn parse_args() -> Result<Args, String> {
             "--daemonize" => a.daemonize = true,
             "--user" => a.user = Some(value()?),
             "--group" => a.group = Some(value()?),
+            "--spawn-in-init" => a.spawn_in_init = Some(value()?),
             "-h" | "--help" => {
                 println!(
                     "usage: hello_http [--listen ADDR] [--prefork N] [--max-children N] \
                      [--scoreboard PATH] [--pid-file PATH] [--error-log PATH] \
                      [--access-log PATH] [--json-log] [--require-root] [--daemonize] [--user NAME] [--group NAME] \
-                     [--graceful-timeout DURATION] [--busy-timeout DURATION] [--request-timeout DURATION]"
+                     [--graceful-timeout DURATION] [--busy-timeout DURATION] [--request-timeout DURATION] \
+                     [--spawn-in-init CMD]"
                 );
                 std::process::exit(0);
             }
@@ -116,8 +127,18 @@ fn main() {
     };
     let listen = args.listen.clone();
     let request_timeout = args.request_timeout;
+    let spawn_in_init = args.spawn_in_init.clone();
     let mut daemon = Prefork::new(
         move || {
+            if let Some(cmd) = &spawn_in_init {
+                let child = std::process::Command::new("sh")
+                    .args(["-c", cmd])
+                    .stdin(std::process::Stdio::null())
+                    .spawn()
+                    .map_err(|e| format!("cannot start {cmd:?}: {e}"))?;
+                // Left running; the daemon reaps it when it exits.
+                eprintln!("hello_http: spawned pid {}", child.id());
+            }
             // A socket the service manager passed (socket activation), else our own
             // with a deep backlog: a burst waits there while the pool grows.
             let activated = preforkd::runtime::systemd::listen_fds()?;
@@ -293,6 +314,7 @@ fn serve(
                 let _ = writeln!(io::stderr(), "hello_http: child {pid} says hello on stderr");
                 (200, format!("{pid}\n"))
             }
+            ("GET", "/env") => (200, env_names()),
             ("GET", "/sleep") => {
                 let ms = query
                     .split('&')
@@ -322,6 +344,13 @@ fn serve(
             return Ok(());
         }
     }
+}
+
+/// The names of this process's environment variables, one a line.
+fn env_names() -> String {
+    std::env::vars_os()
+        .map(|(k, _)| format!("{}\n", k.to_string_lossy()))
+        .collect()
 }
 
 #[allow(clippy::disallowed_methods)] // the access log records wall-clock time

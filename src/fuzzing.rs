@@ -5,6 +5,10 @@
 //! (`tests/fuzz_corpus.rs`) both call [`run`]; it is an ordinary function, so a
 //! crashing input can be replayed and debugged on the stable toolchain.
 //!
+//! The other fuzz targets (`scoreboard`, `options`, `systemd_env`, `proc_net`)
+//! check the parsers of outside input: see [`scoreboard`], [`options`],
+//! [`systemd_env`] and [`proc_net_tcp`], each the whole body of its target.
+//!
 //! ## Input layout
 //! The first [`HEADER_LEN`] bytes describe the setup ([`Setup::decode`]; missing bytes
 //! read as 0, and every value is clamped into range, so no input is ever refused).
@@ -367,4 +371,117 @@ pub fn encode_ops(ops: &[Op]) -> Vec<u8> {
         }
     }
     out
+}
+
+/// The `scoreboard` target: [`parse_scoreboard`](crate::runtime::parse_scoreboard)
+/// on any bytes returns a result, and a scoreboard it accepts has exactly as many
+/// slots as its size says. Panics (a finding) otherwise.
+///
+/// ```
+/// preforkd::fuzzing::scoreboard(b"PREFORKD");
+/// ```
+pub fn scoreboard(data: &[u8]) {
+    if let Ok(slots) = crate::runtime::parse_scoreboard(data) {
+        assert_eq!(
+            data.len(),
+            64 * (slots.len() + 1),
+            "accepted a scoreboard whose size does not match its slots"
+        );
+        assert_eq!(
+            u32::from_ne_bytes(data[12..16].try_into().unwrap_or_default()) as usize,
+            slots.len()
+        );
+    }
+}
+
+/// The `options` target: an [`Options`] read from `data` by `from_json` (the
+/// caller's `serde_json::from_slice`, which this crate does not depend on) is
+/// either an error or a value whose validation, machine construction and
+/// serialization (`to_json`) return without panicking, and whose serialization
+/// reads back (as a value or an error: durations are written as float seconds,
+/// which may round). Panics (a finding) otherwise.
+///
+/// ```
+/// let from_json = |d: &[u8]| -> Result<preforkd::Options, String> {
+///     std::str::from_utf8(d).map_err(|e| e.to_string())?;
+///     Err("no JSON parser in this example".into())
+/// };
+/// preforkd::fuzzing::options(b"{}", from_json, |_| Ok(Vec::new()));
+/// ```
+pub fn options<E: std::fmt::Display>(
+    data: &[u8],
+    from_json: impl Fn(&[u8]) -> Result<Options, E>,
+    to_json: impl Fn(&Options) -> Result<Vec<u8>, E>,
+) {
+    let Ok(opts) = from_json(data) else { return };
+    if opts.validate().is_ok() {
+        // A valid configuration builds a machine. Bounded: a huge (if valid)
+        // pool would only measure the allocator.
+        if opts.max_children <= 4096 {
+            Machine::new(opts.clone()).expect("validated options build a machine");
+        }
+    } else {
+        assert!(
+            Machine::new(opts.clone()).is_err(),
+            "invalid options built a machine"
+        );
+    }
+    let json = to_json(&opts).unwrap_or_else(|e| panic!("cannot serialize {opts:?}: {e}"));
+    let _ = from_json(&json);
+}
+
+/// The `systemd_env` target: the parsers of the service manager's variables on
+/// any values. `data` is split at newlines into `LISTEN_PID`, `LISTEN_FDS`,
+/// `LISTEN_FDNAMES`, `WATCHDOG_USEC`, `WATCHDOG_PID` and `NOTIFY_SOCKET` (a missing
+/// line is an unset variable; the first byte, if any, picks the open-file
+/// limit). Checks: [`parse_listen_env`](crate::runtime::systemd::parse_listen_env)
+/// returns one name per announced descriptor, never more than the limit allows;
+/// [`watchdog_interval_from`](crate::runtime::systemd::watchdog_interval_from) is
+/// never below the floor; [`Notifier::new`](crate::runtime::systemd::Notifier::new)
+/// returns. Panics (a finding) otherwise.
+///
+/// ```
+/// preforkd::fuzzing::systemd_env(b"\x004242\n2\nweb:\n1\n4242\n@notify");
+/// ```
+pub fn systemd_env(data: &[u8]) {
+    use crate::runtime::systemd::{
+        parse_listen_env, watchdog_interval_from, Notifier, MIN_WATCHDOG_INTERVAL,
+    };
+    const OUR_PID: u32 = 4242;
+    let (limit, rest) = match data.split_first() {
+        Some((&b, rest)) => ([0, 3, 4, 64, 1024, 1 << 20, u64::MAX][b as usize % 7], rest),
+        None => (1024, data),
+    };
+    let text = String::from_utf8_lossy(rest);
+    let mut lines = text.split('\n');
+    let mut next = || lines.next();
+    let (pid, fds, names, usec, wpid, notify) = (next(), next(), next(), next(), next(), next());
+    if let Ok(Some(names)) = parse_listen_env(pid, fds, names, OUR_PID, limit) {
+        let announced: u64 = fds.and_then(|f| f.parse().ok()).expect("a parsed count");
+        assert_eq!(names.len() as u64, announced);
+        assert!(
+            announced + 3 <= limit,
+            "{announced} descriptors over the limit {limit}"
+        );
+    }
+    if let Some(every) = watchdog_interval_from(usec, wpid, OUR_PID) {
+        assert!(every >= MIN_WATCHDOG_INTERVAL, "watchdog every {every:?}");
+    }
+    if let Some(addr) = notify {
+        let _ = Notifier::new(addr);
+    }
+}
+
+/// The `proc_net` target: the kernel TCP table parser the disconnect scan uses
+/// (procfs's `/proc/net/tcp` reader, through the runtime's own function) on any
+/// bytes returns entries or an error. Panics (a finding) otherwise.
+///
+/// ```
+/// preforkd::fuzzing::proc_net_tcp(b"header\n   0: 0100007F:1F90 00000000:0000 0A");
+/// ```
+pub fn proc_net_tcp(data: &[u8]) {
+    if let Ok(entries) = crate::runtime::netstat::parse_tcp_table(data) {
+        // One entry a line after the header, at most.
+        assert!(entries.len() <= data.split(|&b| b == b'\n').count());
+    }
 }

@@ -6,6 +6,10 @@
 //! checks every invariant of the oracle at every step and that two runs agree. A
 //! failure names the file and the violation (or the panic).
 //!
+//! The parser targets (`scoreboard`, `options`, `systemd_env`, `proc_net`) replay
+//! `fuzz/corpus/<target>/` and `fuzz/seeds/<target>/` through the same functions
+//! their fuzz targets call (see `preforkd::fuzzing`).
+//!
 //! The hand-written seeds are defined below, readable; `seeds_are_current` checks
 //! the files match, and rewrites them with `PREFORKD_WRITE_SEEDS=1`.
 
@@ -410,4 +414,97 @@ fn seeds_are_current() {
             );
         }
     }
+}
+
+// --- the parser targets: scoreboard, options, systemd_env, proc_net ---
+
+/// Fewer corpus files than this for a parser target and the test fails.
+const MIN_PARSER_CORPUS_FILES: usize = 5;
+
+/// Replays `fuzz/corpus/<target>/` (at least [`MIN_PARSER_CORPUS_FILES`] files)
+/// and `fuzz/seeds/<target>/` (at least one) through `body`, the target's whole
+/// body; a panic is a failure naming the file.
+fn replay_parser(target: &str, body: impl Fn(&[u8])) {
+    let corpus = fuzz_dir().join("corpus").join(target);
+    let corpus_files = files_in(&corpus);
+    assert!(
+        corpus_files.len() >= MIN_PARSER_CORPUS_FILES,
+        "fuzz corpus {} has {} files, fewer than {MIN_PARSER_CORPUS_FILES}",
+        corpus.display(),
+        corpus_files.len()
+    );
+    let seeds = files_in(&fuzz_dir().join("seeds").join(target));
+    assert!(!seeds.is_empty(), "no seeds in fuzz/seeds/{target}");
+    let failures: Vec<String> = corpus_files
+        .iter()
+        .chain(&seeds)
+        .filter_map(|f| {
+            let data = fs::read(f).expect("readable corpus file");
+            panic::catch_unwind(AssertUnwindSafe(|| body(&data)))
+                .err()
+                .map(|p| {
+                    let msg = p
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| p.downcast_ref::<&str>().map(|s| (*s).to_string()))
+                        .unwrap_or_else(|| "(non-string panic)".into());
+                    format!("{}: panicked: {msg}", f.display())
+                })
+        })
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "{} inputs failed (replay one with `cargo fuzz run {target} <file>`):\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn scoreboard_corpus_replays_clean() {
+    replay_parser("scoreboard", fuzzing::scoreboard);
+}
+
+#[test]
+fn options_corpus_replays_clean() {
+    replay_parser("options", |data| {
+        fuzzing::options(
+            data,
+            |d: &[u8]| serde_json::from_slice::<preforkd::Options>(d),
+            |o: &preforkd::Options| serde_json::to_vec(o),
+        )
+    });
+}
+
+#[test]
+fn systemd_env_corpus_replays_clean() {
+    replay_parser("systemd_env", fuzzing::systemd_env);
+}
+
+#[test]
+fn proc_net_corpus_replays_clean() {
+    replay_parser("proc_net", fuzzing::proc_net_tcp);
+}
+
+/// The parser targets' checks are not vacuous: each rejects what it must.
+#[test]
+fn parser_checks_see_bad_input() {
+    use preforkd::runtime::systemd::{parse_listen_env, ActivationError};
+    assert!(preforkd::runtime::parse_scoreboard(b"PREFORKD").is_err());
+    let two = parse_listen_env(Some("1"), Some("2"), None, 1, 1024).unwrap();
+    assert_eq!(two.map(|n| n.len()), Some(2));
+    assert!(matches!(
+        parse_listen_env(Some("1"), Some("2147483644"), None, 1, u64::MAX),
+        Err(ActivationError::TooMany { .. })
+    ));
+    assert!(serde_json::from_slice::<preforkd::Options>(br#"{"kill_wait": -1}"#).is_err());
+    // A serializer that fails on accepted options is a finding.
+    let failing = panic::catch_unwind(|| {
+        fuzzing::options(
+            b"{}",
+            |d: &[u8]| serde_json::from_slice::<preforkd::Options>(d).map_err(|e| e.to_string()),
+            |_: &preforkd::Options| Err("cannot".to_string()),
+        )
+    });
+    assert!(failing.is_err());
 }

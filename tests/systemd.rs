@@ -4,7 +4,7 @@
 
 use preforkd::runtime::systemd::{
     listen_fds, watchdog_interval, watchdog_interval_from, ActivatedSocket, ActivationError,
-    Notifier,
+    Notifier, MIN_WATCHDOG_INTERVAL,
 };
 use preforkd::Notify;
 use std::io::{ErrorKind, Read, Write};
@@ -173,7 +173,23 @@ fn watchdog_interval_is_half_of_watchdog_usec() {
         watchdog_interval_from(Some("2000000"), None, me),
         half(1_000_000)
     );
-    assert_eq!(watchdog_interval_from(Some("3"), Some("4242"), me), half(1));
+    // Floored: an absurdly short watchdog must not make the pinger spin.
+    assert_eq!(
+        watchdog_interval_from(Some("3"), Some("4242"), me),
+        Some(MIN_WATCHDOG_INTERVAL)
+    );
+    assert_eq!(
+        watchdog_interval_from(Some("1"), None, me),
+        Some(MIN_WATCHDOG_INTERVAL)
+    );
+    assert_eq!(
+        watchdog_interval_from(Some("20000"), None, me),
+        half(10_000)
+    );
+    assert_eq!(
+        watchdog_interval_from(Some("40000"), None, me),
+        half(20_000)
+    );
     assert_eq!(watchdog_interval_from(None, None, me), None);
     assert_eq!(watchdog_interval_from(Some("0"), None, me), None);
     assert_eq!(watchdog_interval_from(Some(""), None, me), None);

@@ -5,7 +5,7 @@
 use crate::runtime::os::{self, Side};
 use nix::sys::stat::Mode;
 use nix::unistd;
-use std::io::{Read, Write};
+use std::io::{BufRead, Write};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::Path;
 
@@ -40,7 +40,9 @@ impl Reporter {
 /// for the daemon's report and exits (0 when it is up, 1 with the reason on its
 /// stderr otherwise); the middle process exits at once.
 pub(crate) fn detach() -> std::io::Result<Reporter> {
-    let (read, write) = unistd::pipe()?;
+    // Close-on-exec: a program `after_init` starts must not hold the launcher
+    // (which waits for the report) for as long as it lives.
+    let (read, write) = unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
     match os::fork_for_daemon()? {
         Side::Parent(middle) => {
             drop(write);
@@ -69,8 +71,10 @@ pub(crate) fn detach() -> std::io::Result<Reporter> {
 
 fn launcher(read: OwnedFd, middle: unistd::Pid) -> ! {
     let _ = nix::sys::wait::waitpid(middle, None);
+    // One line, not the whole stream: a process forked (without exec) during the
+    // start-up may hold the write end long after the report came.
     let mut report = String::new();
-    let _ = std::fs::File::from(read).read_to_string(&mut report);
+    let _ = std::io::BufReader::new(std::fs::File::from(read)).read_line(&mut report);
     match report.lines().next() {
         Some("OK") => os::exit_now(0),
         Some(line) => {

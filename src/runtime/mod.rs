@@ -34,7 +34,7 @@
 
 mod daemon;
 mod logs;
-mod netstat;
+pub(crate) mod netstat;
 pub(crate) mod os;
 pub mod pidfile;
 mod scoreboard;
@@ -42,7 +42,7 @@ pub mod systemd;
 mod worker;
 
 pub use logs::{combined_log_line, file_logger, LineWriter, LogFile};
-pub use scoreboard::{read_scoreboard_file, SlotInfo, WorkerState};
+pub use scoreboard::{parse_scoreboard, read_scoreboard_file, SlotInfo, WorkerState};
 pub use worker::{BusyGuard, Worker};
 
 use crate::policy::{Disconnect, DisconnectPolicy, ReloadPolicy, ScalingPolicy};
@@ -90,6 +90,9 @@ pub enum RunError {
     /// `after_init` failed: nothing was started.
     #[error("after_init failed: {0}")]
     AfterInit(BoxError),
+    /// The socket-activation variables (`LISTEN_*`) are unusable.
+    #[error(transparent)]
+    Activation(#[from] systemd::ActivationError),
 }
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(nix::Error) -> RunError {
@@ -376,7 +379,19 @@ impl<T: 'static> Prefork<T> {
     /// (`waitpid(-1)`), so do not wait for subprocesses of your own meanwhile. Its
     /// signal handlers and two helper threads stay until the process exits: make it
     /// the last thing `main` does, then exit with the code.
-    pub fn run(self) -> Result<i32, RunError> {
+    ///
+    /// First of all it reads the service manager's variables (`NOTIFY_SOCKET`,
+    /// `WATCHDOG_USEC`, `WATCHDOG_PID`, `LISTEN_*`), adopts the sockets passed by
+    /// socket activation (see [`systemd::listen_fds`]) and unsets the six
+    /// variables, so children never see them. Then every configured path (logs,
+    /// pid file, scoreboard, watched files) is made absolute against the current
+    /// directory: a daemon works from `/`, and reopens logs from there.
+    pub fn run(mut self) -> Result<i32, RunError> {
+        // Before anything opens a descriptor (the announced numbers must still be
+        // the service manager's) or starts a thread (unsetting variables races
+        // with threads reading them).
+        let service = systemd::take_service_env()?;
+        self.make_paths_absolute()?;
         if self.require_root && !unistd::geteuid().is_root() {
             return Err(RunError::Invalid(format!(
                 "require_root is set but this process runs as uid {}, not root",
@@ -444,23 +459,68 @@ impl<T: 'static> Prefork<T> {
             })?;
             reporter = Some(r);
         }
-        // From here on, in a daemon, a failure is also told to the launcher.
-        let result = self.run_detached(&mut reporter, logs);
-        if let (Err(e), Some(r)) = (&result, reporter.as_mut()) {
-            r.fail(&e.to_string());
+        // From here on, in a daemon, a failure is also told to the launcher:
+        // whatever ends the start-up (an error, a panic) reaches its stderr.
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            self.run_detached(&mut reporter, logs, service)
+        }));
+        match result {
+            Ok(result) => {
+                if let (Err(e), Some(r)) = (&result, reporter.as_mut()) {
+                    r.fail(&e.to_string());
+                }
+                result
+            }
+            Err(panic) => {
+                if let Some(r) = reporter.as_mut() {
+                    r.fail(&format!(
+                        "panicked during start-up: {}",
+                        panic_message(&*panic)
+                    ));
+                }
+                std::panic::resume_unwind(panic)
+            }
         }
-        result
+    }
+
+    /// Every configured path made absolute against the current directory.
+    fn make_paths_absolute(&mut self) -> Result<(), RunError> {
+        let absolute = |p: &mut PathBuf| -> Result<(), RunError> {
+            *p = std::path::absolute(&*p).map_err(|e| RunError::Io {
+                what: format!("resolving {}", p.display()),
+                source: e,
+            })?;
+            Ok(())
+        };
+        for p in [
+            &mut self.scoreboard_path,
+            &mut self.error_log_path,
+            &mut self.access_log_path,
+            &mut self.pid_path,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            absolute(p)?;
+        }
+        for p in &mut self.watch {
+            absolute(p)?;
+        }
+        Ok(())
     }
 
     fn run_detached(
         mut self,
         reporter: &mut Option<daemon::Reporter>,
         logs: Logs,
+        service: systemd::ServiceEnv,
     ) -> Result<i32, RunError> {
         if let (Some(r), Some(log)) = (reporter.as_ref(), &self.error_log_path) {
             let mut keep = self.keep_fds.clone();
             keep.extend(r.raw_fd());
             keep.extend(logs.all().iter().map(|l| l.raw_fd()));
+            // The sockets adopted at the start, waiting for `after_init`.
+            keep.extend(systemd::held_fds());
             daemon::settle(log, &keep).map_err(|e| RunError::Io {
                 what: "detaching".into(),
                 source: e,
@@ -478,42 +538,41 @@ impl<T: 'static> Prefork<T> {
             .map(pidfile::PidFile::acquire)
             .transpose()?;
         if self.options.prefork == 0 {
-            return self.run_in_process(logger, logs, reporter.take());
+            return self.run_in_process(logger, logs, reporter);
         }
         let pid_fd = pid_file.as_ref().map(std::os::fd::AsRawFd::as_raw_fd);
-        let code = Parent::start(self, logger, logs, pid_fd, reporter.take())?.run();
+        // A failure to start is returned with the reporter still here: the caller
+        // tells the launcher. Once started, the parent reports itself.
+        let mut parent = Parent::start(self, logger, logs, pid_fd, service)?;
+        parent.daemonized = reporter.is_some();
+        parent.reporter = reporter.take();
+        let code = parent.run();
         drop(pid_file);
         code
     }
 
     /// `prefork = 0`: `main_loop` in this process, with the same signals and
     /// graceful shutdown.
+    /// A failure is returned with `reporter` untouched (the caller tells the
+    /// launcher).
     fn run_in_process(
         self,
         logger: slog::Logger,
         logs: Logs,
-        mut reporter: Option<daemon::Reporter>,
+        reporter: &mut Option<daemon::Reporter>,
     ) -> Result<i32, RunError> {
         self.options.validate()?;
         os::ignore_sigpipe().map_err(io_err("ignoring SIGPIPE"))?;
         let gate = os::SignalGate::current().map_err(io_err("reading the signal mask"))?;
         let wake =
             os::install_worker_handlers(gate).map_err(io_err("installing signal handlers"))?;
-        let board =
+        // The file (and its lock) is held until this returns.
+        let (board, _board_file) =
             Board::create(self.scoreboard_path.as_deref(), 1, -1).map_err(|e| RunError::Io {
                 what: "creating the scoreboard".into(),
                 source: e,
             })?;
-        let state = match (self.after_init)() {
-            Ok(s) => s,
-            Err(e) => {
-                let e = RunError::AfterInit(e);
-                if let Some(r) = reporter.as_mut() {
-                    r.fail(&e.to_string());
-                }
-                return Err(e);
-            }
-        };
+        let state = (self.after_init)().map_err(RunError::AfterInit)?;
         if let Some(r) = reporter.as_mut() {
             r.ok();
         }
@@ -665,15 +724,20 @@ fn run_main_loop<T>(f: &MainLoop<T>, worker: &Worker, state: &T, logger: &slog::
             1
         }
         Err(panic) => {
-            let msg = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "(no message)".into());
+            let msg = panic_message(&*panic);
             slog::error!(logger, "main_loop panicked: {msg}");
             70
         }
     }
+}
+
+/// A panic's message, if it has one.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into())
 }
 
 /// The signals the parent handles.
@@ -735,6 +799,8 @@ struct Parent<T> {
     _wake_read: OwnedFd,
     // Kept open for the daemon's life: children write wake-ups to it.
     _wake_write: OwnedFd,
+    /// The scoreboard file, locked for the parent's life (children close it).
+    _board_file: Option<std::fs::File>,
     state: Option<T>,
     init_error: Option<BoxError>,
     reading: Scoreboard,
@@ -749,6 +815,8 @@ struct Parent<T> {
     credentials: Option<Credentials>,
     /// Ticks at half the service manager's watchdog interval (WATCHDOG_USEC).
     watchdog: Option<Receiver<std::time::Instant>>,
+    /// The last watchdog ping failed (and that was logged).
+    watchdog_failing: bool,
     /// Daemonized: the service manager must be told the main pid changed.
     daemonized: bool,
     stopping_marked: bool,
@@ -764,7 +832,7 @@ impl<T: 'static> Parent<T> {
         logger: slog::Logger,
         logs: Logs,
         pid_fd: Option<std::os::fd::RawFd>,
-        reporter: Option<daemon::Reporter>,
+        service: systemd::ServiceEnv,
     ) -> Result<Parent<T>, RunError> {
         let mut builder = Machine::builder(cfg.options.clone());
         if let Some(p) = cfg.scaling.take() {
@@ -874,18 +942,41 @@ impl<T: 'static> Parent<T> {
                 source: e,
             })?;
 
-        let board = Board::create(
+        let (board, board_file) = Board::create(
             cfg.scoreboard_path.as_deref(),
             cfg.options.max_children,
             wake_write.as_raw_fd(),
         )
         .map_err(|e| RunError::Io {
-            what: match &cfg.scoreboard_path {
-                Some(p) => format!("creating the scoreboard {}", p.display()),
-                None => "creating the scoreboard".into(),
-            },
+            // The error names the file.
+            what: "creating the scoreboard".into(),
             source: e,
         })?;
+        // The lock is the parent's alone: it must not outlive it in a child.
+        inherited.extend(board_file.as_ref().map(AsRawFd::as_raw_fd));
+
+        for note in &service.notes {
+            slog::warn!(logger, "{note}");
+        }
+        let notifier = match &service.notify_socket {
+            None => None,
+            Some(addr) => match addr.to_str().map(systemd::Notifier::new) {
+                Some(Ok(n)) => Some(n),
+                Some(Err(e)) => {
+                    slog::warn!(logger, "NOTIFY_SOCKET unusable, not notifying: {e}");
+                    None
+                }
+                None => {
+                    slog::warn!(logger, "NOTIFY_SOCKET {addr:?} is not UTF-8, not notifying");
+                    None
+                }
+            },
+        };
+        // Pings go to the service manager: without one, no timer at all.
+        let watchdog = service
+            .watchdog
+            .filter(|_| notifier.is_some())
+            .map(crossbeam_channel::tick);
 
         let mut watched: Vec<PathBuf> = std::env::current_exe().into_iter().collect();
         watched.append(&mut cfg.watch);
@@ -909,6 +1000,7 @@ impl<T: 'static> Parent<T> {
             log_channels: std::collections::BTreeMap::new(),
             _wake_read: wake_read,
             _wake_write: wake_write,
+            _board_file: board_file,
             state: None,
             init_error: None,
             reading: Scoreboard {
@@ -918,11 +1010,14 @@ impl<T: 'static> Parent<T> {
             baseline,
             parent_pid: unistd::getpid(),
             logs,
-            notifier: systemd::Notifier::from_env(),
-            daemonized: reporter.is_some(),
-            reporter,
+            notifier,
+            // Both set by the caller once started (a failed start is reported
+            // by the caller).
+            daemonized: false,
+            reporter: None,
             credentials,
-            watchdog: systemd::watchdog_interval().map(crossbeam_channel::tick),
+            watchdog,
+            watchdog_failing: false,
             stopping_marked: false,
             watch_disconnects,
             disconnect_due: None,
@@ -935,7 +1030,22 @@ impl<T: 'static> Parent<T> {
         ))
     }
 
+    /// Serves until the machine exits. Whatever ends it before the launcher heard
+    /// that the daemon is up is told to the launcher.
     fn run(mut self) -> Result<i32, RunError> {
+        let result = self.serve();
+        if let Some(r) = self.reporter.as_mut() {
+            match &result {
+                Err(e) => r.fail(&e.to_string()),
+                Ok(code) => r.fail(&format!(
+                    "the daemon stopped during start-up (exit code {code})"
+                )),
+            }
+        }
+        result
+    }
+
+    fn serve(&mut self) -> Result<i32, RunError> {
         loop {
             if let Some(code) = self.carry_out()? {
                 return Ok(code);
@@ -982,8 +1092,17 @@ impl<T: 'static> Parent<T> {
                 recv(timer) -> _ => self.tick(),
                 recv(watchdog) -> _ => {
                     if let Some(n) = &self.notifier {
-                        if let Err(e) = n.watchdog() {
-                            slog::warn!(self.logger, "sd_notify WATCHDOG=1: {e}");
+                        // Said once per failing streak, not once per ping.
+                        match n.watchdog() {
+                            Err(e) if !self.watchdog_failing => {
+                                self.watchdog_failing = true;
+                                slog::warn!(self.logger, "sd_notify WATCHDOG=1: {e} (said once until it works again)");
+                            }
+                            Ok(()) if self.watchdog_failing => {
+                                self.watchdog_failing = false;
+                                slog::info!(self.logger, "sd_notify WATCHDOG=1 works again");
+                            }
+                            _ => {}
                         }
                     }
                 }

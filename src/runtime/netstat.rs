@@ -33,23 +33,40 @@ fn canonical(a: SocketAddr) -> SocketAddr {
 /// kernel's tables list some CLOSE_WAIT socket.
 pub(crate) fn closed_connections(children: &[i32]) -> Vec<Connection> {
     let mut closed: BTreeMap<u64, (Proto, TcpNetEntry)> = BTreeMap::new();
-    // Local ends (local, remote) still held by a process: a peer that can receive.
-    let mut held: BTreeSet<(SocketAddr, SocketAddr)> = BTreeSet::new();
-    for (proto, table) in [
-        (Proto::Tcp, procfs::net::tcp()),
-        (Proto::Tcp6, procfs::net::tcp6()),
+    let mut tables = Vec::new();
+    for (proto, path) in [
+        (Proto::Tcp, "/proc/net/tcp"),
+        (Proto::Tcp6, "/proc/net/tcp6"),
     ] {
-        // A missing table (no IPv6) is simply empty.
-        for e in table.into_iter().flatten() {
-            if e.inode != 0 && e.state != TcpState::Listen {
-                held.insert((canonical(e.local_address), canonical(e.remote_address)));
-            }
+        // A missing table (no IPv6) or one that does not parse is simply empty.
+        let Ok(table) = std::fs::read(path) else {
+            continue;
+        };
+        let entries: Vec<TcpNetEntry> = parse_tcp_table(&table).into_iter().flatten().collect();
+        for e in &entries {
             if e.state == TcpState::CloseWait {
-                closed.insert(e.inode, (proto, e));
+                closed.insert(e.inode, (proto, e.clone()));
             }
         }
+        tables.push(entries);
     }
-    // A client on this host that only half-closed still holds its end.
+    if closed.is_empty() {
+        return Vec::new();
+    }
+    // The client's end of each CLOSE_WAIT connection, as it would appear in the
+    // tables (local, remote) if the client is on this host.
+    let peers: BTreeSet<(SocketAddr, SocketAddr)> = closed
+        .values()
+        .map(|(_, e)| (canonical(e.remote_address), canonical(e.local_address)))
+        .collect();
+    // Those still held by a process: a client that only half-closed.
+    let held: BTreeSet<(SocketAddr, SocketAddr)> = tables
+        .iter()
+        .flatten()
+        .filter(|e| e.inode != 0 && e.state != TcpState::Listen)
+        .map(|e| (canonical(e.local_address), canonical(e.remote_address)))
+        .filter(|k| peers.contains(k))
+        .collect();
     closed.retain(|_, (_, e)| {
         !held.contains(&(canonical(e.remote_address), canonical(e.local_address)))
     });
@@ -83,11 +100,30 @@ pub(crate) fn closed_connections(children: &[i32]) -> Vec<Connection> {
     out
 }
 
+/// Parses a kernel TCP table (the contents of `/proc/net/tcp` or `tcp6`: a header
+/// line, then one socket a line) with procfs's parser.
+pub(crate) fn parse_tcp_table(table: &[u8]) -> procfs::ProcResult<Vec<TcpNetEntry>> {
+    use procfs::FromReadSI;
+    procfs::net::TcpNetEntries::from_read(table, procfs::current_system_info()).map(|t| t.0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::io::Read;
     use std::net::{TcpListener, TcpStream};
+
+    #[test]
+    fn tables_parse_and_garbage_is_an_error() {
+        let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n   0: 0100007F:1F90 0100007F:D431 08 00000000:00000000 00:00000000 00000000     0        0 4242 1 0000000000000000 20 4 0 10 -1\n";
+        let entries = parse_tcp_table(table.as_bytes()).unwrap();
+        assert_eq!(entries.len(), 1);
+        assert_eq!(entries[0].state, TcpState::CloseWait);
+        assert_eq!(entries[0].inode, 4242);
+        assert_eq!(entries[0].local_address.port(), 0x1F90);
+        assert!(parse_tcp_table(b"header\n0: zz").is_err());
+        assert!(parse_tcp_table(b"").unwrap().is_empty());
+    }
 
     #[test]
     fn a_peer_that_hung_up_is_found_on_our_socket() {

@@ -206,7 +206,8 @@ impl PidFile {
                 .create(true)
                 .truncate(false) // truncated only once the lock is ours
                 .mode(0o644)
-                .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
+                // O_NONBLOCK: a FIFO at the path must be refused, not waited on.
+                .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC | nix::libc::O_NONBLOCK)
                 .open(&path)
                 .map_err(|e| open_error(&path, e))?;
             let meta = file.metadata().map_err(io_error(&path, "fstat"))?;
@@ -426,7 +427,8 @@ fn wait_unlocked(file: &File, path: &Path, limit: Duration) -> Result<bool, PidF
 fn open_for_check(path: &Path) -> Result<Option<File>, PidFileError> {
     let file = match OpenOptions::new()
         .read(true)
-        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
+        // O_NONBLOCK: opening a FIFO for reading would wait for a writer.
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC | nix::libc::O_NONBLOCK)
         .open(path)
     {
         Ok(f) => f,

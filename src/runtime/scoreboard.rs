@@ -15,13 +15,23 @@
 //! | 32 | stopping (graceful shutdown under way) | `u32` |
 //! | 36 | the pool can grow (saturation wakes the parent) | `u32` |
 //! | 40 | the parent wants to hear of the next busy child | `u32` |
-//! | 44 | graceful-shutdown drain: connections left to take + 1 (0: not counted yet) | `u32` |
+//! | 44 | the parent's pid (the holder of the file's lock) | `i32` |
+//! | 48 | graceful-shutdown drain: connections left to take + 1 (0: not counted yet) | `u32` |
 //!
 //! Slot `i` starts at `64 * (i + 1)`: pid `i32` at 0, state `u8` at 4 (0 empty,
 //! 1 starting, 2 idle, 3 busy, 4 retiring), retired alone `u8` at 5 (1: the parent
 //! retires this child by itself, its TERM is no shutdown), generation `u64` at 8, requests `u64`
 //! at 16, current request start `u64` at 24 and last heartbeat `u64` at 32, both in
 //! nanoseconds of `CLOCK_MONOTONIC`.
+//!
+//! A scoreboard file is created or reused only under an exclusive `flock(2)`,
+//! taken without blocking and held by the parent for its whole life: a second
+//! instance given the same path is refused ("in use by another instance (pid N)")
+//! and never truncates the live file. Children close their copy of the descriptor
+//! first thing (as they do the pid file's), so the lock is the parent's alone and
+//! dies with it: a new instance can take over a file whose parent was killed even
+//! while an orphaned child is still on its way out. The file must be a regular
+//! file with a single link, owned by the parent's effective uid.
 
 use crate::runtime::os;
 use crate::{Pid, SlotReading, SlotState, Time};
@@ -58,6 +68,8 @@ pub(crate) struct Header {
     /// Set by the parent when it wants to hear of the first child to get busy (to
     /// start looking for hung-up clients); the child that clears it wakes the parent.
     watch_busy: AtomicU32,
+    /// The parent's pid, for the error a second instance gets.
+    owner: AtomicI32,
     /// During a graceful shutdown, the connections the pool still takes from the
     /// queue, plus one; 0 until the first stopping child counts the queue.
     drain_left: AtomicU32,
@@ -115,17 +127,21 @@ impl std::fmt::Debug for Board {
 }
 
 impl Board {
-    /// Creates the scoreboard: in a new file at `path` (0600, refusing symlinks) or,
-    /// without a path, in anonymous shared memory.
-    pub(crate) fn create(path: Option<&Path>, slots: usize, wake_fd: RawFd) -> io::Result<Board> {
+    /// Creates the scoreboard: in a file at `path` (0600, refusing symlinks, locked:
+    /// see the [module docs](self)) or, without a path, in anonymous shared memory.
+    /// The file is returned with the board: its lock lasts as long as it is open,
+    /// so the caller keeps it for its life (and children close it).
+    pub(crate) fn create(
+        path: Option<&Path>,
+        slots: usize,
+        wake_fd: RawFd,
+    ) -> io::Result<(Board, Option<File>)> {
         let len = RECORD * (slots + 1);
         let file = match path {
             Some(p) => Some(create_file(p, len)?),
             None => None,
         };
         let (header, slot_refs) = os::map_board(slots, file.as_ref()).map_err(io::Error::from)?;
-        // The mapping stays valid after the file is closed.
-        drop(file);
         let board = Board {
             header,
             slots: slot_refs,
@@ -135,11 +151,12 @@ impl Board {
         h.magic.store(u64::from_ne_bytes(MAGIC), Ordering::Relaxed);
         h.version.store(VERSION, Ordering::Relaxed);
         h.slots.store(slots as u32, Ordering::Relaxed);
+        h.owner.store(std::process::id() as i32, Ordering::Relaxed);
         for s in board.slots {
             s.pid.store(0, Ordering::Relaxed);
             s.state.store(EMPTY, Ordering::Relaxed);
         }
-        Ok(board)
+        Ok((board, file))
     }
 
     /// Parent, before forking into `slot`.
@@ -262,9 +279,17 @@ impl Board {
 }
 
 fn create_file(path: &Path, len: usize) -> io::Result<File> {
+    use std::os::unix::fs::MetadataExt;
+    let refuse = |what: String| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("scoreboard {} {what}: refused", path.display()),
+        )
+    };
+    // O_NONBLOCK: a FIFO planted at the path must not block the start.
     let fd = nix::fcntl::open(
         path,
-        OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK,
         Mode::from_bits_truncate(0o600),
     )
     .map_err(|e| {
@@ -276,17 +301,70 @@ fn create_file(path: &Path, len: usize) -> io::Result<File> {
     let file = File::from(fd);
     let meta = file.metadata()?;
     if !meta.is_file() {
+        return Err(refuse("is not a regular file".into()));
+    }
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.uid() != me {
+        return Err(refuse(format!(
+            "is owned by uid {}, not by this process's uid {me}",
+            meta.uid()
+        )));
+    }
+    // Another name for the same inode (a hard link to some other file) would be
+    // overwritten through this one.
+    if meta.nlink() != 1 {
+        return Err(refuse(format!("has {} hard links", meta.nlink())));
+    }
+    if !lock(&file).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("scoreboard {}: flock: {e}", path.display()),
+        )
+    })? {
+        let owner = owner_pid(&file).map_or("unknown".to_string(), |p| p.to_string());
         return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("scoreboard {} is not a regular file", path.display()),
+            io::ErrorKind::AddrInUse,
+            format!(
+                "scoreboard {} is in use by another instance (pid {owner})",
+                path.display()
+            ),
         ));
     }
-    // A scoreboard left by an earlier run is reset, not trusted.
+    // Ours now: a scoreboard left by an earlier run is reset, not trusted.
     file.set_len(0)?;
     file.set_len(len as u64)?;
-    // Another user's file would keep its mode: insist on 0600.
+    // Insist on 0600 whatever mode the file had.
     nix::sys::stat::fchmod(&file, Mode::from_bits_truncate(0o600)).map_err(io::Error::from)?;
     Ok(file)
+}
+
+/// Takes the file's exclusive lock without blocking: false if another open file
+/// description holds it. (The deprecated free function, as in the pid file: the
+/// `Flock` type would unlock on drop.)
+#[allow(deprecated)]
+fn lock(file: &File) -> io::Result<bool> {
+    use nix::fcntl::{flock, FlockArg};
+    use std::os::fd::AsRawFd;
+    loop {
+        match flock(file.as_raw_fd(), FlockArg::LockExclusiveNonblock) {
+            Ok(()) => return Ok(true),
+            Err(nix::errno::Errno::EWOULDBLOCK) => return Ok(false),
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// The pid recorded in a scoreboard file's header, if it is one.
+fn owner_pid(file: &File) -> Option<i32> {
+    use std::os::unix::fs::FileExt;
+    let mut header = [0u8; RECORD];
+    file.read_exact_at(&mut header, 0).ok()?;
+    if header[..8] != MAGIC {
+        return None;
+    }
+    let pid = i32::from_ne_bytes(header[44..48].try_into().ok()?);
+    (pid > 0).then_some(pid)
 }
 
 /// The state a child reports (the seed's `update_scoreboard` states: `_` idle,
@@ -418,16 +496,55 @@ pub struct SlotInfo {
 }
 
 /// Reads a scoreboard file written by a running preforkd parent (for status tools
-/// and tests). Checks the magic, version and size; a file that is not a preforkd
-/// scoreboard is an `InvalidData` error naming the problem.
+/// and tests): [`parse_scoreboard`] of its contents. A path that is not a regular
+/// file (a FIFO, a device) is refused without blocking.
+///
+/// # Errors
+/// The file cannot be read, or it is not a preforkd scoreboard: an
+/// `InvalidData` error naming the path and the problem.
 pub fn read_scoreboard_file(path: &Path) -> io::Result<Vec<SlotInfo>> {
-    let data = std::fs::read(path)?;
-    let bad = |what: String| {
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("{}: {what}", path.display()),
-        )
-    };
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let with_path = |e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", path.display()));
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(with_path)?;
+    if !file.metadata().map_err(with_path)?.is_file() {
+        return Err(with_path(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file",
+        )));
+    }
+    let mut data = Vec::new();
+    file.read_to_end(&mut data).map_err(with_path)?;
+    parse_scoreboard(&data).map_err(with_path)
+}
+
+/// Decodes a scoreboard (the bytes of a scoreboard file: a 64-byte header starting
+/// with the magic `PREFORKD`, the layout version 1 as a native `u32` and the slot
+/// count as a native `u32`, then one 64-byte record per slot: pid `i32` at 0,
+/// state `u8` at 4, generation `u64` at 8, requests `u64` at 16). Checks the
+/// magic, version and size.
+///
+/// ```
+/// let mut data = vec![0u8; 64 * 3];
+/// data[..8].copy_from_slice(b"PREFORKD");
+/// data[8..12].copy_from_slice(&1u32.to_ne_bytes());
+/// data[12..16].copy_from_slice(&2u32.to_ne_bytes());
+/// data[64..68].copy_from_slice(&4242i32.to_ne_bytes());
+/// let slots = preforkd::runtime::parse_scoreboard(&data).unwrap();
+/// assert_eq!(slots.len(), 2);
+/// assert_eq!(slots[0].pid, 4242);
+/// assert!(preforkd::runtime::parse_scoreboard(b"not a scoreboard").is_err());
+/// ```
+///
+/// # Errors
+/// Bytes that are not a preforkd scoreboard: an `InvalidData` error naming the
+/// problem. Never panics, whatever the bytes.
+pub fn parse_scoreboard(data: &[u8]) -> io::Result<Vec<SlotInfo>> {
+    let bad = |what: String| io::Error::new(io::ErrorKind::InvalidData, what);
     if data.len() < RECORD || data[..8] != MAGIC {
         return Err(bad("not a preforkd scoreboard (bad magic)".into()));
     }
@@ -440,7 +557,8 @@ pub fn read_scoreboard_file(path: &Path) -> io::Result<Vec<SlotInfo>> {
         )));
     }
     let slots = u32_at(12) as usize;
-    if data.len() != RECORD * (slots + 1) {
+    let expected = slots.checked_add(1).and_then(|n| n.checked_mul(RECORD));
+    if expected != Some(data.len()) {
         return Err(bad(format!("{} bytes for {slots} slots", data.len())));
     }
     Ok((0..slots)

@@ -6,6 +6,14 @@
 //! `NOTIFY_SOCKET`, and descriptors inherited from 3 up. Outside systemd (no
 //! `NOTIFY_SOCKET`, no `LISTEN_PID`) every entry point quietly does nothing.
 //!
+//! [`Prefork::run`](crate::Prefork::run) reads `NOTIFY_SOCKET`, `WATCHDOG_USEC`,
+//! `WATCHDOG_PID` and `LISTEN_*` once, first thing (before it opens any
+//! descriptor or starts a thread), adopts the passed sockets then, and unsets all
+//! six variables, so that children and anything they run never see them. So under
+//! `run`, [`listen_fds`] (in `after_init`) returns the sockets adopted at the
+//! start, and [`Notifier::from_env`] finds nothing: the runtime does the
+//! notifying.
+//!
 //! ```no_run
 //! use preforkd::runtime::systemd::{self, Notifier};
 //! use std::net::TcpListener;
@@ -197,10 +205,15 @@ fn monotonic_usec() -> io::Result<u64> {
     Ok(secs.saturating_mul(1_000_000).saturating_add(nanos / 1_000))
 }
 
+/// The shortest interval [`watchdog_interval_from`] returns: a `WATCHDOG_USEC`
+/// below twice this (a misconfiguration: systemd's own minimum is far higher)
+/// would otherwise make the pinging process spin.
+pub const MIN_WATCHDOG_INTERVAL: Duration = Duration::from_millis(10);
+
 /// How often to send [`Notifier::watchdog`]: half of `WATCHDOG_USEC` (the
-/// conventional period), or `None` when the watchdog is off for this process
-/// (`WATCHDOG_USEC` unset, zero or not a number; `WATCHDOG_PID` set to another
-/// process or not a number).
+/// conventional period), at least [`MIN_WATCHDOG_INTERVAL`], or `None` when the
+/// watchdog is off for this process (`WATCHDOG_USEC` unset, zero or not a number;
+/// `WATCHDOG_PID` set to another process or not a number).
 pub fn watchdog_interval() -> Option<Duration> {
     let usec = std::env::var("WATCHDOG_USEC").ok();
     let pid = std::env::var("WATCHDOG_PID").ok();
@@ -209,6 +222,18 @@ pub fn watchdog_interval() -> Option<Duration> {
 
 /// [`watchdog_interval`] from given values of `WATCHDOG_USEC` and `WATCHDOG_PID`,
 /// for process `our_pid`.
+///
+/// ```
+/// use preforkd::runtime::systemd::{watchdog_interval_from, MIN_WATCHDOG_INTERVAL};
+/// use std::time::Duration;
+///
+/// let every = watchdog_interval_from(Some("30000000"), Some("7"), 7);
+/// assert_eq!(every, Some(Duration::from_secs(15)));
+/// // Meant for another process.
+/// assert_eq!(watchdog_interval_from(Some("30000000"), Some("8"), 7), None);
+/// // Absurdly short: floored, never zero.
+/// assert_eq!(watchdog_interval_from(Some("1"), None, 7), Some(MIN_WATCHDOG_INTERVAL));
+/// ```
 pub fn watchdog_interval_from(
     usec: Option<&str>,
     pid: Option<&str>,
@@ -220,7 +245,7 @@ pub fn watchdog_interval_from(
         }
     }
     let usec = usec?.parse::<u64>().ok().filter(|&u| u > 0)?;
-    Some(Duration::from_micros(usec / 2))
+    Some(Duration::from_micros(usec / 2).max(MIN_WATCHDOG_INTERVAL))
 }
 
 /// A socket passed by the service manager (socket activation).
@@ -279,6 +304,14 @@ pub enum ActivationError {
         /// What it should be.
         expected: &'static str,
     },
+    /// `LISTEN_FDS` passes more descriptors than this process may have open.
+    #[error("LISTEN_FDS={fds} passes more descriptors than the open-file limit ({limit}) allows")]
+    TooMany {
+        /// `LISTEN_FDS`.
+        fds: u64,
+        /// The open-file limit (`RLIMIT_NOFILE`, soft).
+        limit: u64,
+    },
     /// `LISTEN_FDNAMES` does not name as many sockets as `LISTEN_FDS` passes.
     #[error("LISTEN_FDNAMES has {names} names but LISTEN_FDS passes {fds} descriptors")]
     NamesMismatch {
@@ -287,7 +320,7 @@ pub enum ActivationError {
         /// The number of colon-separated names in `LISTEN_FDNAMES`.
         names: usize,
     },
-    /// A descriptor `LISTEN_FDS` announces is not open in this process.
+    /// A passed socket could not be made close-on-exec.
     #[error("descriptor {fd} passed by LISTEN_FDS is not usable: {source}")]
     NotOpen {
         /// The descriptor.
@@ -297,78 +330,235 @@ pub enum ActivationError {
     },
 }
 
-/// Taken while reading the variables and adopting the descriptors; `true` once
-/// they were adopted: each is adopted (owned) at most once per process.
-static ADOPTED: Mutex<bool> = Mutex::new(false);
+/// Where the activated sockets are: not looked for yet, adopted and waiting for
+/// [`listen_fds`], or handed out (each is adopted and handed out at most once per
+/// process).
+enum Adoption {
+    NotYet,
+    Held(Vec<ActivatedSocket>),
+    Taken,
+}
+
+static ADOPTED: Mutex<Adoption> = Mutex::new(Adoption::NotYet);
+
+/// The variables of the sd_notify and socket-activation protocols.
+const SERVICE_VARS: [&str; 6] = [
+    "NOTIFY_SOCKET",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+    "LISTEN_PID",
+    "LISTEN_FDS",
+    "LISTEN_FDNAMES",
+];
 
 /// The sockets the service manager passed to this process (socket activation,
 /// `sd_listen_fds_with_names`).
 ///
-/// Reads `LISTEN_PID`, `LISTEN_FDS` and `LISTEN_FDNAMES`. The descriptors
-/// (`LISTEN_FDS` of them, from 3 up) are returned, owned and close-on-exec, with
-/// their names; none when the variables are unset, when `LISTEN_PID` is another
-/// process (they were meant for it, not for us), or when they were already taken
-/// by an earlier call. Whatever the outcome, the three variables are then unset,
-/// so that processes started later do not see them.
+/// Reads `LISTEN_PID`, `LISTEN_FDS` and `LISTEN_FDNAMES`. Of the descriptors
+/// announced (`LISTEN_FDS` of them, from 3 up), the open sockets are returned,
+/// owned and close-on-exec, with their names; anything else (a descriptor that is
+/// not open, a file, a pipe) is skipped and left as it is. None are returned when
+/// the variables are unset, when `LISTEN_PID` is another process (they were meant
+/// for it, not for us), or when they were already taken by an earlier call.
+/// Whatever the outcome, the three variables are then unset, so that processes
+/// started later do not see them.
+///
+/// Under [`Prefork::run`](crate::Prefork::run), the sockets were adopted at the
+/// start of `run` (before the runtime opened descriptors of its own, which the
+/// announced numbers could otherwise name): this returns those.
 ///
 /// Call it early, before any thread starts: unsetting variables races with
 /// threads that read the environment through libc.
 ///
 /// # Errors
-/// A variable that is not a number, a `LISTEN_FDNAMES` with another count of
-/// names than `LISTEN_FDS`, a descriptor that is not open.
+/// A variable that is not a number, a count beyond the open-file limit, a
+/// `LISTEN_FDNAMES` with another count of names than `LISTEN_FDS`.
 pub fn listen_fds() -> Result<Vec<ActivatedSocket>, ActivationError> {
     let mut adopted = ADOPTED.lock().unwrap_or_else(|e| e.into_inner());
-    let pid = std::env::var("LISTEN_PID").ok();
-    let fds = std::env::var("LISTEN_FDS").ok();
-    let names = std::env::var("LISTEN_FDNAMES").ok();
-    if pid.is_some() || fds.is_some() || names.is_some() {
-        // Not `unsafe` in edition 2021, but the same rule as edition 2024's: this
-        // must run before other threads start (see the documentation above).
-        for var in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
-            std::env::remove_var(var);
-        }
+    let vars = ListenVars::take();
+    match std::mem::replace(&mut *adopted, Adoption::Taken) {
+        Adoption::Held(sockets) => Ok(sockets),
+        Adoption::Taken => Ok(Vec::new()),
+        Adoption::NotYet => match vars.adopt() {
+            Ok((sockets, _skipped)) => Ok(sockets),
+            Err(e) => {
+                // Refused variables adopted nothing: a later call may try again.
+                if !matches!(e, ActivationError::NotOpen { .. }) {
+                    *adopted = Adoption::NotYet;
+                }
+                Err(e)
+            }
+        },
     }
-    if *adopted {
-        return Ok(Vec::new());
-    }
-    let Some(names) = parse_listen_env(
-        pid.as_deref(),
-        fds.as_deref(),
-        names.as_deref(),
-        std::process::id(),
-    )?
-    else {
-        return Ok(Vec::new());
-    };
-    *adopted = true;
-    let mut sockets = Vec::with_capacity(names.len());
-    for (i, name) in names.into_iter().enumerate() {
-        // The count was checked to fit: no overflow.
-        let fd = LISTEN_FDS_START + i as RawFd;
-        let owned = os::adopt_fd(fd).map_err(|source| ActivationError::NotOpen { fd, source })?;
-        nix::fcntl::fcntl(
-            owned.as_fd(),
-            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
-        )
-        .map_err(|e| ActivationError::NotOpen {
-            fd,
-            source: e.into(),
-        })?;
-        sockets.push(ActivatedSocket { fd: owned, name });
-    }
-    Ok(sockets)
 }
 
+/// The values of `LISTEN_PID`, `LISTEN_FDS` and `LISTEN_FDNAMES`.
+struct ListenVars {
+    pid: Option<String>,
+    fds: Option<String>,
+    names: Option<String>,
+}
+
+impl ListenVars {
+    /// Reads the three variables and unsets them.
+    fn take() -> ListenVars {
+        let get = |name| std::env::var_os(name).map(|v| v.to_string_lossy().into_owned());
+        let vars = ListenVars {
+            pid: get("LISTEN_PID"),
+            fds: get("LISTEN_FDS"),
+            names: get("LISTEN_FDNAMES"),
+        };
+        for var in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
+            // Not `unsafe` in edition 2021, but the same rule as edition 2024's:
+            // this runs before other threads start (see `listen_fds`).
+            std::env::remove_var(var);
+        }
+        vars
+    }
+
+    /// Adopts the announced sockets: the sockets, and a line for each descriptor
+    /// skipped (not open, not a socket).
+    fn adopt(self) -> Result<(Vec<ActivatedSocket>, Vec<String>), ActivationError> {
+        let Some(names) = parse_listen_env(
+            self.pid.as_deref(),
+            self.fds.as_deref(),
+            self.names.as_deref(),
+            std::process::id(),
+            open_file_limit(),
+        )?
+        else {
+            return Ok((Vec::new(), Vec::new()));
+        };
+        let mut sockets = Vec::with_capacity(names.len());
+        let mut skipped = Vec::new();
+        for (i, name) in names.into_iter().enumerate() {
+            // The count was checked against the open-file limit: no overflow.
+            let fd = LISTEN_FDS_START + i as RawFd;
+            let owned = match os::adopt_socket(fd) {
+                Ok(owned) => owned,
+                Err(os::NotAdopted::NotOpen(e)) => {
+                    skipped.push(format!(
+                        "descriptor {fd} passed by LISTEN_FDS is not open ({e}): ignored"
+                    ));
+                    continue;
+                }
+                Err(os::NotAdopted::NotSocket) => {
+                    skipped.push(format!(
+                        "descriptor {fd} passed by LISTEN_FDS is not a socket: ignored (left open)"
+                    ));
+                    continue;
+                }
+            };
+            nix::fcntl::fcntl(
+                owned.as_fd(),
+                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+            )
+            .map_err(|e| ActivationError::NotOpen {
+                fd,
+                source: e.into(),
+            })?;
+            sockets.push(ActivatedSocket { fd: owned, name });
+        }
+        Ok((sockets, skipped))
+    }
+}
+
+/// The soft `RLIMIT_NOFILE` (a generous default if it cannot be read).
+fn open_file_limit() -> u64 {
+    nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map_or(1 << 20, |(soft, _)| soft)
+}
+
+/// What the service manager passed, read once at the start of
+/// [`Prefork::run`](crate::Prefork::run).
+#[derive(Debug, Default)]
+pub(crate) struct ServiceEnv {
+    /// `NOTIFY_SOCKET`, if set and not empty.
+    pub(crate) notify_socket: Option<std::ffi::OsString>,
+    /// The watchdog period, if the watchdog is on for this process (judged with
+    /// the pid at the start, the one the service manager started).
+    pub(crate) watchdog: Option<Duration>,
+    /// Lines to log once there is a logger (skipped descriptors, a floored
+    /// watchdog).
+    pub(crate) notes: Vec<String>,
+}
+
+/// Reads the service manager's variables, adopts the passed sockets (held for
+/// [`listen_fds`]) and unsets all six variables. Call it first thing in `run`,
+/// before any descriptor is opened and any thread started.
+pub(crate) fn take_service_env() -> Result<ServiceEnv, ActivationError> {
+    let mut adopted = ADOPTED.lock().unwrap_or_else(|e| e.into_inner());
+    let string = |name| std::env::var_os(name).map(|v| v.to_string_lossy().into_owned());
+    let notify_socket = std::env::var_os("NOTIFY_SOCKET").filter(|v| !v.is_empty());
+    let usec = string("WATCHDOG_USEC");
+    let pid = string("WATCHDOG_PID");
+    let listen = ListenVars::take();
+    for var in SERVICE_VARS {
+        // As in `ListenVars::take`: no other thread runs yet.
+        std::env::remove_var(var);
+    }
+    let mut env = ServiceEnv {
+        notify_socket,
+        watchdog: watchdog_interval_from(usec.as_deref(), pid.as_deref(), std::process::id()),
+        notes: Vec::new(),
+    };
+    if env.watchdog == Some(MIN_WATCHDOG_INTERVAL) {
+        if let Some(u) = usec.as_deref().and_then(|u| u.parse::<u64>().ok()) {
+            if Duration::from_micros(u / 2) < MIN_WATCHDOG_INTERVAL {
+                env.notes.push(format!(
+                    "WATCHDOG_USEC={u} asks for a ping every {} µs: pinging every {} ms instead",
+                    u / 2,
+                    MIN_WATCHDOG_INTERVAL.as_millis()
+                ));
+            }
+        }
+    }
+    if let Adoption::NotYet = *adopted {
+        let (sockets, skipped) = listen.adopt()?;
+        env.notes.extend(skipped);
+        *adopted = Adoption::Held(sockets);
+    }
+    Ok(env)
+}
+
+/// The descriptors adopted at the start of `run` and not yet handed out: a
+/// daemon keeps them open when it closes what it inherited.
+pub(crate) fn held_fds() -> Vec<RawFd> {
+    match &*ADOPTED.lock().unwrap_or_else(|e| e.into_inner()) {
+        Adoption::Held(sockets) => sockets.iter().map(|s| s.fd.as_raw_fd()).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// The most descriptors [`parse_listen_env`] accepts whatever the open-file limit:
+/// far more than any socket unit passes, few enough that the names cost little.
+pub const MAX_LISTEN_FDS: u64 = 65_536;
+
 /// Checks the values of `LISTEN_PID`, `LISTEN_FDS` and `LISTEN_FDNAMES` for
-/// process `our_pid`: one name per passed descriptor (`None`
-/// without `LISTEN_FDNAMES`, or for an empty name), or `None` when nothing is
-/// passed to this process.
-fn parse_listen_env(
+/// process `our_pid`, whose open-file limit is `fd_limit` (the descriptors must
+/// all be below it, and be at most [`MAX_LISTEN_FDS`]): one name per passed
+/// descriptor (`None` without `LISTEN_FDNAMES`, or for an empty name), or `None`
+/// when nothing is passed to this process.
+///
+/// ```
+/// use preforkd::runtime::systemd::parse_listen_env;
+///
+/// let names = parse_listen_env(Some("7"), Some("2"), Some("web:"), 7, 1024).unwrap();
+/// assert_eq!(names, Some(vec![Some("web".to_string()), None]));
+/// // For another process: nothing for us.
+/// assert_eq!(parse_listen_env(Some("8"), Some("2"), None, 7, 1024).unwrap(), None);
+/// // More than the open-file limit: an error, not a huge allocation.
+/// assert!(parse_listen_env(Some("7"), Some("2147483644"), None, 7, 1024).is_err());
+/// ```
+///
+/// # Errors
+/// As for [`listen_fds`].
+pub fn parse_listen_env(
     pid: Option<&str>,
     fds: Option<&str>,
     names: Option<&str>,
     our_pid: u32,
+    fd_limit: u64,
 ) -> Result<Option<Vec<Option<String>>>, ActivationError> {
     let bad = |name, value: &str, expected| ActivationError::BadVariable {
         name,
@@ -383,30 +573,34 @@ fn parse_listen_env(
         return Ok(None);
     }
     let Some(fds) = fds else { return Ok(None) };
-    let count: usize = fds
+    let count: u64 = fds
         .parse()
-        .ok()
-        .filter(|&n: &usize| {
-            RawFd::try_from(n).is_ok_and(|n| n.checked_add(LISTEN_FDS_START).is_some())
-        })
-        .ok_or_else(|| bad("LISTEN_FDS", fds, "a descriptor count"))?;
+        .map_err(|_| bad("LISTEN_FDS", fds, "a descriptor count"))?;
     if count == 0 {
         return Ok(None);
     }
+    // The descriptors are 3 .. 3 + count: all must be below the limit (and the
+    // count within reason: one name is allocated per descriptor).
+    let limit = fd_limit.min(MAX_LISTEN_FDS + LISTEN_FDS_START as u64);
+    if count.saturating_add(LISTEN_FDS_START as u64) > limit {
+        return Err(ActivationError::TooMany { fds: count, limit });
+    }
+    let count =
+        usize::try_from(count).map_err(|_| ActivationError::TooMany { fds: count, limit })?;
     let names = match names {
         None => vec![None; count],
         Some(names) => {
-            let names: Vec<Option<String>> = names
-                .split(':')
-                .map(|n| (!n.is_empty()).then(|| n.to_string()))
-                .collect();
-            if names.len() != count {
+            let n = names.split(':').count();
+            if n != count {
                 return Err(ActivationError::NamesMismatch {
                     fds: count,
-                    names: names.len(),
+                    names: n,
                 });
             }
             names
+                .split(':')
+                .map(|n| (!n.is_empty()).then(|| n.to_string()))
+                .collect()
         }
     };
     Ok(Some(names))
@@ -419,23 +613,23 @@ mod tests {
     #[test]
     fn listen_env_parsing() {
         let me = 42;
-        assert!(parse_listen_env(None, Some("1"), None, me)
+        assert!(parse_listen_env(None, Some("1"), None, me, 1024)
             .unwrap()
             .is_none());
-        assert!(parse_listen_env(Some("7"), Some("1"), None, me)
+        assert!(parse_listen_env(Some("7"), Some("1"), None, me, 1024)
             .unwrap()
             .is_none());
-        assert!(parse_listen_env(Some("42"), None, None, me)
+        assert!(parse_listen_env(Some("42"), None, None, me, 1024)
             .unwrap()
             .is_none());
-        assert!(parse_listen_env(Some("42"), Some("0"), None, me)
+        assert!(parse_listen_env(Some("42"), Some("0"), None, me, 1024)
             .unwrap()
             .is_none());
-        let names = parse_listen_env(Some("42"), Some("2"), None, me)
+        let names = parse_listen_env(Some("42"), Some("2"), None, me, 1024)
             .unwrap()
             .unwrap();
         assert_eq!(names, vec![None, None]);
-        let names = parse_listen_env(Some("42"), Some("2"), Some("web:"), me)
+        let names = parse_listen_env(Some("42"), Some("2"), Some("web:"), me, 1024)
             .unwrap()
             .unwrap();
         assert_eq!(names, vec![Some("web".to_string()), None]);
@@ -447,15 +641,22 @@ mod tests {
             ("42", ""),
         ] {
             assert!(matches!(
-                parse_listen_env(Some(pid), Some(fds), None, me),
+                parse_listen_env(Some(pid), Some(fds), None, me, 1024),
                 Err(ActivationError::BadVariable { .. })
             ));
         }
+        for huge in ["99999999999", "2147483644", "1022"] {
+            assert!(matches!(
+                parse_listen_env(Some("42"), Some(huge), None, me, 1024),
+                Err(ActivationError::TooMany { .. })
+            ));
+        }
+        assert!(parse_listen_env(Some("42"), Some("1021"), None, me, 1024).is_ok());
         assert!(matches!(
-            parse_listen_env(Some("42"), Some("99999999999"), None, me),
+            parse_listen_env(Some("42"), Some("99999999999999999999999"), None, me, 1024),
             Err(ActivationError::BadVariable { .. })
         ));
-        let err = parse_listen_env(Some("42"), Some("3"), Some("a:b"), me).unwrap_err();
+        let err = parse_listen_env(Some("42"), Some("3"), Some("a:b"), me, 1024).unwrap_err();
         assert_eq!(
             err.to_string(),
             "LISTEN_FDNAMES has 2 names but LISTEN_FDS passes 3 descriptors"

@@ -204,7 +204,7 @@ impl Worker {
     /// `main_loop` or measure the scoreboard's cost. Its parent is nobody: nothing
     /// reads its slot and no signal reaches it through the pool.
     pub fn detached() -> io::Result<Worker> {
-        let board = crate::runtime::scoreboard::Board::create(None, 1, -1)?;
+        let (board, _) = crate::runtime::scoreboard::Board::create(None, 1, -1)?;
         board.prepare(0, 1);
         let slot = board.worker_slot(0);
         slot.claim(std::process::id() as i32);

@@ -252,3 +252,89 @@ pub fn tempdir(tag: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(&p).unwrap();
     p
 }
+
+// --- start-up and daemon plumbing (scoreboard, daemonize, systemd environment) ---
+
+impl Demo {
+    /// Starts the demo through `cmd` (e.g. `sh -c '... exec demo ...'`, keeping the
+    /// pid) and waits until it listens, as [`start`](Self::start) does. `cmd` gets
+    /// its stderr piped and its own process group here.
+    pub fn start_command(mut cmd: Command) -> Demo {
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        let mut child = cmd.spawn().expect("start the demo");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = Arc::clone(&log);
+        std::thread::spawn(move || {
+            let mut r = BufReader::new(stderr);
+            let mut line = String::new();
+            let mut tx = Some(tx);
+            while r.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
+                if let Some(rest) = line.trim().strip_prefix("hello_http: listening on ") {
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(rest.to_string());
+                    }
+                }
+                sink.lock().unwrap().push_str(&line);
+                line.clear();
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(a) => a.parse().expect("listen address"),
+            Err(_) => {
+                send_signal(-(child.id() as i32), 9);
+                let _ = child.wait();
+                panic!("the demo did not start: {}", log.lock().unwrap());
+            }
+        };
+        Demo { child, addr, log }
+    }
+}
+
+/// Runs `cmd` (in its own process group) for at most `within`: its exit status
+/// and stderr, or `None` (after killing its group) if it was still running.
+pub fn run_bounded(
+    mut cmd: Command,
+    within: Duration,
+) -> Option<(std::process::ExitStatus, String)> {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    let mut child = cmd.spawn().expect("start the command");
+    let mut stderr = child.stderr.take().expect("stderr");
+    // Read on a thread: a grandchild holding the pipe must not block the test.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        let _ = tx.send(s);
+    });
+    let until = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            let err = rx.recv_timeout(Duration::from_secs(2)).unwrap_or_default();
+            return Some((status, err));
+        }
+        if Instant::now() >= until {
+            send_signal(-(child.id() as i32), 9);
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// CPU time (user + system) of `pid` so far, from /proc/PID/stat.
+pub fn cpu_time(pid: i32) -> Duration {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc/PID/stat");
+    let fields: Vec<&str> = s.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    // Fields 14 and 15 (utime, stime) of stat(5), counted from after the name.
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    // In USER_HZ, which Linux fixes at 100 for every user-visible interface.
+    Duration::from_millis(ticks * 10)
+}

@@ -1,0 +1,7 @@
+//! Fuzzes the scoreboard file reader (`preforkd::runtime::parse_scoreboard`, what
+//! `read_scoreboard_file` runs on a file's bytes): errors, never panics.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| preforkd::fuzzing::scoreboard(data));
