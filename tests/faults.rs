@@ -425,3 +425,35 @@ fn a_dribbling_client_cannot_hold_a_graceful_stop() {
     assert!(!d.log().contains("KILL"), "{}", d.log());
     dribble.join().unwrap();
 }
+
+/// A FIFO nobody reads at a log path is refused at once with its name; it never
+/// hangs the start.
+#[test]
+fn a_fifo_at_a_log_path_is_refused_without_blocking() {
+    let dir = tempdir("faults");
+    let fifo = dir.join("error.log");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let mut child = std::process::Command::new(demo_binary())
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--error-log",
+            fifo.to_str().unwrap(),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let exited = wait_for(Duration::from_secs(10), || {
+        child.try_wait().unwrap().is_some()
+    });
+    if !exited {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("the start blocked on a FIFO log path");
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("error.log"), "{err}");
+}

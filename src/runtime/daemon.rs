@@ -7,6 +7,7 @@ use nix::sys::stat::Mode;
 use nix::unistd;
 use std::io::{BufRead, Write};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 /// The daemon's end of the pipe back to the launcher.
@@ -97,10 +98,17 @@ pub(crate) fn settle(error_log: &Path, keep: &[RawFd]) -> std::io::Result<()> {
     nix::sys::stat::umask(Mode::from_bits_truncate(0o022));
     let null = std::fs::File::open("/dev/null")?;
     unistd::dup2_stdin(&null)?;
+    // Not blocking on a FIFO nobody reads (the log was checked before, but may
+    // have been replaced since).
     let log = std::fs::OpenOptions::new()
         .append(true)
         .create(true)
+        .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
         .open(error_log)?;
+    nix::fcntl::fcntl(
+        &log,
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_APPEND),
+    )?;
     unistd::dup2_stdout(&log)?;
     unistd::dup2_stderr(&log)?;
     drop((null, log));

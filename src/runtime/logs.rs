@@ -63,14 +63,22 @@ struct Sink {
 }
 
 fn open_append(path: &Path) -> io::Result<File> {
-    OpenOptions::new()
+    use nix::fcntl::OFlag;
+    let named =
+        |e: io::Error| io::Error::new(e.kind(), format!("log file {}: {e}", path.display()));
+    let file = OpenOptions::new()
         .append(true)
         .create(true)
         .mode(0o640)
-        // A log path that is a symlink could be aimed anywhere: refuse it.
-        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+        // A log path that is a symlink could be aimed anywhere: refuse it. Opening
+        // without blocking: a FIFO nobody reads is an error (ENXIO), not a hang.
+        .custom_flags((OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK).bits())
         .open(path)
-        .map_err(|e| io::Error::new(e.kind(), format!("log file {}: {e}", path.display())))
+        .map_err(named)?;
+    // Writes block as usual (a FIFO with a reader, a slow device).
+    nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_SETFL(OFlag::O_APPEND))
+        .map_err(|e| named(e.into()))?;
+    Ok(file)
 }
 
 impl LogFile {
