@@ -51,14 +51,19 @@ pub struct Options {
     /// Add a random 0..=jitter to each child's request limit, so children do not all
     /// recycle at once (0).
     pub max_requests_jitter: u64,
-    /// The first crash-loop delay; doubles per consecutive early exit (100 ms).
+    /// The first crash-loop delay; doubles per consecutive crash (100 ms). A crash
+    /// is a child that exits before it is healthy (see `min_healthy_uptime`), or a
+    /// failed fork. While healthy children serve, the first crash of a streak is
+    /// replaced at once and the doubling starts from the second; a healthy child's
+    /// death is always replaced at once. A reload resets the backoff.
     #[serde(with = "preforkd_policies::duration_serde")]
     pub backoff_initial: Duration,
     /// The longest crash-loop delay (30 s).
     #[serde(with = "preforkd_policies::duration_serde")]
     pub backoff_max: Duration,
-    /// A child that lives this long after its fork is healthy: its exit is no crash,
-    /// and its health resets the crash-loop backoff (1 s).
+    /// A ready child that served a request, or lives this long after its fork, is
+    /// healthy: its exit is no crash, and, if it was forked during a crash streak,
+    /// its health ends the streak and resets the backoff (1 s).
     #[serde(with = "preforkd_policies::duration_serde")]
     pub min_healthy_uptime: Duration,
     /// While children are busy, look at the scoreboard again this often: a request
