@@ -947,3 +947,55 @@ fn a_crash_loop_logs_once_per_streak_and_a_reload_resets_the_backoff() {
     r.tick();
     assert_eq!(r.m.counts().serving(), 2);
 }
+
+/// A main_loop that returns at once: the child marks its slot retiring and exits 0
+/// without serving. That is a crash loop, not a recycling: it backs off.
+#[test]
+fn a_child_leaving_by_itself_before_serving_is_a_crash() {
+    let mut r = Rig::new(
+        Machine::builder(opts(1, 4))
+            .scaling(Fixed(1))
+            .build()
+            .unwrap(),
+    );
+    r.feed(Event::HookFinished {
+        hook: HookKind::AfterInit,
+        ok: true,
+    });
+    let mut forks = 1;
+    let mut all = vec![];
+    for _ in 0..1_000 {
+        if r.now >= Time::from_millis(10_000) || forks > 100 {
+            break;
+        }
+        if let Some(&(slot, pid)) = r.children.first() {
+            // As the runtime does on a reap: the scoreboard first, then the exit.
+            let mut sb = Scoreboard {
+                slots: vec![SlotReading::default(); 4],
+                backlog: None,
+            };
+            sb.slots[slot] = SlotReading {
+                pid,
+                state: SlotState::Retiring,
+                requests: 0,
+                request_start: None,
+                heartbeat: r.now,
+            };
+            let acts = r.feed(Event::Scoreboard(&sb));
+            forks += spawns(&acts);
+            all.extend(acts);
+            let acts = r.exit(pid, ExitStatus::Exited(0));
+            forks += spawns(&acts);
+            all.extend(acts);
+        } else {
+            let acts = r.timer();
+            forks += spawns(&acts);
+            all.extend(acts);
+        }
+    }
+    // 100 + 200 + ... ms: about 7 forks in 10 s; without the backoff, thousands.
+    assert!(forks <= 10, "{forks} forks in 10 s");
+    assert!(r.m.crash_streak() >= 6, "{}", r.m.crash_streak());
+    assert!(logged(&all, "left by itself before serving"));
+    assert!(!logged(&all, "recycled"));
+}

@@ -502,7 +502,7 @@ impl<T: 'static> Prefork<T> {
         )
         .with_logs(logs.all(), logs.access.clone());
         worker.ready();
-        let code = run_main_loop(&self.main_loop, &worker, &state, &logger);
+        let code = run_main_loop(&self.main_loop, &worker, &state, &logger, false);
         worker.retire();
         if let Some(mut f) = self.before_shutdown {
             f(&state);
@@ -558,9 +558,21 @@ fn default_logger() -> slog::Logger {
 }
 
 /// Runs `main_loop`, catching a panic; returns the child's exit code.
-fn run_main_loop<T>(f: &MainLoop<T>, worker: &Worker, state: &T, logger: &slog::Logger) -> i32 {
+/// `quiet`: a crash streak is on and its reason was logged already, so a failure
+/// is logged at debug level only (once per streak, not once per fork).
+fn run_main_loop<T>(
+    f: &MainLoop<T>,
+    worker: &Worker,
+    state: &T,
+    logger: &slog::Logger,
+    quiet: bool,
+) -> i32 {
     match catch_unwind(AssertUnwindSafe(|| f(worker, state))) {
         Ok(Ok(())) => 0,
+        Ok(Err(e)) if quiet => {
+            slog::debug!(logger, "main_loop failed: {e}");
+            1
+        }
         Ok(Err(e)) => {
             slog::error!(logger, "main_loop failed: {e}");
             1
@@ -571,7 +583,11 @@ fn run_main_loop<T>(f: &MainLoop<T>, worker: &Worker, state: &T, logger: &slog::
                 .map(|s| s.to_string())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "(no message)".into());
-            slog::error!(logger, "main_loop panicked: {msg}");
+            if quiet {
+                slog::debug!(logger, "main_loop panicked: {msg}");
+            } else {
+                slog::error!(logger, "main_loop panicked: {msg}");
+            }
             70
         }
     }
@@ -654,6 +670,8 @@ struct Parent<T> {
     watch_disconnects: bool,
     /// When the next look is due (ns of CLOCK_MONOTONIC), while children are busy.
     disconnect_due: Option<u64>,
+    /// The error of the forks failing in a row, and how many did.
+    fork_failing: Option<(nix::errno::Errno, u32)>,
 }
 
 impl<T: 'static> Parent<T> {
@@ -823,6 +841,7 @@ impl<T: 'static> Parent<T> {
             stopping_marked: false,
             watch_disconnects,
             disconnect_due: None,
+            fork_failing: None,
         })
     }
 
@@ -1122,6 +1141,7 @@ impl<T: 'static> Parent<T> {
         let child_logger = &self.cfg.child_logger;
         let logs = &self.logs;
         let credentials = self.credentials.as_ref();
+        let quiet_failure = self.machine.crash_streak() > 0;
         let result = os::fork_child(&PARENT_SIGNALS, || {
             child_main(ChildStart {
                 parent_pid,
@@ -1135,11 +1155,15 @@ impl<T: 'static> Parent<T> {
                 child_logger,
                 logs,
                 credentials,
+                quiet_failure,
             })
         });
         let now = self.now();
         match result {
             Ok(pid) => {
+                if let Some((e, n)) = self.fork_failing.take() {
+                    slog::info!(self.logger, "fork works again after {n} failures ({e})");
+                }
                 self.board.assign(slot, pid.as_raw());
                 self.machine.handle(
                     now,
@@ -1150,7 +1174,18 @@ impl<T: 'static> Parent<T> {
                 );
             }
             Err(e) => {
-                slog::error!(self.logger, "fork failed: {e}");
+                // Once per streak of failures (or when the error changes); the
+                // machine counts them and backs off.
+                match &mut self.fork_failing {
+                    Some((last, n)) if *last == e => *n += 1,
+                    _ => {
+                        slog::error!(
+                            self.logger,
+                            "fork failed: {e}; serving with the children there are"
+                        );
+                        self.fork_failing = Some((e, 1));
+                    }
+                }
                 self.board.release(slot);
                 self.machine.handle(now, Event::SpawnFailed { slot });
             }
@@ -1170,6 +1205,8 @@ struct ChildStart<'a, T> {
     child_logger: &'a Option<LoggerFactory>,
     logs: &'a Logs,
     credentials: Option<&'a Credentials>,
+    /// Forked during a crash streak: a failing main_loop logs at debug level.
+    quiet_failure: bool,
 }
 
 /// The user and groups children switch to, resolved once in the parent.
@@ -1268,7 +1305,7 @@ fn child_main<T>(c: ChildStart<'_, T>) -> i32 {
     )
     .with_logs(c.logs.all(), c.logs.access.clone());
     worker.ready();
-    let code = run_main_loop(c.main_loop, &worker, c.state, &logger);
+    let code = run_main_loop(c.main_loop, &worker, c.state, &logger, c.quiet_failure);
     worker.retire();
     use std::io::Write;
     let _ = std::io::stdout().flush();

@@ -538,11 +538,19 @@ impl Machine {
                 _ => (Level::Info, "stopped"),
             };
             let killed = if c.killed { ", KILLed" } else { "" };
+            // A child that left by itself (its slot said so) before it was healthy is
+            // a main_loop that returns or fails at once: a crash, not a recycling.
+            let self_quit = r.reason == SignalReason::MaxRequests && !self.is_healthy(&c);
+            let why = if self_quit {
+                "left by itself before serving"
+            } else {
+                why
+            };
             let line = format!(
-                "{who} {why}{killed}: {status} after {} requests",
+                "{who} {why}{killed}: {status} after {uptime:?} and {} requests",
                 c.requests
             );
-            if r.reason == SignalReason::StartTimeout {
+            if r.reason == SignalReason::StartTimeout || self_quit {
                 // A child that cannot start is a crash: back off before the next.
                 self.count_crash(line);
             } else {
