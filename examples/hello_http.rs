@@ -3,10 +3,16 @@
 //! ```text
 //! cargo run --release --example hello_http -- [--listen ADDR] [--prefork N]
 //!     [--max-children N] [--scoreboard PATH] [--pid-file PATH]
+//!     [--max-child-memory BYTES] [--crash-at-start FILE]
 //! ```
 //!
 //! Endpoints: `GET /` answers `hello`, `GET /sleep?ms=N` holds the child N ms
-//! first, `GET /pid` answers the child's pid. Keep-alive is honoured (HTTP/1.1 by
+//! first, `GET /pid` answers the child's pid, `GET /grow?mb=N[&ms=M]` makes the
+//! child allocate, touch and keep N more MiB (then hold it M ms), to try
+//! `--max-child-memory`.
+//!
+//! Fault drills: `--crash-at-start FILE` makes every child's main loop fail at once
+//! while FILE exists (a crash loop; remove the file and send HUP to recover). Keep-alive is honoured (HTTP/1.1 by
 //! default, `Connection: close` ends it). TERM or INT stop it gracefully.
 
 use preforkd::{Prefork, Worker};
@@ -33,6 +39,8 @@ struct Args {
     daemonize: bool,
     user: Option<String>,
     group: Option<String>,
+    max_child_memory: Option<u64>,
+    crash_at_start: Option<PathBuf>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -49,6 +57,8 @@ fn parse_args() -> Result<Args, String> {
         daemonize: false,
         user: None,
         group: None,
+        max_child_memory: None,
+        crash_at_start: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -70,11 +80,20 @@ fn parse_args() -> Result<Args, String> {
             "--daemonize" => a.daemonize = true,
             "--user" => a.user = Some(value()?),
             "--group" => a.group = Some(value()?),
+            "--max-child-memory" => {
+                let v = value()?;
+                a.max_child_memory = Some(
+                    v.parse()
+                        .map_err(|_| format!("--max-child-memory: {v:?} is not a number"))?,
+                );
+            }
+            "--crash-at-start" => a.crash_at_start = Some(value()?.into()),
             "-h" | "--help" => {
                 println!(
                     "usage: hello_http [--listen ADDR] [--prefork N] [--max-children N] \
                      [--scoreboard PATH] [--pid-file PATH] [--error-log PATH] \
-                     [--access-log PATH] [--json-log] [--require-root] [--daemonize] [--user NAME] [--group NAME]"
+                     [--access-log PATH] [--json-log] [--require-root] [--daemonize] [--user NAME] [--group NAME] \
+                     [--max-child-memory BYTES] [--crash-at-start FILE]"
                 );
                 std::process::exit(0);
             }
@@ -93,6 +112,7 @@ fn main() {
         }
     };
     let listen = args.listen.clone();
+    let crash_file = args.crash_at_start.clone();
     let mut daemon = Prefork::new(
         move || {
             // A socket the service manager passed (socket activation), else our own
@@ -110,7 +130,10 @@ fn main() {
             eprintln!("hello_http: listening on {}", l.local_addr()?);
             Ok(l)
         },
-        |worker: &Worker, listener: &TcpListener| {
+        move |worker: &Worker, listener: &TcpListener| {
+            if let Some(f) = crash_file.as_ref().filter(|f| f.exists()) {
+                return Err(format!("{} exists (--crash-at-start)", f.display()).into());
+            }
             while let Some((stream, peer)) = worker.accept(listener) {
                 let _busy = worker.busy();
                 // A client that misbehaves costs only its own connection.
@@ -129,6 +152,9 @@ fn main() {
     });
     if let Some(p) = &args.scoreboard {
         daemon = daemon.scoreboard_path(p);
+    }
+    if let Some(bytes) = args.max_child_memory {
+        daemon = daemon.max_child_memory(bytes);
     }
     if let Some(p) = &args.error_log {
         daemon = daemon.error_log_path(p);
@@ -230,6 +256,22 @@ fn serve(worker: &Worker, stream: TcpStream, peer: &str) -> io::Result<()> {
                     None => (400, "sleep needs ?ms=N\n".to_string()),
                 }
             }
+            ("GET", "/grow") => {
+                let arg = |k: &str| {
+                    query
+                        .split('&')
+                        .find_map(|kv| kv.strip_prefix(k))
+                        .and_then(|v| v.parse::<u64>().ok())
+                };
+                match arg("mb=") {
+                    Some(mb) if mb <= 4096 => {
+                        let total = grow(mb);
+                        hold(Duration::from_millis(arg("ms=").unwrap_or(0)));
+                        (200, format!("grew {mb} MiB, holding {total} MiB\n"))
+                    }
+                    _ => (400, "grow needs ?mb=N (at most 4096)\n".to_string()),
+                }
+            }
             _ => (404, "not found\n".to_string()),
         };
         respond(&mut out, status, &body, keep_alive)?;
@@ -253,6 +295,19 @@ fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+/// Allocates `mb` MiB, touches every page so it is resident, and keeps it for the
+/// child's life; the MiB held in all.
+fn grow(mb: u64) -> u64 {
+    static HELD: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
+    let mut block = vec![0u8; (mb as usize) << 20];
+    for b in block.iter_mut().step_by(4096) {
+        *b = 1;
+    }
+    let mut held = HELD.lock().unwrap_or_else(|e| e.into_inner());
+    held.push(block);
+    held.iter().map(|b| b.len() as u64 >> 20).sum()
 }
 
 #[allow(clippy::disallowed_methods)] // the demo's /sleep holds the child on purpose

@@ -282,6 +282,7 @@ impl Harness {
                     requests: c.requests,
                     request_start: c.busy.then_some(self.now),
                     heartbeat: self.now,
+                    memory: None,
                 };
             }
         }

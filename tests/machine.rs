@@ -18,6 +18,8 @@ struct Rig {
     children: Vec<(usize, Pid)>,
     busy: Vec<Pid>,
     requests: Vec<(Pid, u64)>,
+    /// RSS figures the next ticks report.
+    memory: Vec<(Pid, u64)>,
     log: Vec<Action>,
 }
 
@@ -30,6 +32,7 @@ impl Rig {
             children: vec![],
             busy: vec![],
             requests: vec![],
+            memory: vec![],
             log: vec![],
         };
         r.drain();
@@ -128,6 +131,7 @@ impl Rig {
                     .map_or(0, |&(_, n)| n),
                 request_start: busy.then_some(self.now),
                 heartbeat: self.now,
+                memory: self.memory.iter().find(|(p, _)| *p == pid).map(|&(_, m)| m),
             };
         }
         self.feed(Event::Scoreboard(&sb))
@@ -980,6 +984,7 @@ fn a_child_leaving_by_itself_before_serving_is_a_crash() {
                 requests: 0,
                 request_start: None,
                 heartbeat: r.now,
+                memory: None,
             };
             let acts = r.feed(Event::Scoreboard(&sb));
             forks += spawns(&acts);
@@ -998,4 +1003,51 @@ fn a_child_leaving_by_itself_before_serving_is_a_crash() {
     assert!(r.m.crash_streak() >= 6, "{}", r.m.crash_streak());
     assert!(logged(&all, "left by itself before serving"));
     assert!(!logged(&all, "recycled"));
+}
+
+// ----- memory limits -----
+
+/// A child over `max_child_memory` is retired gracefully (TERM, with the figure in
+/// the log) and replaced; one under it, or unmeasured, is left alone.
+#[test]
+fn a_child_over_the_memory_limit_is_retired_gracefully_and_replaced() {
+    let mut r = Rig::start(Options {
+        max_child_memory: Some(100 << 20),
+        ..opts(3, 10)
+    });
+    let pids = r.pids();
+    r.memory = vec![(pids[0], 20 << 20), (pids[1], 100 << 20)];
+    assert!(signals(&r.tick()).is_empty(), "at or under the limit");
+    // The busy one grows past it: TERM (it finishes its request), a replacement.
+    r.busy.push(pids[2]);
+    r.memory.push((pids[2], 150 << 20));
+    let acts = r.tick();
+    assert_eq!(
+        signals(&acts),
+        vec![(pids[2], Signal::Term, SignalReason::MemoryLimit)]
+    );
+    assert!(logged(&acts, "uses 157286400 bytes"), "{acts:?}");
+    assert!(logged(&acts, "above max_child_memory 104857600"));
+    assert_eq!(spawns(&acts), 1, "replaced at once");
+    // Told once, however many ticks follow.
+    assert!(signals(&r.tick()).is_empty());
+    let acts = r.exit(pids[2], ExitStatus::Exited(0));
+    assert!(logged(&acts, "retired over the memory limit"), "{acts:?}");
+    assert_eq!(r.m.crash_streak(), 0, "no crash");
+}
+
+#[test]
+fn max_child_memory_is_validated_and_read_from_config() {
+    let bad = Options {
+        max_child_memory: Some(4096),
+        ..Options::default()
+    };
+    assert!(bad
+        .validate()
+        .unwrap_err()
+        .to_string()
+        .contains("max_child_memory"));
+    let o: Options = serde_json::from_str(r#"{"max_child_memory": 268435456}"#).unwrap();
+    assert_eq!(o.max_child_memory, Some(256 << 20));
+    o.validate().unwrap();
 }

@@ -34,6 +34,7 @@
 
 mod daemon;
 mod logs;
+mod memory;
 mod netstat;
 pub(crate) mod os;
 pub mod pidfile;
@@ -194,6 +195,13 @@ impl<T: 'static> Prefork<T> {
     /// The most children at once.
     pub fn max_children(mut self, n: usize) -> Self {
         self.options.max_children = n;
+        self
+    }
+
+    /// Retire a child gracefully once its resident memory exceeds `bytes`; see
+    /// [`Options::max_child_memory`].
+    pub fn max_child_memory(mut self, bytes: u64) -> Self {
+        self.options.max_child_memory = Some(bytes);
         self
     }
 
@@ -969,6 +977,11 @@ impl<T: 'static> Parent<T> {
         self.board.set_generation(self.machine.generation());
         let mut reading = std::mem::take(&mut self.reading);
         self.board.read_into(self.origin_ns, &mut reading.slots);
+        if self.cfg.options.max_child_memory.is_some() {
+            for s in reading.slots.iter_mut().filter(|s| s.pid.0 > 0) {
+                s.memory = memory::rss_bytes(s.pid.0);
+            }
+        }
         let now = self.now();
         self.machine.handle(now, Event::Scoreboard(&reading));
         self.reading = reading;

@@ -91,6 +91,8 @@ struct Child {
     /// Start of the request in hand, when busy.
     busy_since: Option<Time>,
     requests: u64,
+    /// Resident set size at the last scoreboard reading, if measured.
+    memory: Option<u64>,
     max_requests: Option<u64>,
     retire: Option<Retire>,
     killed: bool,
@@ -535,6 +537,7 @@ impl Machine {
                 SignalReason::MaxRequests => (Level::Info, "recycled after its request limit"),
                 SignalReason::Reload => (Level::Info, "retired by a reload"),
                 SignalReason::ScaleDown => (Level::Info, "retired: too many idle"),
+                SignalReason::MemoryLimit => (Level::Info, "retired over the memory limit"),
                 _ => (Level::Info, "stopped"),
             };
             let killed = if c.killed { ", KILLed" } else { "" };
@@ -598,6 +601,7 @@ impl Machine {
                 continue; // stale: the slot's previous owner, or not yet written
             }
             c.requests = reading.requests;
+            c.memory = reading.memory;
             match reading.state {
                 SlotState::Idle => {
                     c.ready_at.get_or_insert(now);
@@ -940,6 +944,21 @@ impl Machine {
                 }
                 continue;
             }
+            if let (Some(limit), Some(rss), true) =
+                (self.opts.max_child_memory, c.memory, c.is_ready())
+            {
+                if rss > limit {
+                    self.log(
+                        Level::Warning,
+                        format!(
+                            "child {} uses {rss} bytes of memory (RSS), above max_child_memory {limit}: retiring it",
+                            c.pid.unwrap_or(Pid(0))
+                        ),
+                    );
+                    self.retire(slot, SignalReason::MemoryLimit);
+                    continue;
+                }
+            }
             match (c.ready_at, c.busy_since) {
                 (None, _) => {
                     let t = c.spawned_at + self.opts.start_timeout;
@@ -1220,6 +1239,7 @@ impl Machine {
                 ready_at: None,
                 busy_since: None,
                 requests: 0,
+                memory: None,
                 max_requests,
                 retire: None,
                 killed: false,
