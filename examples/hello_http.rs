@@ -12,7 +12,8 @@
 //! `--max-child-memory`.
 //!
 //! Fault drills: `--crash-at-start FILE` makes every child's main loop fail at once
-//! while FILE exists (a crash loop; remove the file and send HUP to recover). Keep-alive is honoured (HTTP/1.1 by
+//! while FILE exists, appending its pid to FILE first (a crash loop whose forks can
+//! be counted; remove the file and send HUP to recover). Keep-alive is honoured (HTTP/1.1 by
 //! default, `Connection: close` ends it). TERM or INT stop it gracefully.
 
 use preforkd::{Prefork, Worker};
@@ -132,6 +133,10 @@ fn main() {
         },
         move |worker: &Worker, listener: &TcpListener| {
             if let Some(f) = crash_file.as_ref().filter(|f| f.exists()) {
+                // One line per crash (the child's pid): the drill counts forks.
+                if let Ok(mut file) = std::fs::OpenOptions::new().append(true).open(f) {
+                    let _ = writeln!(file, "{}", std::process::id());
+                }
                 return Err(format!("{} exists (--crash-at-start)", f.display()).into());
             }
             while let Some((stream, peer)) = worker.accept(listener) {
@@ -267,7 +272,11 @@ fn serve(worker: &Worker, stream: TcpStream, peer: &str) -> io::Result<()> {
                     Some(mb) if mb <= 4096 => {
                         let total = grow(mb);
                         hold(Duration::from_millis(arg("ms=").unwrap_or(0)));
-                        (200, format!("grew {mb} MiB, holding {total} MiB\n"))
+                        let pid = std::process::id();
+                        (
+                            200,
+                            format!("grew {mb} MiB, holding {total} MiB in {pid}\n"),
+                        )
                     }
                     _ => (400, "grow needs ?mb=N (at most 4096)\n".to_string()),
                 }

@@ -1294,8 +1294,15 @@ fn child_main<T>(c: ChildStart<'_, T>) -> i32 {
     if nix::sys::prctl::set_pdeathsig(NSig::SIGKILL).is_err() || unistd::getppid() != c.parent_pid {
         return 1;
     }
-    let Ok(wake) = os::install_worker_handlers() else {
-        return 1;
+    let wake = match os::install_worker_handlers() {
+        Ok(wake) => wake,
+        Err(e) => {
+            // No logger yet (it is built below); stderr is all there is.
+            if !c.quiet_failure {
+                eprintln!("preforkd child: cannot install its signal handlers: {e}");
+            }
+            return 1;
+        }
     };
     // The parent's self-pipe and wake-up reader are not ours to hold.
     for &fd in c.inherited {
