@@ -172,7 +172,10 @@ fn get(addr: SocketAddr, path: &str) -> bool {
     let attempt = || -> std::io::Result<bool> {
         let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
         s.set_read_timeout(Some(Duration::from_secs(20)))?;
-        write!(s, "GET {path} HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n")?;
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n"
+        )?;
         let mut buf = String::new();
         s.read_to_string(&mut buf)?;
         Ok(buf.starts_with("HTTP/1.1 200"))
