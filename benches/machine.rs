@@ -107,6 +107,7 @@ fn idle_scoreboard(now: Time) -> Scoreboard {
                 requests: 0,
                 request_start: None,
                 heartbeat: now,
+                memory: None,
             })
             .collect(),
         backlog: None,

@@ -4,6 +4,7 @@
 //! cargo run --release --example hello_http -- [--listen ADDR] [--prefork N]
 //!     [--max-children N] [--scoreboard PATH] [--pid-file PATH]
 //!     [--spawn-in-init CMD]
+//!     [--max-child-memory BYTES] [--crash-at-start FILE]
 //! ```
 //!
 //! `--spawn-in-init CMD` starts `sh -c CMD` from `after_init` and leaves it
@@ -15,7 +16,13 @@
 //! first, `GET /pid` answers the child's pid, `GET /say` writes one line to the
 //! child's error log and one to its stderr, then answers its pid (to see where
 //! they land after a log rotation), `GET /env` the names of the child's
-//! environment variables (one a line). Keep-alive is honoured (HTTP/1.1 by
+//! environment variables (one a line), `GET /grow?mb=N[&ms=M]` makes the child
+//! allocate, touch and keep N more MiB (then hold it M ms), to try
+//! `--max-child-memory`.
+//!
+//! Fault drills: `--crash-at-start FILE` makes every child's main loop fail at once
+//! while FILE exists, appending its pid to FILE first (a crash loop whose forks can
+//! be counted; remove the file and send HUP to recover). Keep-alive is honoured (HTTP/1.1 by
 //! default, `Connection: close` ends it). TERM or INT stop it gracefully.
 
 use preforkd::{Prefork, Worker};
@@ -46,6 +53,8 @@ struct Args {
     busy_timeout: Option<Duration>,
     request_timeout: Duration,
     spawn_in_init: Option<String>,
+    max_child_memory: Option<u64>,
+    crash_at_start: Option<PathBuf>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -66,6 +75,8 @@ fn parse_args() -> Result<Args, String> {
         busy_timeout: None,
         request_timeout: REQUEST_TIMEOUT,
         spawn_in_init: None,
+        max_child_memory: None,
+        crash_at_start: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -101,13 +112,21 @@ fn parse_args() -> Result<Args, String> {
             "--user" => a.user = Some(value()?),
             "--group" => a.group = Some(value()?),
             "--spawn-in-init" => a.spawn_in_init = Some(value()?),
+            "--max-child-memory" => {
+                let v = value()?;
+                a.max_child_memory = Some(
+                    v.parse()
+                        .map_err(|_| format!("--max-child-memory: {v:?} is not a number"))?,
+                );
+            }
+            "--crash-at-start" => a.crash_at_start = Some(value()?.into()),
             "-h" | "--help" => {
                 println!(
                     "usage: hello_http [--listen ADDR] [--prefork N] [--max-children N] \
                      [--scoreboard PATH] [--pid-file PATH] [--error-log PATH] \
                      [--access-log PATH] [--json-log] [--require-root] [--daemonize] [--user NAME] [--group NAME] \
                      [--graceful-timeout DURATION] [--busy-timeout DURATION] [--request-timeout DURATION] \
-                     [--spawn-in-init CMD]"
+                     [--spawn-in-init CMD] [--max-child-memory BYTES] [--crash-at-start FILE]"
                 );
                 std::process::exit(0);
             }
@@ -128,6 +147,7 @@ fn main() {
     let listen = args.listen.clone();
     let request_timeout = args.request_timeout;
     let spawn_in_init = args.spawn_in_init.clone();
+    let crash_file = args.crash_at_start.clone();
     let mut daemon = Prefork::new(
         move || {
             if let Some(cmd) = &spawn_in_init {
@@ -156,6 +176,13 @@ fn main() {
             Ok(l)
         },
         move |worker: &Worker, listener: &TcpListener| {
+            if let Some(f) = crash_file.as_ref().filter(|f| f.exists()) {
+                // One line per crash (the child's pid): the drill counts forks.
+                if let Ok(mut file) = std::fs::OpenOptions::new().append(true).open(f) {
+                    let _ = writeln!(file, "{}", std::process::id());
+                }
+                return Err(format!("{} exists (--crash-at-start)", f.display()).into());
+            }
             while let Some((stream, peer)) = worker.accept(listener) {
                 // A client that misbehaves costs only its own connection. The child
                 // counts as busy per request (see `serve`), not while a kept-alive
@@ -182,6 +209,9 @@ fn main() {
     });
     if let Some(p) = &args.scoreboard {
         daemon = daemon.scoreboard_path(p);
+    }
+    if let Some(bytes) = args.max_child_memory {
+        daemon = daemon.max_child_memory(bytes);
     }
     if let Some(p) = &args.error_log {
         daemon = daemon.error_log_path(p);
@@ -328,6 +358,26 @@ fn serve(
                     None => (400, "sleep needs ?ms=N\n".to_string()),
                 }
             }
+            ("GET", "/grow") => {
+                let arg = |k: &str| {
+                    query
+                        .split('&')
+                        .find_map(|kv| kv.strip_prefix(k))
+                        .and_then(|v| v.parse::<u64>().ok())
+                };
+                match arg("mb=") {
+                    Some(mb) if mb <= 4096 => {
+                        let total = grow(mb);
+                        hold(Duration::from_millis(arg("ms=").unwrap_or(0)));
+                        let pid = std::process::id();
+                        (
+                            200,
+                            format!("grew {mb} MiB, holding {total} MiB in {pid}\n"),
+                        )
+                    }
+                    _ => (400, "grow needs ?mb=N (at most 4096)\n".to_string()),
+                }
+            }
             _ => (404, "not found\n".to_string()),
         };
         respond(&mut out, status, &body, keep_alive)?;
@@ -358,6 +408,19 @@ fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+/// Allocates `mb` MiB, touches every page so it is resident, and keeps it for the
+/// child's life; the MiB held in all.
+fn grow(mb: u64) -> u64 {
+    static HELD: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
+    let mut block = vec![0u8; (mb as usize) << 20];
+    for b in block.iter_mut().step_by(4096) {
+        *b = 1;
+    }
+    let mut held = HELD.lock().unwrap_or_else(|e| e.into_inner());
+    held.push(block);
+    held.iter().map(|b| b.len() as u64 >> 20).sum()
 }
 
 #[allow(clippy::disallowed_methods)] // the demo's /sleep holds the child on purpose

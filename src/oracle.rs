@@ -12,6 +12,12 @@
 //! - the machine's live pids are exactly the children spawned and not yet reaped;
 //! - during a reload, no retirement takes the serving count below the minimum, and
 //!   when the reload completes every old-generation child has been retired;
+//! - a child that was ready and had served (a kill spree's victim) is no crash: if
+//!   its death leaves fewer children than the policy's minimum, it is replaced in
+//!   the same step, whatever the backoff;
+//! - a crash loop is bounded: from the second crash in a row (the machine's
+//!   [`crash_streak`](Machine::crash_streak)), the crash is never replaced in the
+//!   same step;
 //!
 //! and at the end ([`Harness::finish`]): with events quiet, the pool converges into
 //! the scaling policy's quiet range; then a TERM always reaches `Stopped`, reaping
@@ -276,6 +282,7 @@ impl Harness {
                     requests: c.requests,
                     request_start: c.busy.then_some(self.now),
                     heartbeat: self.now,
+                    memory: None,
                 };
             }
         }
@@ -324,10 +331,46 @@ impl Harness {
     }
 
     fn reap(&mut self, pid: Pid, status: ExitStatus) -> Result<(), Violation> {
-        self.live.remove(&pid);
+        let gone = self.live.remove(&pid);
         self.disconnected.remove(&pid);
         self.last_exited = Some(pid);
-        self.feed(Event::ChildExited { pid, status })
+        let served = gone.as_ref().is_some_and(|c| {
+            c.ready && c.requests > 0 && !(c.termed || c.killed || c.self_retiring)
+        });
+        let streak = self.machine.crash_streak();
+        let seen = self.trace.len();
+        let before = self.machine.state();
+        self.feed(Event::ChildExited { pid, status })?;
+        let spawned = self.trace[seen..]
+            .iter()
+            .any(|a| matches!(a, Action::Spawn { .. }));
+        let after = self.machine.state();
+        let serving = |s: State| matches!(s, State::Spawning | State::Serving | State::Reloading);
+        if served && serving(before) && serving(after) && !spawned {
+            let max = self.machine.options().max_children;
+            let min = (*self.machine.scaling_policy().quiet_range().start()).min(max);
+            let total = self.live.len() + self.pending.len();
+            if total < min {
+                return self.fail(format!(
+                    "{pid:?} had served, yet its death left {total} children, below the policy's {min}, unreplaced"
+                ));
+            }
+        }
+        self.check_crash_bounded(streak, seen)
+    }
+
+    /// From the second crash in a row, the crash is not replaced in the same step.
+    fn check_crash_bounded(&self, streak_before: u32, seen: usize) -> Result<(), Violation> {
+        let streak = self.machine.crash_streak();
+        let spawned = self.trace[seen..]
+            .iter()
+            .any(|a| matches!(a, Action::Spawn { .. }));
+        if streak >= 2 && streak > streak_before && spawned {
+            return self.fail(format!(
+                "crash {streak} in a row was replaced at once: the crash loop is unbounded"
+            ));
+        }
+        Ok(())
     }
 
     /// Applies one op and checks every invariant.
@@ -376,7 +419,10 @@ impl Harness {
             }
             Op::SpawnFail => {
                 if let Some((slot, _)) = self.pending.pop_front() {
+                    let streak = self.machine.crash_streak();
+                    let seen = self.trace.len();
                     self.feed(Event::SpawnFailed { slot })?;
+                    self.check_crash_bounded(streak, seen)?;
                 }
             }
             Op::Ready(i) => {

@@ -18,6 +18,8 @@ struct Rig {
     children: Vec<(usize, Pid)>,
     busy: Vec<Pid>,
     requests: Vec<(Pid, u64)>,
+    /// RSS figures the next ticks report.
+    memory: Vec<(Pid, u64)>,
     log: Vec<Action>,
 }
 
@@ -30,6 +32,7 @@ impl Rig {
             children: vec![],
             busy: vec![],
             requests: vec![],
+            memory: vec![],
             log: vec![],
         };
         r.drain();
@@ -128,6 +131,7 @@ impl Rig {
                     .map_or(0, |&(_, n)| n),
                 request_start: busy.then_some(self.now),
                 heartbeat: self.now,
+                memory: self.memory.iter().find(|(p, _)| *p == pid).map(|&(_, m)| m),
             };
         }
         self.feed(Event::Scoreboard(&sb))
@@ -309,11 +313,16 @@ fn crash_loop_backs_off_exponentially_and_a_healthy_child_resets_it() {
     });
     let mut delays = vec![];
     let mut t = 0;
-    for _ in 0..5 {
+    for k in 0..5 {
         let pid = r.pids()[0];
         let acts = r.exit(pid, ExitStatus::Exited(1));
         assert_eq!(spawns(&acts), 0, "no respawn during backoff");
-        assert!(logged(&acts, "exited early (exit code 1)"));
+        // The reason is logged once per streak, not once per fork.
+        assert_eq!(
+            logged(&acts, "exited early (exit code 1)"),
+            k == 0,
+            "{acts:?}"
+        );
         // Other deadlines (status coalescing) may come first; none of them spawns.
         let mut acts = r.timer();
         for _ in 0..3 {
@@ -331,7 +340,8 @@ fn crash_loop_backs_off_exponentially_and_a_healthy_child_resets_it() {
     let pid = r.pids()[0];
     r.feed(Event::ChildReady { pid });
     r.at(t + 1500);
-    r.tick();
+    let acts = r.tick();
+    assert!(logged(&acts, "crash loop over after 5 crashes"), "{acts:?}");
     let acts = r.exit(pid, ExitStatus::Signaled(11));
     assert_eq!(
         spawns(&acts),
@@ -785,4 +795,259 @@ fn bad_options_name_the_option() {
         let e = Machine::new(o).unwrap_err().to_string();
         assert!(e.contains(needle), "{e}");
     }
+}
+
+// ----- fault tolerance: kill sprees and crash loops -----
+
+/// Serving children, one killed every 100 ms (a tick first shows each has served):
+/// every death is replaced at once and the pool never drops below its minimum.
+#[test]
+fn a_kill_spree_of_serving_children_is_replaced_at_once() {
+    let mut r = Rig::start(opts(4, 10));
+    let mut t = 0;
+    for k in 0..60u64 {
+        t += 100;
+        r.at(t);
+        // Everyone alive has served some requests by now.
+        let pids = r.pids();
+        r.requests = pids.iter().map(|&p| (p, 10 + k)).collect();
+        r.tick();
+        let victim = pids[(k as usize * 7) % pids.len()];
+        let acts = r.exit(victim, ExitStatus::Signaled(9));
+        assert_eq!(
+            spawns(&acts),
+            1,
+            "kill {k}: a serving child's death is replaced at once: {acts:?}"
+        );
+        assert!(
+            !logged(&acts, "exited early"),
+            "kill {k}: a child that served is no crash: {acts:?}"
+        );
+        let n = r.m.counts();
+        assert!(n.serving() + n.starting >= 4, "kill {k}: {n:?}");
+        assert!(n.serving() >= 3, "kill {k}: {n:?}");
+        r.ready_all();
+        assert_eq!(r.m.counts().serving(), 4, "kill {k}");
+    }
+}
+
+/// A fresh replacement killed before it served (the spree hit it while it started)
+/// is replaced at once while its siblings serve: the backoff does not leave the pool
+/// below its minimum.
+#[test]
+fn a_starting_child_killed_while_siblings_serve_is_replaced_at_once() {
+    let mut r = Rig::start(opts(3, 10));
+    r.at(5_000);
+    let pids = r.pids();
+    r.requests = pids.iter().map(|&p| (p, 100)).collect();
+    r.tick();
+    let acts = r.exit(pids[0], ExitStatus::Signaled(9));
+    assert_eq!(spawns(&acts), 1);
+    // The replacement dies at once, before it is ready.
+    r.at(5_010);
+    let fresh = *r.pids().last().unwrap();
+    let acts = r.exit(fresh, ExitStatus::Signaled(9));
+    assert_eq!(
+        spawns(&acts),
+        1,
+        "first crash with healthy siblings: {acts:?}"
+    );
+    let n = r.m.counts();
+    assert_eq!(n.serving() + n.starting, 3, "{n:?}");
+}
+
+/// One slot crash-looping while healthy siblings serve: the first crash of the streak
+/// is replaced at once, then the backoff doubles as usual; fork rate stays bounded.
+#[test]
+fn a_crash_loop_beside_healthy_children_is_still_backed_off() {
+    let mut r = Rig::start(Options {
+        backoff_initial: Duration::from_millis(100),
+        backoff_max: Duration::from_millis(1_000),
+        ..opts(3, 10)
+    });
+    r.at(5_000);
+    let pids = r.pids();
+    r.requests = pids.iter().map(|&p| (p, 100)).collect();
+    r.tick();
+    // A healthy child dies: replaced at once; then every replacement crashes at start.
+    let acts = r.exit(pids[0], ExitStatus::Signaled(9));
+    assert_eq!(spawns(&acts), 1);
+    let mut delays = vec![];
+    let mut forks = 0;
+    let start = r.now.as_millis();
+    let mut last = start;
+    while r.now.as_millis() < start + 5_000 {
+        let fresh = *r.pids().last().unwrap();
+        let mut acts = r.exit(fresh, ExitStatus::Exited(1));
+        while spawns(&acts) == 0 {
+            acts = r.timer();
+        }
+        forks += 1;
+        delays.push(r.now.as_millis() - last);
+        last = r.now.as_millis();
+    }
+    assert_eq!(&delays[..6], &[0, 100, 200, 400, 800, 1000], "{delays:?}");
+    assert!(forks <= 12, "{forks} forks in 5 s: {delays:?}");
+    // The siblings never stopped serving.
+    assert_eq!(r.m.counts().serving(), 2);
+}
+
+/// A crash loop logs its reason once, then a summary at most every
+/// `CRASH_REPORT_EVERY`; a HUP (the operator's fix) resets the backoff at once.
+#[test]
+fn a_crash_loop_logs_once_per_streak_and_a_reload_resets_the_backoff() {
+    let mut r = Rig::new(
+        Machine::builder(Options {
+            backoff_initial: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(2),
+            ..opts(2, 4)
+        })
+        .scaling(Fixed(2))
+        .build()
+        .unwrap(),
+    );
+    r.feed(Event::HookFinished {
+        hook: HookKind::AfterInit,
+        ok: true,
+    });
+    let mut all = vec![];
+    let mut forks = 0;
+    // Every child exits at once, for 5 simulated minutes.
+    while r.now < Time::from_millis(300_000) {
+        let mut acts = vec![];
+        for pid in r.pids() {
+            acts.extend(r.exit(pid, ExitStatus::Exited(3)));
+        }
+        while spawns(&acts) == 0 {
+            all.extend(acts);
+            acts = r.timer();
+        }
+        forks += spawns(&acts);
+        all.extend(acts);
+    }
+    let reasons = all
+        .iter()
+        .filter(|a| matches!(a, Action::Log { message, .. } if message.contains("exited early (exit code 3)") && !message.contains("crash loop")))
+        .count();
+    assert_eq!(reasons, 1, "the reason is logged once per streak");
+    let summaries = all
+        .iter()
+        .filter(|a| matches!(a, Action::Log { message, .. } if message.starts_with("crash loop:")))
+        .count();
+    // One per CRASH_REPORT_EVERY (60 s) at most, over 300 s.
+    assert!((4..=5).contains(&summaries), "{summaries} summaries");
+    // Bounded by the backoff: ~2 forks each 2 s at most.
+    assert!(forks <= 2 * 300 / 2 + 20, "{forks} forks in 300 s");
+    assert!(r.m.crash_streak() > 100);
+    // The fix lands; HUP: the new generation starts at once.
+    let acts = r.feed(Event::Signal(Signal::Hup));
+    assert!(spawns(&acts) >= 1, "{acts:?}");
+    assert!(logged(&acts, "crash loop over"), "{acts:?}");
+    assert_eq!(r.m.crash_streak(), 0);
+    r.ready_all();
+    r.at(r.now.as_millis() + 10);
+    let pids = r.pids();
+    r.requests = pids.iter().map(|&p| (p, 1)).collect();
+    r.tick();
+    assert_eq!(r.m.counts().serving(), 2);
+}
+
+/// A main_loop that returns at once: the child marks its slot retiring and exits 0
+/// without serving. That is a crash loop, not a recycling: it backs off.
+#[test]
+fn a_child_leaving_by_itself_before_serving_is_a_crash() {
+    let mut r = Rig::new(
+        Machine::builder(opts(1, 4))
+            .scaling(Fixed(1))
+            .build()
+            .unwrap(),
+    );
+    r.feed(Event::HookFinished {
+        hook: HookKind::AfterInit,
+        ok: true,
+    });
+    let mut forks = 1;
+    let mut all = vec![];
+    for _ in 0..1_000 {
+        if r.now >= Time::from_millis(10_000) || forks > 100 {
+            break;
+        }
+        if let Some(&(slot, pid)) = r.children.first() {
+            // As the runtime does on a reap: the scoreboard first, then the exit.
+            let mut sb = Scoreboard {
+                slots: vec![SlotReading::default(); 4],
+                backlog: None,
+            };
+            sb.slots[slot] = SlotReading {
+                pid,
+                state: SlotState::Retiring,
+                requests: 0,
+                request_start: None,
+                heartbeat: r.now,
+                memory: None,
+            };
+            let acts = r.feed(Event::Scoreboard(&sb));
+            forks += spawns(&acts);
+            all.extend(acts);
+            let acts = r.exit(pid, ExitStatus::Exited(0));
+            forks += spawns(&acts);
+            all.extend(acts);
+        } else {
+            let acts = r.timer();
+            forks += spawns(&acts);
+            all.extend(acts);
+        }
+    }
+    // 100 + 200 + ... ms: about 7 forks in 10 s; without the backoff, thousands.
+    assert!(forks <= 10, "{forks} forks in 10 s");
+    assert!(r.m.crash_streak() >= 6, "{}", r.m.crash_streak());
+    assert!(logged(&all, "left by itself before serving"));
+    assert!(!logged(&all, "recycled"));
+}
+
+// ----- memory limits -----
+
+/// A child over `max_child_memory` is retired gracefully (TERM, with the figure in
+/// the log) and replaced; one under it, or unmeasured, is left alone.
+#[test]
+fn a_child_over_the_memory_limit_is_retired_gracefully_and_replaced() {
+    let mut r = Rig::start(Options {
+        max_child_memory: Some(100 << 20),
+        ..opts(3, 10)
+    });
+    let pids = r.pids();
+    r.memory = vec![(pids[0], 20 << 20), (pids[1], 100 << 20)];
+    assert!(signals(&r.tick()).is_empty(), "at or under the limit");
+    // The busy one grows past it: TERM (it finishes its request), a replacement.
+    r.busy.push(pids[2]);
+    r.memory.push((pids[2], 150 << 20));
+    let acts = r.tick();
+    assert_eq!(
+        signals(&acts),
+        vec![(pids[2], Signal::Term, SignalReason::MemoryLimit)]
+    );
+    assert!(logged(&acts, "uses 157286400 bytes"), "{acts:?}");
+    assert!(logged(&acts, "above max_child_memory 104857600"));
+    assert_eq!(spawns(&acts), 1, "replaced at once");
+    // Told once, however many ticks follow.
+    assert!(signals(&r.tick()).is_empty());
+    let acts = r.exit(pids[2], ExitStatus::Exited(0));
+    assert!(logged(&acts, "retired over the memory limit"), "{acts:?}");
+    assert_eq!(r.m.crash_streak(), 0, "no crash");
+}
+
+#[test]
+fn max_child_memory_is_validated_and_read_from_config() {
+    let bad = Options {
+        max_child_memory: Some(4096),
+        ..Options::default()
+    };
+    assert!(bad
+        .validate()
+        .unwrap_err()
+        .to_string()
+        .contains("max_child_memory"));
+    let o: Options = serde_json::from_str(r#"{"max_child_memory": 268435456}"#).unwrap();
+    assert_eq!(o.max_child_memory, Some(256 << 20));
+    o.validate().unwrap();
 }

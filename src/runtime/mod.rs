@@ -34,6 +34,7 @@
 
 mod daemon;
 mod logs;
+mod memory;
 pub(crate) mod netstat;
 pub(crate) mod os;
 pub mod pidfile;
@@ -211,6 +212,13 @@ impl<T: 'static> Prefork<T> {
     /// after `kill_grace` (`None`, the default: no limit).
     pub fn busy_timeout(mut self, d: Option<Duration>) -> Self {
         self.options.busy_timeout = d;
+        self
+    }
+
+    /// Retire a child gracefully once its resident memory exceeds `bytes`; see
+    /// [`Options::max_child_memory`].
+    pub fn max_child_memory(mut self, bytes: u64) -> Self {
+        self.options.max_child_memory = Some(bytes);
         self
     }
 
@@ -595,7 +603,7 @@ impl<T: 'static> Prefork<T> {
             logger.clone(),
             self.pid_path.clone(),
         )?;
-        let code = run_main_loop(&self.main_loop, &worker, &state, &logger);
+        let code = run_main_loop(&self.main_loop, &worker, &state, &logger, false);
         // The timeout bounds main_loop's drain, not before_shutdown.
         drop(_timeout);
         worker.retire();
@@ -716,16 +724,32 @@ fn default_logger() -> slog::Logger {
 }
 
 /// Runs `main_loop`, catching a panic; returns the child's exit code.
-fn run_main_loop<T>(f: &MainLoop<T>, worker: &Worker, state: &T, logger: &slog::Logger) -> i32 {
+/// `quiet`: a crash streak is on and its reason was logged already, so a failure
+/// is logged at debug level only (once per streak, not once per fork).
+fn run_main_loop<T>(
+    f: &MainLoop<T>,
+    worker: &Worker,
+    state: &T,
+    logger: &slog::Logger,
+    quiet: bool,
+) -> i32 {
     match catch_unwind(AssertUnwindSafe(|| f(worker, state))) {
         Ok(Ok(())) => 0,
+        Ok(Err(e)) if quiet => {
+            slog::debug!(logger, "main_loop failed: {e}");
+            1
+        }
         Ok(Err(e)) => {
             slog::error!(logger, "main_loop failed: {e}");
             1
         }
         Err(panic) => {
             let msg = panic_message(&*panic);
-            slog::error!(logger, "main_loop panicked: {msg}");
+            if quiet {
+                slog::debug!(logger, "main_loop panicked: {msg}");
+            } else {
+                slog::error!(logger, "main_loop panicked: {msg}");
+            }
             70
         }
     }
@@ -824,6 +848,8 @@ struct Parent<T> {
     watch_disconnects: bool,
     /// When the next look is due (ns of CLOCK_MONOTONIC), while children are busy.
     disconnect_due: Option<u64>,
+    /// The error of the forks failing in a row, and how many did.
+    fork_failing: Option<(nix::errno::Errno, u32)>,
 }
 
 impl<T: 'static> Parent<T> {
@@ -1021,6 +1047,7 @@ impl<T: 'static> Parent<T> {
             stopping_marked: false,
             watch_disconnects,
             disconnect_due: None,
+            fork_failing: None,
         })
     }
 
@@ -1173,6 +1200,11 @@ impl<T: 'static> Parent<T> {
         self.board.set_generation(self.machine.generation());
         let mut reading = std::mem::take(&mut self.reading);
         self.board.read_into(self.origin_ns, &mut reading.slots);
+        if self.cfg.options.max_child_memory.is_some() {
+            for s in reading.slots.iter_mut().filter(|s| s.pid.0 > 0) {
+                s.memory = memory::rss_bytes(s.pid.0);
+            }
+        }
         let now = self.now();
         self.machine.handle(now, Event::Scoreboard(&reading));
         self.reading = reading;
@@ -1416,6 +1448,7 @@ impl<T: 'static> Parent<T> {
         let child_logger = &self.cfg.child_logger;
         let logs = &self.logs;
         let credentials = self.credentials.as_ref();
+        let quiet_failure = self.machine.crash_streak() > 0;
         // `move`: the child's end goes with the closure, which the parent drops
         // (closing its copy) and the child consumes.
         let result = os::fork_child(&PARENT_SIGNALS, move |gate| {
@@ -1433,6 +1466,7 @@ impl<T: 'static> Parent<T> {
                 logs,
                 credentials,
                 log_channel: child_end,
+                quiet_failure,
             })
         });
         let now = self.now();
@@ -1440,6 +1474,9 @@ impl<T: 'static> Parent<T> {
             Ok(pid) => {
                 if let Some(p) = parent_end {
                     self.log_channels.insert(pid.as_raw(), p);
+                }
+                if let Some((e, n)) = self.fork_failing.take() {
+                    slog::info!(self.logger, "fork works again after {n} failures ({e})");
                 }
                 self.board.assign(slot, pid.as_raw());
                 self.machine.handle(
@@ -1451,7 +1488,18 @@ impl<T: 'static> Parent<T> {
                 );
             }
             Err(e) => {
-                slog::error!(self.logger, "fork failed: {e}");
+                // Once per streak of failures (or when the error changes); the
+                // machine counts them and backs off.
+                match &mut self.fork_failing {
+                    Some((last, n)) if *last == e => *n += 1,
+                    _ => {
+                        slog::error!(
+                            self.logger,
+                            "fork failed: {e}; serving with the children there are"
+                        );
+                        self.fork_failing = Some((e, 1));
+                    }
+                }
                 self.board.release(slot);
                 self.machine.handle(now, Event::SpawnFailed { slot });
             }
@@ -1475,6 +1523,8 @@ struct ChildStart<'a, T> {
     credentials: Option<&'a Credentials>,
     /// Where the parent passes the reopened logs.
     log_channel: Option<OwnedFd>,
+    /// Forked during a crash streak: a failing main_loop logs at debug level.
+    quiet_failure: bool,
 }
 
 /// A connected pair of Unix datagram sockets, close-on-exec: (parent's end,
@@ -1567,8 +1617,15 @@ fn child_main<T>(c: ChildStart<'_, T>) -> i32 {
     if nix::sys::prctl::set_pdeathsig(NSig::SIGKILL).is_err() || unistd::getppid() != c.parent_pid {
         return 1;
     }
-    let Ok(wake) = os::install_worker_handlers(c.gate) else {
-        return 1;
+    let wake = match os::install_worker_handlers(c.gate) {
+        Ok(wake) => wake,
+        Err(e) => {
+            // No logger yet (it is built below); stderr is all there is.
+            if !c.quiet_failure {
+                eprintln!("preforkd child: cannot install its signal handlers: {e}");
+            }
+            return 1;
+        }
     };
     // The parent's self-pipe and wake-up reader are not ours to hold.
     for &fd in c.inherited {
@@ -1594,7 +1651,7 @@ fn child_main<T>(c: ChildStart<'_, T>) -> i32 {
         worker = worker.with_log_channel(channel);
     }
     worker.ready();
-    let code = run_main_loop(c.main_loop, &worker, c.state, &logger);
+    let code = run_main_loop(c.main_loop, &worker, c.state, &logger, c.quiet_failure);
     worker.retire();
     use std::io::Write;
     let _ = std::io::stdout().flush();

@@ -254,6 +254,8 @@ impl Board {
                 requests: s.requests.load(Ordering::Relaxed),
                 request_start: (state == SlotState::Busy && start != 0).then(|| t(start)),
                 heartbeat: t(s.heartbeat.load(Ordering::Relaxed)),
+                // Measured by the runtime from /proc when a limit asks for it.
+                memory: None,
             });
         }
     }

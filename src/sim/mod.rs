@@ -737,6 +737,7 @@ impl Sim {
                     requests: c.requests,
                     request_start: c.request_start,
                     heartbeat: c.heartbeat,
+                    memory: None,
                 },
             };
         }

@@ -25,6 +25,8 @@ pub enum SignalReason {
     Escalation,
     /// Log reopening (USR1 passed on).
     ReopenLogs,
+    /// The child's memory exceeded `max_child_memory`.
+    MemoryLimit,
 }
 
 /// What to tell the service manager (sd_notify).

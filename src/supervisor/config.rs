@@ -48,17 +48,30 @@ pub struct Options {
     pub start_timeout: Duration,
     /// Recycle a child after this many requests (none).
     pub max_requests_per_child: Option<u64>,
+    /// Retire a child gracefully (TERM: it finishes its request, then exits, and is
+    /// replaced) once its memory exceeds this many bytes (none), like uWSGI's
+    /// `reload-on-rss`. The figure is the child's resident set size, from
+    /// `/proc/<pid>/statm`: cheap to read on every scoreboard tick, and it counts
+    /// the pages the child shares with the parent (copy-on-write) as its own, so set
+    /// the limit above a fresh child's RSS. It is checked when the parent looks at
+    /// the scoreboard: at least every `busy_refresh` while children are busy.
+    pub max_child_memory: Option<u64>,
     /// Add a random 0..=jitter to each child's request limit, so children do not all
     /// recycle at once (0).
     pub max_requests_jitter: u64,
-    /// The first crash-loop delay; doubles per consecutive early exit (100 ms).
+    /// The first crash-loop delay; doubles per consecutive crash (100 ms). A crash
+    /// is a child that exits before it is healthy (see `min_healthy_uptime`), or a
+    /// failed fork. While healthy children serve, the first crash of a streak is
+    /// replaced at once and the doubling starts from the second; a healthy child's
+    /// death is always replaced at once. A reload resets the backoff.
     #[serde(with = "preforkd_policies::duration_serde")]
     pub backoff_initial: Duration,
     /// The longest crash-loop delay (30 s).
     #[serde(with = "preforkd_policies::duration_serde")]
     pub backoff_max: Duration,
-    /// A child that lives this long after its fork is healthy: its exit is no crash,
-    /// and its health resets the crash-loop backoff (1 s).
+    /// A ready child that served a request, or lives this long after its fork, is
+    /// healthy: its exit is no crash, and, if it was forked during a crash streak,
+    /// its health ends the streak and resets the backoff (1 s).
     #[serde(with = "preforkd_policies::duration_serde")]
     pub min_healthy_uptime: Duration,
     /// While children are busy, look at the scoreboard again this often: a request
@@ -85,6 +98,7 @@ impl Default for Options {
             kill_grace: Duration::from_secs(5),
             start_timeout: Duration::from_secs(30),
             max_requests_per_child: None,
+            max_child_memory: None,
             max_requests_jitter: 0,
             backoff_initial: Duration::from_millis(100),
             backoff_max: Duration::from_secs(30),
@@ -146,6 +160,12 @@ impl Options {
         }
         if self.busy_timeout == Some(Duration::ZERO) {
             return Err(invalid("busy_timeout", "must be greater than zero"));
+        }
+        if self.max_child_memory.is_some_and(|m| m < 1 << 20) {
+            return Err(invalid(
+                "max_child_memory",
+                "must be at least 1 MiB (1048576 bytes): below that no child can run",
+            ));
         }
         if self.max_requests_per_child == Some(0) {
             return Err(invalid("max_requests_per_child", "must be at least 1"));

@@ -102,6 +102,10 @@ pub struct SlotReading {
     pub request_start: Option<Time>,
     /// The child's last sign of life.
     pub heartbeat: Time,
+    /// The child's resident set size in bytes, when the runtime measured it (it
+    /// does when [`Options::max_child_memory`](crate::Options::max_child_memory) is
+    /// set).
+    pub memory: Option<u64>,
 }
 
 /// Every slot of the scoreboard at one instant, plus what the runtime knows of the

@@ -66,6 +66,21 @@ struct Retire {
     reason: SignalReason,
 }
 
+/// The bookkeeping of a crash streak, so the log says why once per streak.
+#[derive(Debug, Clone, Copy, Default)]
+struct Streak {
+    /// When its first crash happened: children forked since then prove a fix.
+    since: Time,
+    /// When it was last reported.
+    reported_at: Time,
+    /// Crashes since that report.
+    unreported: u32,
+}
+
+/// How often a crash loop's later crashes are summarised in the log (the first one
+/// is logged with its reason; the end of the streak is logged too).
+pub const CRASH_REPORT_EVERY: Duration = Duration::from_secs(60);
+
 #[derive(Debug, Clone)]
 struct Child {
     /// None until the runtime reports the fork.
@@ -76,6 +91,8 @@ struct Child {
     /// Start of the request in hand, when busy.
     busy_since: Option<Time>,
     requests: u64,
+    /// Resident set size at the last scoreboard reading, if measured.
+    memory: Option<u64>,
     max_requests: Option<u64>,
     retire: Option<Retire>,
     killed: bool,
@@ -207,6 +224,8 @@ impl MachineBuilder {
             actions,
             now: Time::ZERO,
             crash_streak: 0,
+            streak: Streak::default(),
+            spawn_credit: 0,
             spawn_not_before: Time::ZERO,
             policy_recheck: None,
             next_reload_check: None,
@@ -262,8 +281,13 @@ pub struct Machine {
     rng: SplitMix64,
     actions: VecDeque<Action>,
     now: Time,
-    /// Consecutive early exits; drives the crash-loop backoff.
+    /// Consecutive crashes (early exits, failed forks); drives the crash-loop backoff.
     crash_streak: u32,
+    /// When the streak began and what of it was logged.
+    streak: Streak,
+    /// Spawns this step may make despite the backoff: one per healthy child that
+    /// died (a kill spree is no crash loop). Cleared after every step.
+    spawn_credit: usize,
     spawn_not_before: Time,
     policy_recheck: Option<Time>,
     next_reload_check: Option<Time>,
@@ -318,6 +342,12 @@ impl Machine {
     /// over, the last one did; `None` before the first reload.
     pub fn min_serving(&self) -> Option<usize> {
         self.last_min_serving
+    }
+
+    /// Consecutive crashes so far (0: none): early exits and failed forks since the
+    /// last child that proved healthy. Drives the crash-loop backoff.
+    pub fn crash_streak(&self) -> u32 {
+        self.crash_streak
     }
 
     /// The exit code, once [`State::Stopped`].
@@ -482,11 +512,7 @@ impl Machine {
             return;
         }
         self.slots[slot] = None;
-        let delay = self.count_crash();
-        self.log(
-            Level::Error,
-            format!("fork for slot {slot} failed; next start in {delay:?}"),
-        );
+        self.count_crash(format!("fork for slot {slot} failed"));
     }
 
     fn on_exit(&mut self, pid: Pid, status: ExitStatus) {
@@ -511,37 +537,46 @@ impl Machine {
                 SignalReason::MaxRequests => (Level::Info, "recycled after its request limit"),
                 SignalReason::Reload => (Level::Info, "retired by a reload"),
                 SignalReason::ScaleDown => (Level::Info, "retired: too many idle"),
+                SignalReason::MemoryLimit => (Level::Info, "retired over the memory limit"),
                 _ => (Level::Info, "stopped"),
             };
-            if r.reason == SignalReason::StartTimeout {
-                // A child that cannot start is a crash: back off before the next.
-                self.count_crash();
-            }
             let killed = if c.killed { ", KILLed" } else { "" };
-            self.log(
-                level,
-                format!(
-                    "{who} {why}{killed}: {status} after {} requests",
-                    c.requests
-                ),
+            // A child that left by itself (its slot said so) before it was healthy is
+            // a main_loop that returns or fails at once: a crash, not a recycling.
+            let self_quit = r.reason == SignalReason::MaxRequests && !self.is_healthy(&c);
+            let why = if self_quit {
+                "left by itself before serving"
+            } else {
+                why
+            };
+            let line = format!(
+                "{who} {why}{killed}: {status} after {uptime:?} and {} requests",
+                c.requests
             );
+            if r.reason == SignalReason::StartTimeout || self_quit {
+                // A child that cannot start is a crash: back off before the next.
+                self.count_crash(line);
+            } else {
+                self.log(level, line);
+            }
             return;
         }
         if matches!(self.phase, Phase::ShuttingDown { .. }) {
             self.log(Level::Info, format!("{who} exited: {status}"));
             return;
         }
-        if c.ready_at.is_none() || uptime < self.opts.min_healthy_uptime {
-            let delay = self.count_crash();
-            self.log(
-                Level::Error,
-                format!(
-                    "{who} exited early ({status}) after {uptime:?}; crash {} in a row, next start in {delay:?}",
-                    self.crash_streak
-                ),
-            );
+        if !self.is_healthy(&c) {
+            self.count_crash(format!(
+                "{who} exited early ({status}) after {uptime:?} and {} requests",
+                c.requests
+            ));
         } else {
-            self.crash_streak = 0;
+            // A child that served is no crash loop, however short its life (a kill
+            // spree): it is replaced at once, whatever the backoff.
+            self.spawn_credit += 1;
+            if self.crash_streak > 0 && c.spawned_at >= self.streak.since {
+                self.end_streak(&format!("{who} was healthy"));
+            }
             let level = if status.success() {
                 Level::Info
             } else {
@@ -566,6 +601,7 @@ impl Machine {
                 continue; // stale: the slot's previous owner, or not yet written
             }
             c.requests = reading.requests;
+            c.memory = reading.memory;
             match reading.state {
                 SlotState::Idle => {
                     c.ready_at.get_or_insert(now);
@@ -660,6 +696,11 @@ impl Machine {
 
     fn begin_reload(&mut self) {
         self.generation += 1;
+        // A reload is the operator's "fixed it": new code starts without the old
+        // code's crash-loop backoff.
+        if self.crash_streak > 0 {
+            self.end_streak("reload");
+        }
         let total = self.counts.starting + self.counts.serving();
         let quiet_min = *self.scaling.quiet_range().start();
         let min_serving = self
@@ -903,6 +944,21 @@ impl Machine {
                 }
                 continue;
             }
+            if let (Some(limit), Some(rss), true) =
+                (self.opts.max_child_memory, c.memory, c.is_ready())
+            {
+                if rss > limit {
+                    self.log(
+                        Level::Warning,
+                        format!(
+                            "child {} uses {rss} bytes of memory (RSS), above max_child_memory {limit}: retiring it",
+                            c.pid.unwrap_or(Pid(0))
+                        ),
+                    );
+                    self.retire(slot, SignalReason::MemoryLimit);
+                    continue;
+                }
+            }
             match (c.ready_at, c.busy_since) {
                 (None, _) => {
                     let t = c.spawned_at + self.opts.start_timeout;
@@ -944,12 +1000,15 @@ impl Machine {
                     }
                 }
             }
+            // A child forked since the streak began that turns healthy ends it: the
+            // cause is gone. Older children prove nothing about new ones.
             if self.crash_streak > 0 {
                 if let Some(c) = self.slots[slot].as_ref() {
-                    if c.is_ready() && c.retire.is_none() {
+                    if c.serving() && c.spawned_at >= self.streak.since {
                         let healthy_at = c.spawned_at + self.opts.min_healthy_uptime;
-                        if now >= healthy_at {
-                            self.crash_streak = 0;
+                        if self.is_healthy(c) {
+                            let who = format!("child {} is healthy", c.pid.unwrap_or(Pid(0)));
+                            self.end_streak(&who);
                         } else {
                             due(healthy_at);
                         }
@@ -1020,6 +1079,8 @@ impl Machine {
             due(t);
         }
         self.deadline = next;
+        // Credit is for the replacements of this event only.
+        self.spawn_credit = 0;
     }
 
     fn has_old(&self, generation: u64) -> bool {
@@ -1150,7 +1211,11 @@ impl Machine {
 
     /// Spawns up to `n` children into free slots; returns how many.
     fn spawn(&mut self, n: usize) -> usize {
-        if n == 0 || self.now < self.spawn_not_before {
+        // The crash-loop backoff delays spawns, except the replacements of healthy
+        // children that died in this event.
+        let gated = self.now < self.spawn_not_before;
+        let n = if gated { n.min(self.spawn_credit) } else { n };
+        if n == 0 {
             return 0;
         }
         let mut done = 0;
@@ -1174,6 +1239,7 @@ impl Machine {
                 ready_at: None,
                 busy_since: None,
                 requests: 0,
+                memory: None,
                 max_requests,
                 retire: None,
                 killed: false,
@@ -1184,6 +1250,9 @@ impl Machine {
                 max_requests,
             });
             done += 1;
+        }
+        if gated {
+            self.spawn_credit -= done;
         }
         done
     }
@@ -1206,17 +1275,80 @@ impl Machine {
         });
     }
 
-    /// Counts an early exit and returns the resulting delay before the next spawn.
-    fn count_crash(&mut self) -> Duration {
+    /// Whether a child proved the code works: ready, and it served a request or
+    /// lived `min_healthy_uptime`. Its death is no crash.
+    fn is_healthy(&self, c: &Child) -> bool {
+        c.is_ready() && (c.requests > 0 || self.now >= c.spawned_at + self.opts.min_healthy_uptime)
+    }
+
+    /// Counts a crash (`what` says which and why) and closes the spawn gate for the
+    /// backoff: `backoff_initial` doubling per crash in a row, up to `backoff_max`.
+    /// While healthy children serve, the schedule starts one step later (the first
+    /// crash is replaced at once), so a stray early death, a kill spree hitting a
+    /// starting child, never leaves the pool short; a real crash loop still backs
+    /// off from its second crash. The first crash is logged with its reason; later
+    /// ones are counted and summarised every [`CRASH_REPORT_EVERY`].
+    fn count_crash(&mut self, what: String) {
+        let healthy_siblings = self
+            .slots
+            .iter()
+            .flatten()
+            .any(|c| c.serving() && self.is_healthy(c));
         self.crash_streak = self.crash_streak.saturating_add(1);
-        let factor = 1u32 << (self.crash_streak - 1).min(20);
-        let delay = self
-            .opts
-            .backoff_initial
-            .saturating_mul(factor)
-            .min(self.opts.backoff_max);
+        let steps = self.crash_streak - 1;
+        let delay = if healthy_siblings && steps == 0 {
+            Duration::ZERO
+        } else {
+            let exp = steps.saturating_sub(u32::from(healthy_siblings)).min(20);
+            self.opts
+                .backoff_initial
+                .saturating_mul(1u32 << exp)
+                .min(self.opts.backoff_max)
+        };
         self.spawn_not_before = self.now + delay;
-        delay
+        if self.crash_streak == 1 {
+            self.streak = Streak {
+                since: self.now,
+                reported_at: self.now,
+                unreported: 0,
+            };
+            self.log(
+                Level::Error,
+                format!(
+                    "{what}; next start in {delay:?} (further crashes in a row are summarised)"
+                ),
+            );
+        } else if self.now >= self.streak.reported_at + CRASH_REPORT_EVERY {
+            let n = self.streak.unreported + 1;
+            self.log(
+                Level::Error,
+                format!(
+                    "crash loop: {} crashes in a row over {:?} ({n} since the last report), latest: {what}; next start in {delay:?}",
+                    self.crash_streak,
+                    self.now - self.streak.since
+                ),
+            );
+            self.streak.reported_at = self.now;
+            self.streak.unreported = 0;
+        } else {
+            self.streak.unreported += 1;
+        }
+    }
+
+    /// Ends a crash streak: the backoff resets and the gate opens.
+    fn end_streak(&mut self, why: &str) {
+        if self.crash_streak > 1 {
+            self.log(
+                Level::Info,
+                format!(
+                    "crash loop over after {} crashes in a row over {:?}: {why}",
+                    self.crash_streak,
+                    self.now - self.streak.since
+                ),
+            );
+        }
+        self.crash_streak = 0;
+        self.spawn_not_before = self.spawn_not_before.min(self.now);
     }
 
     fn notify_status(&mut self) {

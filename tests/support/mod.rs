@@ -329,12 +329,143 @@ pub fn run_bounded(
     }
 }
 
-/// CPU time (user + system) of `pid` so far, from /proc/PID/stat.
+// ----- fault tolerance (kill sprees, crash loops, storms, limits) -----
+
+impl Demo {
+    /// Starts the demo through `cmd` (a wrapper such as `setpriv ... DEMO` or
+    /// `prlimit ... DEMO`, whose last word is the demo binary): adds the listen
+    /// address, pipes stderr, and waits until it listens.
+    pub fn start_cmd(mut cmd: Command, args: &[&str]) -> Demo {
+        cmd.args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        let mut child = cmd.spawn().expect("start the demo");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = Arc::clone(&log);
+        std::thread::spawn(move || {
+            let mut r = BufReader::new(stderr);
+            let mut line = String::new();
+            let mut tx = Some(tx);
+            while r.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
+                if let Some(rest) = line.trim().strip_prefix("hello_http: listening on ") {
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(rest.to_string());
+                    }
+                }
+                sink.lock().unwrap().push_str(&line);
+                line.clear();
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(a) => a.parse().expect("listen address"),
+            Err(_) => {
+                send_signal(-(child.id() as i32), 9);
+                let _ = child.wait();
+                panic!("the demo did not start: {}", log.lock().unwrap());
+            }
+        };
+        Demo { child, addr, log }
+    }
+
+    /// How many lines of the log contain `needle`.
+    pub fn log_count(&self, needle: &str) -> usize {
+        self.log().lines().filter(|l| l.contains(needle)).count()
+    }
+}
+
+/// Open descriptors of `pid`, from /proc/PID/fd.
+pub fn fd_count(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// Resident memory of `pid` in KiB (VmRSS of /proc/PID/status).
+pub fn rss_kib(pid: i32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// CPU time `pid` used so far (user + system), from /proc/PID/stat.
 pub fn cpu_time(pid: i32) -> Duration {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc/PID/stat");
-    let fields: Vec<&str> = s.rsplit_once(')').unwrap().1.split_whitespace().collect();
-    // Fields 14 and 15 (utime, stime) of stat(5), counted from after the name.
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    // In USER_HZ, which Linux fixes at 100 for every user-visible interface.
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = s
+        .rsplit_once(')')
+        .map(|x| x.1.split_whitespace().collect())
+        .unwrap_or_default();
+    // After the command: state is field 3, utime 14 and stime 15 (1-based).
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i).and_then(|v| v.parse::<u64>().ok()))
+        .sum();
+    // USER_HZ is 100 on every Linux ABI.
     Duration::from_millis(ticks * 10)
+}
+
+/// Children of `pid` that are zombies (exited, not reaped).
+pub fn zombies(pid: i32) -> Vec<i32> {
+    children_of(pid)
+        .into_iter()
+        .filter(|&c| proc_state(c) == Some('Z'))
+        .collect()
+}
+
+/// Clients asking `path` from `threads` threads, each request a new connection,
+/// until `stop` is set; each handle gives (answered with 200, failed).
+pub fn counting_load(
+    addr: SocketAddr,
+    threads: usize,
+    path: &'static str,
+    stop: &Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<std::thread::JoinHandle<(usize, usize)>> {
+    (0..threads)
+        .map(|_| {
+            let stop = Arc::clone(stop);
+            std::thread::spawn(move || {
+                let (mut ok, mut failed) = (0, 0);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    match get(addr, path) {
+                        Ok((200, _)) => ok += 1,
+                        _ => failed += 1,
+                    }
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                (ok, failed)
+            })
+        })
+        .collect()
+}
+
+/// Stops a [`counting_load`] and sums its figures: (answered, failed).
+pub fn stop_load(
+    stop: &Arc<std::sync::atomic::AtomicBool>,
+    handles: Vec<std::thread::JoinHandle<(usize, usize)>>,
+) -> (usize, usize) {
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    handles
+        .into_iter()
+        .map(|h| h.join().expect("load thread"))
+        .fold((0, 0), |(a, b), (c, d)| (a + c, b + d))
+}
+
+/// A small deterministic generator for tests that pick victims "at random".
+pub struct Lcg(pub u64);
+
+impl Lcg {
+    pub fn below(&mut self, n: usize) -> usize {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((self.0 >> 33) % n.max(1) as u64) as usize
+    }
 }

@@ -1,0 +1,87 @@
+//! System tests of the supervisor under resource exhaustion: they run the demo as
+//! `nobody` (root is exempt from RLIMIT_NPROC), so they need root. Run with
+//! `cargo test --features system-tests --test system_machine`. A missing program
+//! or privilege fails the test, never skips it.
+#![cfg(feature = "system-tests")]
+// Real processes need real time.
+#![allow(clippy::disallowed_methods)]
+
+mod support;
+
+use std::process::Command;
+use std::time::Duration;
+use support::*;
+
+fn program(name: &str) -> std::path::PathBuf {
+    for dir in ["/usr/bin", "/bin", "/usr/sbin", "/sbin"] {
+        let p = std::path::Path::new(dir).join(name);
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!("{name} is not installed (util-linux; the system-tests feature needs it)");
+}
+
+/// Tasks (threads included) that RLIMIT_NPROC counts for uid 65534 right now.
+fn nobody_tasks() -> usize {
+    let mut n = 0;
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let real_uid = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|v| v.split_whitespace().next().map(str::to_string));
+        if real_uid.as_deref() == Some("65534") {
+            n += std::fs::read_dir(format!("/proc/{pid}/task")).map_or(1, |d| d.count());
+        }
+    }
+    n
+}
+
+/// Forks failing with EAGAIN (RLIMIT_NPROC reached): the parent logs the error once
+/// per streak, backs off, and serves with the children it has; it never dies.
+#[test]
+fn forks_failing_with_eagain_leave_the_pool_serving_with_what_it_has() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test runs the demo as nobody: run it as root"
+    );
+    let (prlimit, setpriv) = (program("prlimit"), program("setpriv"));
+    // The parent is 3 tasks (main, signal and wake-up threads): room for 2 children.
+    let limit = nobody_tasks() + 3 + 2;
+    let mut cmd = Command::new(prlimit);
+    cmd.arg(format!("--nproc={limit}:{limit}"))
+        .arg(setpriv)
+        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
+        .arg(demo_binary());
+    let demo = Demo::start_cmd(cmd, &["--prefork", "4", "--max-children", "8"]);
+    assert!(
+        wait_for(Duration::from_secs(10), || demo.children().len() == 2),
+        "{:?}\n{}",
+        demo.children(),
+        demo.log()
+    );
+    // Load for a few seconds: the pool grows as far as forks let it, no further.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = counting_load(demo.addr, 3, "/", &stop);
+    std::thread::sleep(Duration::from_secs(4));
+    let (ok, failed) = stop_load(&stop, load);
+    let log = demo.log();
+    eprintln!(
+        "answered {ok}, failed {failed}, children {:?}",
+        demo.children()
+    );
+    assert!(alive(demo.pid()), "the parent died:\n{log}");
+    assert_eq!(failed, 0, "{log}");
+    assert!(ok > 100, "{ok} answered\n{log}");
+    assert_eq!(demo.children().len(), 2, "{log}");
+    assert!(zombies(demo.pid()).is_empty());
+    // The error is named, once for the whole streak of failures.
+    assert_eq!(demo.log_count("fork failed: EAGAIN"), 1, "{log}");
+    assert_eq!(demo.log_count("fork for slot"), 1, "{log}");
+    let (status, _) = get(demo.addr, "/").expect("still serving");
+    assert_eq!(status, 200);
+}
