@@ -457,3 +457,17 @@ fn a_fifo_at_a_log_path_is_refused_without_blocking() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("error.log"), "{err}");
 }
+
+/// An absurd pool size is a configuration error naming the option, never an
+/// abort while allocating slots for it.
+#[test]
+fn an_absurd_max_children_is_refused_not_an_abort() {
+    let out = std::process::Command::new(demo_binary())
+        .args(["--listen", "127.0.0.1:0", "--max-children", "4000000000"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{err}");
+    assert!(err.contains("max_children"), "{err}");
+}

@@ -22,9 +22,10 @@ fn program(name: &str) -> std::path::PathBuf {
     panic!("{name} is not installed (util-linux; the system-tests feature needs it)");
 }
 
-/// Tasks (threads included) that RLIMIT_NPROC counts for uid 65534 right now.
-fn nobody_tasks() -> usize {
-    let mut n = 0;
+/// Tasks (threads included) that RLIMIT_NPROC counts for uid 65534 right now, and
+/// how many of them are zombies (still counted until reaped).
+fn nobody_tasks() -> (usize, usize) {
+    let (mut n, mut zombies) = (0, 0);
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
             continue;
@@ -36,9 +37,15 @@ fn nobody_tasks() -> usize {
             .and_then(|v| v.split_whitespace().next().map(str::to_string));
         if real_uid.as_deref() == Some("65534") {
             n += std::fs::read_dir(format!("/proc/{pid}/task")).map_or(1, |d| d.count());
+            if status
+                .lines()
+                .any(|l| l.starts_with("State:") && l.contains('Z'))
+            {
+                zombies += 1;
+            }
         }
     }
-    n
+    (n, zombies)
 }
 
 /// Forks failing with EAGAIN (RLIMIT_NPROC reached): the parent logs the error once
@@ -50,8 +57,22 @@ fn forks_failing_with_eagain_leave_the_pool_serving_with_what_it_has() {
         "this test runs the demo as nobody: run it as root"
     );
     let (prlimit, setpriv) = (program("prlimit"), program("setpriv"));
+    // Processes of nobody's that an earlier test killed may still be on their way
+    // out, or zombies waiting for PID 1: they count against the limit until gone,
+    // so count once none is left and the number held still for a second.
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    let mut settled = nobody_tasks();
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+        let now = nobody_tasks();
+        if (now == settled && now.1 == 0) || std::time::Instant::now() > until {
+            break;
+        }
+        settled = now;
+    }
+    let settled = settled.0;
     // The parent is 3 tasks (main, signal and wake-up threads): room for 2 children.
-    let limit = nobody_tasks() + 3 + 2;
+    let limit = settled + 3 + 2;
     let mut cmd = Command::new(prlimit);
     cmd.arg(format!("--nproc={limit}:{limit}"))
         .arg(setpriv)

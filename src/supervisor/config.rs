@@ -110,6 +110,11 @@ impl Default for Options {
     }
 }
 
+/// The largest `max_children` accepted: the machine and the scoreboard keep a
+/// slot for each (64 bytes shared, plus the machine's own record), allocated up
+/// front; beyond this a typo would exhaust memory instead of being refused.
+pub const MAX_CHILDREN_LIMIT: usize = 65_536;
+
 /// A configuration the supervisor refuses, naming the option at fault.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -149,8 +154,15 @@ impl Options {
                 ),
             ));
         }
-        if self.max_children > u32::MAX as usize {
-            return Err(invalid("max_children", "must fit a 32-bit slot number"));
+        if self.max_children > MAX_CHILDREN_LIMIT {
+            return Err(invalid(
+                "max_children",
+                format!(
+                    "{} is more than this supervisor allows ({MAX_CHILDREN_LIMIT}): \
+                     each child has a slot in memory",
+                    self.max_children
+                ),
+            ));
         }
         if self.auto_reload_check_every == Some(Duration::ZERO) {
             return Err(invalid(
