@@ -41,40 +41,10 @@ impl Demo {
     /// [`start`](Self::start) with extra environment variables.
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Demo {
         let mut cmd = Command::new(demo_binary());
-        cmd.envs(env.iter().copied());
-        cmd.args(["--listen", "127.0.0.1:0"])
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .process_group(0);
-        let mut child = cmd.spawn().expect("start the demo");
-        let stderr = child.stderr.take().expect("stderr");
-        let log = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let sink = Arc::clone(&log);
-        std::thread::spawn(move || {
-            let mut r = BufReader::new(stderr);
-            let mut line = String::new();
-            let mut tx = Some(tx);
-            while r.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
-                if let Some(rest) = line.trim().strip_prefix("hello_http: listening on ") {
-                    if let Some(tx) = tx.take() {
-                        let _ = tx.send(rest.to_string());
-                    }
-                }
-                sink.lock().unwrap().push_str(&line);
-                line.clear();
-            }
-        });
-        let addr = match rx.recv_timeout(Duration::from_secs(10)) {
-            Ok(a) => a.parse().expect("listen address"),
-            Err(_) => {
-                let _ = child.kill();
-                panic!("the demo did not start: {}", log.lock().unwrap());
-            }
-        };
-        Demo { child, addr, log }
+        cmd.envs(env.iter().copied())
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args);
+        Demo::start_command(cmd)
     }
 
     pub fn pid(&self) -> i32 {
@@ -336,40 +306,8 @@ impl Demo {
     /// `prlimit ... DEMO`, whose last word is the demo binary): adds the listen
     /// address, pipes stderr, and waits until it listens.
     pub fn start_cmd(mut cmd: Command, args: &[&str]) -> Demo {
-        cmd.args(["--listen", "127.0.0.1:0"])
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .process_group(0);
-        let mut child = cmd.spawn().expect("start the demo");
-        let stderr = child.stderr.take().expect("stderr");
-        let log = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let sink = Arc::clone(&log);
-        std::thread::spawn(move || {
-            let mut r = BufReader::new(stderr);
-            let mut line = String::new();
-            let mut tx = Some(tx);
-            while r.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
-                if let Some(rest) = line.trim().strip_prefix("hello_http: listening on ") {
-                    if let Some(tx) = tx.take() {
-                        let _ = tx.send(rest.to_string());
-                    }
-                }
-                sink.lock().unwrap().push_str(&line);
-                line.clear();
-            }
-        });
-        let addr = match rx.recv_timeout(Duration::from_secs(10)) {
-            Ok(a) => a.parse().expect("listen address"),
-            Err(_) => {
-                send_signal(-(child.id() as i32), 9);
-                let _ = child.wait();
-                panic!("the demo did not start: {}", log.lock().unwrap());
-            }
-        };
-        Demo { child, addr, log }
+        cmd.args(["--listen", "127.0.0.1:0"]).args(args);
+        Demo::start_command(cmd)
     }
 
     /// How many lines of the log contain `needle`.
