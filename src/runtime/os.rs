@@ -449,7 +449,31 @@ mod tests {
 
     #[test]
     fn a_child_that_panics_ends_in_exit_never_in_the_callers_code() {
-        let pid = fork_child(&[], |_| panic!("outside any catch_unwind")).expect("fork");
-        assert_eq!(exit_of(pid), WaitStatus::Exited(pid, 70));
+        // A panic runs the panic hook (stderr and backtrace locks): forked from this
+        // many-threaded test process, the child could find a lock held by another
+        // test's thread and wait forever. So the fork happens in a copy of this
+        // test binary that runs this test alone.
+        const ALONE: &str = "PREFORKD_OS_PANIC_TEST_ALONE";
+        if std::env::var_os(ALONE).is_some() {
+            let pid = fork_child(&[], |_| panic!("outside any catch_unwind")).expect("fork");
+            assert_eq!(exit_of(pid), WaitStatus::Exited(pid, 70));
+            return;
+        }
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "runtime::os::tests::a_child_that_panics_ends_in_exit_never_in_the_callers_code",
+                "--exact",
+                "--test-threads=1",
+            ])
+            .env(ALONE, "1")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(text.contains("1 passed"), "the test ran alone: {text}");
     }
 }
