@@ -334,8 +334,14 @@ impl Harness {
         let gone = self.live.remove(&pid);
         self.disconnected.remove(&pid);
         self.last_exited = Some(pid);
+        // (A served child that failed by itself soon may count as a crash: only a
+        // death from outside or a clean exit keeps the credit of having served.)
+        let from_outside = matches!(
+            status,
+            ExitStatus::Exited(0) | ExitStatus::Signaled(1 | 2 | 9 | 15)
+        );
         let served = gone.as_ref().is_some_and(|c| {
-            c.ready && c.requests > 0 && !(c.termed || c.killed || c.self_retiring)
+            c.ready && c.requests > 0 && !(c.termed || c.killed || c.self_retiring) && from_outside
         });
         let streak = self.machine.crash_streak();
         let seen = self.trace.len();

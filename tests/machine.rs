@@ -1051,3 +1051,56 @@ fn max_child_memory_is_validated_and_read_from_config() {
     assert_eq!(o.max_child_memory, Some(256 << 20));
     o.validate().unwrap();
 }
+
+/// A limit below a fresh child's size (the parent's shared pages count in RSS)
+/// must not make the pool retire and refork in a loop: an idle child that has
+/// served nothing is not retired for memory, and the operator is told once.
+#[test]
+fn a_limit_below_a_fresh_childs_size_retires_nobody_idle_and_says_so_once() {
+    let mut r = Rig::start(Options {
+        max_child_memory: Some(2 << 20),
+        ..opts(2, 10)
+    });
+    let pids = r.pids();
+    r.memory = pids.iter().map(|&p| (p, 3 << 20)).collect();
+    let acts = r.tick();
+    assert!(signals(&acts).is_empty(), "{acts:?}");
+    assert!(logged(&acts, "below a fresh child's size"), "{acts:?}");
+    assert_eq!(spawns(&acts), 0);
+    for _ in 0..10 {
+        let acts = r.tick();
+        assert!(signals(&acts).is_empty() && spawns(&acts) == 0, "{acts:?}");
+        assert!(!logged(&acts, "below a fresh child's size"), "said once");
+    }
+}
+
+/// A child that serves one request and then fails by itself (a poison request, a
+/// handler that dies after each answer) is a crash loop one request at a time:
+/// backed off like any other, not replaced at once forever.
+#[test]
+fn children_that_fail_right_after_serving_are_backed_off() {
+    let mut r = Rig::start(Options {
+        backoff_initial: Duration::from_millis(100),
+        backoff_max: Duration::from_millis(1_000),
+        ..opts(3, 10)
+    });
+    let mut forks = 0;
+    let start = r.now.as_millis();
+    // (Bounded in forks too: without a backoff, time would never move.)
+    while r.now.as_millis() < start + 5_000 && forks < 100 {
+        let victim = *r.pids().last().unwrap();
+        r.requests = vec![(victim, 1)];
+        r.tick();
+        let mut acts = r.exit(victim, ExitStatus::Exited(1));
+        let mut waits = 0;
+        while spawns(&acts) == 0 {
+            waits += 1;
+            assert!(waits < 100, "no replacement: {acts:?} {:?}", r.m.counts());
+            acts = r.timer();
+        }
+        forks += 1;
+        r.ready_all();
+    }
+    assert!(forks <= 12, "{forks} forks in 5 s");
+    assert!(r.m.crash_streak() > 1);
+}

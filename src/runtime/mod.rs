@@ -1617,20 +1617,26 @@ fn child_main<T>(c: ChildStart<'_, T>) -> i32 {
     if nix::sys::prctl::set_pdeathsig(NSig::SIGKILL).is_err() || unistd::getppid() != c.parent_pid {
         return 1;
     }
+    // The parent's self-pipe, wake-up reader and locks are not ours to hold; closed
+    // first (signals are still blocked), so a child forked at the parent's
+    // descriptor limit has room for its own pipe.
+    for &fd in c.inherited {
+        os::close_inherited(fd);
+    }
     let wake = match os::install_worker_handlers(c.gate) {
         Ok(wake) => wake,
         Err(e) => {
             // No logger yet (it is built below); stderr is all there is.
             if !c.quiet_failure {
-                eprintln!("preforkd child: cannot install its signal handlers: {e}");
+                use std::io::Write;
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "preforkd child: cannot install its signal handlers: {e}"
+                );
             }
             return 1;
         }
     };
-    // The parent's self-pipe and wake-up reader are not ours to hold.
-    for &fd in c.inherited {
-        os::close_inherited(fd);
-    }
     let me = c.board.worker_slot(c.slot);
     me.claim(unistd::getpid().as_raw());
     let logger = match (c.child_logger, &c.logs.error) {

@@ -224,6 +224,7 @@ impl MachineBuilder {
             actions,
             now: Time::ZERO,
             crash_streak: 0,
+            memory_warned: false,
             streak: Streak::default(),
             spawn_credit: 0,
             spawn_not_before: Time::ZERO,
@@ -283,6 +284,8 @@ pub struct Machine {
     now: Time,
     /// Consecutive crashes (early exits, failed forks); drives the crash-loop backoff.
     crash_streak: u32,
+    /// Said once that a fresh child is already above `max_child_memory`.
+    memory_warned: bool,
     /// When the streak began and what of it was logged.
     streak: Streak,
     /// Spawns this step may make despite the backoff: one per healthy child that
@@ -565,7 +568,13 @@ impl Machine {
             self.log(Level::Info, format!("{who} exited: {status}"));
             return;
         }
-        if !self.is_healthy(&c) {
+        // A child that served but then failed by itself (a non-zero exit, a fault
+        // signal) soon after its start is a crash loop one request at a time (a
+        // poison request, a handler that dies after each answer): only a death
+        // from outside (KILL, TERM, INT, HUP: a kill spree) or a clean exit keeps
+        // the credit of having served.
+        let failed_soon = uptime < self.opts.min_healthy_uptime && !ended_from_outside(status);
+        if !self.is_healthy(&c) || failed_soon {
             self.count_crash(format!(
                 "{who} exited early ({status}) after {uptime:?} and {} requests",
                 c.requests
@@ -922,6 +931,7 @@ impl Machine {
         };
 
         // Per-child timers: escalation, busy and start timeouts, request limits, health.
+        let mut fresh_too_big = None;
         for slot in 0..self.slots.len() {
             let Some(c) = self.slots[slot].as_ref() else {
                 continue;
@@ -947,7 +957,12 @@ impl Machine {
             if let (Some(limit), Some(rss), true) =
                 (self.opts.max_child_memory, c.memory, c.is_ready())
             {
-                if rss > limit {
+                if rss > limit && c.requests == 0 && c.busy_since.is_none() {
+                    // Too big before serving anything (the parent's shared pages count
+                    // in a child's RSS): a replacement would be as big, so retiring it
+                    // would only fork in a loop. Said once.
+                    fresh_too_big.get_or_insert((c.pid.unwrap_or(Pid(0)), rss, limit));
+                } else if rss > limit {
                     self.log(
                         Level::Warning,
                         format!(
@@ -1000,13 +1015,15 @@ impl Machine {
                     }
                 }
             }
-            // A child forked since the streak began that turns healthy ends it: the
-            // cause is gone. Older children prove nothing about new ones.
+            // A child forked since the streak began that stays up for
+            // `min_healthy_uptime` ends it: the cause is gone. (Serving a request is
+            // not enough: a child may die right after each one.) Older children
+            // prove nothing about new ones.
             if self.crash_streak > 0 {
                 if let Some(c) = self.slots[slot].as_ref() {
                     if c.serving() && c.spawned_at >= self.streak.since {
                         let healthy_at = c.spawned_at + self.opts.min_healthy_uptime;
-                        if self.is_healthy(c) {
+                        if now >= healthy_at {
                             let who = format!("child {} is healthy", c.pid.unwrap_or(Pid(0)));
                             self.end_streak(&who);
                         } else {
@@ -1015,6 +1032,19 @@ impl Machine {
                     }
                 }
             }
+        }
+        if let (Some((pid, rss, limit)), false) = (fresh_too_big, self.memory_warned) {
+            // A replacement would be as big (the parent's shared pages count in a
+            // child's RSS): retiring it would only fork in a loop. Said once.
+            self.memory_warned = true;
+            self.log(
+                Level::Warning,
+                format!(
+                    "child {pid} uses {rss} bytes of memory (RSS) before serving, above \
+                     max_child_memory {limit}: the limit is below a fresh child's size; \
+                     children are retired for memory only once they have served"
+                ),
+            );
         }
 
         if let Phase::Reloading { .. } = self.phase {
@@ -1277,6 +1307,8 @@ impl Machine {
 
     /// Whether a child proved the code works: ready, and it served a request or
     /// lived `min_healthy_uptime`. Its death is no crash.
+    /// Whether `c` counts as healthy: ready, and it served or lived
+    /// `min_healthy_uptime`.
     fn is_healthy(&self, c: &Child) -> bool {
         c.is_ready() && (c.requests > 0 || self.now >= c.spawned_at + self.opts.min_healthy_uptime)
     }
@@ -1386,4 +1418,13 @@ impl Machine {
     fn log(&mut self, level: Level, message: String) {
         self.push(Action::Log { level, message });
     }
+}
+
+/// A clean exit, or a death by a signal someone sends to stop a process (KILL,
+/// TERM, INT, HUP): not a failure of the child's own.
+fn ended_from_outside(status: ExitStatus) -> bool {
+    matches!(
+        status,
+        ExitStatus::Exited(0) | ExitStatus::Signaled(1 | 2 | 9 | 15)
+    )
 }
