@@ -21,11 +21,12 @@
 // A benchmark measures real time and sleeps on purpose.
 #![allow(clippy::disallowed_methods)]
 
-use std::io::{BufRead, BufReader, Read, Write};
+mod common;
+
+use common::{build_demo, Demo};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -54,70 +55,6 @@ fn env_num(name: &str, default: u64) -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-/// Builds the demo in release mode and returns its path.
-fn build_demo() -> PathBuf {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .args(["build", "--quiet", "--release", "--example", "hello_http"])
-        .status()
-        .expect("run cargo");
-    assert!(status.success(), "building hello_http failed");
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| root.join("target"));
-    target.join("release/examples/hello_http")
-}
-
-struct Demo {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Demo {
-    fn start(bin: &Path, args: &[&str]) -> Demo {
-        let mut child = Command::new(bin)
-            .args(["--listen", "127.0.0.1:0"])
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .spawn()
-            .expect("start the demo");
-        let mut r = BufReader::new(child.stderr.take().unwrap());
-        let mut line = String::new();
-        let addr = loop {
-            line.clear();
-            if r.read_line(&mut line).unwrap_or(0) == 0 {
-                panic!("the demo exited before listening");
-            }
-            if let Some(a) = line.trim().strip_prefix("hello_http: listening on ") {
-                break a.parse().unwrap();
-            }
-        };
-        // Keep draining stderr so the demo never blocks on a full pipe.
-        std::thread::spawn(move || {
-            let mut sink = String::new();
-            while r.read_line(&mut sink).unwrap_or(0) > 0 {
-                sink.clear();
-            }
-        });
-        Demo { child, addr }
-    }
-
-    fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-}
-
-impl Drop for Demo {
-    fn drop(&mut self) {
-        signal(-self.pid(), nix::sys::signal::Signal::SIGKILL);
-        let _ = self.child.wait();
-    }
 }
 
 fn signal(pid: i32, sig: nix::sys::signal::Signal) {
