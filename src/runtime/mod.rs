@@ -257,12 +257,13 @@ impl<T: 'static> Prefork<T> {
 
     /// Runs in the parent for each client that hung up on a child, once per
     /// connection however long it lingers. Hung up means the client can no longer
-    /// receive: the child's socket is in CLOSE_WAIT and, for a client on this host,
-    /// the client's own socket is closed too; a client that only half-closed
+    /// receive: the child's socket is in CLOSE_WAIT and the client's own socket,
+    /// on this host, is closed too; a client that only half-closed
     /// (`shutdown(SHUT_WR)`) and still reads is not reported. A client on another
-    /// host shows only its FIN, so there a half-close counts as a hang-up. TCP over IPv4 and
-    /// IPv6; connections are looked at every `disconnect_check_every` while some child
-    /// is busy (an idle pool is never scanned).
+    /// host shows only its FIN, which cannot be told from a half-close, so it is
+    /// not reported (a job is never cancelled for a client still waiting). TCP over
+    /// IPv4 and IPv6; connections are looked at every `disconnect_check_every` while
+    /// some child is busy (an idle pool is never scanned).
     pub fn on_client_disconnect(mut self, f: impl FnMut(&Disconnect) + 'static) -> Self {
         self.on_client_disconnect = Some(Box::new(f));
         self

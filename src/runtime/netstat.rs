@@ -10,17 +10,19 @@
 //!   tables, local and remote swapped), it is gone only if that socket is orphaned
 //!   (no process holds it any more: the client closed it or died) or already gone;
 //!   a client that only half-closed still holds its socket and is not reported;
-//! - when the client is on another host, TCP shows nothing more than the FIN
-//!   until the child writes (a closed peer then answers with a reset), so a
-//!   remote half-close cannot be told from a close: CLOSE_WAIT is reported, as the
-//!   seed did.
+//! - when the client is on another host (its address is none of this host's
+//!   interfaces), TCP shows nothing more than the FIN until the child writes, so
+//!   a remote half-close cannot be told from a close: such a connection is not
+//!   reported. (When the child does write to a closed peer, the peer answers with
+//!   a reset and the child's own write fails: it learns of the hang-up itself.)
+//!   Cancelling a job wrongly is worse than finishing one nobody waits for.
 
 use crate::policy::{Disconnect, Proto};
 use crate::{ConnState, Connection, Pid};
 use procfs::net::{TcpNetEntry, TcpState};
 use procfs::process::{FDTarget, Process};
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 /// An address with IPv4-mapped IPv6 addresses written as IPv4, so both ends of a
 /// connection match whichever table each is in.
@@ -32,7 +34,6 @@ fn canonical(a: SocketAddr) -> SocketAddr {
 /// Cheap when nobody hung up: the per-child descriptor scan happens only if the
 /// kernel's tables list some CLOSE_WAIT socket.
 pub(crate) fn closed_connections(children: &[i32]) -> Vec<Connection> {
-    let mut closed: BTreeMap<u64, (Proto, TcpNetEntry)> = BTreeMap::new();
     let mut tables = Vec::new();
     for (proto, path) in [
         (Proto::Tcp, "/proc/net/tcp"),
@@ -42,34 +43,18 @@ pub(crate) fn closed_connections(children: &[i32]) -> Vec<Connection> {
         let Ok(table) = std::fs::read(path) else {
             continue;
         };
-        let entries: Vec<TcpNetEntry> = parse_tcp_table(&table).into_iter().flatten().collect();
-        for e in &entries {
-            if e.state == TcpState::CloseWait {
-                closed.insert(e.inode, (proto, e.clone()));
-            }
-        }
-        tables.push(entries);
+        tables.push((
+            proto,
+            parse_tcp_table(&table).into_iter().flatten().collect(),
+        ));
     }
-    if closed.is_empty() {
-        return Vec::new();
-    }
-    // The client's end of each CLOSE_WAIT connection, as it would appear in the
-    // tables (local, remote) if the client is on this host.
-    let peers: BTreeSet<(SocketAddr, SocketAddr)> = closed
-        .values()
-        .map(|(_, e)| (canonical(e.remote_address), canonical(e.local_address)))
-        .collect();
-    // Those still held by a process: a client that only half-closed.
-    let held: BTreeSet<(SocketAddr, SocketAddr)> = tables
-        .iter()
-        .flatten()
-        .filter(|e| e.inode != 0 && e.state != TcpState::Listen)
-        .map(|e| (canonical(e.local_address), canonical(e.remote_address)))
-        .filter(|k| peers.contains(k))
-        .collect();
-    closed.retain(|_, (_, e)| {
-        !held.contains(&(canonical(e.remote_address), canonical(e.local_address)))
-    });
+    // This host's addresses, asked for only when some socket is in CLOSE_WAIT.
+    let addrs = std::cell::OnceCell::new();
+    let on_this_host = |ip: IpAddr| {
+        let ip = ip.to_canonical();
+        ip.is_loopback() || addrs.get_or_init(host_addresses).contains(&ip)
+    };
+    let closed = gone_sockets(&tables, &on_this_host);
     if closed.is_empty() {
         return Vec::new();
     }
@@ -100,6 +85,63 @@ pub(crate) fn closed_connections(children: &[i32]) -> Vec<Connection> {
     out
 }
 
+/// The addresses of this host's interfaces (empty if they cannot be listed: then
+/// only loopback peers count as local, the cautious side of the rule).
+fn host_addresses() -> BTreeSet<IpAddr> {
+    let Ok(ifaces) = nix::ifaddrs::getifaddrs() else {
+        return BTreeSet::new();
+    };
+    ifaces
+        .filter_map(|i| i.address)
+        .filter_map(|a| {
+            if let Some(v4) = a.as_sockaddr_in() {
+                Some(IpAddr::V4(v4.ip()))
+            } else {
+                a.as_sockaddr_in6()
+                    .map(|v6| IpAddr::V6(v6.ip()).to_canonical())
+            }
+        })
+        .collect()
+}
+
+/// The rule of the module docs applied to the kernel's tables: the CLOSE_WAIT
+/// sockets (by inode) whose peer can no longer receive. `on_this_host` says
+/// whether an address is one of this host's own.
+fn gone_sockets(
+    tables: &[(Proto, Vec<TcpNetEntry>)],
+    on_this_host: &dyn Fn(IpAddr) -> bool,
+) -> BTreeMap<u64, (Proto, TcpNetEntry)> {
+    let mut closed: BTreeMap<u64, (Proto, TcpNetEntry)> = BTreeMap::new();
+    for (proto, entries) in tables {
+        for e in entries {
+            if e.state == TcpState::CloseWait && on_this_host(e.remote_address.ip()) {
+                closed.insert(e.inode, (*proto, e.clone()));
+            }
+        }
+    }
+    if closed.is_empty() {
+        return closed;
+    }
+    // The client's end of each CLOSE_WAIT connection, as it appears in the
+    // tables (local, remote swapped).
+    let peers: BTreeSet<(SocketAddr, SocketAddr)> = closed
+        .values()
+        .map(|(_, e)| (canonical(e.remote_address), canonical(e.local_address)))
+        .collect();
+    // Those still held by a process: a client that only half-closed.
+    let held: BTreeSet<(SocketAddr, SocketAddr)> = tables
+        .iter()
+        .flat_map(|(_, t)| t)
+        .filter(|e| e.inode != 0 && e.state != TcpState::Listen)
+        .map(|e| (canonical(e.local_address), canonical(e.remote_address)))
+        .filter(|k| peers.contains(k))
+        .collect();
+    closed.retain(|_, (_, e)| {
+        !held.contains(&(canonical(e.remote_address), canonical(e.local_address)))
+    });
+    closed
+}
+
 /// Parses a kernel TCP table (the contents of `/proc/net/tcp` or `tcp6`: a header
 /// line, then one socket a line) with procfs's parser.
 pub(crate) fn parse_tcp_table(table: &[u8]) -> procfs::ProcResult<Vec<TcpNetEntry>> {
@@ -123,6 +165,58 @@ mod tests {
         assert_eq!(entries[0].local_address.port(), 0x1F90);
         assert!(parse_tcp_table(b"header\n0: zz").is_err());
         assert!(parse_tcp_table(b"").unwrap().is_empty());
+    }
+
+    /// A kernel table line: `local` and `remote` as the kernel writes them (hex).
+    fn line(local: &str, remote: &str, state: u8, inode: u64) -> String {
+        format!("   0: {local} {remote} {state:02X} 00000000:00000000 00:00000000 00000000     0        0 {inode} 1 0000000000000000 20 4 0 10 -1\n")
+    }
+
+    fn judged(lines: &[String]) -> Vec<u64> {
+        let header = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n";
+        let table = parse_tcp_table((header.to_string() + &lines.concat()).as_bytes()).unwrap();
+        // This host: loopback and 10.0.0.5 (0500000A); 203.0.113.7 (077100CB) is not.
+        let here = |ip: IpAddr| ip.is_loopback() || ip == IpAddr::from([10, 0, 0, 5]);
+        gone_sockets(&[(Proto::Tcp, table)], &here)
+            .into_keys()
+            .collect()
+    }
+
+    #[test]
+    fn the_rule_judges_each_kind_of_peer() {
+        const CLOSE_WAIT: u8 = 8;
+        const FIN_WAIT2: u8 = 5;
+        const ESTABLISHED: u8 = 1;
+        let (ours, client) = ("0100007F:1F90", "0100007F:D431");
+        // The local client closed: its socket is orphaned (inode 0) in FIN_WAIT2.
+        assert_eq!(
+            judged(&[
+                line(ours, client, CLOSE_WAIT, 11),
+                line(client, ours, FIN_WAIT2, 0)
+            ]),
+            [11]
+        );
+        // The local client's socket is gone already (it died, or the timeout passed).
+        assert_eq!(judged(&[line(ours, client, CLOSE_WAIT, 12)]), [12]);
+        // The local client only half-closed: it still holds its socket.
+        assert!(judged(&[
+            line(ours, client, CLOSE_WAIT, 13),
+            line(client, ours, FIN_WAIT2, 99)
+        ])
+        .is_empty());
+        // Same, through another of this host's addresses.
+        let (ours, client) = ("0500000A:1F90", "0500000A:D431");
+        assert!(judged(&[
+            line(ours, client, CLOSE_WAIT, 14),
+            line(client, ours, FIN_WAIT2, 98)
+        ])
+        .is_empty());
+        assert_eq!(judged(&[line(ours, client, CLOSE_WAIT, 15)]), [15]);
+        // A client on another host: a FIN alone cannot be told from a half-close,
+        // so it is not taken for gone.
+        assert!(judged(&[line(ours, "077100CB:D431", CLOSE_WAIT, 16)]).is_empty());
+        // Nothing in CLOSE_WAIT: nothing is gone.
+        assert!(judged(&[line(ours, client, ESTABLISHED, 17)]).is_empty());
     }
 
     #[test]
