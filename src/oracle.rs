@@ -15,9 +15,14 @@
 //! - a child that was ready and had served (a kill spree's victim) is no crash: if
 //!   its death leaves fewer children than the policy's minimum, it is replaced in
 //!   the same step, whatever the backoff;
-//! - a crash loop is bounded: from the second crash in a row (the machine's
-//!   [`crash_streak`](Machine::crash_streak)), the crash is never replaced in the
-//!   same step;
+//! - a crash loop is bounded: from the second crash in a row, the crash is never
+//!   replaced in the same step. The harness counts crashes itself (a fork that
+//!   failed; a child it did not stop that died unready, or before
+//!   `min_healthy_uptime` without having served, or before it by itself), forgiving
+//!   rather than strict: a streak ends at a reload or once a child forked since it
+//!   began is ready and lives `min_healthy_uptime`. So the machine must count at
+//!   least as many ([`crash_streak`](Machine::crash_streak)), and a machine that
+//!   forgets crashes is caught;
 //!
 //! and at the end ([`Harness::finish`]): with events quiet, the pool converges into
 //! the scaling policy's quiet range; then a TERM always reaches `Stopped`, reaping
@@ -185,6 +190,7 @@ struct ChildModel {
     self_retiring: bool,
     termed: bool,
     killed: bool,
+    spawned_at: Time,
 }
 
 impl ChildModel {
@@ -199,7 +205,8 @@ pub struct Harness {
     machine: Machine,
     now: Time,
     next_pid: i32,
-    pending: VecDeque<(usize, u64)>,
+    /// Forks asked for: slot, generation, and when (a child's age counts from then).
+    pending: VecDeque<(usize, u64, Time)>,
     live: BTreeMap<Pid, ChildModel>,
     last_exited: Option<Pid>,
     disconnected: BTreeSet<Pid>,
@@ -207,6 +214,14 @@ pub struct Harness {
     step: usize,
     exited: bool,
     last_min_serving: usize,
+    /// The harness's own count of crashes in a row.
+    crashes: u32,
+    /// When the machine's streak may have begun: the first death it might count
+    /// as a crash since the last streak ended (`None`: no streak).
+    streak_since: Option<Time>,
+    /// When the machine's own streak began, as seen from its count: a streak may
+    /// have begun with a death only the machine counted.
+    machine_since: Option<Time>,
 }
 
 impl Harness {
@@ -224,6 +239,9 @@ impl Harness {
             step: 0,
             exited: false,
             last_min_serving: 0,
+            crashes: 0,
+            streak_since: None,
+            machine_since: None,
         };
         // The machine's first action (after_init) is already queued.
         let before = h.machine.state();
@@ -322,7 +340,14 @@ impl Harness {
         }
         let before = self.machine.state();
         self.machine.handle(self.now, event);
-        self.drain(before)
+        self.drain(before)?;
+        self.forgive_streak();
+        if self.machine.crash_streak() == 0 {
+            self.machine_since = None;
+        } else {
+            self.machine_since.get_or_insert(self.now);
+        }
+        Ok(())
     }
 
     fn tick(&mut self) -> Result<(), Violation> {
@@ -343,9 +368,30 @@ impl Harness {
         let served = gone.as_ref().is_some_and(|c| {
             c.ready && c.requests > 0 && !(c.termed || c.killed || c.self_retiring) && from_outside
         });
-        let streak = self.machine.crash_streak();
-        let seen = self.trace.len();
         let before = self.machine.state();
+        self.forgive_streak();
+        let crash = gone.as_ref().is_some_and(|c| {
+            let young = self.now < c.spawned_at + self.machine.options().min_healthy_uptime;
+            let ours = c.termed || c.killed || c.self_retiring;
+            let counted = matches!(before, State::Spawning | State::Serving | State::Reloading);
+            counted && !ours && (!c.ready || (young && (c.requests == 0 || !from_outside)))
+        });
+        // A child forked since the streak began that died healthy ends it.
+        let healthy = gone.as_ref().is_some_and(|c| {
+            let ours = c.termed || c.killed || c.self_retiring;
+            let old = self.now >= c.spawned_at + self.machine.options().min_healthy_uptime;
+            !crash && !ours && c.ready && (c.requests > 0 || old) && self.forked_in_streak(c)
+        });
+        if healthy {
+            self.end_streak();
+        }
+        // A child that left by itself may be a crash to the machine (one that
+        // quit before it was healthy): its streak may begin here.
+        let maybe = gone
+            .as_ref()
+            .is_some_and(|c| c.self_retiring && !c.termed && !c.killed);
+        self.count_crash(crash, maybe);
+        let seen = self.trace.len();
         self.feed(Event::ChildExited { pid, status })?;
         let spawned = self.trace[seen..]
             .iter()
@@ -362,16 +408,62 @@ impl Harness {
                 ));
             }
         }
-        self.check_crash_bounded(streak, seen)
+        self.check_crash_bounded(crash, seen)
     }
 
-    /// From the second crash in a row, the crash is not replaced in the same step.
-    fn check_crash_bounded(&self, streak_before: u32, seen: usize) -> Result<(), Violation> {
-        let streak = self.machine.crash_streak();
+    /// Ends the harness's crash streak if a child forked since it began is ready
+    /// and `min_healthy_uptime` old (the machine may notice later, never sooner).
+    fn forgive_streak(&mut self) {
+        let healthy_after = self.machine.options().min_healthy_uptime;
+        let proven = self.live.values().any(|c| {
+            // (Ready is enough here, retiring or not: it may have been retired in
+            // the very step the machine saw it healthy.)
+            c.ready && self.forked_in_streak(c) && self.now >= c.spawned_at + healthy_after
+        });
+        if proven {
+            self.end_streak();
+        }
+    }
+
+    /// Whether `c` was forked since the streak began (the earliest it may have).
+    fn forked_in_streak(&self, c: &ChildModel) -> bool {
+        let since = match (self.streak_since, self.machine_since) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        since.map_or(true, |t| c.spawned_at >= t)
+    }
+
+    fn end_streak(&mut self) {
+        self.crashes = 0;
+        self.streak_since = None;
+    }
+
+    /// Counts one more crash in a row if `crash`; `maybe`: a death the machine
+    /// may count (the streak may begin there, but it is not counted).
+    fn count_crash(&mut self, crash: bool, maybe: bool) {
+        if crash || maybe {
+            self.streak_since.get_or_insert(self.now);
+        }
+        if crash {
+            self.crashes += 1;
+        }
+    }
+
+    /// The machine counted every crash of the streak, and from the second crash in
+    /// a row the crash is not replaced in the same step.
+    fn check_crash_bounded(&self, crashed: bool, seen: usize) -> Result<(), Violation> {
+        let streak = self.crashes;
+        let counted = self.machine.crash_streak();
+        if counted < streak {
+            return self.fail(format!(
+                "{streak} crashes in a row, but the machine counts {counted}: its backoff cannot hold"
+            ));
+        }
         let spawned = self.trace[seen..]
             .iter()
             .any(|a| matches!(a, Action::Spawn { .. }));
-        if streak >= 2 && streak > streak_before && spawned {
+        if streak >= 2 && crashed && spawned {
             return self.fail(format!(
                 "crash {streak} in a row was replaced at once: the crash loop is unbounded"
             ));
@@ -383,7 +475,13 @@ impl Harness {
     pub fn apply(&mut self, op: Op) -> Result<(), Violation> {
         self.step += 1;
         match op {
-            Op::Signal(sig) => self.feed(Event::Signal(sig))?,
+            Op::Signal(sig) => {
+                // A reload is the operator's "fixed it": the streak is over.
+                if matches!(sig, Signal::Hup | Signal::Usr2) {
+                    self.end_streak();
+                }
+                self.feed(Event::Signal(sig))?
+            }
             Op::Advance(ms) => {
                 self.now += Duration::from_millis(u64::from(ms));
                 self.tick()?;
@@ -404,7 +502,7 @@ impl Harness {
             // A runtime that has exited forks nothing more.
             Op::SpawnOk | Op::SpawnFail if self.exited => {}
             Op::SpawnOk => {
-                if let Some((slot, generation)) = self.pending.pop_front() {
+                if let Some((slot, generation, asked)) = self.pending.pop_front() {
                     let pid = Pid(self.next_pid);
                     self.next_pid += 1;
                     self.live.insert(
@@ -418,17 +516,21 @@ impl Harness {
                             self_retiring: false,
                             termed: false,
                             killed: false,
+                            spawned_at: asked,
                         },
                     );
                     self.feed(Event::ChildSpawned { slot, pid })?;
                 }
             }
             Op::SpawnFail => {
-                if let Some((slot, _)) = self.pending.pop_front() {
-                    let streak = self.machine.crash_streak();
+                if let Some((slot, ..)) = self.pending.pop_front() {
+                    self.forgive_streak();
+                    let counted =
+                        !matches!(self.machine.state(), State::ShuttingDown | State::Stopped);
+                    self.count_crash(counted, true);
                     let seen = self.trace.len();
                     self.feed(Event::SpawnFailed { slot })?;
-                    self.check_crash_bounded(streak, seen)?;
+                    self.check_crash_bounded(counted, seen)?;
                 }
             }
             Op::Ready(i) => {
@@ -515,8 +617,12 @@ impl Harness {
                 let conns = self.netstat();
                 self.feed(Event::Netstat(&conns))?;
             }
-            Op::FilesChanged => self.feed(Event::FilesChanged)?,
+            Op::FilesChanged => {
+                self.end_streak();
+                self.feed(Event::FilesChanged)?
+            }
         }
+        self.forgive_streak();
         Ok(())
     }
 
@@ -565,12 +671,12 @@ impl Harness {
                     if *slot >= max {
                         return self.fail(format!("spawn into slot {slot} of {max}"));
                     }
-                    let taken = self.pending.iter().any(|(s, _)| s == slot)
+                    let taken = self.pending.iter().any(|(s, ..)| s == slot)
                         || self.live.values().any(|c| c.slot == *slot);
                     if taken {
                         return self.fail(format!("spawn into occupied slot {slot}"));
                     }
-                    self.pending.push_back((*slot, *generation));
+                    self.pending.push_back((*slot, *generation, self.now));
                     if self.pending.len() + self.live.len() > max {
                         return self.fail(format!(
                             "{} live children and forks exceed max_children {max}",
