@@ -397,6 +397,25 @@ fn pair_up(indices: &[u8], fds: Vec<OwnedFd>, logs: usize) -> io::Result<Vec<(us
     Ok(indices.iter().map(|&i| usize::from(i)).zip(fds).collect())
 }
 
+/// What the parent logs when it cannot create a new child's log channel: that
+/// child will reopen the log paths itself on rotation, as `user` (the children's
+/// [`user`](crate::Prefork::user), if any).
+pub(crate) fn no_channel_notice(e: &io::Error, user: Option<&str>) -> String {
+    let head = format!(
+        "cannot create a log channel: {e}; the new child reopens the log paths itself on each \
+         rotation"
+    );
+    match user {
+        None => head,
+        // Unprivileged, it may not open root's files: `reopen` then fails, the
+        // child says so and keeps the descriptors it has.
+        Some(u) => format!(
+            "{head}, as {u}: if {u} may not open them, it keeps writing the rotated files \
+             until it exits"
+        ),
+    }
+}
+
 /// Buffers what a formatter writes and hands it to its [`LogFile`] whole, on flush
 /// (or when it holds a complete line and is dropped).
 #[derive(Debug)]
@@ -704,6 +723,25 @@ mod tests {
             told,
             "skipped a bad set of reopened logs: 2 log indices with 1 descriptors; \
              the current files stay in use"
+        );
+    }
+
+    #[test]
+    fn a_child_without_a_channel_is_told_as_it_is() {
+        let e = io::Error::from_raw_os_error(libc::EMFILE);
+        let root = no_channel_notice(&e, None);
+        assert!(
+            root.starts_with("cannot create a log channel: ")
+                && root.contains("reopens the log paths itself on each rotation"),
+            "{root}"
+        );
+        // Running as another user it may not open root's files: then it goes on
+        // writing the rotated ones, and that must be said.
+        let nobody = no_channel_notice(&e, Some("nobody"));
+        assert!(
+            nobody.contains("as nobody")
+                && nobody.contains("keeps writing the rotated files until it exits"),
+            "{nobody}"
         );
     }
 

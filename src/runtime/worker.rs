@@ -145,8 +145,8 @@ impl Worker {
     /// descriptors to each child before it forwards the signal, so they are
     /// always waiting here (a bad set is skipped and logged; the last good one
     /// wins). If stdout or stderr were the old error log (a daemon's are), they
-    /// move to the new one too. With `prefork = 0` the process reopens the paths
-    /// itself.
+    /// move to the new one too. With `prefork = 0`, or in a child the parent could
+    /// not give a channel, the process reopens the paths itself.
     pub fn reopen_logs_if_asked(&self) {
         if !self.take_reopen_request() {
             return;
