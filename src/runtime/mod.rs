@@ -1429,9 +1429,11 @@ impl<T: 'static> Parent<T> {
             match log_channel() {
                 Ok((p, c)) => (Some(p), Some(c)),
                 Err(e) => {
+                    let user = self.credentials.as_ref().and_then(Credentials::user_name);
                     slog::error!(
                         self.logger,
-                        "cannot create a log channel: {e}; the child will reopen the log paths itself"
+                        "{}",
+                        logs::no_channel_notice(&e, user.as_deref())
                     );
                     (None, None)
                 }
@@ -1584,6 +1586,13 @@ impl Credentials {
             None => None,
         };
         Ok(Some(Credentials { user, gid }))
+    }
+
+    /// The user children switch to, if one is set.
+    fn user_name(&self) -> Option<String> {
+        self.user
+            .as_ref()
+            .map(|(name, _)| name.to_string_lossy().into_owned())
     }
 
     /// Switches this (child) process: groups first, then the gid, then the uid.

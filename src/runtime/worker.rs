@@ -143,18 +143,20 @@ impl Worker {
     /// A child never opens a log path: the parent (root, when the children run as
     /// another [`user`](crate::Prefork::user)) reopens the files and passes their
     /// descriptors to each child before it forwards the signal, so they are
-    /// always waiting here. If stdout or stderr were the old error log (a daemon's
-    /// are), they move to the new one too. With `prefork = 0` the process reopens
-    /// the paths itself.
+    /// always waiting here (a bad set is skipped and logged; the last good one
+    /// wins). If stdout or stderr were the old error log (a daemon's are), they
+    /// move to the new one too. With `prefork = 0`, or in a child the parent could
+    /// not give a channel, the process reopens the paths itself.
     pub fn reopen_logs_if_asked(&self) {
         if !self.take_reopen_request() {
             return;
         }
         match &self.log_channel {
             Some(channel) => {
-                if let Err(e) = logs::take_passed_logs(channel, &self.logs) {
-                    // The current files stay in use: nothing is lost, say why.
-                    slog::error!(self.logger, "cannot take the reopened logs: {e}");
+                // A bad set is skipped (the current files stay in use until a
+                // good one comes): nothing is lost; say why, once per rotation.
+                if let Some(problem) = logs::take_passed_logs(channel, &self.logs).problem() {
+                    slog::error!(self.logger, "{problem}");
                 }
             }
             None => {
