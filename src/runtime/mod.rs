@@ -67,7 +67,10 @@ use std::time::{Duration, SystemTime};
 /// An error from a hook or `main_loop`, as users write them (`?` on anything).
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Why [`Prefork::run`] could not run the daemon.
+/// Why [`Prefork::run`] could not run the daemon. Once it runs, how it ended is
+/// [`run`](Prefork::run)'s exit code instead: a stop completed past
+/// `graceful_timeout` (children KILLed, or the request cut off with
+/// `prefork = 0`) is not an error, but exit code 0.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RunError {
@@ -202,7 +205,9 @@ impl<T: 'static> Prefork<T> {
     }
 
     /// How long a graceful stop may take before the children still working are
-    /// KILLed (30 s); with `prefork = 0`, before the process exits with code 1.
+    /// KILLed (30 s); with `prefork = 0`, before the process ends, cutting off the
+    /// request in hand. Either way the stop completes and [`run`](Self::run)'s
+    /// exit code is 0: the cut is logged as a warning.
     pub fn graceful_timeout(mut self, d: Duration) -> Self {
         self.options.graceful_timeout = d;
         self
@@ -394,6 +399,21 @@ impl<T: 'static> Prefork<T> {
     /// variables, so children never see them. Then every configured path (logs,
     /// pid file, scoreboard, watched files) is made absolute against the current
     /// directory: a daemon works from `/`, and reopens logs from there.
+    ///
+    /// # Exit code
+    /// - 0: a requested stop (TERM, INT, QUIT) completed, in either mode, even
+    ///   when `graceful_timeout` passed with a request in hand: the children still
+    ///   working are KILLed (with `prefork = 0`, the process ends there, without
+    ///   `before_shutdown`), and that is logged as a warning, not an error. With
+    ///   `prefork = 0`, also `main_loop` returning `Ok` by itself.
+    /// - 1: with children, some were still not reaped `kill_wait` after the KILL
+    ///   (the parent gives up on them); with `prefork = 0`, `main_loop` returned an
+    ///   error.
+    /// - 70: with `prefork = 0`, `main_loop` panicked.
+    ///
+    /// # Errors
+    /// A [`RunError`] when the daemon could not start (nothing to stop yet): the
+    /// configuration, the pid file, `after_init`, a system call while setting up.
     pub fn run(mut self) -> Result<i32, RunError> {
         // Before anything opens a descriptor (the announced numbers must still be
         // the service manager's) or starts a thread (unsetting variables races
@@ -617,8 +637,10 @@ impl<T: 'static> Prefork<T> {
 /// `prefork = 0`: the graceful timeout, kept by a thread. Once a stop is requested
 /// it waits `graceful_timeout` for `main_loop` to return (the caller then drops
 /// this guard, before `before_shutdown` runs);
-/// past that it logs, removes the pid file and ends the process with exit code 1,
-/// the request in hand cut off (there is no child to KILL).
+/// past that it logs a warning, removes the pid file and ends the process with exit
+/// code 0 (the stop completed, as with children KILLed past the timeout), the
+/// request in hand cut off (there is no child to KILL) and `before_shutdown` not
+/// run (the main thread is still in `main_loop`).
 struct GracefulTimeout {
     done: Option<crossbeam_channel::Sender<()>>,
 }
@@ -649,14 +671,17 @@ impl GracefulTimeout {
                 ) {
                     return;
                 }
-                slog::error!(
+                // The stop was asked for and completes: a success, as when the
+                // parent KILLs children past the timeout (see `Prefork::run`).
+                slog::warn!(
                     logger,
-                    "graceful_timeout ({timeout:?}) passed with a request in hand; exiting"
+                    "graceful_timeout ({timeout:?}) passed with a request in hand; \
+                     exiting (the request is cut off, before_shutdown does not run)"
                 );
                 if let Some(p) = pid_path {
                     let _ = std::fs::remove_file(p);
                 }
-                os::exit_now(1);
+                os::exit_now(0);
             })
             .map_err(|e| RunError::Io {
                 what: "starting the graceful-timeout thread".into(),
