@@ -864,8 +864,9 @@ struct Parent<T> {
     credentials: Option<Credentials>,
     /// Ticks at half the service manager's watchdog interval (WATCHDOG_USEC).
     watchdog: Option<Receiver<std::time::Instant>>,
-    /// The last watchdog ping failed (and that was logged).
-    watchdog_failing: bool,
+    /// Notifications are failing: how many have, the first (logged) included
+    /// (STATUS and watchdog pings are not logged one by one).
+    notify_failing: Option<u64>,
     /// Daemonized: the service manager must be told the main pid changed.
     daemonized: bool,
     stopping_marked: bool,
@@ -1068,7 +1069,7 @@ impl<T: 'static> Parent<T> {
             reporter: None,
             credentials,
             watchdog,
-            watchdog_failing: false,
+            notify_failing: None,
             stopping_marked: false,
             watch_disconnects,
             disconnect_due: None,
@@ -1144,18 +1145,8 @@ impl<T: 'static> Parent<T> {
                 recv(timer) -> _ => self.tick(),
                 recv(watchdog) -> _ => {
                     if let Some(n) = &self.notifier {
-                        // Said once per failing streak, not once per ping.
-                        match n.watchdog() {
-                            Err(e) if !self.watchdog_failing => {
-                                self.watchdog_failing = true;
-                                slog::warn!(self.logger, "sd_notify WATCHDOG=1: {e} (said once until it works again)");
-                            }
-                            Ok(()) if self.watchdog_failing => {
-                                self.watchdog_failing = false;
-                                slog::info!(self.logger, "sd_notify WATCHDOG=1 works again");
-                            }
-                            _ => {}
-                        }
+                        let sent = n.watchdog();
+                        self.notified("WATCHDOG=1", false, sent);
                     }
                 }
                 recv(netstat) -> _ => {
@@ -1235,6 +1226,38 @@ impl<T: 'static> Parent<T> {
         self.reading = reading;
     }
 
+    /// Logs how a notification went: the first failure of a streak, then nothing
+    /// more for periodic ones (STATUS and watchdog pings: a stuck service manager
+    /// would get a line per second or faster) until one goes through, which is
+    /// logged with the count of failures meanwhile. A failed state change
+    /// (`change`: READY, RELOADING, STOPPING, MAINPID) is always logged: rare, and
+    /// the service manager acts on it.
+    fn notified(&mut self, what: &str, change: bool, sent: std::io::Result<()>) {
+        match (sent, self.notify_failing.as_mut()) {
+            (Ok(()), None) => {}
+            (Ok(()), Some(failed)) => {
+                slog::info!(
+                    self.logger,
+                    "sd_notify works again ({failed} notifications lost while it failed)"
+                );
+                self.notify_failing = None;
+            }
+            (Err(e), None) => {
+                slog::warn!(
+                    self.logger,
+                    "sd_notify {what}: {e} (further STATUS and WATCHDOG failures said once it works again)"
+                );
+                self.notify_failing = Some(1);
+            }
+            (Err(e), Some(failed)) => {
+                *failed += 1;
+                if change {
+                    slog::warn!(self.logger, "sd_notify {what}: {e}");
+                }
+            }
+        }
+    }
+
     /// Carries out every pending action; `Some(code)` once the machine exits.
     fn carry_out(&mut self) -> Result<Option<i32>, RunError> {
         while let Some(action) = self.machine.poll_action() {
@@ -1303,14 +1326,14 @@ impl<T: 'static> Parent<T> {
                         (&self.notifier, self.daemonized, &n)
                     {
                         // After the double fork, the pid systemd started is gone.
-                        if let Err(e) = notifier.mainpid(std::process::id()) {
-                            slog::warn!(self.logger, "sd_notify MAINPID: {e}");
-                        }
+                        let sent = notifier.mainpid(std::process::id());
+                        self.notified("MAINPID", true, sent);
                     }
                     if let Some(notifier) = &self.notifier {
-                        if let Err(e) = notifier.send(&n) {
-                            slog::warn!(self.logger, "sd_notify {n:?}: {e}");
-                        }
+                        let sent = notifier.send(&n);
+                        // STATUS is periodic; the others are state changes.
+                        let change = !matches!(n, Notify::Status { .. });
+                        self.notified(&format!("{n:?}"), change, sent);
                     }
                 }
                 Action::Log { level, message } => match level {
