@@ -13,6 +13,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 use support::*;
 
+const SIGTERM: i32 = 15;
+const SIGTTIN: i32 = 21;
+
 fn daemon_cmd(dir: &Path) -> Command {
     let mut cmd = Command::new(demo_binary());
     cmd.args(["--daemonize", "--listen", "127.0.0.1:0", "--prefork", "1"])
@@ -339,6 +342,99 @@ fn watchdog_usec_of_one_microsecond_does_not_make_the_parent_spin() {
     // The watchdog is still kept (at a floored rate), and the log says so.
     assert!(manager.count("WATCHDOG=1") > 0, "{:?}", manager.all());
     assert!(demo.log().contains("WATCHDOG_USEC"), "{}", demo.log());
+}
+
+/// A service manager that has stopped reading, its queue full: the parent drops
+/// its notifications (a watchdog ping every 10 ms, STATUS, READY, STOPPING)
+/// instead of waiting up to a second on each, so it still acts on signals at once;
+/// and it says so once, not once per dropped ping or status, then once more when
+/// the manager reads again.
+#[test]
+fn a_full_notify_socket_never_holds_the_parent() {
+    let dir = tempdir("notify-full");
+    let path = dir.join("notify");
+    // Not read until the end: the manager is stuck.
+    let manager = UnixDatagram::bind(&path).unwrap();
+    let filler = UnixDatagram::unbound().unwrap();
+    filler.set_nonblocking(true).unwrap();
+    let mut queued = 0;
+    while queued < 100_000 && filler.send_to(b"FILL=1", &path).is_ok() {
+        queued += 1;
+    }
+    assert!(queued < 100_000, "the manager's queue never filled");
+    let mut demo = Demo::start_with_env(
+        &["--prefork", "1", "--max-children", "4"],
+        &[
+            ("NOTIFY_SOCKET", path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "20000"),
+        ],
+    );
+    assert!(wait_for(Duration::from_secs(5), || demo.children().len() == 1));
+    // Pings and statuses pile up against the full queue meanwhile.
+    std::thread::sleep(Duration::from_millis(500));
+    // TTIN: one child more. Each reaction of the parent's is a loop turn that a
+    // blocking send would hold for a second.
+    let t0 = Instant::now();
+    for _ in 0..3 {
+        demo.signal(SIGTTIN);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let grew = wait_for(Duration::from_secs(10), || demo.children().len() == 4);
+    let grow_took = t0.elapsed();
+    // The manager reads again: the next ping goes through, and the log says so.
+    manager
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let reading = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let reader = {
+        let reading = reading.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 512];
+            let mut got = Vec::new();
+            while reading.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok(n) = manager.recv(&mut buf) {
+                    got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+                }
+            }
+            got
+        })
+    };
+    let recovered = wait_for(Duration::from_secs(5), || {
+        demo.log().contains("sd_notify works again")
+    });
+    let t0 = Instant::now();
+    demo.signal(SIGTERM);
+    let code = demo.wait_exit(Duration::from_secs(15));
+    let stop_took = t0.elapsed();
+    // STOPPING=1 may still be on its way from the socket's queue.
+    std::thread::sleep(Duration::from_millis(200));
+    reading.store(false, std::sync::atomic::Ordering::Relaxed);
+    let got = reader.join().unwrap();
+    let log = demo.log();
+    eprintln!("grew in {grow_took:?}, stopped in {stop_took:?}");
+    assert!(grew, "3 TTINs did not make 4 children\nlog:\n{log}");
+    assert!(recovered, "no word of sd_notify working again\nlog:\n{log}");
+    assert!(
+        got.iter().any(|m| m == "STOPPING=1"),
+        "the manager reading again did not hear STOPPING=1: {got:?}"
+    );
+    assert_eq!(code, Some(0), "log:\n{log}");
+    // Generous margins: a blocked parent takes a second per notification.
+    assert!(
+        grow_took < Duration::from_secs(2),
+        "3 TTINs took {grow_took:?}\nlog:\n{log}"
+    );
+    assert!(
+        stop_took < Duration::from_secs(2),
+        "TERM took {stop_took:?}\nlog:\n{log}"
+    );
+    // The first failure (STATUS or a ping), READY=1 (a state change: always
+    // told), and the recovery; before the fix, a line per STATUS as well.
+    let notify_lines = log.lines().filter(|l| l.contains("sd_notify")).count();
+    assert!(
+        notify_lines <= 3,
+        "{notify_lines} sd_notify lines, not one per streak:\n{log}"
+    );
 }
 
 /// The demo started through `sh`, so that `LISTEN_PID` can name it: `exec` keeps

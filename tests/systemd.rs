@@ -165,6 +165,66 @@ fn bad_notify_addresses_are_errors_not_panics() {
     assert!(notifier.send(&Notify::Stopping).is_err());
 }
 
+/// A service manager that has stopped reading: once its queue is full, each
+/// notification returns at once (dropped: `WouldBlock`) rather than holding the
+/// sender (the parent's loop) for a second; and once it reads again, they go through.
+#[test]
+#[allow(clippy::disallowed_methods)] // "returns promptly" needs a clock
+fn a_full_notify_socket_drops_notifications_without_blocking() {
+    let dir = TempDir::new();
+    let path = dir.0.join("notify");
+    let manager = UnixDatagram::bind(&path).unwrap();
+    let notifier = Notifier::new(path.to_str().unwrap()).unwrap();
+    // Fill the manager's queue (net.unix.max_dgram_qlen) from another socket.
+    let filler = UnixDatagram::unbound().unwrap();
+    filler.set_nonblocking(true).unwrap();
+    let mut queued = 0;
+    while queued < 100_000 && filler.send_to(b"FILL=1", &path).is_ok() {
+        queued += 1;
+    }
+    assert!(queued < 100_000, "the manager's queue never filled");
+    let mut slowest = Duration::ZERO;
+    let mut dropped = 0u64;
+    for _ in 0..5 {
+        let sends: [&dyn Fn() -> std::io::Result<()>; 6] = [
+            &|| notifier.ready(),
+            &|| notifier.reloading(),
+            &|| notifier.status(1, 2, 3),
+            &|| notifier.watchdog(),
+            &|| notifier.mainpid(42),
+            &|| notifier.stopping(),
+        ];
+        for send in sends {
+            let t0 = std::time::Instant::now();
+            let r = send();
+            slowest = slowest.max(t0.elapsed());
+            let e = r.expect_err("the manager's queue is full");
+            assert_eq!(e.kind(), ErrorKind::WouldBlock, "{e}");
+            dropped += 1;
+        }
+    }
+    // Generous: the point is "not a second each", the retried READY, RELOADING,
+    // MAINPID and STOPPING included.
+    assert!(
+        slowest < Duration::from_millis(200),
+        "a notification to a full socket took {slowest:?}"
+    );
+    assert_eq!(notifier.dropped(), dropped);
+    // The manager reads again: notifications go through, in order.
+    manager.set_nonblocking(true).unwrap();
+    let mut buf = [0u8; 64];
+    while manager.recv(&mut buf).is_ok() {}
+    manager.set_nonblocking(false).unwrap();
+    manager
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    notifier.ready().unwrap();
+    notifier.status(0, 1, 0).unwrap();
+    assert_eq!(recv(&manager), "READY=1");
+    assert_eq!(recv(&manager), "STATUS=busy 0, idle 1, starting 0");
+    assert_eq!(notifier.dropped(), dropped, "counted once, not reset");
+}
+
 #[test]
 fn watchdog_interval_is_half_of_watchdog_usec() {
     let me = 4242;

@@ -67,7 +67,10 @@ use std::time::{Duration, SystemTime};
 /// An error from a hook or `main_loop`, as users write them (`?` on anything).
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Why [`Prefork::run`] could not run the daemon.
+/// Why [`Prefork::run`] could not run the daemon. Once it runs, how it ended is
+/// [`run`](Prefork::run)'s exit code instead: a stop completed past
+/// `graceful_timeout` (children KILLed, or the request cut off with
+/// `prefork = 0`) is not an error, but exit code 0.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RunError {
@@ -202,7 +205,9 @@ impl<T: 'static> Prefork<T> {
     }
 
     /// How long a graceful stop may take before the children still working are
-    /// KILLed (30 s); with `prefork = 0`, before the process exits with code 1.
+    /// KILLed (30 s); with `prefork = 0`, before the process ends, cutting off the
+    /// request in hand. Either way the stop completes and [`run`](Self::run)'s
+    /// exit code is 0: the cut is logged as a warning.
     pub fn graceful_timeout(mut self, d: Duration) -> Self {
         self.options.graceful_timeout = d;
         self
@@ -397,6 +402,21 @@ impl<T: 'static> Prefork<T> {
     /// variables, so children never see them. Then every configured path (logs,
     /// pid file, scoreboard, watched files) is made absolute against the current
     /// directory: a daemon works from `/`, and reopens logs from there.
+    ///
+    /// # Exit code
+    /// - 0: a requested stop (TERM, INT, QUIT) completed, in either mode, even
+    ///   when `graceful_timeout` passed with a request in hand: the children still
+    ///   working are KILLed (with `prefork = 0`, the process ends there, without
+    ///   `before_shutdown`), and that is logged as a warning, not an error. With
+    ///   `prefork = 0`, also `main_loop` returning `Ok` by itself.
+    /// - 1: with children, some were still not reaped `kill_wait` after the KILL
+    ///   (the parent gives up on them); with `prefork = 0`, `main_loop` returned an
+    ///   error.
+    /// - 70: with `prefork = 0`, `main_loop` panicked.
+    ///
+    /// # Errors
+    /// A [`RunError`] when the daemon could not start (nothing to stop yet): the
+    /// configuration, the pid file, `after_init`, a system call while setting up.
     pub fn run(mut self) -> Result<i32, RunError> {
         // Before anything opens a descriptor (the announced numbers must still be
         // the service manager's) or starts a thread (unsetting variables races
@@ -620,8 +640,10 @@ impl<T: 'static> Prefork<T> {
 /// `prefork = 0`: the graceful timeout, kept by a thread. Once a stop is requested
 /// it waits `graceful_timeout` for `main_loop` to return (the caller then drops
 /// this guard, before `before_shutdown` runs);
-/// past that it logs, removes the pid file and ends the process with exit code 1,
-/// the request in hand cut off (there is no child to KILL).
+/// past that it logs a warning, removes the pid file and ends the process with exit
+/// code 0 (the stop completed, as with children KILLed past the timeout), the
+/// request in hand cut off (there is no child to KILL) and `before_shutdown` not
+/// run (the main thread is still in `main_loop`).
 struct GracefulTimeout {
     done: Option<crossbeam_channel::Sender<()>>,
 }
@@ -652,14 +674,17 @@ impl GracefulTimeout {
                 ) {
                     return;
                 }
-                slog::error!(
+                // The stop was asked for and completes: a success, as when the
+                // parent KILLs children past the timeout (see `Prefork::run`).
+                slog::warn!(
                     logger,
-                    "graceful_timeout ({timeout:?}) passed with a request in hand; exiting"
+                    "graceful_timeout ({timeout:?}) passed with a request in hand; \
+                     exiting (the request is cut off, before_shutdown does not run)"
                 );
                 if let Some(p) = pid_path {
                     let _ = std::fs::remove_file(p);
                 }
-                os::exit_now(1);
+                os::exit_now(0);
             })
             .map_err(|e| RunError::Io {
                 what: "starting the graceful-timeout thread".into(),
@@ -842,8 +867,9 @@ struct Parent<T> {
     credentials: Option<Credentials>,
     /// Ticks at half the service manager's watchdog interval (WATCHDOG_USEC).
     watchdog: Option<Receiver<std::time::Instant>>,
-    /// The last watchdog ping failed (and that was logged).
-    watchdog_failing: bool,
+    /// Notifications are failing: how many have, the first (logged) included
+    /// (STATUS and watchdog pings are not logged one by one).
+    notify_failing: Option<u64>,
     /// Daemonized: the service manager must be told the main pid changed.
     daemonized: bool,
     stopping_marked: bool,
@@ -1046,7 +1072,7 @@ impl<T: 'static> Parent<T> {
             reporter: None,
             credentials,
             watchdog,
-            watchdog_failing: false,
+            notify_failing: None,
             stopping_marked: false,
             watch_disconnects,
             disconnect_due: None,
@@ -1122,18 +1148,8 @@ impl<T: 'static> Parent<T> {
                 recv(timer) -> _ => self.tick(),
                 recv(watchdog) -> _ => {
                     if let Some(n) = &self.notifier {
-                        // Said once per failing streak, not once per ping.
-                        match n.watchdog() {
-                            Err(e) if !self.watchdog_failing => {
-                                self.watchdog_failing = true;
-                                slog::warn!(self.logger, "sd_notify WATCHDOG=1: {e} (said once until it works again)");
-                            }
-                            Ok(()) if self.watchdog_failing => {
-                                self.watchdog_failing = false;
-                                slog::info!(self.logger, "sd_notify WATCHDOG=1 works again");
-                            }
-                            _ => {}
-                        }
+                        let sent = n.watchdog();
+                        self.notified("WATCHDOG=1", false, sent);
                     }
                 }
                 recv(netstat) -> _ => {
@@ -1213,6 +1229,38 @@ impl<T: 'static> Parent<T> {
         self.reading = reading;
     }
 
+    /// Logs how a notification went: the first failure of a streak, then nothing
+    /// more for periodic ones (STATUS and watchdog pings: a stuck service manager
+    /// would get a line per second or faster) until one goes through, which is
+    /// logged with the count of failures meanwhile. A failed state change
+    /// (`change`: READY, RELOADING, STOPPING, MAINPID) is always logged: rare, and
+    /// the service manager acts on it.
+    fn notified(&mut self, what: &str, change: bool, sent: std::io::Result<()>) {
+        match (sent, self.notify_failing.as_mut()) {
+            (Ok(()), None) => {}
+            (Ok(()), Some(failed)) => {
+                slog::info!(
+                    self.logger,
+                    "sd_notify works again ({failed} notifications lost while it failed)"
+                );
+                self.notify_failing = None;
+            }
+            (Err(e), None) => {
+                slog::warn!(
+                    self.logger,
+                    "sd_notify {what}: {e} (further STATUS and WATCHDOG failures said once it works again)"
+                );
+                self.notify_failing = Some(1);
+            }
+            (Err(e), Some(failed)) => {
+                *failed += 1;
+                if change {
+                    slog::warn!(self.logger, "sd_notify {what}: {e}");
+                }
+            }
+        }
+    }
+
     /// Carries out every pending action; `Some(code)` once the machine exits.
     fn carry_out(&mut self) -> Result<Option<i32>, RunError> {
         while let Some(action) = self.machine.poll_action() {
@@ -1281,14 +1329,14 @@ impl<T: 'static> Parent<T> {
                         (&self.notifier, self.daemonized, &n)
                     {
                         // After the double fork, the pid systemd started is gone.
-                        if let Err(e) = notifier.mainpid(std::process::id()) {
-                            slog::warn!(self.logger, "sd_notify MAINPID: {e}");
-                        }
+                        let sent = notifier.mainpid(std::process::id());
+                        self.notified("MAINPID", true, sent);
                     }
                     if let Some(notifier) = &self.notifier {
-                        if let Err(e) = notifier.send(&n) {
-                            slog::warn!(self.logger, "sd_notify {n:?}: {e}");
-                        }
+                        let sent = notifier.send(&n);
+                        // STATUS is periodic; the others are state changes.
+                        let change = !matches!(n, Notify::Status { .. });
+                        self.notified(&format!("{n:?}"), change, sent);
                     }
                 }
                 Action::Log { level, message } => match level {

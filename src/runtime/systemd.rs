@@ -43,15 +43,22 @@ use std::net::TcpListener;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
 /// The first descriptor passed by socket activation (`SD_LISTEN_FDS_START`).
 pub const LISTEN_FDS_START: RawFd = 3;
 
-/// How long a notification may wait for room in the service manager's socket
-/// before [`Notifier`] gives up with an error (the caller logs it and carries on).
-const SEND_TIMEOUT: Duration = Duration::from_secs(1);
+/// The pauses before each retry of a state change (READY=1, RELOADING=1,
+/// STOPPING=1, MAINPID=) that found the service manager's queue full: 30 ms in
+/// all, once per change, then it is dropped.
+const STATE_RETRIES: [Duration; 4] = [
+    Duration::from_millis(2),
+    Duration::from_millis(4),
+    Duration::from_millis(8),
+    Duration::from_millis(16),
+];
 
 fn invalid(message: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidInput, message)
@@ -62,10 +69,26 @@ fn invalid(message: String) -> io::Error {
 ///
 /// Each method sends one datagram and returns the send's result: the caller
 /// decides whether a failure is worth a log line. Nothing here panics.
+///
+/// Nothing here blocks either (the parent's loop sends these): the socket is
+/// non-blocking. When the service manager's queue is full (it is slow, or stuck)
+/// the notification is dropped, the method returns a `WouldBlock` error and
+/// [`dropped`](Notifier::dropped) counts it; a caller sending often (STATUS, the
+/// watchdog) should log such a streak once, not each drop. The periodic
+/// notifications ([`status`](Notifier::status), [`watchdog`](Notifier::watchdog),
+/// [`send_raw`](Notifier::send_raw)) are tried once: the next one supersedes a
+/// lost one. The state changes systemd acts on ([`ready`](Notifier::ready),
+/// [`reloading`](Notifier::reloading), [`stopping`](Notifier::stopping),
+/// [`mainpid`](Notifier::mainpid)) are sent once per change and a lost one
+/// costs more (a lost READY=1 leaves a `Type=notify` start waiting until
+/// `TimeoutStartSec`, which then kills the service), so they are retried a few
+/// times over 30 ms (sleeping) before being dropped: enough for a manager
+/// briefly behind, short enough not to hold the caller.
 #[derive(Debug)]
 pub struct Notifier {
     socket: UnixDatagram,
     addr: SocketAddr,
+    dropped: AtomicU64,
 }
 
 impl Notifier {
@@ -114,11 +137,19 @@ impl Notifier {
             )));
         };
         let socket = UnixDatagram::unbound()?;
-        socket.set_write_timeout(Some(SEND_TIMEOUT))?;
+        // A full queue at the manager must not hold the caller: see `Notifier`.
+        socket.set_nonblocking(true)?;
         Ok(Notifier {
             socket,
             addr: sockaddr,
+            dropped: AtomicU64::new(0),
         })
+    }
+
+    /// How many notifications were dropped because the service manager's queue
+    /// was full, since this notifier was made.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
     }
 
     /// The address notifications go to.
@@ -126,13 +157,41 @@ impl Notifier {
         &self.addr
     }
 
-    /// Sends `state` as is: newline-separated `KEY=value` assignments.
+    /// Sends `state` as is: newline-separated `KEY=value` assignments. One try,
+    /// without waiting.
     ///
     /// # Errors
-    /// The send failed (no listener, the manager's socket stayed full for a
-    /// second, ...), or the datagram went out short.
+    /// The send failed (no listener, ...); `WouldBlock` when the manager's queue
+    /// is full and the notification was dropped (and counted); the datagram went
+    /// out short.
     pub fn send_raw(&self, state: &str) -> io::Result<()> {
-        let n = self.socket.send_to_addr(state.as_bytes(), &self.addr)?;
+        self.send_with_retries(state, &[])
+    }
+
+    /// [`send_raw`](Notifier::send_raw) retried after each of `pauses` while the
+    /// manager's queue is full.
+    fn send_with_retries(&self, state: &str, pauses: &[Duration]) -> io::Result<()> {
+        let mut pauses = pauses.iter();
+        let n = loop {
+            match self.socket.send_to_addr(state.as_bytes(), &self.addr) {
+                Ok(n) => break n,
+                // A non-blocking send is not expected to be interrupted; if it is,
+                // it did not go out: try again.
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => match pauses.next() {
+                    Some(&pause) => pause_for(pause),
+                    None => {
+                        self.dropped.fetch_add(1, Ordering::Relaxed);
+                        let key = state.split('=').next().unwrap_or(state);
+                        return Err(io::Error::new(
+                            io::ErrorKind::WouldBlock,
+                            format!("the service manager's queue is full: {key} dropped"),
+                        ));
+                    }
+                },
+                Err(e) => return Err(e),
+            }
+        };
         if n == state.len() {
             Ok(())
         } else {
@@ -143,36 +202,42 @@ impl Notifier {
         }
     }
 
-    /// `READY=1`: start-up is finished, the service is serving.
+    /// `READY=1`: start-up (or a reload) is finished, the service is serving.
+    /// Retried for up to 30 ms while the manager's queue is full (see
+    /// [`Notifier`]).
     pub fn ready(&self) -> io::Result<()> {
-        self.send_raw("READY=1")
+        self.send_with_retries("READY=1", &STATE_RETRIES)
     }
 
     /// `RELOADING=1` with `MONOTONIC_USEC=<now>` (CLOCK_MONOTONIC, µs), as
     /// systemd 253 and later require for `Type=notify-reload`. Send
-    /// [`ready`](Notifier::ready) when the reload is done.
+    /// [`ready`](Notifier::ready) when the reload is done. Retried as `ready` is.
     pub fn reloading(&self) -> io::Result<()> {
         let now = monotonic_usec()?;
-        self.send_raw(&format!("RELOADING=1\nMONOTONIC_USEC={now}"))
+        self.send_with_retries(
+            &format!("RELOADING=1\nMONOTONIC_USEC={now}"),
+            &STATE_RETRIES,
+        )
     }
 
-    /// `STOPPING=1`: the service is shutting down.
+    /// `STOPPING=1`: the service is shutting down. Retried as `ready` is.
     pub fn stopping(&self) -> io::Result<()> {
-        self.send_raw("STOPPING=1")
+        self.send_with_retries("STOPPING=1", &STATE_RETRIES)
     }
 
     /// `STATUS=busy N, idle N, starting N`: the pool's counts, shown by
-    /// `systemctl status`.
+    /// `systemctl status`. Tried once.
     pub fn status(&self, busy: usize, idle: usize, starting: usize) -> io::Result<()> {
         self.send_raw(&status_line(busy, idle, starting))
     }
 
-    /// `MAINPID=pid`: the service's main process is `pid`.
+    /// `MAINPID=pid`: the service's main process is `pid`. Retried as `ready` is.
     pub fn mainpid(&self, pid: u32) -> io::Result<()> {
-        self.send_raw(&format!("MAINPID={pid}"))
+        self.send_with_retries(&format!("MAINPID={pid}"), &STATE_RETRIES)
     }
 
     /// `WATCHDOG=1`: the keep-alive ping; send it every [`watchdog_interval`].
+    /// Tried once: the next ping makes up for a lost one.
     pub fn watchdog(&self) -> io::Result<()> {
         self.send_raw("WATCHDOG=1")
     }
@@ -191,6 +256,13 @@ impl Notifier {
             } => self.status(busy, idle, starting),
         }
     }
+}
+
+/// The pause between retries of a state change: short and bounded (see
+/// [`STATE_RETRIES`]).
+#[allow(clippy::disallowed_methods)] // a bounded wait for room, 30 ms at most in all
+fn pause_for(d: Duration) {
+    std::thread::sleep(d);
 }
 
 fn status_line(busy: usize, idle: usize, starting: usize) -> String {
