@@ -235,28 +235,6 @@ fn a_child_over_the_memory_limit_finishes_its_request_and_is_replaced() {
     assert_eq!(get(demo.addr, "/").unwrap().0, 200);
 }
 
-/// The lowest descriptor number `pid` has free: with the limit set to it, the
-/// next descriptor it opens fails with EMFILE (the limit bounds numbers, not counts).
-fn lowest_free_fd(pid: i32) -> usize {
-    let used: std::collections::BTreeSet<usize> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse().ok())
-        .collect();
-    (0..).find(|n| !used.contains(n)).unwrap()
-}
-
-/// Sets the soft RLIMIT_NOFILE of a running process (the hard limit stays, so
-/// no privilege is needed to restore it).
-fn set_nofile(pid: i32, soft: usize) {
-    let st = std::process::Command::new("prlimit")
-        .arg(format!("--pid={pid}"))
-        .arg(format!("--nofile={soft}:"))
-        .status()
-        .expect("prlimit (util-linux) runs");
-    assert!(st.success(), "prlimit --pid={pid} --nofile={soft}: failed");
-}
-
 /// A child out of descriptors (accept fails with EMFILE) pauses instead of
 /// spinning or dying, and serves the waiting client once descriptors are back.
 #[test]

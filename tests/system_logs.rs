@@ -239,3 +239,46 @@ fn with_user_nobody_usr1_rotation_moves_every_child_to_the_new_files() {
         );
     }
 }
+
+#[test]
+fn with_user_nobody_no_child_is_forked_without_a_log_channel() {
+    let dir = tempdir("nochannel-nobody");
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let errors = dir.join("error.log");
+    let d = Demo::start(&[
+        "--prefork",
+        "2",
+        "--max-children",
+        "4",
+        "--user",
+        "nobody",
+        "--access-log",
+        dir.join("access.log").to_str().unwrap(),
+        "--error-log",
+        errors.to_str().unwrap(),
+    ]);
+    assert!(wait_for(Duration::from_secs(5), || d.children().len() == 2));
+    let parent = d.pid();
+    // At its descriptor limit the parent cannot create a child's log channel.
+    set_nofile(parent, lowest_free_fd(parent));
+    d.signal(21); // TTIN
+    thread::sleep(Duration::from_secs(1));
+    let log = std::fs::read_to_string(&errors).unwrap_or_default();
+    // Such a child, as nobody, could not reopen root's logs after a rotation: it
+    // would write the rotated files for its whole life.
+    assert_eq!(
+        d.children().len(),
+        2,
+        "a child was forked without a channel:\n{log}"
+    );
+    assert!(log.contains("cannot create a log channel"), "{log}");
+    assert_eq!(get(d.addr, "/").unwrap().0, 200, "the pool serves on");
+    // With descriptors back, the fork goes ahead (after the backoff).
+    set_nofile(parent, 1024);
+    assert!(
+        wait_for(Duration::from_secs(10), || d.children().len() == 3),
+        "{}",
+        std::fs::read_to_string(&errors).unwrap_or_default()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

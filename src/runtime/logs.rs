@@ -397,21 +397,17 @@ fn pair_up(indices: &[u8], fds: Vec<OwnedFd>, logs: usize) -> io::Result<Vec<(us
     Ok(indices.iter().map(|&i| usize::from(i)).zip(fds).collect())
 }
 
-/// What the parent logs when it cannot create a new child's log channel: that
-/// child will reopen the log paths itself on rotation, as `user` (the children's
-/// [`user`](crate::Prefork::user), if any).
+/// What the parent logs when it cannot create a new child's log channel. Without
+/// a [`user`](crate::Prefork::user) the child is forked and reopens the log paths
+/// itself on rotation; with one (`user`), it could not open root's files, so it is
+/// not forked: the spawn counts as failed and is retried after the backoff.
 pub(crate) fn no_channel_notice(e: &io::Error, user: Option<&str>) -> String {
-    let head = format!(
-        "cannot create a log channel: {e}; the new child reopens the log paths itself on each \
-         rotation"
-    );
+    let head = format!("cannot create a log channel: {e}");
     match user {
-        None => head,
-        // Unprivileged, it may not open root's files: `reopen` then fails, the
-        // child says so and keeps the descriptors it has.
+        None => format!("{head}; the new child reopens the log paths itself on each rotation"),
         Some(u) => format!(
-            "{head}, as {u}: if {u} may not open them, it keeps writing the rotated files \
-             until it exits"
+            "{head}; no child is forked without one: as {u} it could not reopen the logs \
+             after a rotation (retried after the backoff)"
         ),
     }
 }
@@ -735,12 +731,10 @@ mod tests {
                 && root.contains("reopens the log paths itself on each rotation"),
             "{root}"
         );
-        // Running as another user it may not open root's files: then it goes on
-        // writing the rotated ones, and that must be said.
+        // Running as another user it may not open root's files: it is not forked.
         let nobody = no_channel_notice(&e, Some("nobody"));
         assert!(
-            nobody.contains("as nobody")
-                && nobody.contains("keeps writing the rotated files until it exits"),
+            nobody.contains("no child is forked") && nobody.contains("as nobody"),
             "{nobody}"
         );
     }

@@ -1485,6 +1485,13 @@ impl<T: 'static> Parent<T> {
                         "{}",
                         logs::no_channel_notice(&e, user.as_deref())
                     );
+                    if user.is_some() {
+                        // As that user it could not reopen root's logs after a
+                        // rotation: a failed fork (backoff, retried) instead.
+                        let now = self.now();
+                        self.machine.handle(now, Event::SpawnFailed { slot });
+                        return;
+                    }
                     (None, None)
                 }
             }

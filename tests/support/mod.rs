@@ -407,3 +407,34 @@ impl Lcg {
         ((self.0 >> 33) % n.max(1) as u64) as usize
     }
 }
+
+/// The lowest descriptor number `pid` has free: with the limit set to it, the
+/// next descriptor it opens fails with EMFILE (the limit bounds numbers, not counts).
+pub fn lowest_free_fd(pid: i32) -> usize {
+    // The lowest over a few looks: a descriptor held for a moment (a /proc read)
+    // would otherwise leave one free below the limit.
+    (0..20)
+        .map(|_| {
+            std::thread::sleep(Duration::from_millis(5));
+            let used: std::collections::BTreeSet<usize> =
+                std::fs::read_dir(format!("/proc/{pid}/fd"))
+                    .unwrap()
+                    .flatten()
+                    .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                    .collect();
+            (0..).find(|n| !used.contains(n)).unwrap()
+        })
+        .min()
+        .unwrap()
+}
+
+/// Sets the soft RLIMIT_NOFILE of a running process (the hard limit stays, so
+/// no privilege is needed to restore it).
+pub fn set_nofile(pid: i32, soft: usize) {
+    let st = std::process::Command::new("prlimit")
+        .arg(format!("--pid={pid}"))
+        .arg(format!("--nofile={soft}:"))
+        .status()
+        .expect("prlimit (util-linux) runs");
+    assert!(st.success(), "prlimit --pid={pid} --nofile={soft}: failed");
+}
