@@ -355,13 +355,7 @@ fn a_full_notify_socket_never_holds_the_parent() {
     let path = dir.join("notify");
     // Not read until the end: the manager is stuck.
     let manager = UnixDatagram::bind(&path).unwrap();
-    let filler = UnixDatagram::unbound().unwrap();
-    filler.set_nonblocking(true).unwrap();
-    let mut queued = 0;
-    while queued < 100_000 && filler.send_to(b"FILL=1", &path).is_ok() {
-        queued += 1;
-    }
-    assert!(queued < 100_000, "the manager's queue never filled");
+    fill_datagram_queue(&path);
     let mut demo = Demo::start_with_env(
         &["--prefork", "1", "--max-children", "4"],
         &[

@@ -13,18 +13,6 @@ use std::thread;
 use std::time::Duration;
 use support::*;
 
-fn program(name: &str) -> std::path::PathBuf {
-    for dir in ["/usr/sbin", "/usr/bin", "/sbin", "/bin"] {
-        let p = std::path::Path::new(dir).join(name);
-        if p.exists() {
-            return p;
-        }
-    }
-    panic!(
-        "{name} is not installed: apt-get install -y {name} (the system-tests feature needs it)"
-    );
-}
-
 #[test]
 fn logrotate_with_a_usr1_postrotate_loses_no_access_log_line() {
     let logrotate = program("logrotate");

@@ -10,22 +10,9 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 use support::*;
-
-fn program(name: &str) -> PathBuf {
-    for dir in ["/usr/sbin", "/usr/bin", "/sbin", "/bin"] {
-        let p = Path::new(dir).join(name);
-        if p.exists() {
-            return p;
-        }
-    }
-    panic!(
-        "{name} is not installed: apt-get install -y passwd (the system-tests feature needs it)"
-    );
-}
 
 fn run(name: &str, args: &[&str]) {
     let out = Command::new(program(name)).args(args).output().unwrap();

@@ -18,16 +18,6 @@ use std::thread;
 use std::time::Duration;
 use support::*;
 
-fn program(name: &str) -> PathBuf {
-    for dir in ["/usr/sbin", "/usr/bin", "/sbin", "/bin"] {
-        let p = Path::new(dir).join(name);
-        if p.exists() {
-            return p;
-        }
-    }
-    panic!("{name} is not installed (the system-tests feature needs it)");
-}
-
 /// A small tmpfs mounted on a fresh directory, unmounted when dropped.
 struct Tmpfs(PathBuf);
 
@@ -167,13 +157,11 @@ fn a_full_disk_for_both_logs_keeps_the_pool_serving_and_logging_resumes() {
     drop(d);
 }
 
-#[test]
-fn with_user_nobody_usr1_rotation_moves_every_child_to_the_new_files() {
-    let dir = tempdir("rotate-nobody");
-    // Root-owned and not writable by the children's user.
+/// The demo with two children as `nobody`, logging (access.log, error.log) to a
+/// fresh directory that is root's and not writable by them.
+fn two_children_as_nobody(tag: &str) -> (PathBuf, Demo) {
+    let dir = tempdir(tag);
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let access = dir.join("access.log");
-    let errors = dir.join("error.log");
     let d = Demo::start(&[
         "--prefork",
         "2",
@@ -182,11 +170,18 @@ fn with_user_nobody_usr1_rotation_moves_every_child_to_the_new_files() {
         "--user",
         "nobody",
         "--access-log",
-        access.to_str().unwrap(),
+        dir.join("access.log").to_str().unwrap(),
         "--error-log",
-        errors.to_str().unwrap(),
+        dir.join("error.log").to_str().unwrap(),
     ]);
     assert!(wait_for(Duration::from_secs(5), || d.children().len() == 2));
+    (dir, d)
+}
+
+#[test]
+fn with_user_nobody_usr1_rotation_moves_every_child_to_the_new_files() {
+    let (dir, d) = two_children_as_nobody("rotate-nobody");
+    let (access, errors) = (dir.join("access.log"), dir.join("error.log"));
     let stop = Arc::new(AtomicBool::new(false));
     let clients = id_load(d.addr, 4, &stop);
     for i in 1..=4 {
@@ -242,22 +237,8 @@ fn with_user_nobody_usr1_rotation_moves_every_child_to_the_new_files() {
 
 #[test]
 fn with_user_nobody_no_child_is_forked_without_a_log_channel() {
-    let dir = tempdir("nochannel-nobody");
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (dir, d) = two_children_as_nobody("nochannel-nobody");
     let errors = dir.join("error.log");
-    let d = Demo::start(&[
-        "--prefork",
-        "2",
-        "--max-children",
-        "4",
-        "--user",
-        "nobody",
-        "--access-log",
-        dir.join("access.log").to_str().unwrap(),
-        "--error-log",
-        errors.to_str().unwrap(),
-    ]);
-    assert!(wait_for(Duration::from_secs(5), || d.children().len() == 2));
     let parent = d.pid();
     // At its descriptor limit the parent cannot create a child's log channel.
     set_nofile(parent, lowest_free_fd(parent));

@@ -12,16 +12,6 @@ use std::process::Command;
 use std::time::Duration;
 use support::*;
 
-fn program(name: &str) -> std::path::PathBuf {
-    for dir in ["/usr/bin", "/bin", "/usr/sbin", "/sbin"] {
-        let p = std::path::Path::new(dir).join(name);
-        if p.exists() {
-            return p;
-        }
-    }
-    panic!("{name} is not installed (util-linux; the system-tests feature needs it)");
-}
-
 /// Tasks (threads included) that RLIMIT_NPROC counts for uid 65534 right now, and
 /// how many of them are zombies (still counted until reaped).
 fn nobody_tasks() -> (usize, usize) {

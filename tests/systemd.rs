@@ -2,6 +2,7 @@
 //! and an abstract name), the watchdog interval, and socket activation in a
 //! re-executed child that inherits a real listener as descriptor 3.
 
+mod support;
 use preforkd::runtime::systemd::{
     listen_fds, watchdog_interval, watchdog_interval_from, ActivatedSocket, ActivationError,
     Notifier, MIN_WATCHDOG_INTERVAL,
@@ -18,6 +19,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
+use support::fill_datagram_queue;
 
 /// Tests that set or read process environment variables take this lock: the
 /// variables are process-wide and the tests run on parallel threads.
@@ -176,13 +178,7 @@ fn a_full_notify_socket_drops_notifications_without_blocking() {
     let manager = UnixDatagram::bind(&path).unwrap();
     let notifier = Notifier::new(path.to_str().unwrap()).unwrap();
     // Fill the manager's queue (net.unix.max_dgram_qlen) from another socket.
-    let filler = UnixDatagram::unbound().unwrap();
-    filler.set_nonblocking(true).unwrap();
-    let mut queued = 0;
-    while queued < 100_000 && filler.send_to(b"FILL=1", &path).is_ok() {
-        queued += 1;
-    }
-    assert!(queued < 100_000, "the manager's queue never filled");
+    fill_datagram_queue(&path);
     let mut slowest = Duration::ZERO;
     let mut dropped = 0u64;
     for _ in 0..5 {

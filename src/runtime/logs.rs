@@ -604,21 +604,29 @@ mod tests {
         assert!(losses.lost(), "a new streak is told again");
     }
 
-    #[test]
-    fn passed_descriptors_replace_the_files_in_their_order() {
+    /// A fresh directory with an error and an access log, the parent's view and a
+    /// child's (their own LogFile objects, same files), and a log channel.
+    #[allow(clippy::type_complexity)]
+    fn two_views(
+        tag: &str,
+    ) -> (
+        std::path::PathBuf,
+        [Arc<LogFile>; 2],
+        [Arc<LogFile>; 2],
+        OwnedFd,
+        OwnedFd,
+    ) {
         use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
-        let d = dir().join("passed");
+        let d = dir().join(tag);
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).unwrap();
-        // The parent's view and a child's (its own LogFile objects, same files).
-        let parent = [
-            LogFile::open(d.join("error.log")).unwrap(),
-            LogFile::open(d.join("access.log")).unwrap(),
-        ];
-        let child = [
-            LogFile::open(d.join("error.log")).unwrap(),
-            LogFile::open(d.join("access.log")).unwrap(),
-        ];
+        let open = || {
+            [
+                LogFile::open(d.join("error.log")).unwrap(),
+                LogFile::open(d.join("access.log")).unwrap(),
+            ]
+        };
+        let (parent, child) = (open(), open());
         let (p, c) = socketpair(
             AddressFamily::Unix,
             SockType::Datagram,
@@ -626,6 +634,12 @@ mod tests {
             SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
         )
         .unwrap();
+        (d, parent, child, p, c)
+    }
+
+    #[test]
+    fn passed_descriptors_replace_the_files_in_their_order() {
+        let (d, parent, child, p, c) = two_views("passed");
         let none = take_passed_logs(&c, &child);
         assert!(none.sets == 0 && !none.applied, "nothing waiting: {none:?}");
         assert!(none.problem().is_none());
@@ -650,26 +664,8 @@ mod tests {
 
     #[test]
     fn a_bad_set_is_skipped_and_a_later_good_one_applied() {
-        use nix::sys::socket::{sendmsg, socketpair, AddressFamily, ControlMessage, MsgFlags};
-        use nix::sys::socket::{SockFlag, SockType};
-        let d = dir().join("bad-set");
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        let parent = [
-            LogFile::open(d.join("error.log")).unwrap(),
-            LogFile::open(d.join("access.log")).unwrap(),
-        ];
-        let child = [
-            LogFile::open(d.join("error.log")).unwrap(),
-            LogFile::open(d.join("access.log")).unwrap(),
-        ];
-        let (p, c) = socketpair(
-            AddressFamily::Unix,
-            SockType::Datagram,
-            None,
-            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
-        )
-        .unwrap();
+        use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+        let (d, parent, child, p, c) = two_views("bad-set");
         for name in ["error.log", "access.log"] {
             std::fs::rename(d.join(name), d.join(format!("{name}.1"))).unwrap();
         }

@@ -438,3 +438,36 @@ pub fn set_nofile(pid: i32, soft: usize) {
         .expect("prlimit (util-linux) runs");
     assert!(st.success(), "prlimit --pid={pid} --nofile={soft}: failed");
 }
+
+/// The path of an outside program a system test needs, from the usual
+/// directories; a missing one fails the test (never skips it), naming the Debian
+/// package that has it.
+pub fn program(name: &str) -> PathBuf {
+    for dir in ["/usr/sbin", "/usr/bin", "/sbin", "/bin"] {
+        let p = std::path::Path::new(dir).join(name);
+        if p.exists() {
+            return p;
+        }
+    }
+    let package = match name {
+        "useradd" | "userdel" | "groupadd" | "groupdel" | "gpasswd" => "passwd",
+        "mount" | "umount" | "prlimit" | "setpriv" | "unshare" => "util-linux",
+        other => other,
+    };
+    panic!(
+        "{name} is not installed: apt-get install -y {package} (the system-tests feature needs it)"
+    );
+}
+
+/// Fills the receive queue of the datagram socket bound at `path` (a service
+/// manager that never reads); returns how many datagrams it took.
+pub fn fill_datagram_queue(path: &std::path::Path) -> usize {
+    let filler = std::os::unix::net::UnixDatagram::unbound().unwrap();
+    filler.set_nonblocking(true).unwrap();
+    let mut queued = 0;
+    while queued < 100_000 && filler.send_to(b"FILL=1", path).is_ok() {
+        queued += 1;
+    }
+    assert!(queued < 100_000, "the manager's queue never filled");
+    queued
+}
