@@ -46,6 +46,7 @@ fn start_stop_daemon_starts_and_stops_the_daemonized_demo_cleanly() {
         .arg(dir.join("access.log"))
         .output()
         .expect("start-stop-daemon (Debian's dpkg) is installed");
+    let _cleanup = KillOnDrop(pid_file.clone());
     assert!(start.status.success(), "{start:?}");
     // The launcher returned only once the daemon was up: it answers at once.
     let addr = listen.parse().unwrap();
@@ -56,8 +57,13 @@ fn start_stop_daemon_starts_and_stops_the_daemonized_demo_cleanly() {
         .parse()
         .unwrap();
     assert!(alive(pid));
+    // (Ready is the first child serving; the second may still be forking.)
+    assert!(
+        wait_for(Duration::from_secs(5), || children_of(pid).len() == 2),
+        "{:?}",
+        children_of(pid)
+    );
     let children = children_of(pid);
-    assert_eq!(children.len(), 2, "{children:?}");
     // Detached: its own session, no terminal, in /.
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
     let fields: Vec<&str> = stat
@@ -181,6 +187,27 @@ fn daemon_args(dir: &std::path::Path, listen: &str) -> Vec<String> {
 }
 
 /// Stops the daemon named by the pid file, if any; waits until it is gone.
+/// KILLs, when dropped, the daemon a pid file names and its children if they
+/// still run: a failed assertion must not leave a daemon behind.
+struct KillOnDrop(std::path::PathBuf);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let Ok(text) = std::fs::read_to_string(&self.0) else {
+            return;
+        };
+        let Ok(pid) = text.trim().parse::<i32>() else {
+            return;
+        };
+        if alive(pid) {
+            for c in children_of(pid) {
+                send_signal(c, 9);
+            }
+            send_signal(pid, 9);
+        }
+    }
+}
+
 fn stop(pid_file: &std::path::Path) {
     if let Ok(pid) = std::fs::read_to_string(pid_file) {
         if let Ok(pid) = pid.trim().parse::<i32>() {
@@ -206,6 +233,7 @@ fn ten_simultaneous_starts_yield_exactly_one_daemon() {
         .into_iter()
         .map(|c| c.wait_with_output().unwrap())
         .collect();
+    let _cleanup = KillOnDrop(dir.join("demo.pid"));
     let winners = outcomes.iter().filter(|o| o.status.success()).count();
     let pid = std::fs::read_to_string(dir.join("demo.pid")).unwrap();
     stop(&dir.join("demo.pid"));
@@ -228,10 +256,12 @@ fn a_stale_pid_file_is_recovered_and_a_symlinked_one_refused() {
         .args(daemon_args(&dir, &format!("127.0.0.1:{}", free_port())))
         .output()
         .unwrap();
+    let cleanup = KillOnDrop(dir.join("demo.pid"));
     assert!(out.status.success(), "{out:?}");
     let pid = std::fs::read_to_string(dir.join("demo.pid")).unwrap();
     assert_ne!(pid.trim(), "999999999");
     stop(&dir.join("demo.pid"));
+    drop(cleanup);
 
     let dir = tempdir("symlink");
     let target = dir.join("elsewhere");
