@@ -1,0 +1,126 @@
+//! Fork orchestration: preparing a slot, the child's log channel, and the fork.
+
+use super::child::{child_main, ChildStart};
+use super::credentials::Credentials;
+use super::parent::Parent;
+use super::signals::PARENT_SIGNALS;
+use super::{logs, os};
+use crate::{Event, Pid};
+use std::os::fd::{AsRawFd, OwnedFd};
+
+impl<T: 'static> Parent<T> {
+    pub(super) fn spawn(&mut self, slot: usize, generation: u64, max_requests: Option<u64>) {
+        self.board.prepare(slot, generation);
+        let Some(state) = self.state.as_ref() else {
+            // No after_init value: cannot happen (the machine spawns only after it).
+            let now = self.now();
+            self.machine.handle(now, Event::SpawnFailed { slot });
+            return;
+        };
+        // The channel the reopened logs will come down (only with log files).
+        let (parent_end, child_end) = if self.logs.all().is_empty() {
+            (None, None)
+        } else {
+            match log_channel() {
+                Ok((p, c)) => (Some(p), Some(c)),
+                Err(e) => {
+                    let user = self.credentials.as_ref().and_then(Credentials::user_name);
+                    slog::error!(
+                        self.logger,
+                        "{}",
+                        logs::no_channel_notice(&e, user.as_deref())
+                    );
+                    if user.is_some() {
+                        // As that user it could not reopen root's logs after a
+                        // rotation: a failed fork (backoff, retried) instead.
+                        let now = self.now();
+                        self.machine.handle(now, Event::SpawnFailed { slot });
+                        return;
+                    }
+                    (None, None)
+                }
+            }
+        };
+        // What the child closes first: the parent's pipes and the parent's ends of
+        // every log channel (a fork copies them all; close-on-exec is no help).
+        let mut inherited = self.inherited.clone();
+        inherited.extend(self.log_channels.values().map(AsRawFd::as_raw_fd));
+        inherited.extend(parent_end.as_ref().map(AsRawFd::as_raw_fd));
+        let parent_pid = self.parent_pid;
+        let board = self.board;
+        let inherited = &inherited;
+        let main_loop = &self.cfg.main_loop;
+        let child_logger = &self.cfg.child_logger;
+        let logs = &self.logs;
+        let credentials = self.credentials.as_ref();
+        let quiet_failure = self.machine.crash_streak() > 0;
+        // `move`: the child's end goes with the closure, which the parent drops
+        // (closing its copy) and the child consumes.
+        let result = os::fork_child(&PARENT_SIGNALS, move |gate| {
+            child_main(ChildStart {
+                gate,
+                parent_pid,
+                board,
+                inherited,
+                slot,
+                generation,
+                max_requests,
+                main_loop,
+                state,
+                child_logger,
+                logs,
+                credentials,
+                log_channel: child_end,
+                quiet_failure,
+            })
+        });
+        let now = self.now();
+        match result {
+            Ok(pid) => {
+                if let Some(p) = parent_end {
+                    self.log_channels.insert(pid.as_raw(), p);
+                }
+                if let Some((e, n)) = self.fork_failing.take() {
+                    slog::info!(self.logger, "fork works again after {n} failures ({e})");
+                }
+                self.board.assign(slot, pid.as_raw());
+                self.machine.handle(
+                    now,
+                    Event::ChildSpawned {
+                        slot,
+                        pid: Pid(pid.as_raw()),
+                    },
+                );
+            }
+            Err(e) => {
+                // Once per streak of failures (or when the error changes); the
+                // machine counts them and backs off.
+                match &mut self.fork_failing {
+                    Some((last, n)) if *last == e => *n += 1,
+                    _ => {
+                        slog::error!(
+                            self.logger,
+                            "fork failed: {e}; serving with the children there are"
+                        );
+                        self.fork_failing = Some((e, 1));
+                    }
+                }
+                self.board.release(slot);
+                self.machine.handle(now, Event::SpawnFailed { slot });
+            }
+        }
+    }
+}
+
+/// A connected pair of Unix datagram sockets, close-on-exec: (parent's end,
+/// child's end). The parent's end never blocks: a child that does not read in
+/// time misses that rotation's descriptors, the parent does not wait for it.
+pub(super) fn log_channel() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+    Ok(socketpair(
+        AddressFamily::Unix,
+        SockType::Datagram,
+        None,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+    )?)
+}

@@ -1,0 +1,413 @@
+//! The parent's loop: waits for signals, wake-ups and timers, reaps children,
+//! reads the scoreboard, and feeds the machine.
+
+use super::clock::Clock;
+use super::credentials::Credentials;
+use super::error::{io_err, BoxError, RunError};
+use super::prefork::{Logs, Prefork};
+use super::scoreboard::Board;
+use super::signals::{to_machine_signal, PARENT_SIGNALS};
+use super::watch::mtime;
+use super::{daemon, memory, netstat, os, scoreboard, systemd};
+use crate::{Event, ExitStatus, Machine, Pid, Scoreboard, Time};
+use crossbeam_channel::{after, never, select, unbounded, Receiver};
+use nix::fcntl::OFlag;
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd;
+use signal_hook::consts::signal as sh;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+pub(super) struct Parent<T> {
+    pub(super) cfg: Prefork<T>,
+    pub(super) logger: slog::Logger,
+    pub(super) machine: Machine,
+    pub(super) board: Board,
+    pub(super) clock: Clock,
+    pub(super) signals: Receiver<i32>,
+    pub(super) wakes: Receiver<()>,
+    // The parent's ends of its pipes, which a child closes first thing.
+    pub(super) inherited: Vec<std::os::fd::RawFd>,
+    /// The parent's end of each live child's log channel (by pid), where the
+    /// reopened logs are passed; closed when the child is reaped.
+    pub(super) log_channels: std::collections::BTreeMap<i32, OwnedFd>,
+    pub(super) _wake_read: OwnedFd,
+    // Kept open for the daemon's life: children write wake-ups to it.
+    pub(super) _wake_write: OwnedFd,
+    /// The scoreboard file, locked for the parent's life (children close it).
+    pub(super) _board_file: Option<std::fs::File>,
+    pub(super) state: Option<T>,
+    pub(super) init_error: Option<BoxError>,
+    pub(super) reading: Scoreboard,
+    pub(super) baseline: Vec<(PathBuf, Option<SystemTime>)>,
+    pub(super) parent_pid: unistd::Pid,
+    pub(super) logs: Logs,
+    /// The service manager, when NOTIFY_SOCKET names one.
+    pub(super) notifier: Option<systemd::Notifier>,
+    /// The launcher waiting for the daemon to be up, when daemonized.
+    pub(super) reporter: Option<daemon::Reporter>,
+    /// Who the children run as.
+    pub(super) credentials: Option<Credentials>,
+    /// Ticks at half the service manager's watchdog interval (WATCHDOG_USEC).
+    pub(super) watchdog: Option<Receiver<std::time::Instant>>,
+    /// Notifications are failing: how many have, the first (logged) included
+    /// (STATUS and watchdog pings are not logged one by one).
+    pub(super) notify_failing: Option<u64>,
+    /// Daemonized: the service manager must be told the main pid changed.
+    pub(super) daemonized: bool,
+    pub(super) stopping_marked: bool,
+    /// Look for hung-up clients at all (a hook or a disconnect policy is set).
+    pub(super) watch_disconnects: bool,
+    /// When the next look is due (ns of CLOCK_MONOTONIC), while children are busy.
+    pub(super) disconnect_due: Option<u64>,
+    /// The error of the forks failing in a row, and how many did.
+    pub(super) fork_failing: Option<(nix::errno::Errno, u32)>,
+}
+
+impl<T: 'static> Parent<T> {
+    pub(super) fn start(
+        mut cfg: Prefork<T>,
+        logger: slog::Logger,
+        logs: Logs,
+        pid_fd: Option<std::os::fd::RawFd>,
+        service: systemd::ServiceEnv,
+    ) -> Result<Parent<T>, RunError> {
+        let mut builder = Machine::builder(cfg.options.clone());
+        if let Some(p) = cfg.scaling.take() {
+            builder = builder.scaling_boxed(p);
+        }
+        if let Some(p) = cfg.reload.take() {
+            builder = builder.reload_boxed(p);
+        }
+        let credentials = Credentials::resolve(cfg.user.as_deref(), cfg.group.as_deref())?;
+        let watch_disconnects = cfg.on_client_disconnect.is_some() || cfg.disconnect.is_some();
+        if let Some(p) = cfg.disconnect.take() {
+            builder = builder.disconnect_boxed(p);
+        }
+        let machine = builder.build()?;
+        os::ignore_sigpipe().map_err(io_err("ignoring SIGPIPE"))?;
+
+        // Signal handling is in place before the first fork: for each signal a flag,
+        // then a byte down a self-pipe we own (so children can close it), read by a
+        // thread that forwards the flagged signals. Signals coalesce, as they do.
+        let (sig_read, sig_write) =
+            std::os::unix::net::UnixStream::pair().map_err(|e| RunError::Io {
+                what: "creating the signal pipe".into(),
+                source: e,
+            })?;
+        // Children close these first: the parent's pipes, and the pid file (its lock
+        // must not outlive the parent in a child).
+        let mut inherited = vec![sig_read.as_raw_fd()];
+        inherited.extend(pid_fd);
+        let mut flags = Vec::new();
+        for &sig in &PARENT_SIGNALS {
+            let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let write = sig_write.try_clone().map_err(|e| RunError::Io {
+                what: "creating the signal pipe".into(),
+                source: e,
+            })?;
+            inherited.push(write.as_raw_fd());
+            signal_hook::flag::register(sig, std::sync::Arc::clone(&flag))
+                .and_then(|_| signal_hook::low_level::pipe::register(sig, write))
+                .map_err(|e| RunError::Io {
+                    what: format!("installing the handler of signal {sig}"),
+                    source: e,
+                })?;
+            flags.push((sig, flag));
+        }
+        drop(sig_write);
+        let (sig_tx, signals) = unbounded();
+        std::thread::Builder::new()
+            .name("preforkd-signals".into())
+            .spawn(move || {
+                let mut sig_read = sig_read;
+                let mut buf = [0u8; 64];
+                loop {
+                    match std::io::Read::read(&mut sig_read, &mut buf) {
+                        Ok(0) => break,
+                        Ok(_) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(_) => break,
+                    }
+                    for (sig, flag) in &flags {
+                        if flag.swap(false, std::sync::atomic::Ordering::AcqRel)
+                            && sig_tx.send(*sig).is_err()
+                        {
+                            return;
+                        }
+                    }
+                }
+            })
+            .map_err(|e| RunError::Io {
+                what: "starting the signal thread".into(),
+                source: e,
+            })?;
+
+        // Children write a byte here when the pool saturates or a child is ready.
+        let (wake_read, wake_write) =
+            unistd::pipe2(OFlag::O_CLOEXEC).map_err(io_err("creating the wake-up pipe"))?;
+        nix::fcntl::fcntl(
+            &wake_write,
+            nix::fcntl::FcntlArg::F_SETFL(OFlag::O_NONBLOCK),
+        )
+        .map_err(io_err("setting up the wake-up pipe"))?;
+        let reader = wake_read.try_clone().map_err(|e| RunError::Io {
+            what: "setting up the wake-up pipe".into(),
+            source: e,
+        })?;
+        inherited.push(wake_read.as_raw_fd());
+        inherited.push(reader.as_raw_fd());
+        let (wake_tx, wakes) = unbounded();
+        std::thread::Builder::new()
+            .name("preforkd-wakeups".into())
+            .spawn(move || {
+                let mut buf = [0u8; 64];
+                loop {
+                    match unistd::read(&reader, &mut buf) {
+                        Ok(0) => break,
+                        Ok(_) => {
+                            if wake_tx.send(()).is_err() {
+                                break;
+                            }
+                        }
+                        Err(nix::errno::Errno::EINTR) => {}
+                        Err(_) => break,
+                    }
+                }
+            })
+            .map_err(|e| RunError::Io {
+                what: "starting the wake-up thread".into(),
+                source: e,
+            })?;
+
+        let (board, board_file) = Board::create(
+            cfg.scoreboard_path.as_deref(),
+            cfg.options.max_children,
+            wake_write.as_raw_fd(),
+        )
+        .map_err(|e| RunError::Io {
+            // The error names the file.
+            what: "creating the scoreboard".into(),
+            source: e,
+        })?;
+        // The lock is the parent's alone: it must not outlive it in a child.
+        inherited.extend(board_file.as_ref().map(AsRawFd::as_raw_fd));
+
+        for note in &service.notes {
+            slog::warn!(logger, "{note}");
+        }
+        let notifier = match &service.notify_socket {
+            None => None,
+            Some(addr) => match addr.to_str().map(systemd::Notifier::new) {
+                Some(Ok(n)) => Some(n),
+                Some(Err(e)) => {
+                    slog::warn!(logger, "NOTIFY_SOCKET unusable, not notifying: {e}");
+                    None
+                }
+                None => {
+                    slog::warn!(logger, "NOTIFY_SOCKET {addr:?} is not UTF-8, not notifying");
+                    None
+                }
+            },
+        };
+        // Pings go to the service manager: without one, no timer at all.
+        let watchdog = service
+            .watchdog
+            .filter(|_| notifier.is_some())
+            .map(crossbeam_channel::tick);
+
+        let mut watched: Vec<PathBuf> = std::env::current_exe().into_iter().collect();
+        watched.append(&mut cfg.watch);
+        let baseline = watched
+            .into_iter()
+            .map(|p| {
+                let m = mtime(&p);
+                (p, m)
+            })
+            .collect();
+        let n = cfg.options.max_children;
+        Ok(Parent {
+            cfg,
+            logger,
+            machine,
+            board,
+            clock: Clock::start(),
+            signals,
+            wakes,
+            inherited,
+            log_channels: std::collections::BTreeMap::new(),
+            _wake_read: wake_read,
+            _wake_write: wake_write,
+            _board_file: board_file,
+            state: None,
+            init_error: None,
+            reading: Scoreboard {
+                slots: Vec::with_capacity(n),
+                backlog: None,
+            },
+            baseline,
+            parent_pid: unistd::getpid(),
+            logs,
+            notifier,
+            // Both set by the caller once started (a failed start is reported
+            // by the caller).
+            daemonized: false,
+            reporter: None,
+            credentials,
+            watchdog,
+            notify_failing: None,
+            stopping_marked: false,
+            watch_disconnects,
+            disconnect_due: None,
+            fork_failing: None,
+        })
+    }
+
+    pub(super) fn now(&self) -> Time {
+        self.clock.now()
+    }
+
+    /// Serves until the machine exits. Whatever ends it before the launcher heard
+    /// that the daemon is up is told to the launcher.
+    pub(super) fn run(mut self) -> Result<i32, RunError> {
+        let result = self.serve();
+        if let Some(r) = self.reporter.as_mut() {
+            match &result {
+                Err(e) => r.fail(&e.to_string()),
+                Ok(code) => r.fail(&format!(
+                    "the daemon stopped during start-up (exit code {code})"
+                )),
+            }
+        }
+        result
+    }
+
+    pub(super) fn serve(&mut self) -> Result<i32, RunError> {
+        loop {
+            if let Some(code) = self.carry_out()? {
+                return Ok(code);
+            }
+            let room = self.machine.counts().alive() < self.cfg.options.max_children;
+            self.board.set_can_grow(room);
+            let timer = match self.machine.poll_timeout() {
+                Some(t) => after(t.saturating_since(self.now())),
+                None => never(),
+            };
+            // Hung-up clients matter only while a child is busy with one; an idle
+            // pool asks its first busy child to say so, and sleeps meanwhile.
+            // (Arming also tells whether a slot shows a busy child the machine does
+            // not count as busy: one that got busy just before, or a retiring one.)
+            let busy = self.machine.counts().busy > 0
+                || (self.watch_disconnects && self.board.arm_busy_watch());
+            let every = self.cfg.disconnect_check_every.as_nanos() as u64;
+            self.disconnect_due = match (self.watch_disconnects && busy, self.disconnect_due) {
+                (false, _) => None,
+                (true, Some(due)) => Some(due),
+                (true, None) => Some(scoreboard::now_ns().saturating_add(every)),
+            };
+            let netstat = match self.disconnect_due {
+                Some(due) => after(Duration::from_nanos(
+                    due.saturating_sub(scoreboard::now_ns()),
+                )),
+                None => never(),
+            };
+            let watchdog = self.watchdog.clone().unwrap_or_else(never);
+            select! {
+                recv(self.signals) -> sig => match sig {
+                    Ok(sig) => self.on_signal(sig),
+                    Err(_) => {
+                        return Err(RunError::Io {
+                            what: "waiting for signals".into(),
+                            source: std::io::Error::other("the signal thread stopped"),
+                        })
+                    }
+                },
+                recv(self.wakes) -> _ => {
+                    while self.wakes.try_recv().is_ok() {}
+                    self.tick();
+                },
+                recv(timer) -> _ => self.tick(),
+                recv(watchdog) -> _ => {
+                    if let Some(n) = &self.notifier {
+                        let sent = n.watchdog();
+                        self.notified("WATCHDOG=1", false, sent);
+                    }
+                }
+                recv(netstat) -> _ => {
+                    self.disconnect_due = None;
+                    let children: Vec<i32> = self.machine.pids().map(|p| p.0).collect();
+                    let conns = netstat::closed_connections(&children);
+                    let now = self.now();
+                    self.machine.handle(now, Event::Netstat(&conns));
+                }
+            }
+        }
+    }
+
+    pub(super) fn on_signal(&mut self, sig: i32) {
+        if sig == sh::SIGCHLD {
+            self.reap();
+            return;
+        }
+        if let Some(s) = to_machine_signal(sig) {
+            let now = self.now();
+            self.machine.handle(now, Event::Signal(s));
+        }
+    }
+
+    /// Reaps every child that has exited (SIGCHLD coalesces).
+    pub(super) fn reap(&mut self) {
+        let mut reaped = Vec::new();
+        loop {
+            match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) => reaped.push((pid, ExitStatus::Exited(code))),
+                Ok(WaitStatus::Signaled(pid, sig, _)) => {
+                    reaped.push((pid, ExitStatus::Signaled(sig as i32)))
+                }
+                Ok(WaitStatus::StillAlive) | Err(nix::errno::Errno::ECHILD) => break,
+                Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => {
+                    slog::error!(self.logger, "waitpid failed: {e}");
+                    break;
+                }
+            }
+        }
+        if reaped.is_empty() {
+            return;
+        }
+        // Read the scoreboard while the dead children's slots still show their last
+        // state: one that left by itself (request limit) says so, and its exit is
+        // not mistaken for a crash.
+        self.tick();
+        for (pid, status) in reaped {
+            self.log_channels.remove(&pid.as_raw());
+            if let Some(slot) = self.board.slot_of(pid.as_raw()) {
+                self.board.release(slot);
+            }
+            let now = self.now();
+            self.machine.handle(
+                now,
+                Event::ChildExited {
+                    pid: Pid(pid.as_raw()),
+                    status,
+                },
+            );
+        }
+    }
+
+    pub(super) fn tick(&mut self) {
+        self.board.clear_wake();
+        self.board.set_generation(self.machine.generation());
+        let mut reading = std::mem::take(&mut self.reading);
+        self.board.read_into(self.clock.origin_ns(), &mut reading.slots);
+        if self.cfg.options.max_child_memory.is_some() {
+            for s in reading.slots.iter_mut().filter(|s| s.pid.0 > 0) {
+                s.memory = memory::rss_bytes(s.pid.0);
+            }
+        }
+        let now = self.now();
+        self.machine.handle(now, Event::Scoreboard(&reading));
+        self.reading = reading;
+    }
+}
