@@ -42,7 +42,10 @@ mod tests {
     fn time_starts_near_zero_and_never_goes_back() {
         let c = Clock::start();
         let a = c.now();
-        assert!(a < Time::from_millis(10_000), "time zero is the start: {a:?}");
+        assert!(
+            a < Time::from_millis(10_000),
+            "time zero is the start: {a:?}"
+        );
         let b = c.now();
         assert!(b >= a);
     }

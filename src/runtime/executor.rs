@@ -4,11 +4,10 @@
 use super::error::RunError;
 use super::logs;
 use super::logs::LogFile;
-use super::parent::Parent;
-use super::signals::to_os_signal;
-use crate::{Action, Event, Hook, HookKind, Level, Notify, Signal, SignalReason, State};
-use nix::sys::signal::{self as nsig};
-use nix::unistd;
+use super::parent::{system, Parent};
+use super::system::System;
+use crate::supervisor::driver;
+use crate::{Action, Event, Hook, HookKind, Level, Notify};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
@@ -48,11 +47,8 @@ impl<T: 'static> Parent<T> {
     /// Carries out every pending action; `Some(code)` once the machine exits.
     pub(super) fn carry_out(&mut self) -> Result<Option<i32>, RunError> {
         while let Some(action) = self.machine.poll_action() {
-            if !self.stopping_marked && self.machine.state() == State::ShuttingDown {
-                // Before any shutdown TERM goes out: children seeing it drain the backlog.
-                self.board.set_stopping();
-                self.stopping_marked = true;
-            }
+            // The stop flag before any shutdown TERM: children seeing it drain the backlog.
+            driver::before_action(&self.machine, &mut system!(self), &mut self.stopping_marked);
             match action {
                 Action::Spawn {
                     slot,
@@ -63,31 +59,7 @@ impl<T: 'static> Parent<T> {
                     pid,
                     signal,
                     reason,
-                } => {
-                    let alone = !matches!(
-                        reason,
-                        SignalReason::Shutdown
-                            | SignalReason::Escalation
-                            | SignalReason::ReopenLogs
-                    );
-                    if signal == Signal::Term && alone {
-                        // Before the TERM: the child must know it leaves alone and
-                        // that the queue is its siblings' (a TERM without this mark
-                        // is a shutdown, whoever sent it).
-                        if let Some(slot) = self.board.slot_of(pid.0) {
-                            self.board.mark_retired_alone(slot);
-                        }
-                    }
-                    match nsig::kill(unistd::Pid::from_raw(pid.0), to_os_signal(signal)) {
-                        Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
-                        Err(e) => slog::error!(
-                            self.logger,
-                            "kill({}, {}) failed: {e}",
-                            pid,
-                            signal.name()
-                        ),
-                    }
-                }
+                } => driver::send_signal(&mut system!(self), pid, signal, reason),
                 Action::RunHook(hook) => self.run_hook(hook),
                 Action::ReopenLogs => {
                     let all = self.logs.all();

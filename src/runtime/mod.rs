@@ -63,6 +63,7 @@ pub mod pidfile;
 mod prefork;
 mod scoreboard;
 mod signals;
+mod system;
 pub mod systemd;
 mod watch;
 mod worker;

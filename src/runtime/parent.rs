@@ -7,18 +7,37 @@ use super::error::{io_err, BoxError, RunError};
 use super::prefork::{Logs, Prefork};
 use super::scoreboard::Board;
 use super::signals::{to_machine_signal, PARENT_SIGNALS};
+use super::system::System;
 use super::watch::mtime;
-use super::{daemon, memory, netstat, os, scoreboard, systemd};
-use crate::{Event, ExitStatus, Machine, Pid, Scoreboard, Time};
+use super::{daemon, netstat, os, scoreboard, systemd};
+use crate::supervisor::driver;
+use crate::{Event, Machine, Scoreboard, Time};
 use crossbeam_channel::{after, never, select, unbounded, Receiver};
 use nix::fcntl::OFlag;
-use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd;
 use signal_hook::consts::signal as sh;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
+/// Builds the [`System`] view of a [`Parent`]'s fields, borrowing them one by one
+/// (so the machine and the reading stay free for the driver).
+macro_rules! system {
+    ($p:expr) => {
+        System {
+            board: $p.board,
+            clock: $p.clock,
+            logger: &$p.logger,
+            log_channels: &mut $p.log_channels,
+            generation: $p.machine.generation(),
+            measure_memory: $p.cfg.options.max_child_memory.is_some(),
+        }
+    };
+}
+pub(super) use system;
+
+/// The parent: the machine, the scoreboard, the children's channels and the
+/// service manager, and the loop that feeds them to each other.
 pub(super) struct Parent<T> {
     pub(super) cfg: Prefork<T>,
     pub(super) logger: slog::Logger,
@@ -298,10 +317,13 @@ impl<T: 'static> Parent<T> {
             // pool asks its first busy child to say so, and sleeps meanwhile.
             // (Arming also tells whether a slot shows a busy child the machine does
             // not count as busy: one that got busy just before, or a retiring one.)
-            let busy = self.machine.counts().busy > 0
-                || (self.watch_disconnects && self.board.arm_busy_watch());
+            let scan = driver::disconnect_scan_due(
+                &self.machine,
+                &mut system!(self),
+                self.watch_disconnects,
+            );
             let every = self.cfg.disconnect_check_every.as_nanos() as u64;
-            self.disconnect_due = match (self.watch_disconnects && busy, self.disconnect_due) {
+            self.disconnect_due = match (scan, self.disconnect_due) {
                 (false, _) => None,
                 (true, Some(due)) => Some(due),
                 (true, None) => Some(scoreboard::now_ns().saturating_add(every)),
@@ -356,58 +378,16 @@ impl<T: 'static> Parent<T> {
         }
     }
 
-    /// Reaps every child that has exited (SIGCHLD coalesces).
+    /// Reaps every child that has exited, the scoreboard read first (see
+    /// [`driver`]).
     pub(super) fn reap(&mut self) {
-        let mut reaped = Vec::new();
-        loop {
-            match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::Exited(pid, code)) => reaped.push((pid, ExitStatus::Exited(code))),
-                Ok(WaitStatus::Signaled(pid, sig, _)) => {
-                    reaped.push((pid, ExitStatus::Signaled(sig as i32)))
-                }
-                Ok(WaitStatus::StillAlive) | Err(nix::errno::Errno::ECHILD) => break,
-                Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
-                Err(e) => {
-                    slog::error!(self.logger, "waitpid failed: {e}");
-                    break;
-                }
-            }
-        }
-        if reaped.is_empty() {
-            return;
-        }
-        // Read the scoreboard while the dead children's slots still show their last
-        // state: one that left by itself (request limit) says so, and its exit is
-        // not mistaken for a crash.
-        self.tick();
-        for (pid, status) in reaped {
-            self.log_channels.remove(&pid.as_raw());
-            if let Some(slot) = self.board.slot_of(pid.as_raw()) {
-                self.board.release(slot);
-            }
-            let now = self.now();
-            self.machine.handle(
-                now,
-                Event::ChildExited {
-                    pid: Pid(pid.as_raw()),
-                    status,
-                },
-            );
-        }
+        let mut fx = system!(self);
+        driver::reap(&mut self.machine, &mut fx, &mut self.reading);
     }
 
+    /// Reads the scoreboard and feeds it to the machine.
     pub(super) fn tick(&mut self) {
-        self.board.clear_wake();
-        self.board.set_generation(self.machine.generation());
-        let mut reading = std::mem::take(&mut self.reading);
-        self.board.read_into(self.clock.origin_ns(), &mut reading.slots);
-        if self.cfg.options.max_child_memory.is_some() {
-            for s in reading.slots.iter_mut().filter(|s| s.pid.0 > 0) {
-                s.memory = memory::rss_bytes(s.pid.0);
-            }
-        }
-        let now = self.now();
-        self.machine.handle(now, Event::Scoreboard(&reading));
-        self.reading = reading;
+        let mut fx = system!(self);
+        driver::tick(&mut self.machine, &mut fx, &mut self.reading);
     }
 }

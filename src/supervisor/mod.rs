@@ -4,6 +4,7 @@
 
 pub mod action;
 pub mod config;
+pub mod driver;
 pub mod event;
 pub mod machine;
 pub mod rng;

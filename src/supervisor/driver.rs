@@ -1,0 +1,324 @@
+//! How a runtime drives the [`Machine`]: the ordering rules between the outside
+//! world's effects and the events fed back, written once over a small trait
+//! ([`Effects`]) so the process runtime, the simulator and unit tests with a fake
+//! follow the same rules (the way tokio's process reaper is generic over small
+//! traits).
+//!
+//! The rules:
+//! - **Reaping reads the scoreboard first.** Exits are collected, then the
+//!   scoreboard is read and fed while the dead children's slots still show their
+//!   last state, then each exit is reported: a child that left by itself (its slot
+//!   says retiring) is not mistaken for a crash.
+//! - **The stop flag before the first shutdown TERM.** Once the machine is shutting
+//!   down, the scoreboard's stop flag is set before any action is carried out, so a
+//!   child that gets its TERM sees it and drains the backlog.
+//! - **A lone TERM is marked first.** A TERM sent for any reason but a shutdown,
+//!   an escalation or a log reopening (a scale-down, a reload, a limit) is marked
+//!   on the child's slot before it goes out: that child leaves alone, and the queue
+//!   is its siblings'.
+//! - **The disconnect scan only while children are busy.** Hung-up clients matter
+//!   only while some child is busy; an idle pool is never scanned.
+
+use super::action::SignalReason;
+use super::event::{Event, ExitStatus, Scoreboard, Signal};
+use super::machine::Machine;
+use super::transitions::State;
+use crate::policy::{Pid, Time};
+
+/// The effects a runtime performs for the machine, in the small: what the
+/// ordering rules of the [module](self) are about.
+pub trait Effects {
+    /// The machine's time now.
+    fn now(&self) -> Time;
+    /// Reaps one exited child without blocking; `None` when no child has exited.
+    fn try_reap(&mut self) -> Option<(Pid, ExitStatus)>;
+    /// Reads the scoreboard into `into`.
+    fn read_scoreboard(&mut self, into: &mut Scoreboard);
+    /// Frees what a reaped child held (its slot, its log channel).
+    fn release(&mut self, pid: Pid);
+    /// Sends `signal` to `pid`; `alone`: mark its slot first (see the module docs).
+    fn signal(&mut self, pid: Pid, signal: Signal, alone: bool);
+    /// Sets the scoreboard's stop flag.
+    fn mark_stopping(&mut self);
+    /// Whether some slot shows a busy child the machine may not count yet (one
+    /// that got busy since the last reading); when none does, asks the first
+    /// child that gets busy to wake the parent.
+    fn busy_watch(&mut self) -> bool;
+}
+
+/// Reads the scoreboard and feeds it to the machine.
+pub fn tick(machine: &mut Machine, fx: &mut impl Effects, reading: &mut Scoreboard) {
+    fx.read_scoreboard(reading);
+    let now = fx.now();
+    machine.handle(now, Event::Scoreboard(reading));
+}
+
+/// Reaps every child that has exited (SIGCHLD coalesces) and reports the exits,
+/// the scoreboard read first (see the module docs). Returns how many were reaped.
+pub fn reap(machine: &mut Machine, fx: &mut impl Effects, reading: &mut Scoreboard) -> usize {
+    let mut reaped = Vec::new();
+    while let Some(exit) = fx.try_reap() {
+        reaped.push(exit);
+    }
+    if reaped.is_empty() {
+        return 0;
+    }
+    tick(machine, fx, reading);
+    for &(pid, status) in &reaped {
+        fx.release(pid);
+        let now = fx.now();
+        machine.handle(now, Event::ChildExited { pid, status });
+    }
+    reaped.len()
+}
+
+/// What a runtime does before carrying out any action the machine returned: sets
+/// the stop flag once the machine is shutting down (`marked`: whether it has been).
+pub fn before_action(machine: &Machine, fx: &mut impl Effects, marked: &mut bool) {
+    if !*marked && machine.state() == State::ShuttingDown {
+        fx.mark_stopping();
+        *marked = true;
+    }
+}
+
+/// Carries out an [`Action::Signal`](super::action::Action::Signal): `signal` to `pid` for `reason`, a lone
+/// TERM marked first (see the module docs).
+pub fn send_signal(fx: &mut impl Effects, pid: Pid, signal: Signal, reason: SignalReason) {
+    let alone = signal == Signal::Term
+        && !matches!(
+            reason,
+            SignalReason::Shutdown | SignalReason::Escalation | SignalReason::ReopenLogs
+        );
+    fx.signal(pid, signal, alone);
+}
+
+/// Whether hung-up clients are worth a look now: disconnects are `watched` and
+/// some child is busy (as the machine counts, or as the scoreboard shows).
+pub fn disconnect_scan_due(machine: &Machine, fx: &mut impl Effects, watched: bool) -> bool {
+    watched && (machine.counts().busy > 0 || fx.busy_watch())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::supervisor::action::{Action, Hook};
+    use crate::supervisor::event::{HookKind, SlotReading, SlotState};
+    use crate::Options;
+    use std::collections::VecDeque;
+
+    /// A fake world: children are slots of a scoreboard; every effect is logged.
+    #[derive(Default)]
+    struct Fake {
+        now: Time,
+        slots: Vec<SlotReading>,
+        exits: VecDeque<(Pid, ExitStatus)>,
+        log: Vec<String>,
+        stopping: bool,
+        busy_slot: bool,
+    }
+
+    impl Effects for Fake {
+        fn now(&self) -> Time {
+            self.now
+        }
+        fn try_reap(&mut self) -> Option<(Pid, ExitStatus)> {
+            let e = self.exits.pop_front()?;
+            self.log.push(format!("reap {}", e.0 .0));
+            Some(e)
+        }
+        fn read_scoreboard(&mut self, into: &mut Scoreboard) {
+            self.log.push("read".into());
+            into.slots = self.slots.clone();
+        }
+        fn release(&mut self, pid: Pid) {
+            self.log.push(format!("release {}", pid.0));
+            for s in &mut self.slots {
+                if s.pid == pid {
+                    *s = SlotReading::default();
+                }
+            }
+        }
+        fn signal(&mut self, pid: Pid, signal: Signal, alone: bool) {
+            let seen = if self.stopping {
+                " (stop flag set)"
+            } else {
+                ""
+            };
+            let alone = if alone { " alone" } else { "" };
+            self.log
+                .push(format!("{} {}{alone}{seen}", signal.name(), pid.0));
+        }
+        fn mark_stopping(&mut self) {
+            self.log.push("stopping".into());
+            self.stopping = true;
+        }
+        fn busy_watch(&mut self) -> bool {
+            self.log.push("busy watch".into());
+            self.busy_slot
+        }
+    }
+
+    /// A machine serving `n` ready, idle children (pids 100, 101...), and the fake
+    /// scoreboard showing them.
+    fn serving(n: usize) -> (Machine, Fake) {
+        let opts = Options {
+            prefork: n,
+            max_children: n + 2,
+            ..Options::default()
+        };
+        let mut m = Machine::new(opts).unwrap();
+        let mut fx = Fake {
+            slots: vec![SlotReading::default(); n + 2],
+            ..Fake::default()
+        };
+        m.handle(
+            fx.now,
+            Event::HookFinished {
+                hook: HookKind::AfterInit,
+                ok: true,
+            },
+        );
+        let mut pid = 100;
+        while let Some(a) = m.poll_action() {
+            if let Action::Spawn { slot, .. } = a {
+                m.handle(
+                    fx.now,
+                    Event::ChildSpawned {
+                        slot,
+                        pid: Pid(pid),
+                    },
+                );
+                m.handle(fx.now, Event::ChildReady { pid: Pid(pid) });
+                fx.slots[slot] = SlotReading {
+                    pid: Pid(pid),
+                    state: SlotState::Idle,
+                    ..SlotReading::default()
+                };
+                pid += 1;
+            }
+        }
+        assert_eq!(m.state(), State::Serving);
+        (m, fx)
+    }
+
+    /// Carries out the machine's actions as a runtime would, signals through the
+    /// fake; returns the other actions.
+    fn carry_out(m: &mut Machine, fx: &mut Fake, marked: &mut bool) -> Vec<Action> {
+        let mut rest = Vec::new();
+        while let Some(a) = m.poll_action() {
+            before_action(m, fx, marked);
+            match a {
+                Action::Signal {
+                    pid,
+                    signal,
+                    reason,
+                } => send_signal(fx, pid, signal, reason),
+                other => rest.push(other),
+            }
+        }
+        rest
+    }
+
+    #[test]
+    fn a_child_that_left_by_itself_is_read_before_its_exit_and_is_no_crash() {
+        let (mut m, mut fx) = serving(2);
+        // Child 100 served its request limit: its slot says retiring, then it exits.
+        fx.now = Time::from_millis(10);
+        fx.slots[0].state = SlotState::Retiring;
+        fx.slots[0].requests = 5;
+        fx.exits.push_back((Pid(100), ExitStatus::Exited(0)));
+        let mut reading = Scoreboard::default();
+        assert_eq!(reap(&mut m, &mut fx, &mut reading), 1);
+        assert_eq!(fx.log, ["reap 100", "read", "release 100"]);
+        assert_eq!(m.crash_streak(), 0, "a recycled child is no crash");
+        // Reported without the reading first, the same exit is a crash.
+        let (mut m, fx) = serving(2);
+        m.handle(
+            fx.now,
+            Event::ChildExited {
+                pid: Pid(100),
+                status: ExitStatus::Exited(0),
+            },
+        );
+        assert_eq!(m.crash_streak(), 1, "the rule is what tells them apart");
+    }
+
+    #[test]
+    fn nothing_reaped_reads_nothing() {
+        let (mut m, mut fx) = serving(1);
+        assert_eq!(reap(&mut m, &mut fx, &mut Scoreboard::default()), 0);
+        assert!(fx.log.is_empty(), "{:?}", fx.log);
+    }
+
+    #[test]
+    fn the_stop_flag_is_set_before_the_first_shutdown_term() {
+        let (mut m, mut fx) = serving(3);
+        let mut marked = false;
+        carry_out(&mut m, &mut fx, &mut marked);
+        assert!(fx.log.is_empty(), "{:?}", fx.log);
+        m.handle(fx.now, Event::Signal(Signal::Term));
+        let rest = carry_out(&mut m, &mut fx, &mut marked);
+        assert_eq!(
+            fx.log.first().map(String::as_str),
+            Some("stopping"),
+            "{:?}",
+            fx.log
+        );
+        let terms: Vec<&String> = fx.log.iter().filter(|l| l.starts_with("TERM")).collect();
+        assert_eq!(terms.len(), 3, "{:?}", fx.log);
+        assert!(
+            terms
+                .iter()
+                .all(|l| l.ends_with("(stop flag set)") && !l.contains("alone")),
+            "{:?}",
+            fx.log
+        );
+        assert_eq!(fx.log.iter().filter(|l| *l == "stopping").count(), 1);
+        assert!(rest
+            .iter()
+            .all(|a| !matches!(a, Action::RunHook(Hook::AfterInit))));
+    }
+
+    #[test]
+    fn a_term_that_is_no_shutdown_is_marked_alone() {
+        let (mut m, mut fx) = serving(2);
+        let mut marked = false;
+        // TTOU: one child fewer, a lone retirement.
+        m.handle(fx.now, Event::Signal(Signal::Ttou));
+        carry_out(&mut m, &mut fx, &mut marked);
+        assert!(
+            fx.log
+                .iter()
+                .any(|l| l.starts_with("TERM") && l.contains("alone")),
+            "{:?}",
+            fx.log
+        );
+        assert!(!marked && !fx.stopping);
+    }
+
+    #[test]
+    fn the_disconnect_scan_is_armed_only_while_children_are_busy() {
+        let (mut m, mut fx) = serving(2);
+        // Idle pool: no scan; the first child to get busy is asked to say so.
+        assert!(!disconnect_scan_due(&m, &mut fx, true));
+        assert_eq!(fx.log, ["busy watch"]);
+        // A child got busy since the last reading: the scoreboard shows it.
+        fx.busy_slot = true;
+        assert!(disconnect_scan_due(&m, &mut fx, true));
+        // The machine counts it busy: no need to look at the scoreboard.
+        fx.busy_slot = false;
+        fx.slots[1].state = SlotState::Busy;
+        fx.slots[1].request_start = Some(fx.now);
+        tick(&mut m, &mut fx, &mut Scoreboard::default());
+        fx.log.clear();
+        assert!(disconnect_scan_due(&m, &mut fx, true));
+        assert!(fx.log.is_empty(), "{:?}", fx.log);
+        // Nobody watches disconnects: never.
+        assert!(!disconnect_scan_due(&m, &mut fx, false));
+        // Idle again: no scan.
+        fx.slots[1].state = SlotState::Idle;
+        fx.slots[1].request_start = None;
+        tick(&mut m, &mut fx, &mut Scoreboard::default());
+        assert!(!disconnect_scan_due(&m, &mut fx, true));
+    }
+}
