@@ -300,9 +300,13 @@ fn bad_configuration_gets_one_clear_error_each_and_exit_78() {
         (vec!["--max-children", "0"], "max_children"),
         (
             vec!["--daemonize"],
-            "missing: error_log_path, access_log_path, pid_path",
+            "option daemonize: needs error_log_path, access_log_path and pid_path; missing: error_log_path, access_log_path, pid_path",
         ),
-        (vec!["--error-log", unwritable], "cannot open the log"),
+        (
+            vec!["--error-log", unwritable],
+            "option error_log_path: cannot open the log",
+        ),
+
         (
             vec!["--prefork", "many"],
             "--prefork: \"many\" is not a number",

@@ -1,7 +1,7 @@
 //! The user and groups children run as: resolved in the parent, applied in the
 //! child with system calls only.
 
-use super::error::RunError;
+use super::error::{invalid, RunError};
 use nix::unistd;
 
 /// The user and groups children switch to, resolved once in the parent, before
@@ -54,7 +54,7 @@ impl Credentials {
             Some(name) => Some(
                 unistd::User::from_name(name)
                     .map_err(lookup)?
-                    .ok_or_else(|| RunError::Invalid(format!("user {name:?} does not exist")))?,
+                    .ok_or_else(|| invalid("user", format!("user {name:?} does not exist")))?,
             ),
             None => None,
         };
@@ -62,7 +62,7 @@ impl Credentials {
             Some(name) => {
                 unistd::Group::from_name(name)
                     .map_err(lookup)?
-                    .ok_or_else(|| RunError::Invalid(format!("group {name:?} does not exist")))?
+                    .ok_or_else(|| invalid("group", format!("group {name:?} does not exist")))?
                     .gid
             }
             None => u.as_ref().map_or(unistd::getgid(), |u| u.gid),
@@ -70,7 +70,7 @@ impl Credentials {
         let groups = match &u {
             Some(u) => {
                 let name = std::ffi::CString::new(u.name.clone())
-                    .map_err(|_| RunError::Invalid(format!("user name {:?} has a NUL", u.name)))?;
+                    .map_err(|_| invalid("user", format!("user name {:?} has a NUL", u.name)))?;
                 // What initgroups(name, gid) would set, looked up here, not in a child.
                 unistd::getgrouplist(&name, gid).map_err(|e| RunError::Io {
                     what: format!("looking up the groups of user {:?}", u.name),
@@ -154,7 +154,7 @@ mod tests {
             ),
         ] {
             match Credentials::resolve(user, group) {
-                Err(RunError::Invalid(m)) => assert_eq!(m, want),
+                Err(RunError::Invalid { reason, .. }) => assert_eq!(reason, want),
                 other => panic!("{user:?}/{group:?}: {other:?}"),
             }
         }

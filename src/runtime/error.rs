@@ -16,9 +16,15 @@ pub enum RunError {
     /// The options or policies are inconsistent.
     #[error(transparent)]
     Config(#[from] ConfigError),
-    /// A setting is missing or does not fit another.
-    #[error("invalid configuration: {0}")]
-    Invalid(String),
+    /// A setting is missing, unusable, or does not fit another: `option` names it
+    /// (the builder method's name, the seed's option name).
+    #[error("invalid configuration: option {option}: {reason}")]
+    Invalid {
+        /// The option at fault.
+        option: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A system call failed during set-up.
     #[error("{what}: {source}")]
     Io {
@@ -36,6 +42,14 @@ pub enum RunError {
     /// The socket-activation variables (`LISTEN_*`) are unusable.
     #[error(transparent)]
     Activation(#[from] systemd::ActivationError),
+}
+
+/// An [`RunError::Invalid`] naming `option`.
+pub(super) fn invalid(option: &'static str, reason: impl Into<String>) -> RunError {
+    RunError::Invalid {
+        option,
+        reason: reason.into(),
+    }
 }
 
 pub(super) fn io_err(what: impl Into<String>) -> impl FnOnce(nix::Error) -> RunError {

@@ -22,7 +22,6 @@ impl<T: 'static> Prefork<T> {
         logs: Logs,
         reporter: &mut Option<daemon::Reporter>,
     ) -> Result<i32, RunError> {
-        self.options.validate()?;
         os::ignore_sigpipe().map_err(io_err("ignoring SIGPIPE"))?;
         let gate = os::SignalGate::current().map_err(io_err("reading the signal mask"))?;
         let wake =

@@ -4,7 +4,7 @@
 use super::clock::Clock;
 use super::credentials::Credentials;
 use super::error::{io_err, BoxError, RunError};
-use super::prefork::{Logs, Prefork};
+use super::prefork::{Logs, Prefork, Supervision};
 use super::scoreboard::Board;
 use super::signals::{to_machine_signal, PARENT_SIGNALS};
 use super::system::System;
@@ -87,24 +87,17 @@ pub(super) struct Parent<T> {
 impl<T: 'static> Parent<T> {
     pub(super) fn start(
         mut cfg: Prefork<T>,
+        supervision: Supervision,
         logger: slog::Logger,
         logs: Logs,
         pid_fd: Option<std::os::fd::RawFd>,
         service: systemd::ServiceEnv,
     ) -> Result<Parent<T>, RunError> {
-        let mut builder = Machine::builder(cfg.options.clone());
-        if let Some(p) = cfg.scaling.take() {
-            builder = builder.scaling_boxed(p);
-        }
-        if let Some(p) = cfg.reload.take() {
-            builder = builder.reload_boxed(p);
-        }
-        let credentials = Credentials::resolve(cfg.user.as_deref(), cfg.group.as_deref())?;
-        let watch_disconnects = cfg.on_client_disconnect.is_some() || cfg.disconnect.is_some();
-        if let Some(p) = cfg.disconnect.take() {
-            builder = builder.disconnect_boxed(p);
-        }
-        let machine = builder.build()?;
+        let Supervision {
+            machine,
+            credentials,
+            watch_disconnects,
+        } = supervision;
         os::ignore_sigpipe().map_err(io_err("ignoring SIGPIPE"))?;
 
         // Signal handling is in place before the first fork: for each signal a flag,
