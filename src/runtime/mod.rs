@@ -34,8 +34,9 @@
 //!
 //! ## Layout
 //! - `prefork.rs`: the builder ([`Prefork`]), [`Prefork::run`] (validation,
-//!   daemonizing, logs, pid file) and [`listen`]; `error.rs`: [`RunError`].
-//! - `in_process.rs`: `prefork = 0`, `main_loop` in this process.
+//!   daemonizing, logs, pid file) and [`listen`]; `check.rs`: every check of the
+//!   configuration; `error.rs`: [`RunError`].
+//! - `in_process.rs`: `main_loop` in this process (`in_process()`, `prefork = 0`).
 //! - `parent.rs`: the parent's loop (signals, wake-ups, timers, reaping, scoreboard
 //!   ticks); `executor.rs`: carries out the machine's actions; `fork.rs`: forks a
 //!   child; `signals.rs`: the signals handled and their translation; `watch.rs`:
@@ -46,6 +47,7 @@
 //!   `pidfile.rs`, `systemd.rs` (sd_notify, socket activation), `netstat.rs`
 //!   (hung-up clients), `memory.rs` (RSS), `os.rs` (every `unsafe` call).
 
+mod check;
 mod child;
 mod clock;
 mod credentials;

@@ -1,10 +1,11 @@
 //! The parent's loop: waits for signals, wake-ups and timers, reaps children,
 //! reads the scoreboard, and feeds the machine.
 
+use super::check::Supervision;
 use super::clock::Clock;
 use super::credentials::Credentials;
 use super::error::{io_err, BoxError, RunError};
-use super::prefork::{Logs, Prefork, Supervision};
+use super::prefork::{Logs, Prefork};
 use super::scoreboard::Board;
 use super::signals::{to_machine_signal, PARENT_SIGNALS};
 use super::system::System;

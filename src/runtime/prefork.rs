@@ -1,16 +1,15 @@
 //! The builder, [`Prefork`], and [`Prefork::run`]: validation, daemonizing, and
 //! the hand-over to the parent's loop (or to the in-process mode).
 
+use super::check::Supervision;
 use super::child::panic_message;
-use super::credentials::Credentials;
 use super::error::{invalid, BoxError, RunError};
 use super::logs::{file_logger, LogFile};
 use super::parent::Parent;
 use super::worker::Worker;
 use super::{daemon, logs, pidfile, systemd};
 use crate::policy::{Disconnect, DisconnectPolicy, ReloadPolicy, ScalingPolicy};
-use crate::{Machine, Options};
-use nix::unistd;
+use crate::Options;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -21,15 +20,6 @@ pub(super) type MainLoop<T> = Box<dyn Fn(&Worker, &T) -> Result<(), BoxError>>;
 pub(super) type StateHook<T> = Box<dyn FnMut(&T)>;
 pub(super) type LoggerFactory = Box<dyn Fn() -> slog::Logger>;
 pub(super) type DisconnectHook = Box<dyn FnMut(&Disconnect)>;
-
-/// What [`Prefork::check`] found valid for a daemon with children: the machine
-/// (with its policies) and the credentials children switch to.
-pub(super) struct Supervision {
-    pub(super) machine: Machine,
-    pub(super) credentials: Option<Credentials>,
-    /// Look for hung-up clients at all (a hook or a disconnect policy is set).
-    pub(super) watch_disconnects: bool,
-}
 
 /// A preforking daemon: the seed's options and hooks, under the same names.
 ///
@@ -409,101 +399,6 @@ impl<T: 'static> Prefork<T> {
         }
     }
 
-    /// Every check of the configuration, in one place, before anything is opened or
-    /// forked: each failure names the option at fault. With children, builds the
-    /// machine (with its policies) and resolves the credentials; `None`: in process.
-    pub(super) fn check(&mut self) -> Result<Option<Supervision>, RunError> {
-        let euid = unistd::geteuid();
-        if self.require_root && !euid.is_root() {
-            return Err(invalid(
-                "require_root",
-                format!("require_root is set but this process runs as uid {euid}, not root"),
-            ));
-        }
-        if (self.user.is_some() || self.group.is_some()) && !euid.is_root() {
-            let option = if self.user.is_some() { "user" } else { "group" };
-            return Err(invalid(
-                option,
-                format!(
-                    "user/group are set but this process runs as uid {euid}: only root can switch"
-                ),
-            ));
-        }
-        if self.disconnect_check_every.is_zero() {
-            return Err(invalid(
-                "disconnect_check_every",
-                "must be greater than zero",
-            ));
-        }
-        if self.options.auto_reload_check_every.is_some() && self.auto_reload_handler.is_none() {
-            return Err(invalid(
-                "auto_reload_handler",
-                "is required when auto_reload_check_every is set",
-            ));
-        }
-        if self.daemonize {
-            let missing: Vec<&str> = [
-                ("error_log_path", self.error_log_path.is_none()),
-                ("access_log_path", self.access_log_path.is_none()),
-                ("pid_path", self.pid_path.is_none()),
-            ]
-            .into_iter()
-            .filter_map(|(name, missing)| missing.then_some(name))
-            .collect();
-            if !missing.is_empty() {
-                return Err(invalid(
-                    "daemonize",
-                    format!(
-                        "needs error_log_path, access_log_path and pid_path; missing: {}",
-                        missing.join(", ")
-                    ),
-                ));
-            }
-        }
-        let in_process = self.in_process || self.options.prefork == 0;
-        let watch_disconnects = self.on_client_disconnect.is_some() || self.disconnect.is_some();
-        if in_process {
-            // No child to scale, reload, cancel or run as another user: such an
-            // option would be silently ignored.
-            let set = [
-                ("scaling_policy", self.scaling.is_some()),
-                ("reload_policy", self.reload.is_some()),
-                ("disconnect_policy", self.disconnect.is_some()),
-                ("user", self.user.is_some()),
-                ("group", self.group.is_some()),
-            ];
-            if let Some((option, _)) = set.iter().find(|(_, set)| *set) {
-                return Err(invalid(
-                    option,
-                    "is set, but the daemon runs in process (in_process, or prefork = 0): \
-                     it applies to children, and there are none",
-                ));
-            }
-            let mut options = self.options.clone();
-            // The seed's `prefork = 0` and `in_process()` mean the same.
-            options.prefork = 0;
-            options.validate()?;
-            return Ok(None);
-        }
-        let mut builder = Machine::builder(self.options.clone());
-        if let Some(p) = self.scaling.take() {
-            builder = builder.scaling_boxed(p);
-        }
-        if let Some(p) = self.reload.take() {
-            builder = builder.reload_boxed(p);
-        }
-        if let Some(p) = self.disconnect.take() {
-            builder = builder.disconnect_boxed(p);
-        }
-        let machine = builder.build()?;
-        let credentials = Credentials::resolve(self.user.as_deref(), self.group.as_deref())?;
-        Ok(Some(Supervision {
-            machine,
-            credentials,
-            watch_disconnects,
-        }))
-    }
-
     /// Every configured path made absolute against the current directory.
     pub(super) fn make_paths_absolute(&mut self) -> Result<(), RunError> {
         let absolute = |p: &mut PathBuf| -> Result<(), RunError> {
@@ -623,74 +518,4 @@ pub(super) fn default_logger() -> slog::Logger {
     );
     let drain = slog::LevelFilter::new(drain, slog::Level::Info).ignore_res();
     slog::Logger::root(drain, slog::o!("pid" => std::process::id()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::policy::{Fixed, TerminateChild};
-
-    fn daemon() -> Prefork<()> {
-        Prefork::new(|| Ok(()), |_, _| Ok(())).daemonize(false)
-    }
-
-    /// The option a configuration is refused for.
-    fn refused(mut p: Prefork<()>) -> (&'static str, String) {
-        match p.check() {
-            Err(RunError::Invalid { option, reason }) => (option, reason),
-            Err(e) => panic!("refused, but not naming an option: {e}"),
-            Ok(_) => panic!("accepted"),
-        }
-    }
-
-    #[test]
-    fn each_refusal_names_its_option() {
-        let (o, r) = refused(daemon().disconnect_check_every(Duration::ZERO));
-        assert_eq!(
-            (o, r.as_str()),
-            ("disconnect_check_every", "must be greater than zero")
-        );
-        let (o, _) = refused(daemon().auto_reload_check_every(Duration::from_secs(1)));
-        assert_eq!(o, "auto_reload_handler");
-        let (o, r) = refused(daemon().daemonize(true).pid_path("/tmp/x.pid"));
-        assert_eq!(o, "daemonize");
-        assert!(
-            r.ends_with("missing: error_log_path, access_log_path"),
-            "{r}"
-        );
-        let e = daemon().prefork(10).max_children(5).check().err().unwrap();
-        assert!(e.to_string().contains("max_children"), "{e}");
-    }
-
-    #[test]
-    fn in_process_refuses_what_only_children_would_use() {
-        // In process, a policy or a user would be silently ignored.
-        for p in [daemon().in_process(), daemon().prefork(0)] {
-            let (o, r) = refused(p.scaling_policy(Fixed(4)));
-            assert_eq!(o, "scaling_policy");
-            assert!(r.contains("runs in process"), "{r}");
-        }
-        assert_eq!(
-            refused(daemon().in_process().disconnect_policy(TerminateChild)).0,
-            "disconnect_policy"
-        );
-        let (o, _) = refused(daemon().in_process().user("root"));
-        // (As non-root the user is refused for that reason first: still `user`.)
-        assert_eq!(o, "user");
-        assert!(daemon().in_process().check().unwrap().is_none());
-        assert!(daemon().prefork(0).check().unwrap().is_none());
-    }
-
-    #[test]
-    fn with_children_the_machine_gets_the_policies() {
-        let s = daemon().scaling_policy(Fixed(4)).check().unwrap().unwrap();
-        assert!(!s.watch_disconnects);
-        assert_eq!(s.machine.scaling_policy().quiet_range(), 4..=4);
-        let s = daemon()
-            .disconnect_policy(TerminateChild)
-            .check()
-            .unwrap()
-            .unwrap();
-        assert!(s.watch_disconnects);
-    }
 }
