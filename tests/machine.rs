@@ -797,6 +797,108 @@ fn bad_options_name_the_option() {
     }
 }
 
+#[test]
+fn every_refused_option_is_named_first_in_the_error() {
+    let zero = Duration::ZERO;
+    let d = Options::default;
+    for (o, option) in [
+        (opts(3, 0), "max_children"),
+        (opts(10, 5), "prefork"),
+        (opts(1, 70_000), "max_children"),
+        (
+            Options {
+                auto_reload_check_every: Some(zero),
+                ..d()
+            },
+            "auto_reload_check_every",
+        ),
+        (
+            Options {
+                busy_timeout: Some(zero),
+                ..d()
+            },
+            "busy_timeout",
+        ),
+        (
+            Options {
+                max_child_memory: Some(1000),
+                ..d()
+            },
+            "max_child_memory",
+        ),
+        (
+            Options {
+                max_requests_per_child: Some(0),
+                ..d()
+            },
+            "max_requests_per_child",
+        ),
+        (
+            Options {
+                max_requests_jitter: 5,
+                ..d()
+            },
+            "max_requests_jitter",
+        ),
+        (
+            Options {
+                kill_wait: zero,
+                ..d()
+            },
+            "kill_wait",
+        ),
+        (
+            Options {
+                kill_grace: zero,
+                ..d()
+            },
+            "kill_grace",
+        ),
+        (
+            Options {
+                start_timeout: zero,
+                ..d()
+            },
+            "start_timeout",
+        ),
+        (
+            Options {
+                backoff_initial: zero,
+                ..d()
+            },
+            "backoff_initial",
+        ),
+        (
+            Options {
+                status_interval: zero,
+                ..d()
+            },
+            "status_interval",
+        ),
+        (
+            Options {
+                busy_refresh: zero,
+                ..d()
+            },
+            "busy_refresh",
+        ),
+        (
+            Options {
+                backoff_max: Duration::from_millis(1),
+                ..d()
+            },
+            "backoff_max",
+        ),
+    ] {
+        let e = Machine::new(o).unwrap_err();
+        let text = e.to_string();
+        assert!(text.starts_with(&format!("option {option}: ")), "{text}");
+        assert_eq!(e.option(), option, "{text}");
+        assert!(!e.reason().is_empty(), "{text}");
+        assert!(text.ends_with(e.reason()), "{text}");
+    }
+}
+
 // ----- fault tolerance: kill sprees and crash loops -----
 
 /// Serving children, one killed every 100 ms (a tick first shows each has served):

@@ -195,7 +195,12 @@ impl MachineBuilder {
         opts.validate()?;
         let scaling = match self.scaling {
             Some(p) => p,
-            None => Box::new(Elastic::from_seed(opts.prefork, opts.max_children)?),
+            // `validate` has already refused what `from_seed` would: the error
+            // is named after the seed option that builds this policy.
+            None => Box::new(
+                Elastic::from_seed(opts.prefork, opts.max_children)
+                    .map_err(|e| ConfigError::policy("prefork", e))?,
+            ),
         };
         let reload = match self.reload {
             Some(p) => p,
@@ -204,7 +209,8 @@ impl MachineBuilder {
                     check_every: opts.auto_reload_check_every,
                     ..Rolling::default()
                 };
-                r.validate()?;
+                r.validate()
+                    .map_err(|e| ConfigError::policy("auto_reload_check_every", e))?;
                 Box::new(r)
             }
         };
