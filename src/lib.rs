@@ -63,7 +63,7 @@ pub use runtime::{
     combined_log_line, file_logger, listen, read_scoreboard_file, BoxError, BusyGuard, LineWriter,
     LogFile, Prefork, RunError, SlotInfo, Worker, WorkerState,
 };
-pub use supervisor::action::{Action, Hook, Level, Notify, SignalReason};
+pub use supervisor::action::{Action, ChildSignal, Hook, Level, Notify, SignalReason};
 pub use supervisor::config::{ConfigError, Options};
 pub use supervisor::event::{
     ConnState, Connection, Event, ExitStatus, HookKind, Scoreboard, Signal, SlotReading, SlotState,

@@ -47,6 +47,7 @@ pub use scoreboard::{parse_scoreboard, read_scoreboard_file, SlotInfo, WorkerSta
 pub use worker::{BusyGuard, Worker};
 
 use crate::policy::{Disconnect, DisconnectPolicy, ReloadPolicy, ScalingPolicy};
+use crate::ChildSignal;
 use crate::{
     Action, ConfigError, Event, ExitStatus, Hook, HookKind, Level, Machine, Notify, Options, Pid,
     Scoreboard, Signal, SignalReason, State, Time,
@@ -820,18 +821,11 @@ fn to_machine_signal(sig: i32) -> Option<Signal> {
     })
 }
 
-fn to_os_signal(sig: Signal) -> NSig {
+fn to_os_signal(sig: ChildSignal) -> NSig {
     match sig {
-        Signal::Term => NSig::SIGTERM,
-        Signal::Int => NSig::SIGINT,
-        Signal::Quit => NSig::SIGQUIT,
-        Signal::Hup => NSig::SIGHUP,
-        Signal::Usr1 => NSig::SIGUSR1,
-        Signal::Usr2 => NSig::SIGUSR2,
-        Signal::Ttin => NSig::SIGTTIN,
-        Signal::Ttou => NSig::SIGTTOU,
-        Signal::Chld => NSig::SIGCHLD,
-        _ => NSig::SIGKILL,
+        ChildSignal::Term => NSig::SIGTERM,
+        ChildSignal::Kill => NSig::SIGKILL,
+        ChildSignal::Usr1 => NSig::SIGUSR1,
     }
 }
 
@@ -1286,7 +1280,7 @@ impl<T: 'static> Parent<T> {
                             | SignalReason::Escalation
                             | SignalReason::ReopenLogs
                     );
-                    if signal == Signal::Term && alone {
+                    if signal == ChildSignal::Term && alone {
                         // Before the TERM: the child must know it leaves alone and
                         // that the queue is its siblings' (a TERM without this mark
                         // is a shutdown, whoever sent it).

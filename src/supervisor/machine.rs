@@ -4,7 +4,7 @@ use crate::policy::{
     CallHook, ChildView, Disconnect, DisconnectAction, DisconnectPolicy, Elastic, Pid,
     PoolSnapshot, ReloadPlan, ReloadPolicy, ReloadTrigger, Rolling, Scale, ScalingPolicy, Time,
 };
-use crate::supervisor::action::{Action, Hook, Level, Notify, SignalReason};
+use crate::supervisor::action::{Action, ChildSignal, Hook, Level, Notify, SignalReason};
 use crate::supervisor::config::{ConfigError, Options};
 use crate::supervisor::event::{
     ConnState, Connection, Event, ExitStatus, HookKind, Scoreboard, Signal, SlotState,
@@ -439,7 +439,7 @@ impl Machine {
                 for pid in pids {
                     self.push(Action::Signal {
                         pid,
-                        signal: Signal::Usr1,
+                        signal: ChildSignal::Usr1,
                         reason: SignalReason::ReopenLogs,
                     });
                 }
@@ -464,7 +464,7 @@ impl Machine {
                 }
             }
             // The runtime reaps on CHLD and reports each exit; nothing to do here.
-            Signal::Chld | Signal::Kill => {}
+            Signal::Chld => {}
         }
     }
 
@@ -803,9 +803,9 @@ impl Machine {
         }
         let signal = if kill {
             c.killed = true;
-            Signal::Kill
+            ChildSignal::Kill
         } else if c.retire.is_none() {
-            Signal::Term
+            ChildSignal::Term
         } else {
             return; // already TERMed; it is KILLed at the deadline if it lingers
         };
@@ -908,7 +908,7 @@ impl Machine {
         });
         self.push(Action::Signal {
             pid,
-            signal: Signal::Kill,
+            signal: ChildSignal::Kill,
             reason: SignalReason::Escalation,
         });
     }
@@ -1306,7 +1306,7 @@ impl Machine {
         c.retire = Some(Retire { at: now, reason });
         self.push(Action::Signal {
             pid,
-            signal: Signal::Term,
+            signal: ChildSignal::Term,
             reason,
         });
     }
