@@ -5,7 +5,8 @@
 /// `unix_secs` is the time of the request in seconds since the Unix epoch (UTC).
 ///
 /// ```
-/// let line = preforkd::combined_log_line("127.0.0.1", 971_186_136, "GET / HTTP/1.1", 200, 6, None, Some("curl/8"));
+/// use preforkd::runtime::combined_log_line;
+/// let line = combined_log_line("127.0.0.1", 971_186_136, "GET / HTTP/1.1", 200, 6, None, Some("curl/8"));
 /// assert_eq!(line, r#"127.0.0.1 - - [10/Oct/2000:13:55:36 +0000] "GET / HTTP/1.1" 200 6 "-" "curl/8""#);
 /// ```
 pub fn combined_log_line(

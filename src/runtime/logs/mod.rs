@@ -36,7 +36,7 @@ use std::sync::{Arc, Mutex};
 /// ```
 /// let dir = std::env::temp_dir().join(format!("preforkd-doc-{}", std::process::id()));
 /// std::fs::create_dir_all(&dir).unwrap();
-/// let log = preforkd::LogFile::open(dir.join("access.log")).unwrap();
+/// let log = preforkd::runtime::LogFile::open(dir.join("access.log")).unwrap();
 /// log.write_line("first").unwrap();
 /// std::fs::rename(dir.join("access.log"), dir.join("access.log.1")).unwrap(); // logrotate
 /// log.reopen().unwrap();
