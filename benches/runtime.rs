@@ -172,7 +172,7 @@ fn cold_start(bin: &Path) -> f64 {
         ],
     );
     loop {
-        if let Ok(slots) = preforkd::read_scoreboard_file(&sb) {
+        if let Ok(slots) = preforkd::runtime::read_scoreboard_file(&sb) {
             if slots
                 .iter()
                 .filter(|s| s.state == preforkd::SlotState::Idle)

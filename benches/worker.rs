@@ -4,7 +4,7 @@
 //! `cargo bench --bench worker`; criterion prints `[low estimate median high]`.
 
 use criterion::{criterion_main, Criterion};
-use preforkd::{Worker, WorkerState};
+use preforkd::runtime::{Worker, WorkerState};
 
 fn round_trip(c: &mut Criterion) {
     let w = Worker::detached().expect("a private scoreboard");

@@ -235,7 +235,7 @@ fn main() {
     }
     let code = match daemon.run() {
         Ok(code) => code,
-        Err(e @ (preforkd::RunError::Config(_) | preforkd::RunError::Invalid { .. })) => {
+        Err(e @ preforkd::RunError::Config(_)) => {
             eprintln!("hello_http: {e}");
             EX_CONFIG
         }

@@ -3,8 +3,8 @@
 
 use preforkd::policy::{Elastic, Fixed, Pid, Registry, ScalingPolicy, TerminateChild};
 use preforkd::{
-    Action, ConnState, Connection, Event, ExitStatus, Hook, HookKind, Level, Machine, Notify,
-    Options, Scoreboard, Signal, SignalReason, SlotReading, SlotState, State, Time,
+    Action, ChildSignal, ConnState, Connection, Event, ExitStatus, Hook, HookKind, Level, Machine,
+    Notify, Options, Scoreboard, Signal, SignalReason, SlotReading, SlotState, State, Time,
 };
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
@@ -144,7 +144,7 @@ impl Rig {
     }
 }
 
-fn signals(actions: &[Action]) -> Vec<(Pid, Signal, SignalReason)> {
+fn signals(actions: &[Action]) -> Vec<(Pid, ChildSignal, SignalReason)> {
     actions
         .iter()
         .filter_map(|a| match *a {
@@ -233,8 +233,8 @@ fn graceful_shutdown_waits_for_children_then_kills_stragglers() {
     assert_eq!(
         signals(&acts),
         vec![
-            (a, Signal::Term, SignalReason::Shutdown),
-            (b, Signal::Term, SignalReason::Shutdown)
+            (a, ChildSignal::Term, SignalReason::Shutdown),
+            (b, ChildSignal::Term, SignalReason::Shutdown)
         ]
     );
     assert_eq!(r.m.poll_timeout(), Some(Time::from_millis(31_000)));
@@ -247,7 +247,7 @@ fn graceful_shutdown_waits_for_children_then_kills_stragglers() {
     assert_eq!(r.now, Time::from_millis(31_000));
     assert_eq!(
         signals(&acts),
-        vec![(b, Signal::Kill, SignalReason::Escalation)]
+        vec![(b, ChildSignal::Kill, SignalReason::Escalation)]
     );
     let acts = r.exit(b, ExitStatus::Signaled(9));
     assert_eq!(acts.last(), Some(&Action::Exit { code: 0 }));
@@ -261,7 +261,7 @@ fn second_term_and_quit_stop_immediately() {
     let acts = r.feed(Event::Signal(Signal::Term));
     let kills: Vec<_> = signals(&acts)
         .into_iter()
-        .filter(|s| s.1 == Signal::Kill)
+        .filter(|s| s.1 == ChildSignal::Kill)
         .collect();
     assert_eq!(kills.len(), 2);
 
@@ -270,7 +270,7 @@ fn second_term_and_quit_stop_immediately() {
     assert_eq!(
         signals(&acts)
             .iter()
-            .filter(|s| s.1 == Signal::Kill)
+            .filter(|s| s.1 == ChildSignal::Kill)
             .count(),
         2
     );
@@ -375,13 +375,13 @@ fn busy_timeout_terms_then_kills_and_says_why() {
     let acts = r.timer();
     assert_eq!(
         signals(&acts),
-        vec![(pid, Signal::Term, SignalReason::BusyTimeout)]
+        vec![(pid, ChildSignal::Term, SignalReason::BusyTimeout)]
     );
     let acts = r.timer();
     assert_eq!(r.now, Time::from_millis(13_000));
     assert_eq!(
         signals(&acts),
-        vec![(pid, Signal::Kill, SignalReason::Escalation)]
+        vec![(pid, ChildSignal::Kill, SignalReason::Escalation)]
     );
     let acts = r.exit(pid, ExitStatus::Signaled(9));
     assert!(logged(&acts, "stopped by the busy timeout, KILLed"));
@@ -420,7 +420,7 @@ fn request_limits_have_seeded_jitter_and_recycle_children() {
     let acts = r.tick();
     assert_eq!(
         signals(&acts),
-        vec![(pid, Signal::Term, SignalReason::MaxRequests)]
+        vec![(pid, ChildSignal::Term, SignalReason::MaxRequests)]
     );
     assert_eq!(spawns(&acts), 1, "the recycled child is replaced at once");
     let acts = r.exit(pid, ExitStatus::Exited(0));
@@ -435,7 +435,7 @@ fn usr1_reopens_logs_in_parent_and_children() {
     assert_eq!(acts[0], Action::ReopenLogs);
     let usr1: Vec<_> = signals(&acts)
         .into_iter()
-        .filter(|s| s.1 == Signal::Usr1)
+        .filter(|s| s.1 == ChildSignal::Usr1)
         .map(|s| s.0)
         .collect();
     assert_eq!(usr1, r.pids());
@@ -497,7 +497,7 @@ fn terminate_child_policy_cancels_a_busy_childs_job() {
     let acts = r.feed(Event::Netstat(&[closed(a, 6000), closed(b, 6001)]));
     assert_eq!(
         signals(&acts),
-        vec![(a, Signal::Term, SignalReason::Disconnect)]
+        vec![(a, ChildSignal::Term, SignalReason::Disconnect)]
     );
 }
 
@@ -561,7 +561,7 @@ fn elastic_grows_when_saturated_and_shrinks_back_gently() {
     let mut retired = 0;
     let acts = r.tick();
     for (pid, sig, why) in signals(&acts) {
-        assert_eq!((sig, why), (Signal::Term, SignalReason::ScaleDown));
+        assert_eq!((sig, why), (ChildSignal::Term, SignalReason::ScaleDown));
         r.exit(pid, ExitStatus::Exited(0));
         retired += 1;
     }
@@ -650,7 +650,7 @@ fn hup_with_a_full_pool_replaces_one_child_at_a_time() {
         let acts = r.feed(Event::ChildReady { pid: newest });
         match signals(&acts).as_slice() {
             [] => break,
-            [(pid, Signal::Term, SignalReason::Reload)] => retiring = *pid,
+            [(pid, ChildSignal::Term, SignalReason::Reload)] => retiring = *pid,
             other => panic!("unexpected {other:?}"),
         }
     }
@@ -794,6 +794,108 @@ fn bad_options_name_the_option() {
     ] {
         let e = Machine::new(o).unwrap_err().to_string();
         assert!(e.contains(needle), "{e}");
+    }
+}
+
+#[test]
+fn every_refused_option_is_named_first_in_the_error() {
+    let zero = Duration::ZERO;
+    let d = Options::default;
+    for (o, option) in [
+        (opts(3, 0), "max_children"),
+        (opts(10, 5), "prefork"),
+        (opts(1, 70_000), "max_children"),
+        (
+            Options {
+                auto_reload_check_every: Some(zero),
+                ..d()
+            },
+            "auto_reload_check_every",
+        ),
+        (
+            Options {
+                busy_timeout: Some(zero),
+                ..d()
+            },
+            "busy_timeout",
+        ),
+        (
+            Options {
+                max_child_memory: Some(1000),
+                ..d()
+            },
+            "max_child_memory",
+        ),
+        (
+            Options {
+                max_requests_per_child: Some(0),
+                ..d()
+            },
+            "max_requests_per_child",
+        ),
+        (
+            Options {
+                max_requests_jitter: 5,
+                ..d()
+            },
+            "max_requests_jitter",
+        ),
+        (
+            Options {
+                kill_wait: zero,
+                ..d()
+            },
+            "kill_wait",
+        ),
+        (
+            Options {
+                kill_grace: zero,
+                ..d()
+            },
+            "kill_grace",
+        ),
+        (
+            Options {
+                start_timeout: zero,
+                ..d()
+            },
+            "start_timeout",
+        ),
+        (
+            Options {
+                backoff_initial: zero,
+                ..d()
+            },
+            "backoff_initial",
+        ),
+        (
+            Options {
+                status_interval: zero,
+                ..d()
+            },
+            "status_interval",
+        ),
+        (
+            Options {
+                busy_refresh: zero,
+                ..d()
+            },
+            "busy_refresh",
+        ),
+        (
+            Options {
+                backoff_max: Duration::from_millis(1),
+                ..d()
+            },
+            "backoff_max",
+        ),
+    ] {
+        let e = Machine::new(o).unwrap_err();
+        let text = e.to_string();
+        assert!(text.starts_with(&format!("option {option}: ")), "{text}");
+        assert_eq!(e.option(), option, "{text}");
+        assert!(!e.reason().is_empty(), "{text}");
+        assert!(text.ends_with(e.reason()), "{text}");
     }
 }
 
@@ -1024,7 +1126,7 @@ fn a_child_over_the_memory_limit_is_retired_gracefully_and_replaced() {
     let acts = r.tick();
     assert_eq!(
         signals(&acts),
-        vec![(pids[2], Signal::Term, SignalReason::MemoryLimit)]
+        vec![(pids[2], ChildSignal::Term, SignalReason::MemoryLimit)]
     );
     assert!(logged(&acts, "uses 157286400 bytes"), "{acts:?}");
     assert!(logged(&acts, "above max_child_memory 104857600"));

@@ -4,7 +4,7 @@
 // Real processes need real time: bounded waits and sleeps are the point here.
 #![allow(clippy::disallowed_methods)]
 
-use preforkd::{is_running, kill_running, KillOutcome, PidFile, PidFileError};
+use preforkd::runtime::pidfile::{is_running, kill_running, KillOutcome, PidFile, PidFileError};
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::ExitStatusExt;

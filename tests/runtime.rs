@@ -5,7 +5,8 @@
 
 mod support;
 
-use preforkd::{read_scoreboard_file, SlotState};
+use preforkd::runtime::read_scoreboard_file;
+use preforkd::SlotState;
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};

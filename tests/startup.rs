@@ -82,7 +82,7 @@ fn stop_daemon(pid_file: &Path) {
 // --- 5: two instances sharing a scoreboard ---
 
 fn busy_pids(board: &Path) -> Vec<i32> {
-    let mut pids: Vec<i32> = preforkd::read_scoreboard_file(board)
+    let mut pids: Vec<i32> = preforkd::runtime::read_scoreboard_file(board)
         .expect("a readable scoreboard")
         .iter()
         .map(|s| s.pid)

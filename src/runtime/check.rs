@@ -126,7 +126,7 @@ mod tests {
     /// The option a configuration is refused for.
     fn refused(mut p: Prefork<()>) -> (&'static str, String) {
         match p.check() {
-            Err(RunError::Invalid { option, reason }) => (option, reason),
+            Err(RunError::Config(e)) => (e.option(), e.reason().to_string()),
             Err(e) => panic!("refused, but not naming an option: {e}"),
             Ok(_) => panic!("accepted"),
         }

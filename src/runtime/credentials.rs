@@ -154,7 +154,7 @@ mod tests {
             ),
         ] {
             match Credentials::resolve(user, group) {
-                Err(RunError::Invalid { reason, .. }) => assert_eq!(reason, want),
+                Err(RunError::Config(e)) => assert_eq!(e.reason(), want),
                 other => panic!("{user:?}/{group:?}: {other:?}"),
             }
         }

@@ -13,18 +13,11 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RunError {
-    /// The options or policies are inconsistent.
-    #[error(transparent)]
+    /// An option is missing, unusable, or does not fit another (the machine's
+    /// options and policies, and the runtime's: logs, user, daemonize...); the
+    /// error names the option.
+    #[error("invalid configuration: {0}")]
     Config(#[from] ConfigError),
-    /// A setting is missing, unusable, or does not fit another: `option` names it
-    /// (the builder method's name, the seed's option name).
-    #[error("invalid configuration: option {option}: {reason}")]
-    Invalid {
-        /// The option at fault.
-        option: &'static str,
-        /// What is wrong with it.
-        reason: String,
-    },
     /// A system call failed during set-up.
     #[error("{what}: {source}")]
     Io {
@@ -44,12 +37,9 @@ pub enum RunError {
     Activation(#[from] systemd::ActivationError),
 }
 
-/// An [`RunError::Invalid`] naming `option`.
+/// A [`RunError::Config`] naming `option`.
 pub(super) fn invalid(option: &'static str, reason: impl Into<String>) -> RunError {
-    RunError::Invalid {
-        option,
-        reason: reason.into(),
-    }
+    RunError::Config(ConfigError::new(option, reason))
 }
 
 pub(super) fn io_err(what: impl Into<String>) -> impl FnOnce(nix::Error) -> RunError {

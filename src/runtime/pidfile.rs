@@ -34,13 +34,13 @@
 //! `exec`), so the lock lasts until the last process of the daemon is gone.
 //!
 //! ```no_run
-//! use preforkd::PidFile;
+//! use preforkd::runtime::pidfile::PidFile;
 //!
 //! let mut pid_file = PidFile::acquire("/run/mydaemon.pid")?; // "already running (pid N)"?
 //! // ... fork; in the surviving child:
 //! pid_file.rewrite(std::process::id() as i32)?;
 //! // ... serve; the file is removed when `pid_file` is dropped.
-//! # Ok::<(), preforkd::PidFileError>(())
+//! # Ok::<(), preforkd::runtime::pidfile::PidFileError>(())
 //! ```
 
 use nix::errno::Errno;

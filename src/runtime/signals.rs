@@ -1,7 +1,7 @@
 //! The signals the parent handles, and their translation to and from the
 //! machine's.
 
-use crate::Signal;
+use crate::{ChildSignal, Signal};
 use nix::sys::signal::Signal as NSig;
 use signal_hook::consts::signal as sh;
 
@@ -33,17 +33,10 @@ pub(super) fn to_machine_signal(sig: i32) -> Option<Signal> {
     })
 }
 
-pub(super) fn to_os_signal(sig: Signal) -> NSig {
+pub(super) fn to_os_signal(sig: ChildSignal) -> NSig {
     match sig {
-        Signal::Term => NSig::SIGTERM,
-        Signal::Int => NSig::SIGINT,
-        Signal::Quit => NSig::SIGQUIT,
-        Signal::Hup => NSig::SIGHUP,
-        Signal::Usr1 => NSig::SIGUSR1,
-        Signal::Usr2 => NSig::SIGUSR2,
-        Signal::Ttin => NSig::SIGTTIN,
-        Signal::Ttou => NSig::SIGTTOU,
-        Signal::Chld => NSig::SIGCHLD,
-        _ => NSig::SIGKILL,
+        ChildSignal::Term => NSig::SIGTERM,
+        ChildSignal::Kill => NSig::SIGKILL,
+        ChildSignal::Usr1 => NSig::SIGUSR1,
     }
 }

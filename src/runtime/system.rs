@@ -6,7 +6,7 @@ use super::memory;
 use super::scoreboard::Board;
 use super::signals::to_os_signal;
 use crate::supervisor::driver::Effects;
-use crate::{ExitStatus, Pid, Scoreboard, Signal, Time};
+use crate::{ChildSignal, ExitStatus, Pid, Scoreboard, Time};
 use nix::sys::signal as nsig;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd;
@@ -71,7 +71,7 @@ impl Effects for System<'_> {
         }
     }
 
-    fn signal(&mut self, pid: Pid, signal: Signal, alone: bool) {
+    fn signal(&mut self, pid: Pid, signal: ChildSignal, alone: bool) {
         if alone {
             if let Some(slot) = self.board.slot_of(pid.0) {
                 self.board.mark_retired_alone(slot);

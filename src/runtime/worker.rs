@@ -171,7 +171,7 @@ impl Worker {
     }
 
     /// Writes one line to the access log (for example a
-    /// [`combined_log_line`](crate::combined_log_line)), if the daemon has one.
+    /// [`combined_log_line`](crate::runtime::combined_log_line)), if the daemon has one.
     ///
     /// A line that cannot be written (full disk, ...) is dropped: serving goes on.
     /// The first failure of a streak is logged once on the error log; when lines

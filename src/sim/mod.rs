@@ -57,6 +57,7 @@ mod workload;
 pub use report::{LogRecord, RequestRecord, Sample, SimReport};
 pub use workload::{Request, Service, Workload};
 
+use crate::ChildSignal;
 use crate::{
     Action, Event, ExitStatus, Machine, Pid, Scoreboard, Signal, SlotReading, SlotState, Time,
 };
@@ -145,7 +146,7 @@ enum Ev {
     /// A child finished a request (the request's index).
     Finish(Pid, usize),
     /// A signal from the parent reaches a child.
-    ToChild(Pid, Signal),
+    ToChild(Pid, ChildSignal),
     /// The parent may handle its inbox.
     ParentWake,
     /// The machine's deadline (valid if the token is current).
@@ -565,7 +566,7 @@ impl Sim {
         self.check_done();
     }
 
-    fn on_child_signal(&mut self, pid: Pid, signal: Signal) {
+    fn on_child_signal(&mut self, pid: Pid, signal: ChildSignal) {
         let Some(c) = self.children.get_mut(&pid) else {
             return;
         };
@@ -573,13 +574,13 @@ impl Sim {
             return;
         }
         match signal {
-            Signal::Term => {
+            ChildSignal::Term => {
                 c.leaving = true;
                 if c.current.is_none() {
                     self.child_exits(pid, ExitStatus::Exited(0));
                 }
             }
-            Signal::Kill => {
+            ChildSignal::Kill => {
                 if let Some(req) = c.current.take() {
                     self.report.requests[req].dropped = true;
                     self.report.dropped += 1;
@@ -588,7 +589,7 @@ impl Sim {
                 self.child_exits(pid, ExitStatus::Signaled(9));
                 self.check_done();
             }
-            _ => {} // USR1 (reopen logs) and the rest change nothing here
+            ChildSignal::Usr1 => {} // reopening logs changes nothing here
         }
     }
 
@@ -771,9 +772,9 @@ impl Sim {
                 }
                 Action::Signal { pid, signal, .. } => {
                     match signal {
-                        Signal::Term => self.report.retirements += 1,
-                        Signal::Kill => self.report.kills += 1,
-                        _ => {}
+                        ChildSignal::Term => self.report.retirements += 1,
+                        ChildSignal::Kill => self.report.kills += 1,
+                        ChildSignal::Usr1 => {}
                     }
                     self.schedule(*pc, Ev::ToChild(pid, signal));
                 }

@@ -1,8 +1,36 @@
 //! What the supervisor core asks for: actions out.
 
 use crate::policy::{Disconnect, Pid};
-use crate::supervisor::event::{HookKind, Signal};
+use crate::supervisor::event::HookKind;
 use serde::{Deserialize, Serialize};
+
+/// The signals the parent sends to a child, in [`Action::Signal`]: the three a
+/// child obeys. What the parent itself receives is another type,
+/// [`Signal`](crate::Signal).
+///
+/// Deliberately exhaustive: a signal added here must be mapped by every runtime
+/// (and the simulator) that carries out actions, so a `match` on it needs no
+/// catch-all arm, and none can turn an unknown signal into a KILL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum ChildSignal {
+    /// Finish the request in hand, then exit.
+    Term,
+    /// Stop at once (the runtime sends SIGKILL).
+    Kill,
+    /// Reopen the log files.
+    Usr1,
+}
+
+impl ChildSignal {
+    /// The conventional upper-case name without the SIG prefix (`"TERM"`).
+    pub fn name(self) -> &'static str {
+        match self {
+            ChildSignal::Term => "TERM",
+            ChildSignal::Kill => "KILL",
+            ChildSignal::Usr1 => "USR1",
+        }
+    }
+}
 
 /// Why a signal is sent to a child; carried in [`Action::Signal`] for logs and tests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -109,7 +137,7 @@ pub enum Action {
         /// A live child.
         pid: Pid,
         /// TERM (finish, then exit), KILL or USR1.
-        signal: Signal,
+        signal: ChildSignal,
         /// Why.
         reason: SignalReason,
     },

@@ -115,28 +115,55 @@ impl Default for Options {
 /// front; beyond this a typo would exhaust memory instead of being refused.
 pub const MAX_CHILDREN_LIMIT: usize = 65_536;
 
-/// A configuration the supervisor refuses, naming the option at fault.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ConfigError {
-    /// An option has a value that cannot work.
-    #[error("invalid option {option}: {reason}")]
-    Invalid {
-        /// The option's name, as in [`Options`].
-        option: &'static str,
-        /// What is wrong.
-        reason: String,
-    },
-    /// A policy could not be built or does not fit the options.
-    #[error(transparent)]
-    Policy(#[from] PolicyError),
+/// A configuration refused, naming the option at fault: its `Display` reads
+/// `option <name>: <reason>`.
+///
+/// ```
+/// use preforkd::Options;
+/// let e = Options { max_children: 0, ..Options::default() }.validate().unwrap_err();
+/// assert_eq!(e.option(), "max_children");
+/// assert_eq!(e.reason(), "must be at least 1");
+/// assert_eq!(e.to_string(), "option max_children: must be at least 1");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("option {option}: {reason}")]
+pub struct ConfigError {
+    option: &'static str,
+    reason: String,
+}
+
+impl ConfigError {
+    /// An error for `option` (its name, as in [`Options`] or the builder method
+    /// that sets it) with what is wrong.
+    pub(crate) fn new(option: &'static str, reason: impl Into<String>) -> ConfigError {
+        ConfigError {
+            option,
+            reason: reason.into(),
+        }
+    }
+
+    /// A default policy, built from `option`, refused its settings.
+    pub(crate) fn policy(option: &'static str, e: PolicyError) -> ConfigError {
+        let reason = match e {
+            PolicyError::InvalidConfig { reason, .. } => reason,
+            other => other.to_string(),
+        };
+        ConfigError::new(option, reason)
+    }
+
+    /// The option at fault, named as in [`Options`] (`"max_children"`).
+    pub fn option(&self) -> &'static str {
+        self.option
+    }
+
+    /// What is wrong with it.
+    pub fn reason(&self) -> &str {
+        &self.reason
+    }
 }
 
 fn invalid(option: &'static str, reason: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        option,
-        reason: reason.into(),
-    }
+    ConfigError::new(option, reason)
 }
 
 impl Options {

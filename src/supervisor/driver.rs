@@ -19,8 +19,8 @@
 //! - **The disconnect scan only while children are busy.** Hung-up clients matter
 //!   only while some child is busy; an idle pool is never scanned.
 
-use super::action::SignalReason;
-use super::event::{Event, ExitStatus, Scoreboard, Signal};
+use super::action::{ChildSignal, SignalReason};
+use super::event::{Event, ExitStatus, Scoreboard};
 use super::machine::Machine;
 use super::transitions::State;
 use crate::policy::{Pid, Time};
@@ -37,7 +37,7 @@ pub trait Effects {
     /// Frees what a reaped child held (its slot, its log channel).
     fn release(&mut self, pid: Pid);
     /// Sends `signal` to `pid`; `alone`: mark its slot first (see the module docs).
-    fn signal(&mut self, pid: Pid, signal: Signal, alone: bool);
+    fn signal(&mut self, pid: Pid, signal: ChildSignal, alone: bool);
     /// Sets the scoreboard's stop flag.
     fn mark_stopping(&mut self);
     /// Whether some slot shows a busy child the machine may not count yet (one
@@ -83,8 +83,8 @@ pub fn before_action(machine: &Machine, fx: &mut impl Effects, marked: &mut bool
 
 /// Carries out an [`Action::Signal`](super::action::Action::Signal): `signal` to `pid` for `reason`, a lone
 /// TERM marked first (see the module docs).
-pub fn send_signal(fx: &mut impl Effects, pid: Pid, signal: Signal, reason: SignalReason) {
-    let alone = signal == Signal::Term
+pub fn send_signal(fx: &mut impl Effects, pid: Pid, signal: ChildSignal, reason: SignalReason) {
+    let alone = signal == ChildSignal::Term
         && !matches!(
             reason,
             SignalReason::Shutdown | SignalReason::Escalation | SignalReason::ReopenLogs
@@ -102,6 +102,7 @@ pub fn disconnect_scan_due(machine: &Machine, fx: &mut impl Effects, watched: bo
 mod tests {
     use super::*;
     use crate::supervisor::action::{Action, Hook};
+    use crate::supervisor::event::Signal;
     use crate::supervisor::event::{HookKind, SlotReading, SlotState};
     use crate::Options;
     use std::collections::VecDeque;
@@ -138,7 +139,7 @@ mod tests {
                 }
             }
         }
-        fn signal(&mut self, pid: Pid, signal: Signal, alone: bool) {
+        fn signal(&mut self, pid: Pid, signal: ChildSignal, alone: bool) {
             let seen = if self.stopping {
                 " (stop flag set)"
             } else {

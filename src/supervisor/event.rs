@@ -3,8 +3,10 @@
 use crate::policy::{Disconnect, Pid, Time};
 use serde::{Deserialize, Serialize};
 
-/// The signals the parent reacts to. The runtime maps OS signals onto these; several
-/// deliveries of one signal between two reads coalesce into one event.
+/// The signals the parent receives and reacts to, in [`Event::Signal`]. The runtime
+/// maps OS signals onto these; several deliveries of one signal between two reads
+/// coalesce into one event. What the parent sends to its children is another type,
+/// [`ChildSignal`](crate::ChildSignal).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[non_exhaustive]
 pub enum Signal {
@@ -26,8 +28,6 @@ pub enum Signal {
     Ttou,
     /// A child changed state; the runtime reaps and reports [`Event::ChildExited`].
     Chld,
-    /// Sent to children only: stop at once.
-    Kill,
 }
 
 impl Signal {
@@ -43,7 +43,6 @@ impl Signal {
             Signal::Ttin => "TTIN",
             Signal::Ttou => "TTOU",
             Signal::Chld => "CHLD",
-            Signal::Kill => "KILL",
         }
     }
 }

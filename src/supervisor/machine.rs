@@ -4,7 +4,7 @@ use crate::policy::{
     CallHook, ChildView, Disconnect, DisconnectAction, DisconnectPolicy, Elastic, Pid,
     PoolSnapshot, ReloadPlan, ReloadPolicy, ReloadTrigger, Rolling, Scale, ScalingPolicy, Time,
 };
-use crate::supervisor::action::{Action, Hook, Level, Notify, SignalReason};
+use crate::supervisor::action::{Action, ChildSignal, Hook, Level, Notify, SignalReason};
 use crate::supervisor::config::{ConfigError, Options};
 use crate::supervisor::event::{
     ConnState, Connection, Event, ExitStatus, HookKind, Scoreboard, Signal, SlotState,
@@ -195,7 +195,12 @@ impl MachineBuilder {
         opts.validate()?;
         let scaling = match self.scaling {
             Some(p) => p,
-            None => Box::new(Elastic::from_seed(opts.prefork, opts.max_children)?),
+            // `validate` has already refused what `from_seed` would: the error
+            // is named after the seed option that builds this policy.
+            None => Box::new(
+                Elastic::from_seed(opts.prefork, opts.max_children)
+                    .map_err(|e| ConfigError::policy("prefork", e))?,
+            ),
         };
         let reload = match self.reload {
             Some(p) => p,
@@ -204,7 +209,8 @@ impl MachineBuilder {
                     check_every: opts.auto_reload_check_every,
                     ..Rolling::default()
                 };
-                r.validate()?;
+                r.validate()
+                    .map_err(|e| ConfigError::policy("auto_reload_check_every", e))?;
                 Box::new(r)
             }
         };
@@ -433,7 +439,7 @@ impl Machine {
                 for pid in pids {
                     self.push(Action::Signal {
                         pid,
-                        signal: Signal::Usr1,
+                        signal: ChildSignal::Usr1,
                         reason: SignalReason::ReopenLogs,
                     });
                 }
@@ -458,7 +464,7 @@ impl Machine {
                 }
             }
             // The runtime reaps on CHLD and reports each exit; nothing to do here.
-            Signal::Chld | Signal::Kill => {}
+            Signal::Chld => {}
         }
     }
 
@@ -797,9 +803,9 @@ impl Machine {
         }
         let signal = if kill {
             c.killed = true;
-            Signal::Kill
+            ChildSignal::Kill
         } else if c.retire.is_none() {
-            Signal::Term
+            ChildSignal::Term
         } else {
             return; // already TERMed; it is KILLed at the deadline if it lingers
         };
@@ -902,7 +908,7 @@ impl Machine {
         });
         self.push(Action::Signal {
             pid,
-            signal: Signal::Kill,
+            signal: ChildSignal::Kill,
             reason: SignalReason::Escalation,
         });
     }
@@ -1300,7 +1306,7 @@ impl Machine {
         c.retire = Some(Retire { at: now, reason });
         self.push(Action::Signal {
             pid,
-            signal: Signal::Term,
+            signal: ChildSignal::Term,
             reason,
         });
     }

@@ -71,6 +71,6 @@ pub const TRANSITIONS: &[(State, State, &str)] = &[
 ];
 
 /// Whether `from → to` is in [`TRANSITIONS`].
-pub fn is_legal(from: State, to: State) -> bool {
+pub(crate) fn is_legal(from: State, to: State) -> bool {
     TRANSITIONS.iter().any(|&(f, t, _)| f == from && t == to)
 }
