@@ -83,7 +83,8 @@ fn workload() -> Workload {
 
 fn run(machine: Machine, work: &Workload) -> SimReport {
     let mut sim = Sim::new(machine, work.clone());
-    sim.run_to_completion(Duration::from_secs(120)).clone()
+    sim.run_to_completion(Duration::from_secs(120));
+    sim.into_report()
 }
 
 fn ms(d: Option<Duration>) -> String {

@@ -60,7 +60,7 @@ fn assert_absorbed(name: &str, r: &SimReport, n: u64) {
 fn default_policy_absorbs_a_burst_of_140_within_1_1_s() {
     let mut sim = Sim::new(elastic(), burst_140());
     let r = sim.run_to_completion(Duration::ZERO);
-    assert_absorbed("elastic", r, 140);
+    assert_absorbed("elastic", &r, 140);
     let last = r.last_finish.unwrap();
     assert!(
         last >= ms(1_000),
@@ -197,7 +197,7 @@ fn custom_policy_plugs_in_and_keeps_its_promises() {
     let work = poisson_load(5);
     let n = work.len() as u64;
     let mut sim = Sim::new(machine, work.clone());
-    let r = sim.run_to_completion(30 * SEC).clone();
+    let r = sim.run_to_completion(30 * SEC);
 
     assert_absorbed("spare_backlog", &r, n);
     // Its own cap, well below the supervisor's 150.
@@ -237,7 +237,8 @@ fn custom_policy_plugs_in_and_keeps_its_promises() {
 fn reload_scenario(seed: u64) -> SimReport {
     let mut sim = Sim::new(elastic(), poisson_load(seed));
     sim.signal_at(ms(10_000), Signal::Hup);
-    sim.run_to_completion(10 * SEC).clone()
+    sim.run_to_completion(10 * SEC);
+    sim.into_report()
 }
 
 #[test]
@@ -258,7 +259,8 @@ fn same_seed_same_report_different_seed_different_arrivals() {
 
 fn burst_report(machine: Machine, config: SimConfig) -> SimReport {
     let mut sim = Sim::with_config(machine, burst_140(), config);
-    sim.run_to_completion(Duration::ZERO).clone()
+    sim.run_to_completion(Duration::ZERO);
+    sim.into_report()
 }
 
 #[test]
@@ -415,8 +417,24 @@ fn request_limits_recycle_children_without_losing_work() {
     let n = work.len() as u64;
     let mut sim = Sim::new(Machine::new(opts).unwrap(), work);
     let r = sim.run_to_completion(Duration::ZERO);
-    assert_absorbed("max_requests", r, n);
+    assert_absorbed("max_requests", &r, n);
     // Each child serves at most 25 requests, so at least n / 25 children served.
     assert!(r.spawns >= n / 25, "{} spawns for {n} requests", r.spawns);
     assert!(r.logs.iter().all(|l| !l.message.contains("exited early")));
+}
+
+// ----- the simulator's API -----
+
+/// A report is a snapshot the caller owns: holding it does not pin the simulator,
+/// which can be inspected and run on, and a later report does not change it.
+#[test]
+fn a_report_does_not_pin_the_simulator() {
+    let mut sim = Sim::new(elastic(), Workload::burst(10, ms(100), SEC));
+    let early = sim.run_until(ms(50));
+    assert_eq!(sim.machine().state(), State::Serving);
+    let done = sim.run_to_completion(Duration::ZERO);
+    assert_eq!((early.completed, early.ended_at), (0, ms(50)));
+    assert_eq!(done.completed, 10);
+    assert_eq!(*done, *sim.report());
+    assert_eq!(sim.into_report(), *done);
 }

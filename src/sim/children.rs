@@ -4,6 +4,7 @@
 use super::parent::Inbox;
 use super::{Ev, Sim};
 use crate::{ExitStatus, Pid, Signal, Time};
+use std::sync::Arc;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Life {
@@ -94,7 +95,7 @@ impl Sim {
                 c.request_start = Some(now);
                 c.heartbeat = now;
             }
-            let r = &mut self.report.requests[req];
+            let r = &mut self.rep().requests[req];
             r.started = Some(now);
             r.pid = Some(pid);
             let service = r.service;
@@ -124,9 +125,10 @@ impl Sim {
         let limit_reached = c.max_requests.is_some_and(|m| c.requests >= m);
         let leave = c.leaving || limit_reached;
         c.leaving |= limit_reached;
-        self.report.requests[req].finished = Some(now);
-        self.report.completed += 1;
-        self.report.last_finish = Some(now);
+        let r = self.rep();
+        r.requests[req].finished = Some(now);
+        r.completed += 1;
+        r.last_finish = Some(now);
         if self.config.ticks.on_every_request {
             self.request_tick();
         }
@@ -154,8 +156,9 @@ impl Sim {
             }
             Signal::Kill => {
                 if let Some(req) = c.current.take() {
-                    self.report.requests[req].dropped = true;
-                    self.report.dropped += 1;
+                    let r = Arc::make_mut(&mut self.report);
+                    r.requests[req].dropped = true;
+                    r.dropped += 1;
                 }
                 c.leaving = true;
                 self.child_exits(pid, ExitStatus::Signaled(9));

@@ -66,6 +66,7 @@ use parent::Inbox;
 
 use crate::{Machine, Pid, Scoreboard, Signal, SlotReading, Time};
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// When the simulated parent reads the scoreboard and hands it to the machine
@@ -167,9 +168,9 @@ enum Ev {
 /// signals sent at given times. See the [module docs](self) for the model.
 ///
 /// Run it with [`run_until`](Sim::run_until) or
-/// [`run_to_completion`](Sim::run_to_completion) (in steps if you like), read the
-/// measurements with [`report`](Sim::report) and the supervisor with
-/// [`machine`](Sim::machine).
+/// [`run_to_completion`](Sim::run_to_completion) (in steps if you like): each
+/// returns the measurements so far as a snapshot you own, so you can keep it while
+/// you inspect the supervisor with [`machine`](Sim::machine) and run on.
 #[derive(Debug)]
 pub struct Sim {
     machine: Machine,
@@ -192,7 +193,9 @@ pub struct Sim {
     stopped: bool,
     done_at: Option<Time>,
     scoreboard: Scoreboard,
-    report: SimReport,
+    /// Shared with the snapshots handed out, copied on write only while one is
+    /// still held: a snapshot costs nothing to take.
+    report: Arc<SimReport>,
 }
 
 impl Sim {
@@ -241,10 +244,10 @@ impl Sim {
                 slots: vec![SlotReading::default(); slots],
                 backlog: None,
             },
-            report: SimReport {
+            report: Arc::new(SimReport {
                 requests,
                 ..SimReport::default()
-            },
+            }),
             config,
         };
         sim.push_inbox(Inbox::Start);
@@ -268,8 +271,14 @@ impl Sim {
     }
 
     /// Runs everything that happens up to and including time `t` (or until the
-    /// supervisor exits), then sets the clock to `t`.
-    pub fn run_until(&mut self, t: Time) -> &SimReport {
+    /// supervisor exits), then sets the clock to `t`. Returns the measurements so
+    /// far: a snapshot, which running on does not change.
+    pub fn run_until(&mut self, t: Time) -> Arc<SimReport> {
+        self.advance_until(t);
+        Arc::clone(&self.report)
+    }
+
+    fn advance_until(&mut self, t: Time) {
         while !self.stopped {
             match self.next_time() {
                 Some(next) if next <= t => self.step(),
@@ -279,36 +288,38 @@ impl Sim {
         if !self.stopped {
             self.now = self.now.max(t);
         }
-        self.report.ended_at = self.now;
-        &self.report
+        let now = self.now;
+        self.rep().ended_at = now;
     }
 
     /// Runs until every request of the workload has completed or been dropped, then
     /// for `linger` more (to watch the pool shrink). Stops early if the supervisor
     /// exits or nothing is left to happen (a pool that cannot serve), and at
     /// [`SimConfig::time_limit`] at the latest; check
-    /// [`SimReport::unfinished`].
-    pub fn run_to_completion(&mut self, linger: Duration) -> &SimReport {
+    /// [`SimReport::unfinished`]. Returns the measurements, as
+    /// [`run_until`](Sim::run_until) does.
+    pub fn run_to_completion(&mut self, linger: Duration) -> Arc<SimReport> {
         let limit = self.config.time_limit;
         loop {
             if self.stopped {
                 break;
             }
             if let Some(done) = self.done_at {
-                self.run_until((done + linger).min(limit));
+                self.advance_until((done + linger).min(limit));
                 break;
             }
             match self.next_time() {
                 Some(t) if t <= limit => self.step(),
                 Some(_) => {
-                    self.run_until(limit);
+                    self.advance_until(limit);
                     break;
                 }
                 None => break,
             }
         }
-        self.report.ended_at = self.now;
-        &self.report
+        let now = self.now;
+        self.rep().ended_at = now;
+        Arc::clone(&self.report)
     }
 
     /// The measurements so far.
@@ -316,9 +327,15 @@ impl Sim {
         &self.report
     }
 
-    /// The measurements, consuming the simulation.
+    /// The measurements, consuming the simulation (without a copy unless a
+    /// snapshot of them is still held).
     pub fn into_report(self) -> SimReport {
-        self.report
+        Arc::try_unwrap(self.report).unwrap_or_else(|shared| (*shared).clone())
+    }
+
+    /// The report, to update: copied first if a snapshot still shares it.
+    fn rep(&mut self) -> &mut SimReport {
+        Arc::make_mut(&mut self.report)
     }
 
     /// The supervisor, to inspect its state, counts and generations.
@@ -413,7 +430,7 @@ impl Sim {
             }
             Ev::SampleTick => {
                 let s = self.sample();
-                self.report.samples.push(s);
+                self.rep().samples.push(s);
                 if let Some(every) = self.config.sample_every {
                     self.schedule(now + every.max(Duration::from_micros(1)), Ev::SampleTick);
                 }
@@ -444,7 +461,7 @@ impl Sim {
 
     fn observe(&mut self) {
         let s = self.sample();
-        let r = &mut self.report;
+        let r = Arc::make_mut(&mut self.report);
         r.peak_children = r.peak_children.max(s.alive);
         r.peak_queue = r.peak_queue.max(s.queue);
         r.ended_at = self.now;

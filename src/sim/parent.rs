@@ -59,7 +59,7 @@ impl Sim {
             self.schedule(self.parent_free_at, Ev::ParentWake);
             return;
         }
-        self.report.wakeups += 1;
+        self.rep().wakeups += 1;
         while let Some(item) = self.inbox.pop_front() {
             let mut pc = self.now;
             self.parent_handle(item, &mut pc);
@@ -106,7 +106,7 @@ impl Sim {
                             }
                         }
                     }
-                    self.report.exits += 1;
+                    self.rep().exits += 1;
                     self.machine.handle(*pc, Event::ChildExited { pid, status });
                     self.drain(pc);
                 }
@@ -155,7 +155,7 @@ impl Sim {
             };
         }
         self.scoreboard.backlog = self.config.report_backlog.then_some(self.queue.len());
-        self.report.ticks += 1;
+        self.rep().ticks += 1;
         self.machine
             .handle(*pc, Event::Scoreboard(&self.scoreboard));
         self.drain(pc);
@@ -171,7 +171,7 @@ impl Sim {
                     *pc += self.config.fork_cost;
                     let pid = Pid(self.next_pid);
                     self.next_pid += 1;
-                    self.report.spawns += 1;
+                    self.rep().spawns += 1;
                     self.schedule(
                         *pc,
                         Ev::Forked {
@@ -184,8 +184,8 @@ impl Sim {
                 }
                 Action::Signal { pid, signal, .. } => {
                     match signal {
-                        Signal::Term => self.report.retirements += 1,
-                        Signal::Kill => self.report.kills += 1,
+                        Signal::Term => self.rep().retirements += 1,
+                        Signal::Kill => self.rep().kills += 1,
                         _ => {}
                     }
                     self.schedule(*pc, Ev::ToChild(pid, signal));
@@ -201,7 +201,7 @@ impl Sim {
                 }
                 Action::Log { level, message } => {
                     if self.config.keep_logs {
-                        self.report.logs.push(LogRecord {
+                        self.rep().logs.push(LogRecord {
                             at: *pc,
                             level,
                             message,
@@ -209,7 +209,7 @@ impl Sim {
                     }
                 }
                 Action::Exit { code } => {
-                    self.report.exit = Some((*pc, code));
+                    self.rep().exit = Some((*pc, code));
                     self.stopped = true;
                 }
                 Action::ReopenLogs | Action::CheckForChanges | Action::Notify(_) => {}

@@ -87,3 +87,16 @@ fn fixed_interval_sampling() {
         .all(|(i, s)| s.at == Time::from_millis(10 * i as u64)));
     assert_eq!(r.samples[9].idle, 2);
 }
+
+#[test]
+fn time_share_weighs_each_sample_by_how_long_it_held() {
+    let mut sim = Sim::new(machine(3), Workload::empty());
+    let r = sim.run_until(Time::from_millis(10));
+    // Forks at 0.5, 1 and 1.5 ms, each child ready 1 ms later: all three idle from
+    // 2.5 ms to the end at 10 ms, of a run sampled from 0.
+    assert_eq!(r.samples[0].at, Time::ZERO);
+    assert_eq!(r.time_share(|s| s.idle == 3), Some(0.75));
+    assert_eq!(r.time_share(|_| true), Some(1.0));
+    assert_eq!(r.time_share(|s| s.alive > 3), Some(0.0));
+    assert_eq!(SimReport::default().time_share(|_| true), None);
+}
