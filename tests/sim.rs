@@ -38,6 +38,15 @@ fn apache_like() -> Machine {
         .unwrap()
 }
 
+/// Every scenario runs with the oracle's invariants checked at every step.
+fn checked_sim(machine: Machine, work: Workload) -> Sim {
+    let config = SimConfig {
+        check_invariants: true,
+        ..SimConfig::default()
+    };
+    Sim::with_config(machine, work, config)
+}
+
 fn max_alive(r: &SimReport) -> usize {
     r.samples.iter().map(|s| s.alive).max().unwrap_or(0)
 }
@@ -58,7 +67,7 @@ fn assert_absorbed(name: &str, r: &SimReport, n: u64) {
 
 #[test]
 fn default_policy_absorbs_a_burst_of_140_within_1_1_s() {
-    let mut sim = Sim::new(elastic(), burst_140());
+    let mut sim = checked_sim(elastic(), burst_140());
     let r = sim.run_to_completion(Duration::ZERO);
     assert_absorbed("elastic", &r, 140);
     let last = r.last_finish.unwrap();
@@ -81,7 +90,7 @@ fn default_policy_absorbs_a_burst_of_140_within_1_1_s() {
 /// believed busy, so `poll_timeout()` is `None` and the parent never looks again.
 #[test]
 fn default_policy_shrinks_back_to_prefork_after_the_burst() {
-    let mut sim = Sim::new(elastic(), burst_140());
+    let mut sim = checked_sim(elastic(), burst_140());
     sim.run_to_completion(200 * SEC);
     let last = *sim.report().last_sample().unwrap();
     assert_eq!(
@@ -196,7 +205,7 @@ fn custom_policy_plugs_in_and_keeps_its_promises() {
     assert_eq!(machine.scaling_policy().name(), "spare_backlog");
     let work = poisson_load(5);
     let n = work.len() as u64;
-    let mut sim = Sim::new(machine, work.clone());
+    let mut sim = checked_sim(machine, work.clone());
     let r = sim.run_to_completion(30 * SEC);
 
     assert_absorbed("spare_backlog", &r, n);
@@ -226,7 +235,7 @@ fn custom_policy_plugs_in_and_keeps_its_promises() {
         .scaling(Fixed(spare))
         .build()
         .unwrap();
-    let mut sim = Sim::new(fixed, work);
+    let mut sim = checked_sim(fixed, work);
     let f = sim.run_to_completion(Duration::ZERO);
     assert_eq!(f.completed, n);
     assert!(f.wait_p99().unwrap() > 100 * p99.max(Duration::from_millis(1)));
@@ -235,7 +244,7 @@ fn custom_policy_plugs_in_and_keeps_its_promises() {
 // ----- 3. determinism -----
 
 fn reload_scenario(seed: u64) -> SimReport {
-    let mut sim = Sim::new(elastic(), poisson_load(seed));
+    let mut sim = checked_sim(elastic(), poisson_load(seed));
     sim.signal_at(ms(10_000), Signal::Hup);
     sim.run_to_completion(10 * SEC);
     sim.into_report()
@@ -258,6 +267,10 @@ fn same_seed_same_report_different_seed_different_arrivals() {
 // ----- 4. ApacheLike against Elastic -----
 
 fn burst_report(machine: Machine, config: SimConfig) -> SimReport {
+    let config = SimConfig {
+        check_invariants: true,
+        ..config
+    };
     let mut sim = Sim::with_config(machine, burst_140(), config);
     sim.run_to_completion(Duration::ZERO);
     sim.into_report()
@@ -335,7 +348,7 @@ fn hup_mid_load_rolls_every_child_over_without_dropping_a_request() {
     )
     .and(Workload::burst(60, ms(4_900), SEC));
     let n = work.len() as u64;
-    let mut sim = Sim::new(elastic(), work);
+    let mut sim = checked_sim(elastic(), work);
     sim.signal_at(ms(5_000), Signal::Hup);
 
     // Mid-rollout: both generations are alive, and the old ones finish their work.
@@ -378,7 +391,7 @@ fn hup_mid_load_rolls_every_child_over_without_dropping_a_request() {
 fn term_lets_requests_finish_and_quit_drops_them() {
     let work = || Workload::burst(20, Time::ZERO, 2 * SEC);
 
-    let mut sim = Sim::new(elastic(), work());
+    let mut sim = checked_sim(elastic(), work());
     sim.signal_at(ms(500), Signal::Term);
     let r = sim.run_to_completion(Duration::ZERO);
     assert_eq!((r.completed, r.dropped, r.kills), (20, 0, 0));
@@ -390,7 +403,7 @@ fn term_lets_requests_finish_and_quit_drops_them() {
     );
     assert_eq!(sim.machine().state(), State::Stopped);
 
-    let mut sim = Sim::new(elastic(), work());
+    let mut sim = checked_sim(elastic(), work());
     sim.signal_at(ms(500), Signal::Quit);
     let r = sim.run_to_completion(Duration::ZERO);
     assert_eq!((r.completed, r.dropped), (0, 20));
@@ -415,7 +428,7 @@ fn request_limits_recycle_children_without_losing_work() {
         9,
     );
     let n = work.len() as u64;
-    let mut sim = Sim::new(Machine::new(opts).unwrap(), work);
+    let mut sim = checked_sim(Machine::new(opts).unwrap(), work);
     let r = sim.run_to_completion(Duration::ZERO);
     assert_absorbed("max_requests", &r, n);
     // Each child serves at most 25 requests, so at least n / 25 children served.
@@ -429,7 +442,7 @@ fn request_limits_recycle_children_without_losing_work() {
 /// which can be inspected and run on, and a later report does not change it.
 #[test]
 fn a_report_does_not_pin_the_simulator() {
-    let mut sim = Sim::new(elastic(), Workload::burst(10, ms(100), SEC));
+    let mut sim = checked_sim(elastic(), Workload::burst(10, ms(100), SEC));
     let early = sim.run_until(ms(50));
     assert_eq!(sim.machine().state(), State::Serving);
     let done = sim.run_to_completion(Duration::ZERO);

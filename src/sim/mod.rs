@@ -7,8 +7,8 @@
 //!
 //! - **The parent** is single-threaded: it forks serially, each fork taking
 //!   [`SimConfig::fork_cost`], and handles nothing else while forking (events
-//!   wait in order). It reports each fork with [`Event::ChildSpawned`], runs hooks
-//!   at once (they succeed), and feeds [`Event::Timer`] at
+//!   wait in order). It reports each fork with [`Event::ChildSpawned`](crate::Event::ChildSpawned), runs hooks
+//!   at once (they succeed), and feeds [`Event::Timer`](crate::Event::Timer) at
 //!   [`Machine::poll_timeout`].
 //! - **Children** become ready [`SimConfig::boot_latency`] after their fork. A ready,
 //!   idle child takes the next request from the queue at once (the one idle the
@@ -64,13 +64,14 @@ pub use workload::{Request, Service, Workload};
 use children::{Child, Life};
 use parent::Inbox;
 
-use crate::{Machine, Pid, Scoreboard, Signal, SlotReading, Time};
+use crate::oracle::Monitor;
+use crate::{Action, Machine, Pid, Scoreboard, Signal, SlotReading, Time};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
 /// When the simulated parent reads the scoreboard and hands it to the machine
-/// ([`Event::Scoreboard`]). The defaults model the runtime: it wakes on the
+/// ([`Event::Scoreboard`](crate::Event::Scoreboard)). The defaults model the runtime: it wakes on the
 /// events below, not on every request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ticks {
@@ -121,6 +122,10 @@ pub struct SimConfig {
     /// [`Sim::run_to_completion`] stops at this simulated time even if the workload
     /// is not done (one hour).
     pub time_limit: Time,
+    /// Check the oracle's invariants of every step while running (the
+    /// [`Monitor`]'s: bounds, signals, pids, reloads, exit); the first one broken
+    /// panics, naming it, like a failed assertion (false).
+    pub check_invariants: bool,
 }
 
 impl Default for SimConfig {
@@ -133,6 +138,7 @@ impl Default for SimConfig {
             sample_every: None,
             keep_logs: true,
             time_limit: Time::from_millis(3_600_000),
+            check_invariants: false,
         }
     }
 }
@@ -193,6 +199,10 @@ pub struct Sim {
     stopped: bool,
     done_at: Option<Time>,
     scoreboard: Scoreboard,
+    /// The machine's actions not carried out yet, in order.
+    actions: VecDeque<Action>,
+    /// With [`SimConfig::check_invariants`].
+    monitor: Option<Monitor>,
     /// Shared with the snapshots handed out, copied on write only while one is
     /// still held: a snapshot costs nothing to take.
     report: Arc<SimReport>,
@@ -222,6 +232,8 @@ impl Sim {
             })
             .collect();
         let mut sim = Sim {
+            monitor: config.check_invariants.then(|| Monitor::new(&machine)),
+            actions: VecDeque::new(),
             machine,
             workload: workload.requests().to_vec(),
             next_arrival: 0,

@@ -82,9 +82,12 @@ impl Sim {
     fn parent_handle(&mut self, item: Inbox, pc: &mut Time) {
         let ticks = self.config.ticks;
         match item {
-            Inbox::Start => self.drain(pc),
+            Inbox::Start => {
+                self.take_queued(*pc);
+                self.drain(pc);
+            }
             Inbox::Ready(pid) => {
-                self.machine.handle(*pc, Event::ChildReady { pid });
+                self.feed(*pc, Event::ChildReady { pid });
                 self.drain(pc);
                 if ticks.on_ready {
                     self.inbox.push_front(Inbox::FollowTick);
@@ -107,7 +110,7 @@ impl Sim {
                         }
                     }
                     self.rep().exits += 1;
-                    self.machine.handle(*pc, Event::ChildExited { pid, status });
+                    self.feed(*pc, Event::ChildExited { pid, status });
                     self.drain(pc);
                 }
             }
@@ -117,12 +120,12 @@ impl Sim {
                     self.tick(pc);
                     self.inbox.push_front(Inbox::Timer { read: true });
                 } else {
-                    self.machine.handle(*pc, Event::Timer);
+                    self.feed(*pc, Event::Timer);
                     self.drain(pc);
                 }
             }
             Inbox::Signal(signal) => {
-                self.machine.handle(*pc, Event::Signal(signal));
+                self.feed(*pc, Event::Signal(signal));
                 self.drain(pc);
             }
         }
@@ -156,14 +159,44 @@ impl Sim {
         }
         self.scoreboard.backlog = self.config.report_backlog.then_some(self.queue.len());
         self.rep().ticks += 1;
-        self.machine
-            .handle(*pc, Event::Scoreboard(&self.scoreboard));
+        let board = std::mem::take(&mut self.scoreboard);
+        self.feed(*pc, Event::Scoreboard(&board));
+        self.scoreboard = board;
         self.drain(pc);
+    }
+
+    /// Hands `event` to the machine at `pc` (through the monitor when checking);
+    /// its actions queue up for [`drain`](Sim::drain), behind those still waiting.
+    fn feed(&mut self, pc: Time, event: Event<'_>) {
+        match self.monitor.as_mut() {
+            Some(monitor) => match monitor.handle(&mut self.machine, pc, event) {
+                Ok(actions) => self.actions.extend(actions),
+                Err(v) => panic!("invariant broken at {pc} (simulated time): {v}"),
+            },
+            None => {
+                self.machine.handle(pc, event);
+                self.actions
+                    .extend(std::iter::from_fn(|| self.machine.poll_action()));
+            }
+        }
+    }
+
+    /// Queues the actions a fresh machine holds before any event (`after_init`).
+    fn take_queued(&mut self, pc: Time) {
+        match self.monitor.as_mut() {
+            Some(monitor) => match monitor.drain(&mut self.machine) {
+                Ok(actions) => self.actions.extend(actions),
+                Err(v) => panic!("invariant broken at {pc} (simulated time): {v}"),
+            },
+            None => self
+                .actions
+                .extend(std::iter::from_fn(|| self.machine.poll_action())),
+        }
     }
 
     /// Carries out the machine's actions; forks advance the parent's clock `pc`.
     fn drain(&mut self, pc: &mut Time) {
-        while let Some(action) = self.machine.poll_action() {
+        while let Some(action) = self.actions.pop_front() {
             match action {
                 Action::Spawn {
                     slot, max_requests, ..
@@ -180,7 +213,7 @@ impl Sim {
                             max_requests,
                         },
                     );
-                    self.machine.handle(*pc, Event::ChildSpawned { slot, pid });
+                    self.feed(*pc, Event::ChildSpawned { slot, pid });
                 }
                 Action::Signal { pid, signal, .. } => {
                     match signal {
@@ -191,13 +224,8 @@ impl Sim {
                     self.schedule(*pc, Ev::ToChild(pid, signal));
                 }
                 Action::RunHook(hook) => {
-                    self.machine.handle(
-                        *pc,
-                        Event::HookFinished {
-                            hook: hook.kind(),
-                            ok: true,
-                        },
-                    );
+                    let hook = hook.kind();
+                    self.feed(*pc, Event::HookFinished { hook, ok: true });
                 }
                 Action::Log { level, message } => {
                     if self.config.keep_logs {

@@ -1,7 +1,7 @@
 //! Unit tests of the simulator's model.
 
 use super::*;
-use crate::Options;
+use crate::{Event, ExitStatus, Options};
 
 fn machine(prefork: usize) -> Machine {
     Machine::new(Options {
@@ -99,4 +99,39 @@ fn time_share_weighs_each_sample_by_how_long_it_held() {
     assert_eq!(r.time_share(|_| true), Some(1.0));
     assert_eq!(r.time_share(|s| s.alive > 3), Some(0.0));
     assert_eq!(SimReport::default().time_share(|_| true), None);
+}
+
+fn checked() -> SimConfig {
+    SimConfig {
+        check_invariants: true,
+        ..SimConfig::default()
+    }
+}
+
+/// The checks run on every step: a machine driven behind the monitor's back (here:
+/// told of an exit the simulated world never had) is caught at its next event.
+#[test]
+#[should_panic(expected = "invariant broken")]
+fn a_checked_run_panics_at_a_broken_invariant() {
+    let mut sim = Sim::with_config(machine(3), Workload::empty(), checked());
+    sim.run_until(Time::from_millis(10));
+    let pid = sim.machine.pids().next().unwrap();
+    let status = ExitStatus::Exited(0);
+    sim.machine
+        .handle(sim.now, Event::ChildExited { pid, status });
+    sim.signal_at(Time::from_millis(20), Signal::Hup);
+    sim.run_until(Time::from_millis(30));
+}
+
+/// Checking changes nothing of the run.
+#[test]
+fn a_checked_run_is_the_same_run() {
+    let work = || Workload::burst(30, Time::from_millis(5), Duration::from_millis(200));
+    let mut sim = Sim::with_config(machine(3), work(), checked());
+    sim.signal_at(Time::from_millis(100), Signal::Hup);
+    let mut unchecked = Sim::new(machine(3), work());
+    unchecked.signal_at(Time::from_millis(100), Signal::Hup);
+    let r = sim.run_to_completion(Duration::from_secs(5));
+    assert_eq!(r, unchecked.run_to_completion(Duration::from_secs(5)));
+    assert_eq!((r.completed, sim.machine().generation()), (30, 2));
 }
