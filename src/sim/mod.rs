@@ -29,6 +29,9 @@
 //! the order they were scheduled. The same machine, configuration, workload and
 //! scenario always give the same [`SimReport`].
 //!
+//! With [`SimConfig::check_invariants`], the oracle's invariants of every step are
+//! checked as the run goes ([`Monitor`]).
+//!
 //! ```
 //! use preforkd::sim::{Sim, Workload};
 //! use preforkd::{Machine, Options, Time};
@@ -44,6 +47,8 @@
 //! assert!(report.peak_children <= 50);
 //! assert!(report.last_finish.unwrap() < Time::from_millis(700));
 //! assert!(report.wait_p99().unwrap() < Duration::from_millis(100));
+//! // The report is a snapshot: the simulator is free to look at and run on.
+//! assert_eq!(sim.machine().counts().alive(), report.last_sample().unwrap().alive);
 //! // The pool over time, as the children really were.
 //! for s in &report.samples {
 //!     println!("{} alive {} busy {} queue {}", s.at, s.alive, s.busy, s.queue);
@@ -285,6 +290,9 @@ impl Sim {
     /// Runs everything that happens up to and including time `t` (or until the
     /// supervisor exits), then sets the clock to `t`. Returns the measurements so
     /// far: a snapshot, which running on does not change.
+    ///
+    /// # Panics
+    /// With [`SimConfig::check_invariants`], at the first broken invariant.
     pub fn run_until(&mut self, t: Time) -> Arc<SimReport> {
         self.advance_until(t);
         Arc::clone(&self.report)
@@ -310,6 +318,9 @@ impl Sim {
     /// [`SimConfig::time_limit`] at the latest; check
     /// [`SimReport::unfinished`]. Returns the measurements, as
     /// [`run_until`](Sim::run_until) does.
+    ///
+    /// # Panics
+    /// With [`SimConfig::check_invariants`], at the first broken invariant.
     pub fn run_to_completion(&mut self, linger: Duration) -> Arc<SimReport> {
         let limit = self.config.time_limit;
         loop {
