@@ -4,7 +4,7 @@
 //! Run with `cargo run --example model_test`.
 
 use preforkd::policy::{ApacheLike, Decision, PoolSnapshot};
-use preforkd::sim::{Service, Sim, SimReport, Workload};
+use preforkd::sim::{Service, Sim, SimConfig, SimReport, Workload};
 use preforkd::{Machine, Options, ScalingPolicy, Time};
 use std::ops::RangeInclusive;
 use std::time::Duration;
@@ -26,31 +26,22 @@ impl ScalingPolicy for SpareBacklog {
         let room = cap.saturating_sub(pool.total()).min(pool.free_slots());
         let free = pool.idle + pool.starting;
         let want = self.spare + pool.backlog.unwrap_or(0);
-        // The supervisor sees children go idle only when it next reads the
-        // scoreboard: while any look busy, ask to be asked again.
-        let refresh = pool.busy > 0 || pool.total() > self.spare;
-        let cooldown = self.cooldown;
-        let with_refresh = |d: Decision| {
-            if refresh {
-                d.recheck_at(now + cooldown)
-            } else {
-                d
-            }
-        };
+        // No recheck needed while children are busy: the supervisor reads the
+        // scoreboard every `busy_refresh` then, and asks again.
         if free < want && room > 0 {
             self.surplus_since = None;
-            return with_refresh(Decision::spawn((want - free).min(room)));
+            return Decision::spawn((want - free).min(room));
         }
         if pool.idle > self.spare && pool.total() > self.spare {
             let since = *self.surplus_since.get_or_insert(now);
-            if now >= since + cooldown {
+            if now >= since + self.cooldown {
                 self.surplus_since = None;
-                return with_refresh(Decision::retire((pool.idle - self.spare).div_ceil(2)));
+                return Decision::retire((pool.idle - self.spare).div_ceil(2));
             }
-            return Decision::hold().recheck_at(since + cooldown);
+            return Decision::hold().recheck_at(since + self.cooldown);
         }
         self.surplus_since = None;
-        with_refresh(Decision::hold())
+        Decision::hold()
     }
 
     fn quiet_range(&self) -> RangeInclusive<usize> {
@@ -82,8 +73,13 @@ fn workload() -> Workload {
 }
 
 fn run(machine: Machine, work: &Workload) -> SimReport {
-    let mut sim = Sim::new(machine, work.clone());
-    sim.run_to_completion(Duration::from_secs(120)).clone()
+    let checked = SimConfig {
+        check_invariants: true,
+        ..SimConfig::default()
+    };
+    let mut sim = Sim::with_config(machine, work.clone(), checked);
+    sim.run_to_completion(Duration::from_secs(120));
+    sim.into_report()
 }
 
 fn ms(d: Option<Duration>) -> String {

@@ -414,7 +414,9 @@ pub fn options<E: std::fmt::Display>(
     to_json: impl Fn(&Options) -> Result<Vec<u8>, E>,
 ) {
     let Ok(opts) = from_json(data) else { return };
-    if opts.validate().is_ok() {
+    // Valid for the default policies: the options, and `prefork` (read by the
+    // default scaling policy only).
+    if opts.validate().is_ok() && opts.default_scaling().is_ok() {
         // A valid configuration builds a machine. Bounded: a huge (if valid)
         // pool would only measure the allocator.
         if opts.max_children <= 4096 {

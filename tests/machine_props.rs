@@ -5,21 +5,87 @@
 //! invariant after every step), then lets events go quiet (the pool must settle into
 //! the policy's quiet range) and shuts down (it must reach Stopped with every child
 //! reaped). Cases per property: `PROPTEST_CASES` (CI sets 1000).
+//!
+//! The strategies are parametric in the scaling policy ([`cases`]): the built-in
+//! policies are one choice, a policy of your own ([`Custom`]) is another.
 
-use preforkd::fuzzing::{ScalingChoice, Setup};
+use preforkd::fuzzing::ScalingChoice;
 use preforkd::oracle::{Harness, Op};
-use preforkd::policy::{ApacheLikeConfig, Rolling};
-use preforkd::{Action, ExitStatus, Options, Signal, State};
+use preforkd::policy::{
+    ApacheLike, ApacheLikeConfig, CallHook, Decision, Fixed, PoolSnapshot, RampState, Rolling,
+    TerminateChild,
+};
+use preforkd::{
+    Action, ExitStatus, Machine, MachineBuilder, Options, ScalingPolicy, Signal, State, Time,
+};
 use proptest::prelude::*;
+use std::fmt::Debug;
+use std::ops::RangeInclusive;
 use std::time::Duration;
 
 fn ms(range: std::ops::RangeInclusive<u64>) -> impl Strategy<Value = Duration> {
     range.prop_map(Duration::from_millis)
 }
 
-fn setup() -> impl Strategy<Value = Setup> {
+/// One case: the options, a scaling policy, the reload and disconnect policies.
+#[derive(Debug, Clone)]
+struct Case<P> {
+    opts: Options,
+    scaling: P,
+    rolling: Option<Rolling>,
+    terminate_on_disconnect: bool,
+}
+
+/// A scaling policy a case plugs into the machine.
+trait Plug: Clone + Debug {
+    fn plug(&self, builder: MachineBuilder) -> MachineBuilder;
+}
+
+impl Plug for ScalingChoice {
+    fn plug(&self, b: MachineBuilder) -> MachineBuilder {
+        match self {
+            ScalingChoice::Elastic => b,
+            ScalingChoice::ApacheLike(c) => b.scaling(ApacheLike::new(*c).unwrap()),
+            ScalingChoice::Fixed(n) => b.scaling(Fixed(*n)),
+        }
+    }
+}
+
+/// A policy of your own, as it is.
+#[derive(Debug, Clone)]
+struct Custom<P>(P);
+
+impl<P: ScalingPolicy + Clone + 'static> Plug for Custom<P> {
+    fn plug(&self, b: MachineBuilder) -> MachineBuilder {
+        b.scaling(self.0.clone())
+    }
+}
+
+impl<P: Plug> Case<P> {
+    fn build(&self) -> Machine {
+        let mut b = self.scaling.plug(Machine::builder(self.opts.clone()));
+        if let Some(r) = self.rolling {
+            b = b.reload(r);
+        }
+        b = if self.terminate_on_disconnect {
+            b.disconnect(TerminateChild)
+        } else {
+            b.disconnect(CallHook)
+        };
+        b.build()
+            .unwrap_or_else(|e| panic!("invalid case: {e} ({self:?})"))
+    }
+}
+
+/// Cases of 1 to 10 children at most, random options and reload policies, and the
+/// scaling policies `scaling(max)` gives for a pool of at most `max`.
+fn cases<S>(scaling: impl Fn(usize) -> S) -> impl Strategy<Value = Case<S::Value>>
+where
+    S: Strategy,
+    S::Value: Plug,
+{
     (1usize..=10)
-        .prop_flat_map(|max| {
+        .prop_flat_map(move |max| {
             let opts = (
                 0..=max,
                 proptest::option::of(ms(50..=3000)),
@@ -41,22 +107,6 @@ fn setup() -> impl Strategy<Value = Setup> {
                         ..Options::default()
                     },
                 );
-            let policy = prop_oneof![
-                Just(ScalingChoice::Elastic),
-                (0usize..=3, 1usize..=4, 1usize..=16, 0..=max, ms(100..=2000)).prop_map(
-                    move |(min_spare, extra, workers, start, interval)| {
-                        ScalingChoice::ApacheLike(ApacheLikeConfig {
-                            start_servers: start.min(workers),
-                            min_spare_servers: min_spare,
-                            max_spare_servers: min_spare + extra,
-                            max_request_workers: workers,
-                            max_spawn_rate: 32,
-                            retire_interval: interval,
-                        })
-                    }
-                ),
-                (0..=max + 2).prop_map(ScalingChoice::Fixed),
-            ];
             let rolling = proptest::option::of(
                 (
                     proptest::option::of(0..=max),
@@ -72,16 +122,78 @@ fn setup() -> impl Strategy<Value = Setup> {
                         }
                     }),
             );
-            (Just(max), opts, policy, rolling, any::<bool>())
+            (Just(max), opts, scaling(max), rolling, any::<bool>())
         })
         .prop_map(
-            |(_, opts, scaling, rolling, terminate_on_disconnect)| Setup {
+            |(_, opts, scaling, rolling, terminate_on_disconnect)| Case {
                 opts,
                 scaling,
                 rolling,
                 terminate_on_disconnect,
             },
         )
+}
+
+/// The built-in policies, configured at random for a pool of at most `max`.
+fn builtin(max: usize) -> impl Strategy<Value = ScalingChoice> {
+    prop_oneof![
+        Just(ScalingChoice::Elastic),
+        (0usize..=3, 1usize..=4, 1usize..=16, 0..=max, ms(100..=2000)).prop_map(
+            move |(min_spare, extra, workers, start, interval)| {
+                ScalingChoice::ApacheLike(ApacheLikeConfig {
+                    start_servers: start.min(workers),
+                    min_spare_servers: min_spare,
+                    max_spare_servers: min_spare + extra,
+                    max_request_workers: workers,
+                    max_spawn_rate: 32,
+                    retire_interval: interval,
+                })
+            }
+        ),
+        (0..=max + 2).prop_map(ScalingChoice::Fixed),
+    ]
+}
+
+/// A policy written outside the crate: keep `percent` % of the pool spare (idle
+/// or starting), at least `min`, and retire surplus idle children one per `pace`.
+#[derive(Debug, Clone)]
+struct Spare {
+    min: usize,
+    percent: usize,
+    pace: Duration,
+    state: RampState,
+}
+
+impl ScalingPolicy for Spare {
+    fn decide(&mut self, pool: &PoolSnapshot, now: Time) -> Decision {
+        let spare = pool.idle + pool.starting;
+        // spare / (busy + spare) >= percent
+        let want = (pool.busy * self.percent)
+            .div_ceil(100 - self.percent)
+            .max(self.min);
+        if spare < want {
+            Decision::spawn(want - spare)
+        } else if spare > want && pool.idle > 0 {
+            self.state.retire_one(now, self.pace, spare - 1 > want)
+        } else {
+            Decision::hold()
+        }
+    }
+
+    fn quiet_range(&self) -> RangeInclusive<usize> {
+        self.min..=self.min
+    }
+}
+
+fn spare(_max: usize) -> impl Strategy<Value = Custom<Spare>> {
+    (0usize..=4, 0usize..=50, ms(1..=2000)).prop_map(|(min, percent, pace)| {
+        Custom(Spare {
+            min,
+            percent,
+            pace,
+            state: RampState::default(),
+        })
+    })
 }
 
 fn signal() -> impl Strategy<Value = Signal> {
@@ -139,8 +251,8 @@ fn op(with_stop: bool) -> impl Strategy<Value = Op> {
     ]
 }
 
-fn run(setup: &Setup, ops: &[Op]) -> Result<Harness, TestCaseError> {
-    let mut h = Harness::new(setup.build());
+fn run<P: Plug>(case: &Case<P>, ops: &[Op]) -> Result<Harness, TestCaseError> {
+    let mut h = Harness::new(case.build());
     for (i, &op) in ops.iter().enumerate() {
         h.apply(op)
             .map_err(|v| TestCaseError::fail(format!("op #{i} {op:?}: {v}")))?;
@@ -148,17 +260,33 @@ fn run(setup: &Setup, ops: &[Op]) -> Result<Harness, TestCaseError> {
     Ok(h)
 }
 
+/// Every invariant holds after every step, the pool settles into the policy's
+/// quiet range once events go quiet, and shutdown always reaches Stopped.
+fn invariants_hold<P: Plug>(case: &Case<P>, ops: &[Op]) -> Result<(), TestCaseError> {
+    let mut h = run(case, ops)?;
+    h.finish()
+        .map_err(|v| TestCaseError::fail(format!("finish: {v}")))?;
+    prop_assert_eq!(h.machine().state(), State::Stopped);
+    Ok(())
+}
+
 proptest! {
-    /// Every invariant holds after every step, the pool settles into the policy's
-    /// quiet range once events go quiet, and shutdown always reaches Stopped.
+    /// [`invariants_hold`], for the built-in policies.
     #[test]
     fn invariants_hold_for_any_events(
-        setup in setup(),
+        case in cases(builtin),
         ops in proptest::collection::vec(op(true), 0..160),
     ) {
-        let mut h = run(&setup, &ops)?;
-        h.finish().map_err(|v| TestCaseError::fail(format!("finish: {v}")))?;
-        prop_assert_eq!(h.machine().state(), State::Stopped);
+        invariants_hold(&case, &ops)?;
+    }
+
+    /// [`invariants_hold`], for a policy written outside the crate.
+    #[test]
+    fn invariants_hold_for_a_custom_policy(
+        case in cases(spare),
+        ops in proptest::collection::vec(op(true), 0..160),
+    ) {
+        invariants_hold(&case, &ops)?;
     }
 
     /// Without stop signals the machine keeps serving: after the ops it settles into
@@ -166,12 +294,12 @@ proptest! {
     /// current generation once a reload is over.
     #[test]
     fn pool_converges_and_reloads_complete(
-        setup in setup(),
+        case in cases(builtin),
         ops in proptest::collection::vec(op(false), 0..160),
     ) {
         let mut ops = ops;
         ops.insert(0, Op::HookOk);
-        let mut h = run(&setup, &ops)?;
+        let mut h = run(&case, &ops)?;
         h.quiesce().map_err(|v| TestCaseError::fail(format!("quiesce: {v}")))?;
         let m = h.machine();
         if m.state() == State::Serving {
@@ -189,11 +317,11 @@ proptest! {
     /// The same options, seed and events always give the same actions.
     #[test]
     fn same_events_same_actions(
-        setup in setup(),
+        case in cases(builtin),
         ops in proptest::collection::vec(op(true), 0..120),
     ) {
-        let a = run(&setup, &ops)?;
-        let b = run(&setup, &ops)?;
+        let a = run(&case, &ops)?;
+        let b = run(&case, &ops)?;
         prop_assert_eq!(a.trace(), b.trace());
         prop_assert!(a.trace().iter().any(|x| matches!(x, Action::RunHook(_))));
     }

@@ -38,6 +38,15 @@ fn apache_like() -> Machine {
         .unwrap()
 }
 
+/// Every scenario runs with the oracle's invariants checked at every step.
+fn checked_sim(machine: Machine, work: Workload) -> Sim {
+    let config = SimConfig {
+        check_invariants: true,
+        ..SimConfig::default()
+    };
+    Sim::with_config(machine, work, config)
+}
+
 fn max_alive(r: &SimReport) -> usize {
     r.samples.iter().map(|s| s.alive).max().unwrap_or(0)
 }
@@ -58,9 +67,9 @@ fn assert_absorbed(name: &str, r: &SimReport, n: u64) {
 
 #[test]
 fn default_policy_absorbs_a_burst_of_140_within_1_1_s() {
-    let mut sim = Sim::new(elastic(), burst_140());
+    let mut sim = checked_sim(elastic(), burst_140());
     let r = sim.run_to_completion(Duration::ZERO);
-    assert_absorbed("elastic", r, 140);
+    assert_absorbed("elastic", &r, 140);
     let last = r.last_finish.unwrap();
     assert!(
         last >= ms(1_000),
@@ -74,14 +83,13 @@ fn default_policy_absorbs_a_burst_of_140_within_1_1_s() {
     assert!(r.peak_children >= 140, "{}", r.peak_children);
 }
 
-/// Fails with the current machine: see the report on "the pool never shrinks after a
-/// burst". Root cause: after the burst's children finish, no tick trigger fires (a
-/// request finishing is not one), the last scoreboard the machine read showed them
-/// busy, and neither the machine nor `Elastic` asks for a timer while children are
-/// believed busy, so `poll_timeout()` is `None` and the parent never looks again.
+/// After the burst the pool shrinks back to `prefork`, then sleeps. A request
+/// finishing wakes nobody, so the machine would believe the burst's children busy
+/// forever; it reads the scoreboard again every `busy_refresh` while it counts any
+/// busy, sees them idle, and the policy retires them.
 #[test]
 fn default_policy_shrinks_back_to_prefork_after_the_burst() {
-    let mut sim = Sim::new(elastic(), burst_140());
+    let mut sim = checked_sim(elastic(), burst_140());
     sim.run_to_completion(200 * SEC);
     let last = *sim.report().last_sample().unwrap();
     assert_eq!(
@@ -131,32 +139,22 @@ impl ScalingPolicy for SpareBacklog {
         let room = cap.saturating_sub(pool.total()).min(pool.free_slots());
         let free = pool.idle + pool.starting;
         let want = self.spare + pool.backlog.unwrap_or(0);
-        // The supervisor hears of a child going idle only at its next scoreboard
-        // read: while children look busy (or the pool is above its quiet size), ask
-        // to be called again so a stale view cannot pin the pool up.
-        let refresh = pool.busy > 0 || pool.total() > self.spare;
-        let cooldown = self.cooldown;
-        let with_refresh = |d: Decision| {
-            if refresh {
-                d.recheck_at(now + cooldown)
-            } else {
-                d
-            }
-        };
+        // No recheck while children look busy: the supervisor reads the scoreboard
+        // every `busy_refresh` then, and asks again.
         if free < want && room > 0 {
             self.surplus_since = None;
-            return with_refresh(Decision::spawn((want - free).min(room)));
+            return Decision::spawn((want - free).min(room));
         }
         if pool.idle > self.spare && pool.total() > self.spare {
             let since = *self.surplus_since.get_or_insert(now);
-            if now >= since + cooldown {
+            if now >= since + self.cooldown {
                 self.surplus_since = None;
-                return with_refresh(Decision::retire((pool.idle - self.spare).div_ceil(2)));
+                return Decision::retire((pool.idle - self.spare).div_ceil(2));
             }
-            return Decision::hold().recheck_at(since + cooldown);
+            return Decision::hold().recheck_at(since + self.cooldown);
         }
         self.surplus_since = None;
-        with_refresh(Decision::hold())
+        Decision::hold()
     }
 
     fn initial_children(&self) -> usize {
@@ -196,8 +194,8 @@ fn custom_policy_plugs_in_and_keeps_its_promises() {
     assert_eq!(machine.scaling_policy().name(), "spare_backlog");
     let work = poisson_load(5);
     let n = work.len() as u64;
-    let mut sim = Sim::new(machine, work.clone());
-    let r = sim.run_to_completion(30 * SEC).clone();
+    let mut sim = checked_sim(machine, work.clone());
+    let r = sim.run_to_completion(30 * SEC);
 
     assert_absorbed("spare_backlog", &r, n);
     // Its own cap, well below the supervisor's 150.
@@ -226,7 +224,7 @@ fn custom_policy_plugs_in_and_keeps_its_promises() {
         .scaling(Fixed(spare))
         .build()
         .unwrap();
-    let mut sim = Sim::new(fixed, work);
+    let mut sim = checked_sim(fixed, work);
     let f = sim.run_to_completion(Duration::ZERO);
     assert_eq!(f.completed, n);
     assert!(f.wait_p99().unwrap() > 100 * p99.max(Duration::from_millis(1)));
@@ -235,9 +233,10 @@ fn custom_policy_plugs_in_and_keeps_its_promises() {
 // ----- 3. determinism -----
 
 fn reload_scenario(seed: u64) -> SimReport {
-    let mut sim = Sim::new(elastic(), poisson_load(seed));
+    let mut sim = checked_sim(elastic(), poisson_load(seed));
     sim.signal_at(ms(10_000), Signal::Hup);
-    sim.run_to_completion(10 * SEC).clone()
+    sim.run_to_completion(10 * SEC);
+    sim.into_report()
 }
 
 #[test]
@@ -257,8 +256,13 @@ fn same_seed_same_report_different_seed_different_arrivals() {
 // ----- 4. ApacheLike against Elastic -----
 
 fn burst_report(machine: Machine, config: SimConfig) -> SimReport {
+    let config = SimConfig {
+        check_invariants: true,
+        ..config
+    };
     let mut sim = Sim::with_config(machine, burst_140(), config);
-    sim.run_to_completion(Duration::ZERO).clone()
+    sim.run_to_completion(Duration::ZERO);
+    sim.into_report()
 }
 
 #[test]
@@ -333,7 +337,7 @@ fn hup_mid_load_rolls_every_child_over_without_dropping_a_request() {
     )
     .and(Workload::burst(60, ms(4_900), SEC));
     let n = work.len() as u64;
-    let mut sim = Sim::new(elastic(), work);
+    let mut sim = checked_sim(elastic(), work);
     sim.signal_at(ms(5_000), Signal::Hup);
 
     // Mid-rollout: both generations are alive, and the old ones finish their work.
@@ -376,7 +380,7 @@ fn hup_mid_load_rolls_every_child_over_without_dropping_a_request() {
 fn term_lets_requests_finish_and_quit_drops_them() {
     let work = || Workload::burst(20, Time::ZERO, 2 * SEC);
 
-    let mut sim = Sim::new(elastic(), work());
+    let mut sim = checked_sim(elastic(), work());
     sim.signal_at(ms(500), Signal::Term);
     let r = sim.run_to_completion(Duration::ZERO);
     assert_eq!((r.completed, r.dropped, r.kills), (20, 0, 0));
@@ -388,7 +392,7 @@ fn term_lets_requests_finish_and_quit_drops_them() {
     );
     assert_eq!(sim.machine().state(), State::Stopped);
 
-    let mut sim = Sim::new(elastic(), work());
+    let mut sim = checked_sim(elastic(), work());
     sim.signal_at(ms(500), Signal::Quit);
     let r = sim.run_to_completion(Duration::ZERO);
     assert_eq!((r.completed, r.dropped), (0, 20));
@@ -413,10 +417,26 @@ fn request_limits_recycle_children_without_losing_work() {
         9,
     );
     let n = work.len() as u64;
-    let mut sim = Sim::new(Machine::new(opts).unwrap(), work);
+    let mut sim = checked_sim(Machine::new(opts).unwrap(), work);
     let r = sim.run_to_completion(Duration::ZERO);
-    assert_absorbed("max_requests", r, n);
+    assert_absorbed("max_requests", &r, n);
     // Each child serves at most 25 requests, so at least n / 25 children served.
     assert!(r.spawns >= n / 25, "{} spawns for {n} requests", r.spawns);
     assert!(r.logs.iter().all(|l| !l.message.contains("exited early")));
+}
+
+// ----- the simulator's API -----
+
+/// A report is a snapshot the caller owns: holding it does not pin the simulator,
+/// which can be inspected and run on, and a later report does not change it.
+#[test]
+fn a_report_does_not_pin_the_simulator() {
+    let mut sim = checked_sim(elastic(), Workload::burst(10, ms(100), SEC));
+    let early = sim.run_until(ms(50));
+    assert_eq!(sim.machine().state(), State::Serving);
+    let done = sim.run_to_completion(Duration::ZERO);
+    assert_eq!((early.completed, early.ended_at), (0, ms(50)));
+    assert_eq!(done.completed, 10);
+    assert_eq!(*done, *sim.report());
+    assert_eq!(sim.into_report(), *done);
 }

@@ -77,7 +77,11 @@ pub trait ReloadPolicy: Send + Debug {
         "custom"
     }
 
-    /// The policy's configuration, when it can be serialized.
+    /// The policy's configuration, when it can be serialized: the in-place upgrade
+    /// (the next step of this crate) hands it across the exec, with
+    /// [`name`](Self::name), so the new parent rebuilds the same policy through a
+    /// [`Registry`](crate::Registry). `None` (the default): the new parent uses
+    /// the policy it is configured with.
     fn config(&self) -> Option<&dyn erased_serde::Serialize> {
         None
     }

@@ -79,7 +79,7 @@ pub enum Scale {
     /// Keep the pool as it is.
     Hold,
     /// Start this many children now (the supervisor caps it at the free slots and
-    /// defers it during crash-loop backoff).
+    /// defers it during crash-loop backoff; see [`Decision::spawn`]).
     Spawn(usize),
     /// Retire this many idle children gracefully (busy children are never retired
     /// for scaling).
@@ -88,6 +88,10 @@ pub enum Scale {
 
 /// A policy's answer: the change, and when it wants to be asked again even if
 /// nothing happens (for example to retire the next idle child one second later).
+///
+/// Each answer replaces the previous one's `recheck_at`: a decision without one
+/// cancels a recheck asked for earlier, so a policy waiting for a time keeps
+/// asking for it until it comes (as [`RampState::retire_one`] does).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Decision {
     /// The change to make now.
@@ -106,6 +110,15 @@ impl Decision {
     }
 
     /// Start `n` children.
+    ///
+    /// `n` is a wish, capped by the supervisor: it starts at most as many children
+    /// as there are free slots ([`PoolSnapshot::free_slots`]: `max_children` minus
+    /// every live child, retiring ones included), and during a crash-loop backoff
+    /// only the replacements of healthy children that just died. What it does not
+    /// start is not remembered: the policy is asked again at the next event, and
+    /// the supervisor wakes itself when the backoff ends. Children started count as
+    /// [`PoolSnapshot::starting`] until they are ready, so a policy that counts
+    /// them as spare does not ask twice for the same shortfall.
     pub const fn spawn(n: usize) -> Self {
         Decision {
             scale: Scale::Spawn(n),
@@ -113,7 +126,14 @@ impl Decision {
         }
     }
 
-    /// Retire `n` idle children.
+    /// Retire `n` idle children (gracefully: TERM, the child exits between
+    /// requests).
+    ///
+    /// Busy children are never retired for scaling, so at most
+    /// [`PoolSnapshot::idle`] go; none while the pool is still starting its
+    /// initial children, and none below a reload's minimum serving. Retiring
+    /// several at once after a burst and starting them again at the next one is
+    /// churn: pace retirements with [`RampState::retire_one`].
     pub const fn retire(n: usize) -> Self {
         Decision {
             scale: Scale::Retire(n),
@@ -131,11 +151,34 @@ impl Decision {
 /// Decides the pool size. Pure: it sees a snapshot and the time, and returns a
 /// [`Decision`]; it never reads a clock, sleeps or does I/O.
 ///
-/// Only [`decide`](ScalingPolicy::decide) is required. The supervisor calls it after
-/// every event that may change the answer (a child started, became busy or idle,
-/// exited; a recheck time passed), so a policy that wants pacing keeps the time of
-/// its last action in its own state and answers with
-/// [`Decision::recheck_at`].
+/// Only [`decide`](ScalingPolicy::decide) is required.
+///
+/// # When `decide` is called
+///
+/// Once per event the supervisor handles while it runs the pool (from the end of
+/// `after_init` until shutdown begins; never before, during or after a shutdown),
+/// after it has applied the event and its own timers (timeouts, request limits,
+/// a reload's rollout), so the snapshot is the pool as the supervisor now
+/// believes it to be. The events are:
+///
+/// - **scoreboard readings**, the only source of `idle` and `busy`. The runtime
+///   reads the scoreboard when a child takes the last idle slot while the pool has
+///   room to grow (**saturation**), when a child becomes **ready**, before it
+///   reports **exits**, when the supervisor's **timer** fires, and (when client
+///   disconnects are watched) when the first child of an idle pool gets busy;
+/// - a child forked, ready or exited; a fork that failed; signals (HUP, TTIN,
+///   TTOU...); a finished hook; changed files; a disconnect scan;
+/// - the supervisor's **timer**: the earliest of your [`Decision::recheck_at`],
+///   the end of a crash-loop backoff, the children's timeouts, the reload check
+///   and, **while any child is counted busy, every `busy_refresh`** (1 s).
+///
+/// A request finishing wakes nobody: the supervisor learns that busy children went
+/// idle at its next reading, at most `busy_refresh` later. A pool it counts idle
+/// causes no call at all (an idle parent sleeps) until something happens or your
+/// `recheck_at` comes: a policy that wants to act later (retire the next idle
+/// child in a second) says so with [`Decision::recheck_at`], in every answer until
+/// then, and keeps the time of its last action in its own state
+/// ([`RampState::retire_one`] does both).
 ///
 /// ```
 /// use preforkd_policies::{Decision, PoolSnapshot, ScalingPolicy, Time};
@@ -192,17 +235,27 @@ pub trait ScalingPolicy: Send + Debug {
     }
 
     /// The policy's configuration, when it can be serialized.
+    ///
+    /// The in-place upgrade (a re-executed parent taking over the running
+    /// children: the next step of this crate) hands it across the exec, with
+    /// [`name`](Self::name), so the new parent rebuilds the same policy through a
+    /// [`Registry`](crate::Registry). `None` (the default): the new parent uses the
+    /// policy it is configured with.
     fn config(&self) -> Option<&dyn erased_serde::Serialize> {
         None
     }
 
     /// The policy's running state (ramp rates, last action times), when it can be
-    /// serialized, so a re-executed parent can resume it.
+    /// serialized: the in-place upgrade hands it across the exec and the new
+    /// parent's policy resumes from it with [`restore_state`](Self::restore_state),
+    /// instead of starting its ramps and pacing afresh. `None` (the default): no
+    /// state worth keeping.
     fn state(&self) -> Option<&dyn erased_serde::Serialize> {
         None
     }
 
-    /// Restore running state saved by [`state`](Self::state).
+    /// Restore running state saved by [`state`](Self::state) (in the in-place
+    /// upgrade, by the parent before the exec). The default ignores it.
     fn restore_state(
         &mut self,
         state: &mut dyn erased_serde::Deserializer<'_>,
@@ -252,7 +305,10 @@ fn nudge(value: usize, delta: i32, lo: usize, hi: usize) -> usize {
     moved.clamp(lo, hi.max(lo))
 }
 
-/// The ramp and pacing state shared by the adaptive policies.
+/// The ramp and pacing state shared by the adaptive policies, and available to
+/// yours: keep one in the policy and call [`retire_one`](RampState::retire_one)
+/// to shrink the pool at a steady pace. Serializable, so a policy can return it
+/// from [`ScalingPolicy::state`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RampState {
     /// Children to start on the next shortfall; doubles on each consecutive one.
@@ -281,9 +337,31 @@ impl RampState {
         Decision::spawn(n)
     }
 
-    /// Retire one idle child if `interval` has passed since the last; otherwise ask to
-    /// be called when it has.
-    fn retire_one(&mut self, now: Time, interval: Duration, more_after: bool) -> Decision {
+    /// The pacing of scale-down: retire one idle child if `interval` has passed since
+    /// the last one this state retired; otherwise hold, and ask to be called when it
+    /// has. `more_after`: whether children will still be surplus after this one;
+    /// then it also asks to be called again `interval` later, since no event may
+    /// come to call it back (an idle pool wakes nobody).
+    ///
+    /// Call it while the pool has too many idle children, and only then: the pool
+    /// shrinks by one child per `interval`, so the tail of a burst is not retired
+    /// all at once only to be started again by the next wave. It records the
+    /// retirement in `last_retire` and resets `spawn_rate` (a shrinking pool is no
+    /// shortfall).
+    ///
+    /// ```
+    /// use preforkd_policies::{Decision, RampState, Time};
+    /// use std::time::Duration;
+    /// let (mut pace, second) = (RampState::default(), Duration::from_secs(1));
+    /// let t = Time::from_secs;
+    /// assert_eq!(pace.retire_one(t(10), second, true), Decision::retire(1).recheck_at(t(11)));
+    /// // Asked again before the interval is over (another event): wait for it.
+    /// let half = Time::from_millis(10_500);
+    /// assert_eq!(pace.retire_one(half, second, true), Decision::hold().recheck_at(t(11)));
+    /// // The last surplus child: no recheck after it.
+    /// assert_eq!(pace.retire_one(t(11), second, false), Decision::retire(1));
+    /// ```
+    pub fn retire_one(&mut self, now: Time, interval: Duration, more_after: bool) -> Decision {
         self.spawn_rate = 1;
         if let Some(last) = self.last_retire {
             let next = last + interval;

@@ -33,6 +33,16 @@ impl Time {
         Time(d)
     }
 
+    /// The time `secs` seconds after the origin.
+    ///
+    /// ```
+    /// use preforkd_policies::Time;
+    /// assert_eq!(Time::from_secs(2), Time::from_millis(2_000));
+    /// ```
+    pub const fn from_secs(secs: u64) -> Time {
+        Time(Duration::from_secs(secs))
+    }
+
     /// The time `ms` milliseconds after the origin.
     pub const fn from_millis(ms: u64) -> Time {
         Time(Duration::from_millis(ms))

@@ -1,13 +1,9 @@
-//! The fake runtime: a model of the children, and the ops turned into events.
-//! The checks on the machine's actions, the crash-streak accounting and the end
-//! of a run are in the submodules.
+//! A fake runtime around a machine, checking every invariant at every step.
 
-mod actions;
-mod crashes;
-mod ending;
-
+use super::monitor::Monitor;
 use super::{Op, Violation};
 use crate::policy::{Disconnect, Proto};
+use crate::ChildSignal;
 use crate::{
     Action, ConnState, Connection, Event, ExitStatus, HookKind, Machine, Pid, Scoreboard, Signal,
     SlotReading, SlotState, State, Time,
@@ -19,7 +15,6 @@ use std::time::Duration;
 #[derive(Debug, Clone)]
 struct ChildModel {
     slot: usize,
-    generation: u64,
     ready: bool,
     busy: bool,
     requests: u64,
@@ -29,27 +24,22 @@ struct ChildModel {
     spawned_at: Time,
 }
 
-impl ChildModel {
-    fn serving(&self) -> bool {
-        self.ready && !self.self_retiring && !self.termed && !self.killed
-    }
-}
-
 /// A fake runtime around a [`Machine`] that checks its invariants at every step.
 #[derive(Debug)]
 pub struct Harness {
     machine: Machine,
     now: Time,
     next_pid: i32,
-    /// Forks asked for: slot, generation, and when (a child's age counts from then).
-    pending: VecDeque<(usize, u64, Time)>,
+    /// Forks asked for: slot, and when (a child's age counts from then).
+    pending: VecDeque<(usize, Time)>,
     live: BTreeMap<Pid, ChildModel>,
     last_exited: Option<Pid>,
     disconnected: BTreeSet<Pid>,
     trace: Vec<Action>,
     step: usize,
     exited: bool,
-    last_min_serving: usize,
+    /// The invariants of every step.
+    monitor: Monitor,
     /// The harness's own count of crashes in a row.
     crashes: u32,
     /// When the machine's streak may have begun: the first death it might count
@@ -61,9 +51,11 @@ pub struct Harness {
 }
 
 impl Harness {
-    /// Wraps a freshly built machine (in `Init`).
+    /// Wraps a freshly built machine (in `Init`), with any policies: built by
+    /// [`Machine::new`] or by [`Machine::builder`] with policies of your own.
     pub fn new(machine: Machine) -> Self {
         let mut h = Harness {
+            monitor: Monitor::new(&machine),
             machine,
             now: Time::ZERO,
             next_pid: 1000,
@@ -74,15 +66,14 @@ impl Harness {
             trace: Vec::new(),
             step: 0,
             exited: false,
-            last_min_serving: 0,
             crashes: 0,
             streak_since: None,
             machine_since: None,
         };
         // The machine's first action (after_init) is already queued.
-        let before = h.machine.state();
-        if let Err(v) = h.drain(before) {
-            panic!("fresh machine broke an invariant: {v}");
+        match h.monitor.drain(&mut h.machine) {
+            Ok(actions) => h.carry_out(actions),
+            Err(v) => panic!("fresh machine broke an invariant: {v}"),
         }
         h
     }
@@ -166,17 +157,15 @@ impl Harness {
     }
 
     fn feed(&mut self, event: Event<'_>) -> Result<(), Violation> {
-        if self.exited {
-            // A stopped machine must stay silent whatever it is told.
-            self.machine.handle(self.now, event);
-            if let Some(a) = self.machine.poll_action() {
-                return self.fail(format!("action after Exit: {a:?}"));
-            }
+        let was_exited = self.exited;
+        let actions = self
+            .monitor
+            .handle(&mut self.machine, self.now, event)
+            .or_else(|v| self.fail(v.message))?;
+        self.carry_out(actions);
+        if was_exited {
             return Ok(());
         }
-        let before = self.machine.state();
-        self.machine.handle(self.now, event);
-        self.drain(before)?;
         self.forgive_streak();
         if self.machine.crash_streak() == 0 {
             self.machine_since = None;
@@ -189,6 +178,122 @@ impl Harness {
     fn tick(&mut self) -> Result<(), Violation> {
         let sb = self.scoreboard();
         self.feed(Event::Scoreboard(&sb))
+    }
+
+    fn reap(&mut self, pid: Pid, status: ExitStatus) -> Result<(), Violation> {
+        let gone = self.live.remove(&pid);
+        self.disconnected.remove(&pid);
+        self.last_exited = Some(pid);
+        // (A served child that failed by itself soon may count as a crash: only a
+        // death from outside or a clean exit keeps the credit of having served.)
+        let from_outside = matches!(
+            status,
+            ExitStatus::Exited(0) | ExitStatus::Signaled(1 | 2 | 9 | 15)
+        );
+        let served = gone.as_ref().is_some_and(|c| {
+            c.ready && c.requests > 0 && !(c.termed || c.killed || c.self_retiring) && from_outside
+        });
+        let before = self.machine.state();
+        self.forgive_streak();
+        let crash = gone.as_ref().is_some_and(|c| {
+            let young = self.now < c.spawned_at + self.machine.options().min_healthy_uptime;
+            let ours = c.termed || c.killed || c.self_retiring;
+            let counted = matches!(before, State::Spawning | State::Serving | State::Reloading);
+            counted && !ours && (!c.ready || (young && (c.requests == 0 || !from_outside)))
+        });
+        // A child forked since the streak began that died healthy ends it.
+        let healthy = gone.as_ref().is_some_and(|c| {
+            let ours = c.termed || c.killed || c.self_retiring;
+            let old = self.now >= c.spawned_at + self.machine.options().min_healthy_uptime;
+            !crash && !ours && c.ready && (c.requests > 0 || old) && self.forked_in_streak(c)
+        });
+        if healthy {
+            self.end_streak();
+        }
+        // A child that left by itself may be a crash to the machine (one that
+        // quit before it was healthy): its streak may begin here.
+        let maybe = gone
+            .as_ref()
+            .is_some_and(|c| c.self_retiring && !c.termed && !c.killed);
+        self.count_crash(crash, maybe);
+        let seen = self.trace.len();
+        self.feed(Event::ChildExited { pid, status })?;
+        let spawned = self.trace[seen..]
+            .iter()
+            .any(|a| matches!(a, Action::Spawn { .. }));
+        let after = self.machine.state();
+        let serving = |s: State| matches!(s, State::Spawning | State::Serving | State::Reloading);
+        if served && serving(before) && serving(after) && !spawned {
+            let max = self.machine.options().max_children;
+            let min = (*self.machine.scaling_policy().quiet_range().start()).min(max);
+            let total = self.live.len() + self.pending.len();
+            if total < min {
+                return self.fail(format!(
+                    "{pid:?} had served, yet its death left {total} children, below the policy's {min}, unreplaced"
+                ));
+            }
+        }
+        self.check_crash_bounded(crash, seen)
+    }
+
+    /// Ends the harness's crash streak if a child forked since it began is ready
+    /// and `min_healthy_uptime` old (the machine may notice later, never sooner).
+    fn forgive_streak(&mut self) {
+        let healthy_after = self.machine.options().min_healthy_uptime;
+        let proven = self.live.values().any(|c| {
+            // (Ready is enough here, retiring or not: it may have been retired in
+            // the very step the machine saw it healthy.)
+            c.ready && self.forked_in_streak(c) && self.now >= c.spawned_at + healthy_after
+        });
+        if proven {
+            self.end_streak();
+        }
+    }
+
+    /// Whether `c` was forked since the streak began (the earliest it may have).
+    fn forked_in_streak(&self, c: &ChildModel) -> bool {
+        let since = match (self.streak_since, self.machine_since) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        since.map_or(true, |t| c.spawned_at >= t)
+    }
+
+    fn end_streak(&mut self) {
+        self.crashes = 0;
+        self.streak_since = None;
+    }
+
+    /// Counts one more crash in a row if `crash`; `maybe`: a death the machine
+    /// may count (the streak may begin there, but it is not counted).
+    fn count_crash(&mut self, crash: bool, maybe: bool) {
+        if crash || maybe {
+            self.streak_since.get_or_insert(self.now);
+        }
+        if crash {
+            self.crashes += 1;
+        }
+    }
+
+    /// The machine counted every crash of the streak, and from the second crash in
+    /// a row the crash is not replaced in the same step.
+    fn check_crash_bounded(&self, crashed: bool, seen: usize) -> Result<(), Violation> {
+        let streak = self.crashes;
+        let counted = self.machine.crash_streak();
+        if counted < streak {
+            return self.fail(format!(
+                "{streak} crashes in a row, but the machine counts {counted}: its backoff cannot hold"
+            ));
+        }
+        let spawned = self.trace[seen..]
+            .iter()
+            .any(|a| matches!(a, Action::Spawn { .. }));
+        if streak >= 2 && crashed && spawned {
+            return self.fail(format!(
+                "crash {streak} in a row was replaced at once: the crash loop is unbounded"
+            ));
+        }
+        Ok(())
     }
 
     /// Applies one op and checks every invariant.
@@ -222,14 +327,13 @@ impl Harness {
             // A runtime that has exited forks nothing more.
             Op::SpawnOk | Op::SpawnFail if self.exited => {}
             Op::SpawnOk => {
-                if let Some((slot, generation, asked)) = self.pending.pop_front() {
+                if let Some((slot, asked)) = self.pending.pop_front() {
                     let pid = Pid(self.next_pid);
                     self.next_pid += 1;
                     self.live.insert(
                         pid,
                         ChildModel {
                             slot,
-                            generation,
                             ready: false,
                             busy: false,
                             requests: 0,
@@ -364,5 +468,179 @@ impl Harness {
             self.reap(pid, status)?;
         }
         Ok(())
+    }
+
+    /// Carries out the checked actions on the model of the children, and keeps
+    /// them in the trace.
+    fn carry_out(&mut self, actions: Vec<Action>) {
+        for action in actions {
+            match &action {
+                Action::Spawn { slot, .. } => self.pending.push_back((*slot, self.now)),
+                Action::Signal { pid, signal, .. } => {
+                    if let Some(c) = self.live.get_mut(pid) {
+                        match signal {
+                            ChildSignal::Term => c.termed = true,
+                            ChildSignal::Kill => c.killed = true,
+                            ChildSignal::Usr1 => {}
+                        }
+                    }
+                }
+                Action::Exit { .. } => self.exited = true,
+                _ => {}
+            }
+            self.trace.push(action);
+        }
+    }
+
+    /// Drives the machine with quiet events (forks succeed, children start and idle,
+    /// signals are obeyed, timers fire) until nothing is due, then checks the pool is
+    /// in the scaling policy's quiet range. Returns the number of rounds it took.
+    pub fn quiesce(&mut self) -> Result<usize, Violation> {
+        // Periodic work (reload checks) keeps a deadline forever, so "settled" also
+        // means: no spawn or signal for longer than any timer of the machine.
+        let o = self.machine.options();
+        let horizon = o.backoff_max + o.graceful_timeout + o.kill_grace + o.start_timeout;
+        let mut stable_since: Option<Time> = None;
+        for round in 0..10_000 {
+            match self.machine.state() {
+                State::Stopped | State::ShuttingDown => return Ok(round),
+                State::Init => self.feed(Event::HookFinished {
+                    hook: HookKind::AfterInit,
+                    ok: true,
+                })?,
+                _ => {}
+            }
+            let seen = self.trace.len();
+            while !self.pending.is_empty() {
+                self.apply_quiet(Op::SpawnOk)?;
+            }
+            let unready: Vec<Pid> = self
+                .live
+                .iter()
+                .filter(|(_, c)| !c.ready)
+                .map(|(p, _)| *p)
+                .collect();
+            for pid in unready {
+                if let Some(c) = self.live.get_mut(&pid) {
+                    c.ready = true;
+                }
+                self.feed(Event::ChildReady { pid })?;
+            }
+            for c in self.live.values_mut() {
+                c.busy = false;
+            }
+            self.disconnected.clear();
+            self.tick()?;
+            self.deliver()?;
+            let deadline = self.machine.poll_timeout();
+            if let Some(t) = deadline {
+                self.now = self.now.max(t);
+                self.feed(Event::Timer)?;
+            }
+            let changed = self.trace[seen..]
+                .iter()
+                .any(|a| matches!(a, Action::Spawn { .. } | Action::Signal { .. }));
+            let settled = self.pending.is_empty()
+                && self
+                    .live
+                    .values()
+                    .all(|c| !c.termed && !c.killed && !c.self_retiring);
+            if changed || !settled {
+                stable_since = None;
+            } else if stable_since.is_none() {
+                stable_since = Some(self.now);
+            }
+            let quiet_for = stable_since.map(|t| self.now - t);
+            if settled && !changed && (deadline.is_none() || quiet_for > Some(horizon)) {
+                return self.check_quiet().map(|()| round);
+            }
+        }
+        self.fail("the pool did not settle within 10,000 quiet rounds".into())
+    }
+
+    fn apply_quiet(&mut self, op: Op) -> Result<(), Violation> {
+        let step = self.step;
+        let r = self.apply(op);
+        self.step = step;
+        r
+    }
+
+    fn check_quiet(&self) -> Result<(), Violation> {
+        let state = self.machine.state();
+        if state != State::Serving {
+            return self.fail(format!("settled in {} instead of Serving", state.name()));
+        }
+        let max = self.machine.options().max_children;
+        let range = self.machine.scaling_policy().quiet_range();
+        let (lo, hi) = ((*range.start()).min(max), (*range.end()).min(max));
+        let n = self.live.len();
+        if n < lo || n > hi {
+            return self.fail(format!(
+                "settled with {n} children, outside the quiet range {lo}..={hi}"
+            ));
+        }
+        Ok(())
+    }
+
+    /// Sends TERM with half the children busy and ignoring it, then lets time pass
+    /// until the machine stops; checks it reaches `Stopped` and reaps every child.
+    pub fn shut_down(&mut self) -> Result<(), Violation> {
+        if !self.exited && self.machine.state() != State::ShuttingDown {
+            let busy: Vec<Pid> = self.live.keys().copied().step_by(2).collect();
+            for pid in busy {
+                if let Some(c) = self.live.get_mut(&pid) {
+                    if c.ready && !c.self_retiring {
+                        c.busy = true;
+                    }
+                }
+            }
+            self.tick()?;
+            self.feed(Event::Signal(Signal::Term))?;
+        }
+        for _ in 0..10_000 {
+            if self.exited {
+                break;
+            }
+            while !self.pending.is_empty() {
+                self.apply_quiet(Op::SpawnOk)?;
+            }
+            self.deliver()?;
+            if self.exited {
+                break;
+            }
+            match self.machine.poll_timeout() {
+                Some(t) => {
+                    self.now = self.now.max(t);
+                    self.feed(Event::Timer)?;
+                }
+                None => {
+                    return self.fail(format!(
+                        "stuck in {} with no deadline",
+                        self.machine.state().name()
+                    ))
+                }
+            }
+        }
+        if !self.exited {
+            return self.fail("shutdown did not reach Stopped".into());
+        }
+        if let Some(pid) = self.live.keys().next() {
+            // Children are left only if the machine gave up on them after KILL (a
+            // random op jumped past the wait), and then it must say so.
+            if self.machine.exit_code() != Some(1) {
+                return self.fail(format!("stopped cleanly with child {pid:?} still alive"));
+            }
+        }
+        Ok(())
+    }
+
+    /// [`quiesce`](Self::quiesce), then [`shut_down`](Self::shut_down).
+    pub fn finish(&mut self) -> Result<(), Violation> {
+        self.step += 1;
+        if !self.exited {
+            self.quiesce()?;
+        }
+        self.step += 1;
+        self.shut_down()
     }
 }

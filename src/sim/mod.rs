@@ -7,8 +7,8 @@
 //!
 //! - **The parent** is single-threaded: it forks serially, each fork taking
 //!   [`SimConfig::fork_cost`], and handles nothing else while forking (events
-//!   wait in order). It reports each fork with [`Event::ChildSpawned`], runs hooks
-//!   at once (they succeed), and feeds [`Event::Timer`] at
+//!   wait in order). It reports each fork with [`Event::ChildSpawned`](crate::Event::ChildSpawned), runs hooks
+//!   at once (they succeed), and feeds [`Event::Timer`](crate::Event::Timer) at
 //!   [`Machine::poll_timeout`].
 //! - **Children** become ready [`SimConfig::boot_latency`] after their fork. A ready,
 //!   idle child takes the next request from the queue at once (the one idle the
@@ -29,6 +29,9 @@
 //! the order they were scheduled. The same machine, configuration, workload and
 //! scenario always give the same [`SimReport`].
 //!
+//! With [`SimConfig::check_invariants`], the oracle's invariants of every step are
+//! checked as the run goes ([`Monitor`]).
+//!
 //! ```
 //! use preforkd::sim::{Sim, Workload};
 //! use preforkd::{Machine, Options, Time};
@@ -44,6 +47,8 @@
 //! assert!(report.peak_children <= 50);
 //! assert!(report.last_finish.unwrap() < Time::from_millis(700));
 //! assert!(report.wait_p99().unwrap() < Duration::from_millis(100));
+//! // The report is a snapshot: the simulator is free to look at and run on.
+//! assert_eq!(sim.machine().counts().alive(), report.last_sample().unwrap().alive);
 //! // The pool over time, as the children really were.
 //! for s in &report.samples {
 //!     println!("{} alive {} busy {} queue {}", s.at, s.alive, s.busy, s.queue);
@@ -51,21 +56,27 @@
 //! # Ok::<(), preforkd::ConfigError>(())
 //! ```
 
+mod children;
+mod parent;
 mod report;
+#[cfg(test)]
+mod tests;
 mod workload;
 
 pub use report::{LogRecord, RequestRecord, Sample, SimReport};
 pub use workload::{Request, Service, Workload};
 
-use crate::ChildSignal;
-use crate::{
-    Action, Event, ExitStatus, Machine, Pid, Scoreboard, Signal, SlotReading, SlotState, Time,
-};
+use children::{Child, Life};
+use parent::Inbox;
+
+use crate::oracle::Monitor;
+use crate::{Action, ChildSignal, Machine, Pid, Scoreboard, Signal, SlotReading, Time};
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// When the simulated parent reads the scoreboard and hands it to the machine
-/// ([`Event::Scoreboard`]). The defaults model the runtime: it wakes on the
+/// ([`Event::Scoreboard`](crate::Event::Scoreboard)). The defaults model the runtime: it wakes on the
 /// events below, not on every request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ticks {
@@ -116,6 +127,10 @@ pub struct SimConfig {
     /// [`Sim::run_to_completion`] stops at this simulated time even if the workload
     /// is not done (one hour).
     pub time_limit: Time,
+    /// Check the oracle's invariants of every step while running (the
+    /// [`Monitor`]'s: bounds, signals, pids, reloads, exit); the first one broken
+    /// panics, naming it, like a failed assertion (false).
+    pub check_invariants: bool,
 }
 
 impl Default for SimConfig {
@@ -128,6 +143,7 @@ impl Default for SimConfig {
             sample_every: None,
             keep_logs: true,
             time_limit: Time::from_millis(3_600_000),
+            check_invariants: false,
         }
     }
 }
@@ -159,65 +175,13 @@ enum Ev {
     SampleTick,
 }
 
-/// What waits for the parent's attention, handled in order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Inbox {
-    /// Carry out the machine's first actions.
-    Start,
-    Ready(Pid),
-    /// A child exited; `read` once the exit tick was done.
-    Exited {
-        pid: Pid,
-        status: ExitStatus,
-        read: bool,
-    },
-    /// A standalone tick (deduplicated while queued).
-    Tick,
-    /// A tick that follows another item.
-    FollowTick,
-    /// The deadline passed; `read` once its tick was done.
-    Timer {
-        read: bool,
-    },
-    Signal(Signal),
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Life {
-    Starting,
-    Ready,
-    /// Exited, not reaped yet: its slot still shows it.
-    Gone,
-}
-
-#[derive(Debug, Clone)]
-struct Child {
-    slot: usize,
-    life: Life,
-    /// TERMed, or leaving after its request limit: takes no new request.
-    leaving: bool,
-    max_requests: Option<u64>,
-    requests: u64,
-    /// The request in hand.
-    current: Option<usize>,
-    request_start: Option<Time>,
-    idle_since: Time,
-    heartbeat: Time,
-}
-
-impl Child {
-    fn is_idle(&self) -> bool {
-        self.life == Life::Ready && !self.leaving && self.current.is_none()
-    }
-}
-
 /// A simulation: one [`Machine`], fake children, a [`Workload`] and optionally
 /// signals sent at given times. See the [module docs](self) for the model.
 ///
 /// Run it with [`run_until`](Sim::run_until) or
-/// [`run_to_completion`](Sim::run_to_completion) (in steps if you like), read the
-/// measurements with [`report`](Sim::report) and the supervisor with
-/// [`machine`](Sim::machine).
+/// [`run_to_completion`](Sim::run_to_completion) (in steps if you like): each
+/// returns the measurements so far as a snapshot you own, so you can keep it while
+/// you inspect the supervisor with [`machine`](Sim::machine) and run on.
 #[derive(Debug)]
 pub struct Sim {
     machine: Machine,
@@ -240,7 +204,13 @@ pub struct Sim {
     stopped: bool,
     done_at: Option<Time>,
     scoreboard: Scoreboard,
-    report: SimReport,
+    /// The machine's actions not carried out yet, in order.
+    actions: VecDeque<Action>,
+    /// With [`SimConfig::check_invariants`].
+    monitor: Option<Monitor>,
+    /// Shared with the snapshots handed out, copied on write only while one is
+    /// still held: a snapshot costs nothing to take.
+    report: Arc<SimReport>,
 }
 
 impl Sim {
@@ -267,6 +237,8 @@ impl Sim {
             })
             .collect();
         let mut sim = Sim {
+            monitor: config.check_invariants.then(|| Monitor::new(&machine)),
+            actions: VecDeque::new(),
             machine,
             workload: workload.requests().to_vec(),
             next_arrival: 0,
@@ -289,10 +261,10 @@ impl Sim {
                 slots: vec![SlotReading::default(); slots],
                 backlog: None,
             },
-            report: SimReport {
+            report: Arc::new(SimReport {
                 requests,
                 ..SimReport::default()
-            },
+            }),
             config,
         };
         sim.push_inbox(Inbox::Start);
@@ -316,8 +288,17 @@ impl Sim {
     }
 
     /// Runs everything that happens up to and including time `t` (or until the
-    /// supervisor exits), then sets the clock to `t`.
-    pub fn run_until(&mut self, t: Time) -> &SimReport {
+    /// supervisor exits), then sets the clock to `t`. Returns the measurements so
+    /// far: a snapshot, which running on does not change.
+    ///
+    /// # Panics
+    /// With [`SimConfig::check_invariants`], at the first broken invariant.
+    pub fn run_until(&mut self, t: Time) -> Arc<SimReport> {
+        self.advance_until(t);
+        Arc::clone(&self.report)
+    }
+
+    fn advance_until(&mut self, t: Time) {
         while !self.stopped {
             match self.next_time() {
                 Some(next) if next <= t => self.step(),
@@ -327,36 +308,41 @@ impl Sim {
         if !self.stopped {
             self.now = self.now.max(t);
         }
-        self.report.ended_at = self.now;
-        &self.report
+        let now = self.now;
+        self.rep().ended_at = now;
     }
 
     /// Runs until every request of the workload has completed or been dropped, then
     /// for `linger` more (to watch the pool shrink). Stops early if the supervisor
     /// exits or nothing is left to happen (a pool that cannot serve), and at
     /// [`SimConfig::time_limit`] at the latest; check
-    /// [`SimReport::unfinished`].
-    pub fn run_to_completion(&mut self, linger: Duration) -> &SimReport {
+    /// [`SimReport::unfinished`]. Returns the measurements, as
+    /// [`run_until`](Sim::run_until) does.
+    ///
+    /// # Panics
+    /// With [`SimConfig::check_invariants`], at the first broken invariant.
+    pub fn run_to_completion(&mut self, linger: Duration) -> Arc<SimReport> {
         let limit = self.config.time_limit;
         loop {
             if self.stopped {
                 break;
             }
             if let Some(done) = self.done_at {
-                self.run_until((done + linger).min(limit));
+                self.advance_until((done + linger).min(limit));
                 break;
             }
             match self.next_time() {
                 Some(t) if t <= limit => self.step(),
                 Some(_) => {
-                    self.run_until(limit);
+                    self.advance_until(limit);
                     break;
                 }
                 None => break,
             }
         }
-        self.report.ended_at = self.now;
-        &self.report
+        let now = self.now;
+        self.rep().ended_at = now;
+        Arc::clone(&self.report)
     }
 
     /// The measurements so far.
@@ -364,9 +350,15 @@ impl Sim {
         &self.report
     }
 
-    /// The measurements, consuming the simulation.
+    /// The measurements, consuming the simulation (without a copy unless a
+    /// snapshot of them is still held).
     pub fn into_report(self) -> SimReport {
-        self.report
+        Arc::try_unwrap(self.report).unwrap_or_else(|shared| (*shared).clone())
+    }
+
+    /// The report, to update: copied first if a snapshot still shares it.
+    fn rep(&mut self) -> &mut SimReport {
+        Arc::make_mut(&mut self.report)
     }
 
     /// The supervisor, to inspect its state, counts and generations.
@@ -438,39 +430,8 @@ impl Sim {
                 slot,
                 pid,
                 max_requests,
-            } => {
-                if let Some(owner) = self.slot_owner.get_mut(slot) {
-                    *owner = Some(pid);
-                }
-                self.children.insert(
-                    pid,
-                    Child {
-                        slot,
-                        life: Life::Starting,
-                        leaving: false,
-                        max_requests,
-                        requests: 0,
-                        current: None,
-                        request_start: None,
-                        idle_since: now,
-                        heartbeat: now,
-                    },
-                );
-                self.schedule(now + self.config.boot_latency, Ev::Ready(pid));
-            }
-            Ev::Ready(pid) => {
-                let Some(c) = self.children.get_mut(&pid) else {
-                    return;
-                };
-                if c.life != Life::Starting {
-                    return;
-                }
-                c.life = Life::Ready;
-                c.idle_since = now;
-                c.heartbeat = now;
-                self.push_inbox(Inbox::Ready(pid));
-                self.dispatch();
-            }
+            } => self.child_forked(slot, pid, max_requests),
+            Ev::Ready(pid) => self.child_ready(pid),
             Ev::Finish(pid, req) => self.on_finish(pid, req),
             Ev::ToChild(pid, signal) => self.on_child_signal(pid, signal),
             Ev::ParentWake => {
@@ -492,340 +453,11 @@ impl Sim {
             }
             Ev::SampleTick => {
                 let s = self.sample();
-                self.report.samples.push(s);
+                self.rep().samples.push(s);
                 if let Some(every) = self.config.sample_every {
                     self.schedule(now + every.max(Duration::from_micros(1)), Ev::SampleTick);
                 }
             }
-        }
-    }
-
-    // ----- children -----
-
-    /// Idle children take queued requests, the one idle the longest first.
-    fn dispatch(&mut self) {
-        let now = self.now;
-        while !self.queue.is_empty() {
-            let Some((&pid, _)) = self
-                .children
-                .iter()
-                .filter(|(_, c)| c.is_idle())
-                .min_by_key(|(_, c)| (c.idle_since, c.slot))
-            else {
-                break;
-            };
-            let Some(req) = self.queue.pop_front() else {
-                break;
-            };
-            if let Some(c) = self.children.get_mut(&pid) {
-                c.current = Some(req);
-                c.request_start = Some(now);
-                c.heartbeat = now;
-            }
-            let r = &mut self.report.requests[req];
-            r.started = Some(now);
-            r.pid = Some(pid);
-            let service = r.service;
-            self.schedule(now + service, Ev::Finish(pid, req));
-            let ticks = self.config.ticks;
-            if ticks.on_every_request
-                || (ticks.on_saturation && !self.children.values().any(Child::is_idle))
-            {
-                self.request_tick();
-            }
-        }
-    }
-
-    fn on_finish(&mut self, pid: Pid, req: usize) {
-        let now = self.now;
-        let Some(c) = self.children.get_mut(&pid) else {
-            return;
-        };
-        if c.current != Some(req) {
-            return; // KILLed meanwhile
-        }
-        c.current = None;
-        c.request_start = None;
-        c.requests += 1;
-        c.heartbeat = now;
-        c.idle_since = now;
-        let limit_reached = c.max_requests.is_some_and(|m| c.requests >= m);
-        let leave = c.leaving || limit_reached;
-        c.leaving |= limit_reached;
-        self.report.requests[req].finished = Some(now);
-        self.report.completed += 1;
-        self.report.last_finish = Some(now);
-        if self.config.ticks.on_every_request {
-            self.request_tick();
-        }
-        if leave {
-            self.child_exits(pid, ExitStatus::Exited(0));
-        } else {
-            self.dispatch();
-        }
-        self.check_done();
-    }
-
-    fn on_child_signal(&mut self, pid: Pid, signal: ChildSignal) {
-        let Some(c) = self.children.get_mut(&pid) else {
-            return;
-        };
-        if c.life == Life::Gone {
-            return;
-        }
-        match signal {
-            ChildSignal::Term => {
-                c.leaving = true;
-                if c.current.is_none() {
-                    self.child_exits(pid, ExitStatus::Exited(0));
-                }
-            }
-            ChildSignal::Kill => {
-                if let Some(req) = c.current.take() {
-                    self.report.requests[req].dropped = true;
-                    self.report.dropped += 1;
-                }
-                c.leaving = true;
-                self.child_exits(pid, ExitStatus::Signaled(9));
-                self.check_done();
-            }
-            ChildSignal::Usr1 => {} // reopening logs changes nothing here
-        }
-    }
-
-    fn child_exits(&mut self, pid: Pid, status: ExitStatus) {
-        if let Some(c) = self.children.get_mut(&pid) {
-            c.life = Life::Gone;
-            c.current = None;
-            c.request_start = None;
-            c.heartbeat = self.now;
-        }
-        self.push_inbox(Inbox::Exited {
-            pid,
-            status,
-            read: false,
-        });
-    }
-
-    fn check_done(&mut self) {
-        if self.done_at.is_none()
-            && self.next_arrival == self.workload.len()
-            && self.report.unfinished() == 0
-        {
-            self.done_at = Some(self.now);
-        }
-    }
-
-    // ----- the parent -----
-
-    fn push_inbox(&mut self, item: Inbox) {
-        if self.stopped {
-            return;
-        }
-        self.inbox.push_back(item);
-        if !self.wake_scheduled {
-            self.wake_scheduled = true;
-            let at = self.now.max(self.parent_free_at);
-            self.schedule(at, Ev::ParentWake);
-        }
-    }
-
-    fn request_tick(&mut self) {
-        if !self.tick_queued {
-            self.tick_queued = true;
-            self.push_inbox(Inbox::Tick);
-        }
-    }
-
-    /// Handles the inbox in order while the parent is free at the current time.
-    fn parent_run(&mut self) {
-        if self.stopped || self.inbox.is_empty() {
-            return;
-        }
-        if self.parent_free_at > self.now {
-            self.wake_scheduled = true;
-            self.schedule(self.parent_free_at, Ev::ParentWake);
-            return;
-        }
-        self.report.wakeups += 1;
-        while let Some(item) = self.inbox.pop_front() {
-            let mut pc = self.now;
-            self.parent_handle(item, &mut pc);
-            self.parent_free_at = pc;
-            if self.stopped {
-                self.inbox.clear();
-                break;
-            }
-            if pc > self.now {
-                if !self.inbox.is_empty() {
-                    self.wake_scheduled = true;
-                    self.schedule(pc, Ev::ParentWake);
-                }
-                break;
-            }
-        }
-        self.update_timer();
-    }
-
-    fn parent_handle(&mut self, item: Inbox, pc: &mut Time) {
-        let ticks = self.config.ticks;
-        match item {
-            Inbox::Start => self.drain(pc),
-            Inbox::Ready(pid) => {
-                self.machine.handle(*pc, Event::ChildReady { pid });
-                self.drain(pc);
-                if ticks.on_ready {
-                    self.inbox.push_front(Inbox::FollowTick);
-                }
-            }
-            Inbox::Exited { pid, status, read } => {
-                if ticks.on_exit && !read {
-                    self.tick(pc);
-                    self.inbox.push_front(Inbox::Exited {
-                        pid,
-                        status,
-                        read: true,
-                    });
-                } else {
-                    if let Some(c) = self.children.remove(&pid) {
-                        if let Some(owner) = self.slot_owner.get_mut(c.slot) {
-                            if *owner == Some(pid) {
-                                *owner = None;
-                            }
-                        }
-                    }
-                    self.report.exits += 1;
-                    self.machine.handle(*pc, Event::ChildExited { pid, status });
-                    self.drain(pc);
-                }
-            }
-            Inbox::Tick | Inbox::FollowTick => self.tick(pc),
-            Inbox::Timer { read } => {
-                if ticks.on_timeout && !read {
-                    self.tick(pc);
-                    self.inbox.push_front(Inbox::Timer { read: true });
-                } else {
-                    self.machine.handle(*pc, Event::Timer);
-                    self.drain(pc);
-                }
-            }
-            Inbox::Signal(signal) => {
-                self.machine.handle(*pc, Event::Signal(signal));
-                self.drain(pc);
-            }
-        }
-    }
-
-    /// Reads the scoreboard into the machine. Any standalone tick still queued is
-    /// dropped: this reading is at least as fresh.
-    fn tick(&mut self, pc: &mut Time) {
-        if self.tick_queued {
-            self.tick_queued = false;
-            self.inbox.retain(|i| *i != Inbox::Tick);
-        }
-        for (reading, owner) in self.scoreboard.slots.iter_mut().zip(&self.slot_owner) {
-            *reading = match owner.and_then(|pid| self.children.get(&pid).map(|c| (pid, c))) {
-                None => SlotReading::default(),
-                Some((pid, c)) => SlotReading {
-                    pid,
-                    state: match c.life {
-                        Life::Starting => SlotState::Starting,
-                        Life::Gone => SlotState::Retiring,
-                        Life::Ready if c.leaving => SlotState::Retiring,
-                        Life::Ready if c.current.is_some() => SlotState::Busy,
-                        Life::Ready => SlotState::Idle,
-                    },
-                    requests: c.requests,
-                    request_start: c.request_start,
-                    heartbeat: c.heartbeat,
-                    memory: None,
-                },
-            };
-        }
-        self.scoreboard.backlog = self.config.report_backlog.then_some(self.queue.len());
-        self.report.ticks += 1;
-        self.machine
-            .handle(*pc, Event::Scoreboard(&self.scoreboard));
-        self.drain(pc);
-    }
-
-    /// Carries out the machine's actions; forks advance the parent's clock `pc`.
-    fn drain(&mut self, pc: &mut Time) {
-        while let Some(action) = self.machine.poll_action() {
-            match action {
-                Action::Spawn {
-                    slot, max_requests, ..
-                } => {
-                    *pc += self.config.fork_cost;
-                    let pid = Pid(self.next_pid);
-                    self.next_pid += 1;
-                    self.report.spawns += 1;
-                    self.schedule(
-                        *pc,
-                        Ev::Forked {
-                            slot,
-                            pid,
-                            max_requests,
-                        },
-                    );
-                    self.machine.handle(*pc, Event::ChildSpawned { slot, pid });
-                }
-                Action::Signal { pid, signal, .. } => {
-                    match signal {
-                        ChildSignal::Term => self.report.retirements += 1,
-                        ChildSignal::Kill => self.report.kills += 1,
-                        ChildSignal::Usr1 => {}
-                    }
-                    self.schedule(*pc, Ev::ToChild(pid, signal));
-                }
-                Action::RunHook(hook) => {
-                    self.machine.handle(
-                        *pc,
-                        Event::HookFinished {
-                            hook: hook.kind(),
-                            ok: true,
-                        },
-                    );
-                }
-                Action::Log { level, message } => {
-                    if self.config.keep_logs {
-                        self.report.logs.push(LogRecord {
-                            at: *pc,
-                            level,
-                            message,
-                        });
-                    }
-                }
-                Action::Exit { code } => {
-                    self.report.exit = Some((*pc, code));
-                    self.stopped = true;
-                }
-                Action::ReopenLogs | Action::CheckForChanges | Action::Notify(_) => {}
-            }
-        }
-    }
-
-    /// Schedules the machine's deadline, if it moved.
-    fn update_timer(&mut self) {
-        let want = if self.stopped {
-            None
-        } else {
-            self.machine.poll_timeout()
-        };
-        if want == self.timer {
-            return;
-        }
-        self.timer_token += 1;
-        self.timer = want;
-        if let Some(t) = want {
-            // A deadline not after the machine's clock would spin: nudge it.
-            let floor = self.parent_free_at.max(self.now);
-            let at = if t <= floor {
-                floor + Duration::from_micros(1)
-            } else {
-                t
-            };
-            self.schedule(at, Ev::TimerFire(self.timer_token));
         }
     }
 
@@ -852,7 +484,7 @@ impl Sim {
 
     fn observe(&mut self) {
         let s = self.sample();
-        let r = &mut self.report;
+        let r = Arc::make_mut(&mut self.report);
         r.peak_children = r.peak_children.max(s.alive);
         r.peak_queue = r.peak_queue.max(s.queue);
         r.ended_at = self.now;
@@ -870,96 +502,5 @@ impl Sim {
             }
             _ => r.samples.push(s),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::Options;
-
-    fn machine(prefork: usize) -> Machine {
-        Machine::new(Options {
-            prefork,
-            max_children: 20,
-            ..Options::default()
-        })
-        .unwrap()
-    }
-
-    #[test]
-    fn forks_are_serial_and_children_boot_after_their_fork() {
-        let mut sim = Sim::new(machine(3), Workload::empty());
-        let r = sim.run_until(Time::from_millis(10));
-        let at = |us: u64| *r.sample_at(Time::from_micros(us)).unwrap();
-        assert_eq!((at(500).starting, at(500).alive), (1, 1));
-        assert_eq!((at(1_000).starting, at(1_000).alive), (2, 2));
-        assert_eq!((at(1_500).starting, at(1_500).idle), (2, 1));
-        assert_eq!(at(2_500).idle, 3);
-        assert_eq!(r.spawns, 3);
-        assert_eq!(sim.machine().state(), crate::State::Serving);
-    }
-
-    #[test]
-    fn an_idle_quiet_pool_never_wakes_the_parent() {
-        let mut sim = Sim::new(machine(3), Workload::empty());
-        // Start-up, and the deferred STATUS notification (status_interval, 1 s).
-        sim.run_until(Time::from_millis(5_000));
-        let (ticks, wakeups) = (sim.report().ticks, sim.report().wakeups);
-        sim.run_until(Time::from_millis(1_000_000));
-        assert_eq!((sim.report().ticks, sim.report().wakeups), (ticks, wakeups));
-        assert_eq!(sim.machine().poll_timeout(), None);
-    }
-
-    #[test]
-    fn requests_tick_only_when_configured() {
-        // One request at a time on a pool of three: nothing saturates.
-        let work = Workload::from_requests(
-            (0..10).map(|i| (Time::from_millis(100 + 10 * i), Duration::from_millis(1))),
-        );
-        let quiet = Sim::new(machine(3), work.clone())
-            .run_to_completion(Duration::ZERO)
-            .clone();
-        let startup_ticks = 3; // one per child becoming ready
-        assert_eq!(quiet.ticks, startup_ticks);
-        assert_eq!(quiet.completed, 10);
-        let config = SimConfig {
-            ticks: Ticks {
-                on_every_request: true,
-                ..Ticks::default()
-            },
-            ..SimConfig::default()
-        };
-        let chatty = Sim::with_config(machine(3), work, config)
-            .run_to_completion(Duration::ZERO)
-            .clone();
-        assert_eq!(chatty.ticks, startup_ticks + 20);
-    }
-
-    #[test]
-    fn saturation_ticks_carry_the_backlog() {
-        let work = Workload::burst(5, Time::from_millis(100), Duration::from_millis(50));
-        let mut sim = Sim::new(machine(1), work);
-        let r = sim.run_to_completion(Duration::ZERO);
-        assert_eq!(r.completed, 5);
-        assert!(r.peak_children >= 5, "grew on the reported backlog");
-        assert!(r.wait_max().unwrap() < Duration::from_millis(10));
-    }
-
-    #[test]
-    fn fixed_interval_sampling() {
-        let config = SimConfig {
-            sample_every: Some(Duration::from_millis(10)),
-            ..SimConfig::default()
-        };
-        let mut sim = Sim::with_config(machine(2), Workload::empty(), config);
-        let r = sim.run_until(Time::from_millis(95));
-        assert_eq!(r.samples.len(), 10);
-        assert!(r
-            .samples
-            .iter()
-            .enumerate()
-            .all(|(i, s)| s.at == Time::from_millis(10 * i as u64)));
-        assert_eq!(r.samples[9].idle, 2);
     }
 }

@@ -59,8 +59,8 @@ pub struct LogRecord {
     pub message: String,
 }
 
-/// Everything a [`Sim`](super::Sim) measured so far; read it with
-/// [`Sim::report`](super::Sim::report) at any time.
+/// Everything a [`Sim`](super::Sim) measured so far: returned by its runs, and
+/// readable with [`Sim::report`](super::Sim::report) at any time.
 ///
 /// Two runs of the same machine, configuration, workload and scenario give equal
 /// reports (`==`), logs included.
@@ -138,6 +138,42 @@ impl SimReport {
     /// The state at the end of the run (the last sample), if any.
     pub fn last_sample(&self) -> Option<&Sample> {
         self.samples.last()
+    }
+
+    /// The share of the run's time (`0.0..=1.0`) during which the pool met `pred`:
+    /// each sample counts for as long as it held, until the next sample or the end
+    /// of the run ([`ended_at`](Self::ended_at)), over the time from the first
+    /// sample to the end. `None` if no time has passed.
+    ///
+    /// ```
+    /// use preforkd::sim::{Sim, Workload};
+    /// use preforkd::{Machine, Options, Time};
+    /// let mut sim = Sim::new(Machine::new(Options::default())?, Workload::empty());
+    /// let report = sim.run_until(Time::from_secs(10));
+    /// // The three children took 2.5 ms to fork and start: idle all the rest.
+    /// assert!(report.time_share(|s| s.idle == 3).unwrap() > 0.999);
+    /// # Ok::<(), preforkd::ConfigError>(())
+    /// ```
+    pub fn time_share(&self, pred: impl Fn(&Sample) -> bool) -> Option<f64> {
+        let first = self.samples.first()?.at;
+        let total = self.ended_at.saturating_since(first);
+        if total.is_zero() {
+            return None;
+        }
+        let ends = self
+            .samples
+            .iter()
+            .skip(1)
+            .map(|s| s.at)
+            .chain([self.ended_at]);
+        let met: Duration = self
+            .samples
+            .iter()
+            .zip(ends)
+            .filter(|(s, _)| pred(s))
+            .map(|(s, end)| end.saturating_since(s.at))
+            .sum();
+        Some(met.as_secs_f64() / total.as_secs_f64())
     }
 
     /// The state at time `t`: the last sample at or before it.

@@ -1,27 +1,34 @@
 //! The supervisor's options: the seed's names, plus the knobs a production pool needs.
 
-use crate::policy::PolicyError;
+use crate::policy::{Elastic, PolicyError};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
 /// Options of the supervisor core. `Options::default()` is the seed's defaults.
 ///
 /// The seed's options keep their names: `prefork` and `max_children` build the
-/// default [`Elastic`](crate::policy::Elastic) scaling policy when no other is given,
-/// and `auto_reload_check_every` builds the default
-/// [`Rolling`](crate::policy::Rolling) reload policy.
+/// default [`Elastic`] scaling policy when no other is given
+/// ([`Options::default_scaling`]), and `auto_reload_check_every` builds the default
+/// [`Rolling`](crate::policy::Rolling) reload policy. With a scaling policy of your
+/// own, `prefork` is not read, and not checked.
 ///
 /// ```
-/// use preforkd::Options;
+/// use preforkd::{policy::Fixed, Machine, Options};
 /// let opts = Options { prefork: 5, max_children: 50, ..Options::default() };
 /// opts.validate().unwrap();
-/// let bad = Options { prefork: 10, max_children: 5, ..Options::default() };
-/// assert!(bad.validate().unwrap_err().to_string().contains("prefork (10)"));
+/// let small = Options { prefork: 10, max_children: 5, ..Options::default() };
+/// // The default policy would start 10 children of at most 5: refused, by name...
+/// let e = Machine::new(small.clone()).unwrap_err();
+/// assert!(e.to_string().contains("prefork (10) exceeds max_children (5)"));
+/// // ...but a policy of your own never reads `prefork`.
+/// assert!(Machine::builder(small).scaling(Fixed(5)).build().is_ok());
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Options {
-    /// Children to start, and to shrink back to when idle (seed: 3).
+    /// Children to start, and to shrink back to when idle (seed: 3): the setting of
+    /// the default scaling policy ([`Options::default_scaling`]), unread with a
+    /// scaling policy of your own.
     pub prefork: usize,
     /// The hard cap on live children, retiring ones included (seed: 150).
     pub max_children: usize,
@@ -167,19 +174,16 @@ fn invalid(option: &'static str, reason: impl Into<String>) -> ConfigError {
 }
 
 impl Options {
-    /// Checks the options, naming the first that is wrong.
+    /// Checks the options every machine reads, whatever its policies, naming the
+    /// first that is wrong.
+    ///
+    /// `prefork` is not among them: only the default scaling policy reads it, so
+    /// it is checked when that policy is built ([`default_scaling`](Self::default_scaling),
+    /// which [`MachineBuilder::build`](crate::MachineBuilder::build) calls when no
+    /// scaling policy was given).
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.max_children == 0 {
             return Err(invalid("max_children", "must be at least 1"));
-        }
-        if self.prefork > self.max_children {
-            return Err(invalid(
-                "prefork",
-                format!(
-                    "prefork ({}) exceeds max_children ({})",
-                    self.prefork, self.max_children
-                ),
-            ));
         }
         if self.max_children > MAX_CHILDREN_LIMIT {
             return Err(invalid(
@@ -237,5 +241,54 @@ impl Options {
             ));
         }
         Ok(())
+    }
+
+    /// The default scaling policy, the seed's semantics: [`Elastic`] from `prefork`
+    /// and `max_children`. Refused, naming `prefork`, if it exceeds `max_children`.
+    ///
+    /// ```
+    /// use preforkd::{Options, ScalingPolicy};
+    /// let p = Options { prefork: 4, ..Options::default() }.default_scaling().unwrap();
+    /// assert_eq!(p.initial_children(), 4);
+    /// ```
+    pub fn default_scaling(&self) -> Result<Elastic, ConfigError> {
+        if self.prefork > self.max_children {
+            return Err(invalid(
+                "prefork",
+                format!(
+                    "prefork ({}) exceeds max_children ({})",
+                    self.prefork, self.max_children
+                ),
+            ));
+        }
+        Elastic::from_seed(self.prefork, self.max_children)
+            .map_err(|e| ConfigError::policy("prefork", e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::Fixed;
+    use crate::Machine;
+
+    /// `prefork` is the default policy's option: a custom policy never reads it, so
+    /// the seed's default (3) above a small `max_children` must not be refused.
+    #[test]
+    fn prefork_is_checked_only_when_it_builds_the_default_policy() {
+        let opts = Options {
+            max_children: 2,
+            ..Options::default()
+        };
+        opts.validate().unwrap();
+        let m = Machine::builder(opts.clone()).scaling(Fixed(2)).build();
+        assert!(m.is_ok(), "{:?}", m.err());
+        match Machine::new(opts) {
+            Err(e) => {
+                assert_eq!(e.option(), "prefork");
+                assert_eq!(e.reason(), "prefork (3) exceeds max_children (2)");
+            }
+            other => panic!("the default policy took prefork 3 of 2: {other:?}"),
+        }
     }
 }

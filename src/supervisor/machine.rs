@@ -1,8 +1,8 @@
 //! The supervisor state machine: pure, deterministic, sans-IO.
 
 use crate::policy::{
-    CallHook, ChildView, Disconnect, DisconnectAction, DisconnectPolicy, Elastic, Pid,
-    PoolSnapshot, ReloadPlan, ReloadPolicy, ReloadTrigger, Rolling, Scale, ScalingPolicy, Time,
+    CallHook, ChildView, Disconnect, DisconnectAction, DisconnectPolicy, Pid, PoolSnapshot,
+    ReloadPlan, ReloadPolicy, ReloadTrigger, Rolling, Scale, ScalingPolicy, Time,
 };
 use crate::supervisor::action::{Action, ChildSignal, Hook, Level, Notify, SignalReason};
 use crate::supervisor::config::{ConfigError, Options};
@@ -151,7 +151,8 @@ pub struct MachineBuilder {
 
 impl MachineBuilder {
     /// Use this scaling policy instead of the default built from `prefork` and
-    /// `max_children`.
+    /// `max_children` ([`Options::default_scaling`]); `prefork` is then not read,
+    /// nor checked.
     pub fn scaling(mut self, p: impl ScalingPolicy + 'static) -> Self {
         self.scaling = Some(Box::new(p));
         self
@@ -188,19 +189,17 @@ impl MachineBuilder {
         self
     }
 
-    /// Checks the options and builds the machine, in [`State::Init`] with
-    /// `after_init` as its first action.
+    /// Checks the options ([`Options::validate`]) and builds the machine, in
+    /// [`State::Init`] with `after_init` as its first action. Without a scaling
+    /// policy, builds the default one, which checks `prefork`
+    /// ([`Options::default_scaling`]).
     pub fn build(self) -> Result<Machine, ConfigError> {
         let opts = self.opts;
         opts.validate()?;
         let scaling = match self.scaling {
             Some(p) => p,
-            // `validate` has already refused what `from_seed` would: the error
-            // is named after the seed option that builds this policy.
-            None => Box::new(
-                Elastic::from_seed(opts.prefork, opts.max_children)
-                    .map_err(|e| ConfigError::policy("prefork", e))?,
-            ),
+            // `prefork` is this policy's setting: checked here, not for a custom one.
+            None => Box::new(opts.default_scaling()?),
         };
         let reload = match self.reload {
             Some(p) => p,
