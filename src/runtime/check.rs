@@ -68,7 +68,9 @@ impl<T: 'static> Prefork<T> {
                 ));
             }
         }
-        let in_process = self.in_process || self.options.prefork == 0;
+        // The seed's `prefork = 0` asks for in-process mode; with a scaling policy
+        // of your own `prefork` is not read (no more "0 to please the validator").
+        let in_process = self.in_process || (self.options.prefork == 0 && self.scaling.is_none());
         let watch_disconnects = self.on_client_disconnect.is_some() || self.disconnect.is_some();
         if in_process {
             // No child to scale, reload, cancel or run as another user: such an
@@ -154,11 +156,10 @@ mod tests {
     #[test]
     fn in_process_refuses_what_only_children_would_use() {
         // In process, a policy or a user would be silently ignored.
-        for p in [daemon().in_process(), daemon().prefork(0)] {
-            let (o, r) = refused(p.scaling_policy(Fixed(4)));
-            assert_eq!(o, "scaling_policy");
-            assert!(r.contains("runs in process"), "{r}");
-        }
+        let (o, r) = refused(daemon().in_process().scaling_policy(Fixed(4)));
+        assert_eq!(o, "scaling_policy");
+        assert!(r.contains("runs in process"), "{r}");
+        assert_eq!(refused(daemon().prefork(0).user("root")).0, "user");
         assert_eq!(
             refused(daemon().in_process().disconnect_policy(TerminateChild)).0,
             "disconnect_policy"
@@ -172,7 +173,13 @@ mod tests {
 
     #[test]
     fn with_children_the_machine_gets_the_policies() {
-        let s = daemon().scaling_policy(Fixed(4)).check().unwrap().unwrap();
+        // prefork is the default policy's: with one of your own, 0 is not read.
+        let s = daemon()
+            .prefork(0)
+            .scaling_policy(Fixed(4))
+            .check()
+            .unwrap()
+            .unwrap();
         assert!(!s.watch_disconnects);
         assert_eq!(s.machine.scaling_policy().quiet_range(), 4..=4);
         let s = daemon()

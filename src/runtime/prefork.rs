@@ -112,7 +112,8 @@ impl<T: 'static> Prefork<T> {
     }
 
     /// Children to start with the default scaling policy (0: the seed's way of
-    /// asking for [`in_process`](Self::in_process)).
+    /// asking for [`in_process`](Self::in_process)). Not read with a
+    /// [`scaling_policy`](Self::scaling_policy) of your own.
     pub fn prefork(mut self, n: usize) -> Self {
         self.options.prefork = n;
         self
