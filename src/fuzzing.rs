@@ -42,7 +42,7 @@
 
 use crate::oracle::{Harness, Op, Violation};
 use crate::policy::{ApacheLike, ApacheLikeConfig, CallHook, Fixed, Rolling, TerminateChild};
-use crate::{Action, ExitStatus, Machine, Options};
+use crate::{Action, ExitStatus, Machine, MachineBuilder, Options};
 use std::time::Duration;
 
 /// How many leading bytes of an input describe the setup.
@@ -175,18 +175,29 @@ impl Setup {
             }
             ScalingChoice::Fixed(n) => b.scaling(Fixed(*n)),
         };
-        if let Some(r) = self.rolling {
-            b = b.reload(r);
-        }
-        b = if self.terminate_on_disconnect {
-            b.disconnect(TerminateChild)
-        } else {
-            b.disconnect(CallHook)
-        };
+        b = with_reload_and_disconnect(b, self.rolling, self.terminate_on_disconnect);
         match b.build() {
             Ok(m) => m,
             Err(e) => panic!("decoded setup is invalid: {e} ({self:?})"),
         }
+    }
+}
+
+/// `b` with the rolling reload policy if any, and the disconnect policy that
+/// terminates the child (`terminate`) or calls the hook: the fuzz target's and the
+/// property tests' shared choice of non-scaling policies.
+pub fn with_reload_and_disconnect(
+    mut b: MachineBuilder,
+    rolling: Option<Rolling>,
+    terminate: bool,
+) -> MachineBuilder {
+    if let Some(r) = rolling {
+        b = b.reload(r);
+    }
+    if terminate {
+        b.disconnect(TerminateChild)
+    } else {
+        b.disconnect(CallHook)
     }
 }
 

@@ -9,11 +9,10 @@
 //! The strategies are parametric in the scaling policy ([`cases`]): the built-in
 //! policies are one choice, a policy of your own ([`Custom`]) is another.
 
-use preforkd::fuzzing::ScalingChoice;
+use preforkd::fuzzing::{with_reload_and_disconnect, ScalingChoice};
 use preforkd::oracle::{Harness, Op};
 use preforkd::policy::{
-    ApacheLike, ApacheLikeConfig, CallHook, Decision, Fixed, PoolSnapshot, RampState, Rolling,
-    TerminateChild,
+    ApacheLike, ApacheLikeConfig, Decision, Fixed, PoolSnapshot, RampState, Rolling,
 };
 use preforkd::{
     Action, ExitStatus, Machine, MachineBuilder, Options, ScalingPolicy, Signal, State, Time,
@@ -63,16 +62,9 @@ impl<P: ScalingPolicy + Clone + 'static> Plug for Custom<P> {
 
 impl<P: Plug> Case<P> {
     fn build(&self) -> Machine {
-        let mut b = self.scaling.plug(Machine::builder(self.opts.clone()));
-        if let Some(r) = self.rolling {
-            b = b.reload(r);
-        }
-        b = if self.terminate_on_disconnect {
-            b.disconnect(TerminateChild)
-        } else {
-            b.disconnect(CallHook)
-        };
-        b.build()
+        let b = self.scaling.plug(Machine::builder(self.opts.clone()));
+        with_reload_and_disconnect(b, self.rolling, self.terminate_on_disconnect)
+            .build()
             .unwrap_or_else(|e| panic!("invalid case: {e} ({self:?})"))
     }
 }
