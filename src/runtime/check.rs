@@ -89,10 +89,8 @@ impl<T: 'static> Prefork<T> {
                      it applies to children, and there are none",
                 ));
             }
-            let mut options = self.options.clone();
-            // The seed's `prefork = 0` and `in_process()` mean the same.
-            options.prefork = 0;
-            options.validate()?;
+            // (`validate` leaves `prefork` to the default policy, unused here.)
+            self.options.validate()?;
             return Ok(None);
         }
         let mut builder = Machine::builder(self.options.clone());

@@ -34,21 +34,21 @@ impl Effects for System<'_> {
 
     fn try_reap(&mut self) -> Option<(Pid, ExitStatus)> {
         loop {
-            return match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+            match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::Exited(pid, code)) => {
-                    Some((Pid(pid.as_raw()), ExitStatus::Exited(code)))
+                    return Some((Pid(pid.as_raw()), ExitStatus::Exited(code)))
                 }
                 Ok(WaitStatus::Signaled(pid, sig, _)) => {
-                    Some((Pid(pid.as_raw()), ExitStatus::Signaled(sig as i32)))
+                    return Some((Pid(pid.as_raw()), ExitStatus::Signaled(sig as i32)))
                 }
-                Ok(WaitStatus::StillAlive) | Err(nix::errno::Errno::ECHILD) => None,
+                Ok(WaitStatus::StillAlive) | Err(nix::errno::Errno::ECHILD) => return None,
                 // Stopped, continued (not asked for), or interrupted: look again.
-                Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+                Ok(_) | Err(nix::errno::Errno::EINTR) => {}
                 Err(e) => {
                     slog::error!(self.logger, "waitpid failed: {e}");
-                    None
+                    return None;
                 }
-            };
+            }
         }
     }
 
