@@ -10,7 +10,6 @@ use std::os::fd::{AsRawFd, OwnedFd};
 
 impl<T: 'static> Parent<T> {
     pub(super) fn spawn(&mut self, slot: usize, generation: u64, max_requests: Option<u64>) {
-        self.board.prepare(slot, generation);
         let Some(state) = self.state.as_ref() else {
             // No after_init value: cannot happen (the machine spawns only after it).
             let now = self.now();
@@ -41,6 +40,9 @@ impl<T: 'static> Parent<T> {
                 }
             }
         };
+        // Prepared only once the fork will be tried: a spawn refused above leaves
+        // the slot empty in the scoreboard.
+        self.board.prepare(slot, generation);
         // What the child closes first: the parent's pipes and the parent's ends of
         // every log channel (a fork copies them all; close-on-exec is no help).
         let mut inherited = self.inherited.clone();
