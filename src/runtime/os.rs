@@ -53,6 +53,23 @@ pub(crate) fn map_board(
     }
 }
 
+/// A flag in anonymous shared memory: the parent creates it before forking, and
+/// it stays shared with every child forked afterwards. Never unmapped, hence
+/// `'static`. If no memory can be mapped, a flag of this process alone.
+pub(crate) fn shared_flag() -> &'static AtomicBool {
+    use nix::sys::mman::{MapFlags, ProtFlags};
+    let len = NonZeroUsize::new(std::mem::size_of::<AtomicBool>()).unwrap_or(NonZeroUsize::MIN);
+    let prot = ProtFlags::PROT_READ | ProtFlags::PROT_WRITE;
+    // SAFETY: a new anonymous mapping at an address the kernel chooses aliases no
+    // Rust object.
+    match unsafe { nix::sys::mman::mmap_anonymous(None, len, prot, MapFlags::MAP_SHARED) } {
+        // SAFETY: the mapping is page-aligned, zero-filled (a valid `false`) and never
+        // unmapped; an atomic is sound to share between processes.
+        Ok(ptr) => unsafe { &*ptr.as_ptr().cast::<AtomicBool>() },
+        Err(_) => Box::leak(Box::new(AtomicBool::new(false))),
+    }
+}
+
 /// The signal mask a new child runs with once its own handlers exist. Until then
 /// every signal stays blocked (pending, not lost): a signal sent right after the
 /// fork must not meet a default disposition and kill the child.

@@ -27,6 +27,7 @@ use std::io::{self, Write};
 use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// A log file shared by the parent and the children (each process holds its own
@@ -60,16 +61,18 @@ use std::sync::{Arc, Mutex};
 pub struct LogFile {
     path: PathBuf,
     file: Mutex<Sink>,
+    /// A write failed: a full disk may have left part of a line, ours or another
+    /// process's (they share the file), so the next line written, by whichever
+    /// process, starts with a newline rather than be glued to the fragment (at
+    /// worst an empty line). Shared with the children forked after the open.
+    torn: &'static AtomicBool,
 }
 
-/// The open file, and whether the last write failed.
+/// The open file, and whether the last write (of any process) failed.
 #[derive(Debug)]
 struct Sink {
     file: File,
-    /// A write failed: a full disk may have left part of a line (ours, or another
-    /// process's: they share the file), so the next line written starts with a
-    /// newline rather than be glued to a fragment. (At worst an empty line.)
-    torn: bool,
+    torn: &'static AtomicBool,
 }
 
 fn open_append(path: &Path) -> io::Result<File> {
@@ -97,9 +100,11 @@ impl LogFile {
     pub fn open(path: impl Into<PathBuf>) -> io::Result<Arc<LogFile>> {
         let path = path.into();
         let file = open_append(&path)?;
+        let torn = crate::runtime::os::shared_flag();
         Ok(Arc::new(LogFile {
             path,
-            file: Mutex::new(Sink { file, torn: false }),
+            file: Mutex::new(Sink { file, torn }),
+            torn,
         }))
     }
 
@@ -135,9 +140,11 @@ impl LogFile {
     pub(crate) fn replace(&self, fresh: File) {
         let mut sink = self.file.lock().unwrap_or_else(|e| e.into_inner());
         follow_with_stdio(&sink.file, &fresh);
+        // A fresh file holds no fragment.
+        self.torn.store(false, Ordering::Relaxed);
         *sink = Sink {
             file: fresh,
-            torn: false,
+            torn: self.torn,
         };
     }
 
@@ -151,7 +158,7 @@ impl LogFile {
 
     fn write_whole(&self, bytes: &[u8]) -> io::Result<()> {
         let mut sink = self.file.lock().unwrap_or_else(|e| e.into_inner());
-        if sink.torn {
+        if sink.torn.load(Ordering::Acquire) {
             // Only after a failure: end the fragment, then the line, in one write.
             let mut fixed = Vec::with_capacity(bytes.len() + 1);
             fixed.push(b'\n');
@@ -177,17 +184,17 @@ impl Sink {
         while !bytes.is_empty() {
             match self.file.write(bytes) {
                 Ok(0) => {
-                    self.torn = true;
+                    self.torn.store(true, Ordering::Release);
                     return Err(io::ErrorKind::WriteZero.into());
                 }
                 Ok(n) => {
                     bytes = &bytes[n..];
                     // Whatever was torn before is ended by this write's first byte.
-                    self.torn = false;
+                    self.torn.store(false, Ordering::Release);
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    self.torn = true;
+                    self.torn.store(true, Ordering::Release);
                     return Err(e);
                 }
             }
