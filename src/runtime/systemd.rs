@@ -254,6 +254,7 @@ impl Notifier {
                 idle,
                 starting,
             } => self.status(busy, idle, starting),
+            Notify::Watchdog => self.watchdog(),
         }
     }
 }
