@@ -8,7 +8,7 @@ use super::prefork::{Logs, Prefork};
 use super::scoreboard::Board;
 use super::signals::{to_machine_signal, PARENT_SIGNALS};
 use super::watch::mtime;
-use super::{daemon, memory, netstat, os, scoreboard, systemd};
+use super::{daemon, memory, os, systemd};
 use crate::{Event, ExitStatus, Machine, Pid, Scoreboard, Time};
 use crossbeam_channel::{after, never, select, unbounded, Receiver};
 use nix::fcntl::OFlag;
@@ -17,7 +17,7 @@ use nix::unistd;
 use signal_hook::consts::signal as sh;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 pub(super) struct Parent<T> {
     pub(super) cfg: Prefork<T>,
@@ -49,18 +49,12 @@ pub(super) struct Parent<T> {
     pub(super) reporter: Option<daemon::Reporter>,
     /// Who the children run as.
     pub(super) credentials: Option<Credentials>,
-    /// Ticks at half the service manager's watchdog interval (WATCHDOG_USEC).
-    pub(super) watchdog: Option<Receiver<std::time::Instant>>,
     /// Notifications are failing: how many have, the first (logged) included
     /// (STATUS and watchdog pings are not logged one by one).
     pub(super) notify_failing: Option<u64>,
     /// Daemonized: the service manager must be told the main pid changed.
     pub(super) daemonized: bool,
     pub(super) stopping_marked: bool,
-    /// Look for hung-up clients at all (a hook or a disconnect policy is set).
-    pub(super) watch_disconnects: bool,
-    /// When the next look is due (ns of CLOCK_MONOTONIC), while children are busy.
-    pub(super) disconnect_due: Option<u64>,
     /// The error of the forks failing in a row, and how many did.
     pub(super) fork_failing: Option<(nix::errno::Errno, u32)>,
 }
@@ -81,9 +75,33 @@ impl<T: 'static> Parent<T> {
             builder = builder.reload_boxed(p);
         }
         let credentials = Credentials::resolve(cfg.user.as_deref(), cfg.group.as_deref())?;
-        let watch_disconnects = cfg.on_client_disconnect.is_some() || cfg.disconnect.is_some();
+        // Look for hung-up clients only if someone listens (a hook or a policy).
+        if cfg.on_client_disconnect.is_some() || cfg.disconnect.is_some() {
+            builder = builder.disconnect_check_every(cfg.disconnect_check_every);
+        }
         if let Some(p) = cfg.disconnect.take() {
             builder = builder.disconnect_boxed(p);
+        }
+        for note in &service.notes {
+            slog::warn!(logger, "{note}");
+        }
+        let notifier = match &service.notify_socket {
+            None => None,
+            Some(addr) => match addr.to_str().map(systemd::Notifier::new) {
+                Some(Ok(n)) => Some(n),
+                Some(Err(e)) => {
+                    slog::warn!(logger, "NOTIFY_SOCKET unusable, not notifying: {e}");
+                    None
+                }
+                None => {
+                    slog::warn!(logger, "NOTIFY_SOCKET {addr:?} is not UTF-8, not notifying");
+                    None
+                }
+            },
+        };
+        // Pings go to the service manager: without one, no timer at all.
+        if let (Some(every), Some(_)) = (service.watchdog, &notifier) {
+            builder = builder.watchdog_interval(every);
         }
         let machine = builder.build()?;
         os::ignore_sigpipe().map_err(io_err("ignoring SIGPIPE"))?;
@@ -194,29 +212,6 @@ impl<T: 'static> Parent<T> {
         // The lock is the parent's alone: it must not outlive it in a child.
         inherited.extend(board_file.as_ref().map(AsRawFd::as_raw_fd));
 
-        for note in &service.notes {
-            slog::warn!(logger, "{note}");
-        }
-        let notifier = match &service.notify_socket {
-            None => None,
-            Some(addr) => match addr.to_str().map(systemd::Notifier::new) {
-                Some(Ok(n)) => Some(n),
-                Some(Err(e)) => {
-                    slog::warn!(logger, "NOTIFY_SOCKET unusable, not notifying: {e}");
-                    None
-                }
-                None => {
-                    slog::warn!(logger, "NOTIFY_SOCKET {addr:?} is not UTF-8, not notifying");
-                    None
-                }
-            },
-        };
-        // Pings go to the service manager: without one, no timer at all.
-        let watchdog = service
-            .watchdog
-            .filter(|_| notifier.is_some())
-            .map(crossbeam_channel::tick);
-
         let mut watched: Vec<PathBuf> = std::env::current_exe().into_iter().collect();
         watched.append(&mut cfg.watch);
         let baseline = watched
@@ -255,11 +250,8 @@ impl<T: 'static> Parent<T> {
             daemonized: false,
             reporter: None,
             credentials,
-            watchdog,
             notify_failing: None,
             stopping_marked: false,
-            watch_disconnects,
-            disconnect_due: None,
             fork_failing: None,
         })
     }
@@ -284,35 +276,30 @@ impl<T: 'static> Parent<T> {
     }
 
     pub(super) fn serve(&mut self) -> Result<i32, RunError> {
+        // Whether this turn already read the scoreboard for the busy watch.
+        let mut looked = false;
         loop {
             if let Some(code) = self.carry_out()? {
                 return Ok(code);
             }
             let room = self.machine.counts().alive() < self.cfg.options.max_children;
             self.board.set_can_grow(room);
+            // Hung-up clients matter only while a child is busy with one: only then
+            // does the machine ask for a look. An idle pool asks its first busy
+            // child to say so, and sleeps meanwhile. A child that got busy just
+            // before the request was armed would not: the scoreboard is read now,
+            // so the machine sees it (once a turn: a busy slot the machine does not
+            // count must not make the loop spin).
+            if self.machine.awaits_first_busy() && self.board.arm_busy_watch() && !looked {
+                looked = true;
+                self.tick();
+                continue;
+            }
+            looked = false;
             let timer = match self.machine.poll_timeout() {
                 Some(t) => after(t.saturating_since(self.now())),
                 None => never(),
             };
-            // Hung-up clients matter only while a child is busy with one; an idle
-            // pool asks its first busy child to say so, and sleeps meanwhile.
-            // (Arming also tells whether a slot shows a busy child the machine does
-            // not count as busy: one that got busy just before, or a retiring one.)
-            let busy = self.machine.counts().busy > 0
-                || (self.watch_disconnects && self.board.arm_busy_watch());
-            let every = self.cfg.disconnect_check_every.as_nanos() as u64;
-            self.disconnect_due = match (self.watch_disconnects && busy, self.disconnect_due) {
-                (false, _) => None,
-                (true, Some(due)) => Some(due),
-                (true, None) => Some(scoreboard::now_ns().saturating_add(every)),
-            };
-            let netstat = match self.disconnect_due {
-                Some(due) => after(Duration::from_nanos(
-                    due.saturating_sub(scoreboard::now_ns()),
-                )),
-                None => never(),
-            };
-            let watchdog = self.watchdog.clone().unwrap_or_else(never);
             select! {
                 recv(self.signals) -> sig => match sig {
                     Ok(sig) => self.on_signal(sig),
@@ -328,19 +315,6 @@ impl<T: 'static> Parent<T> {
                     self.tick();
                 },
                 recv(timer) -> _ => self.tick(),
-                recv(watchdog) -> _ => {
-                    if let Some(n) = &self.notifier {
-                        let sent = n.watchdog();
-                        self.notified("WATCHDOG=1", false, sent);
-                    }
-                }
-                recv(netstat) -> _ => {
-                    self.disconnect_due = None;
-                    let children: Vec<i32> = self.machine.pids().map(|p| p.0).collect();
-                    let conns = netstat::closed_connections(&children);
-                    let now = self.now();
-                    self.machine.handle(now, Event::Netstat(&conns));
-                }
             }
         }
     }
