@@ -2,7 +2,8 @@
 //!
 //! The test reads the one mermaid `stateDiagram-v2` block of the document and
 //! fails, listing every difference, if an edge is missing or extra (in either
-//! direction), a label is not the transition's cause, a state name is unknown, a
+//! direction; a pair of states has one edge per cause in the table), a label is
+//! not the transition's cause, a state name is unknown, a
 //! line is not a transition, or the start and end markers (`[*] --> Init`,
 //! `Stopped --> [*]`) are wrong. On failure it also prints the block as it should be.
 
@@ -198,16 +199,17 @@ fn check(md: &str) -> Result<(), Vec<String>> {
     let block = state_diagram_block(md).map_err(|e| vec![e])?;
     let (edges, mut problems) = parse(&block);
 
-    let expected: BTreeMap<(State, State), &str> = TRANSITIONS
-        .iter()
-        .map(|&(from, to, cause)| ((from, to), cause))
-        .collect();
+    // A pair of states may have several rows, one per cause.
+    let mut expected: BTreeMap<(State, State), Vec<&str>> = BTreeMap::new();
+    for &(from, to, cause) in TRANSITIONS {
+        expected.entry((from, to)).or_default().push(cause);
+    }
     let initial = Machine::new(Options::default())
         .expect("default options are valid")
         .state();
     let terminal = terminal_states();
 
-    let mut drawn: BTreeMap<(State, State), &Edge> = BTreeMap::new();
+    let mut drawn: BTreeMap<(State, State), Vec<&Edge>> = BTreeMap::new();
     let mut starts = Vec::new();
     let mut ends = BTreeSet::new();
     for e in &edges {
@@ -249,7 +251,8 @@ fn check(md: &str) -> Result<(), Vec<String>> {
                 }
             }
             (Node::State(from), Node::State(to)) => {
-                if let Some(first) = drawn.insert((from, to), e) {
+                let same = drawn.entry((from, to)).or_default();
+                if let Some(first) = same.iter().find(|d| d.label == e.label) {
                     problems.push(format!(
                         "line {}: `{} --> {}` drawn twice (first at line {})",
                         e.line,
@@ -258,6 +261,7 @@ fn check(md: &str) -> Result<(), Vec<String>> {
                         first.line
                     ));
                 }
+                same.push(e);
             }
         }
     }
@@ -287,31 +291,48 @@ fn check(md: &str) -> Result<(), Vec<String>> {
         ));
     }
 
-    for (&(from, to), cause) in &expected {
-        match drawn.get(&(from, to)) {
-            None => problems.push(format!(
-                "in TRANSITIONS but not in the diagram: `{} --> {}: {cause}`",
-                from.name(),
-                to.name()
-            )),
-            Some(e) if e.label.as_deref() != Some(*cause) => problems.push(format!(
-                "line {}: `{} --> {}` is labelled {:?}; TRANSITIONS says {cause:?}",
-                e.line,
-                from.name(),
-                to.name(),
-                e.label.as_deref().unwrap_or("(nothing)")
-            )),
-            Some(_) => {}
+    for (&(from, to), causes) in &expected {
+        let edges = drawn.get(&(from, to)).map(Vec::as_slice).unwrap_or(&[]);
+        let says = causes
+            .iter()
+            .map(|c| format!("{c:?}"))
+            .collect::<Vec<_>>()
+            .join(" or ");
+        let mut mislabelled = false;
+        for e in edges {
+            if !e.label.as_deref().is_some_and(|l| causes.contains(&l)) {
+                mislabelled = true;
+                problems.push(format!(
+                    "line {}: `{} --> {}` is labelled {:?}; TRANSITIONS says {says}",
+                    e.line,
+                    from.name(),
+                    to.name(),
+                    e.label.as_deref().unwrap_or("(nothing)")
+                ));
+            }
+        }
+        // A mislabelled edge is reported as such, not also as a missing one.
+        for cause in causes {
+            let drawn_right = edges.iter().any(|e| e.label.as_deref() == Some(*cause));
+            if !drawn_right && !mislabelled {
+                problems.push(format!(
+                    "in TRANSITIONS but not in the diagram: `{} --> {}: {cause}`",
+                    from.name(),
+                    to.name()
+                ));
+            }
         }
     }
-    for (&(from, to), e) in &drawn {
+    for (&(from, to), edges) in &drawn {
         if !expected.contains_key(&(from, to)) {
-            problems.push(format!(
-                "line {}: in the diagram but not in TRANSITIONS: `{} --> {}`",
-                e.line,
-                from.name(),
-                to.name()
-            ));
+            for e in edges {
+                problems.push(format!(
+                    "line {}: in the diagram but not in TRANSITIONS: `{} --> {}`",
+                    e.line,
+                    from.name(),
+                    to.name()
+                ));
+            }
         }
     }
 
@@ -440,6 +461,28 @@ fn wrong_start_and_end_markers_fail() {
     expect_problem(&block, "no end marker for Stopped");
     let block = expected_block().replace("Stopped --> [*]", "Serving --> [*]");
     expect_problem(&block, "Serving has transitions out");
+}
+
+#[test]
+fn each_cause_of_a_pair_is_its_own_edge() {
+    // ShuttingDown --> ShuttingDown has two rows: both must be drawn...
+    let block = expected_block().replace(
+        "    ShuttingDown --> ShuttingDown: graceful_timeout passed: KILL\n",
+        "",
+    );
+    expect_problem(
+        &block,
+        "not in the diagram: `ShuttingDown --> ShuttingDown: graceful_timeout passed: KILL`",
+    );
+    // ...and a third, with a cause the table does not have, is not.
+    let block = expected_block().replace(
+        "    [*] --> Init\n",
+        "    [*] --> Init\n    ShuttingDown --> ShuttingDown: third TERM\n",
+    );
+    expect_problem(
+        &block,
+        "is labelled \"third TERM\"; TRANSITIONS says \"second TERM/QUIT: immediate\" or \"graceful_timeout passed: KILL\"",
+    );
 }
 
 #[test]

@@ -33,7 +33,7 @@ const PURE_PATHS: &[&str] = &["src/supervisor", "policies/src", "src/sim", "src/
 /// Files that must be among those checked, so that a move cannot make the test
 /// pass vacuously.
 const MUST_SEE: &[&str] = &[
-    "src/supervisor/machine.rs",
+    "src/supervisor/machine/mod.rs",
     "policies/src/scaling.rs",
     "src/sim/mod.rs",
     "src/oracle/harness.rs",

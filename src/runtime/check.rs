@@ -4,23 +4,23 @@
 use super::credentials::Credentials;
 use super::error::{invalid, RunError};
 use super::prefork::Prefork;
+use super::systemd::ServiceEnv;
 use crate::Machine;
 use nix::unistd;
 
 /// What [`Prefork::check`] found valid for a daemon with children: the machine
-/// (with its policies) and the credentials children switch to.
+/// (with its policies and timers) and the credentials children switch to.
 pub(super) struct Supervision {
     pub(super) machine: Machine,
     pub(super) credentials: Option<Credentials>,
-    /// Look for hung-up clients at all (a hook or a disconnect policy is set).
-    pub(super) watch_disconnects: bool,
 }
 
 impl<T: 'static> Prefork<T> {
     /// Every check of the configuration, in one place, before anything is opened or
     /// forked: each failure names the option at fault. With children, builds the
-    /// machine (with its policies) and resolves the credentials; `None`: in process.
-    pub(super) fn check(&mut self) -> Result<Option<Supervision>, RunError> {
+    /// machine (with its policies, and the timers `service` asks for) and resolves
+    /// the credentials; `None`: in process.
+    pub(super) fn check(&mut self, service: &ServiceEnv) -> Result<Option<Supervision>, RunError> {
         let euid = unistd::geteuid();
         if self.require_root && !euid.is_root() {
             return Err(invalid(
@@ -71,7 +71,6 @@ impl<T: 'static> Prefork<T> {
         // The seed's `prefork = 0` asks for in-process mode; with a scaling policy
         // of your own `prefork` is not read (no more "0 to please the validator").
         let in_process = self.in_process || (self.options.prefork == 0 && self.scaling.is_none());
-        let watch_disconnects = self.on_client_disconnect.is_some() || self.disconnect.is_some();
         if in_process {
             // No child to scale, reload, cancel or run as another user: such an
             // option would be silently ignored.
@@ -100,15 +99,22 @@ impl<T: 'static> Prefork<T> {
         if let Some(p) = self.reload.take() {
             builder = builder.reload_boxed(p);
         }
+        // Look for hung-up clients only if someone listens (a hook or a policy).
+        if self.on_client_disconnect.is_some() || self.disconnect.is_some() {
+            builder = builder.disconnect_check_every(self.disconnect_check_every);
+        }
         if let Some(p) = self.disconnect.take() {
             builder = builder.disconnect_boxed(p);
+        }
+        // Pings go to the service manager: without one, no timer at all.
+        if let (Some(every), Some(_)) = (service.watchdog, &service.notify_socket) {
+            builder = builder.watchdog_interval(every);
         }
         let machine = builder.build()?;
         let credentials = Credentials::resolve(self.user.as_deref(), self.group.as_deref())?;
         Ok(Some(Supervision {
             machine,
             credentials,
-            watch_disconnects,
         }))
     }
 }
@@ -123,9 +129,19 @@ mod tests {
         Prefork::new(|| Ok(()), |_, _| Ok(())).daemonize(false)
     }
 
+    /// The machine once `after_init` succeeded.
+    fn started(mut m: Machine) -> Machine {
+        let ok = crate::Event::HookFinished {
+            hook: crate::HookKind::AfterInit,
+            ok: true,
+        };
+        m.handle(crate::Time::ZERO, ok);
+        m
+    }
+
     /// The option a configuration is refused for.
     fn refused(mut p: Prefork<()>) -> (&'static str, String) {
-        match p.check() {
+        match p.check(&ServiceEnv::default()) {
             Err(RunError::Config(e)) => (e.option(), e.reason().to_string()),
             Err(e) => panic!("refused, but not naming an option: {e}"),
             Ok(_) => panic!("accepted"),
@@ -147,7 +163,12 @@ mod tests {
             r.ends_with("missing: error_log_path, access_log_path"),
             "{r}"
         );
-        let e = daemon().prefork(10).max_children(5).check().err().unwrap();
+        let e = daemon()
+            .prefork(10)
+            .max_children(5)
+            .check(&ServiceEnv::default())
+            .err()
+            .unwrap();
         assert!(e.to_string().contains("max_children"), "{e}");
     }
 
@@ -165,8 +186,16 @@ mod tests {
         let (o, _) = refused(daemon().in_process().user("root"));
         // (As non-root the user is refused for that reason first: still `user`.)
         assert_eq!(o, "user");
-        assert!(daemon().in_process().check().unwrap().is_none());
-        assert!(daemon().prefork(0).check().unwrap().is_none());
+        assert!(daemon()
+            .in_process()
+            .check(&ServiceEnv::default())
+            .unwrap()
+            .is_none());
+        assert!(daemon()
+            .prefork(0)
+            .check(&ServiceEnv::default())
+            .unwrap()
+            .is_none());
     }
 
     #[test]
@@ -175,16 +204,22 @@ mod tests {
         let s = daemon()
             .prefork(0)
             .scaling_policy(Fixed(4))
-            .check()
+            .check(&ServiceEnv::default())
             .unwrap()
             .unwrap();
-        assert!(!s.watch_disconnects);
         assert_eq!(s.machine.scaling_policy().quiet_range(), 4..=4);
+        assert!(
+            !started(s.machine).awaits_first_busy(),
+            "no disconnect check"
+        );
         let s = daemon()
             .disconnect_policy(TerminateChild)
-            .check()
+            .check(&ServiceEnv::default())
             .unwrap()
             .unwrap();
-        assert!(s.watch_disconnects);
+        assert!(
+            started(s.machine).awaits_first_busy(),
+            "disconnects watched"
+        );
     }
 }

@@ -4,6 +4,7 @@
 use super::error::RunError;
 use super::logs;
 use super::logs::LogFile;
+use super::netstat;
 use super::parent::{system, Parent};
 use super::system::System;
 use crate::supervisor::driver;
@@ -80,6 +81,12 @@ impl<T: 'static> Parent<T> {
                         self.machine.handle(now, Event::FilesChanged);
                     }
                 }
+                Action::CheckDisconnects => {
+                    let children: Vec<i32> = self.machine.pids().map(|p| p.0).collect();
+                    let conns = netstat::closed_connections(&children);
+                    let now = self.now();
+                    self.machine.handle(now, Event::Netstat(&conns));
+                }
                 Action::Notify(n) => {
                     if let (Some(notifier), true, Notify::Ready) =
                         (&self.notifier, self.daemonized, &n)
@@ -90,9 +97,13 @@ impl<T: 'static> Parent<T> {
                     }
                     if let Some(notifier) = &self.notifier {
                         let sent = notifier.send(&n);
-                        // STATUS is periodic; the others are state changes.
-                        let change = !matches!(n, Notify::Status { .. });
-                        self.notified(&format!("{n:?}"), change, sent);
+                        // STATUS and WATCHDOG are periodic; the others are state changes.
+                        let (what, change) = match n {
+                            Notify::Watchdog => ("WATCHDOG=1".to_string(), false),
+                            Notify::Status { .. } => (format!("{n:?}"), false),
+                            _ => (format!("{n:?}"), true),
+                        };
+                        self.notified(&what, change, sent);
                     }
                 }
                 Action::Log { level, message } => match level {

@@ -10,7 +10,7 @@ use super::scoreboard::Board;
 use super::signals::{to_machine_signal, PARENT_SIGNALS};
 use super::system::System;
 use super::watch::mtime;
-use super::{daemon, netstat, os, scoreboard, systemd};
+use super::{daemon, os, systemd};
 use crate::supervisor::driver;
 use crate::{Event, Machine, Scoreboard, Time};
 use crossbeam_channel::{after, never, select, unbounded, Receiver};
@@ -19,7 +19,7 @@ use nix::unistd;
 use signal_hook::consts::signal as sh;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 /// Builds the [`System`] view of a [`Parent`]'s fields, borrowing them one by one
 /// (so the machine and the reading stay free for the driver).
@@ -69,18 +69,12 @@ pub(super) struct Parent<T> {
     pub(super) reporter: Option<daemon::Reporter>,
     /// Who the children run as.
     pub(super) credentials: Option<Credentials>,
-    /// Ticks at half the service manager's watchdog interval (WATCHDOG_USEC).
-    pub(super) watchdog: Option<Receiver<std::time::Instant>>,
     /// Notifications are failing: how many have, the first (logged) included
     /// (STATUS and watchdog pings are not logged one by one).
     pub(super) notify_failing: Option<u64>,
     /// Daemonized: the service manager must be told the main pid changed.
     pub(super) daemonized: bool,
     pub(super) stopping_marked: bool,
-    /// Look for hung-up clients at all (a hook or a disconnect policy is set).
-    pub(super) watch_disconnects: bool,
-    /// When the next look is due (ns of CLOCK_MONOTONIC), while children are busy.
-    pub(super) disconnect_due: Option<u64>,
     /// The error of the forks failing in a row, and how many did.
     pub(super) fork_failing: Option<(nix::errno::Errno, u32)>,
 }
@@ -97,7 +91,6 @@ impl<T: 'static> Parent<T> {
         let Supervision {
             machine,
             credentials,
-            watch_disconnects,
         } = supervision;
         os::ignore_sigpipe().map_err(io_err("ignoring SIGPIPE"))?;
 
@@ -224,11 +217,6 @@ impl<T: 'static> Parent<T> {
                 }
             },
         };
-        // Pings go to the service manager: without one, no timer at all.
-        let watchdog = service
-            .watchdog
-            .filter(|_| notifier.is_some())
-            .map(crossbeam_channel::tick);
 
         let mut watched: Vec<PathBuf> = std::env::current_exe().into_iter().collect();
         watched.append(&mut cfg.watch);
@@ -268,11 +256,8 @@ impl<T: 'static> Parent<T> {
             daemonized: false,
             reporter: None,
             credentials,
-            watchdog,
             notify_failing: None,
             stopping_marked: false,
-            watch_disconnects,
-            disconnect_due: None,
             fork_failing: None,
         })
     }
@@ -297,38 +282,29 @@ impl<T: 'static> Parent<T> {
     }
 
     pub(super) fn serve(&mut self) -> Result<i32, RunError> {
+        // Whether this turn already read the scoreboard for the busy watch.
+        let mut looked = false;
         loop {
             if let Some(code) = self.carry_out()? {
                 return Ok(code);
             }
             let room = self.machine.counts().alive() < self.cfg.options.max_children;
             self.board.set_can_grow(room);
+            // Hung-up clients matter only while a child is busy: until then the
+            // machine schedules no look, and the first child that gets busy wakes
+            // us. One that got busy just before the watch was armed would not: the
+            // scoreboard is read now, once a turn (a busy slot the machine does not
+            // count must not make the loop spin).
+            if driver::busy_unseen(&self.machine, &mut system!(self)) && !looked {
+                looked = true;
+                self.tick();
+                continue;
+            }
+            looked = false;
             let timer = match self.machine.poll_timeout() {
                 Some(t) => after(t.saturating_since(self.now())),
                 None => never(),
             };
-            // Hung-up clients matter only while a child is busy with one; an idle
-            // pool asks its first busy child to say so, and sleeps meanwhile.
-            // (Arming also tells whether a slot shows a busy child the machine does
-            // not count as busy: one that got busy just before, or a retiring one.)
-            let scan = driver::disconnect_scan_due(
-                &self.machine,
-                &mut system!(self),
-                self.watch_disconnects,
-            );
-            let every = self.cfg.disconnect_check_every.as_nanos() as u64;
-            self.disconnect_due = match (scan, self.disconnect_due) {
-                (false, _) => None,
-                (true, Some(due)) => Some(due),
-                (true, None) => Some(scoreboard::now_ns().saturating_add(every)),
-            };
-            let netstat = match self.disconnect_due {
-                Some(due) => after(Duration::from_nanos(
-                    due.saturating_sub(scoreboard::now_ns()),
-                )),
-                None => never(),
-            };
-            let watchdog = self.watchdog.clone().unwrap_or_else(never);
             select! {
                 recv(self.signals) -> sig => match sig {
                     Ok(sig) => self.on_signal(sig),
@@ -344,19 +320,6 @@ impl<T: 'static> Parent<T> {
                     self.tick();
                 },
                 recv(timer) -> _ => self.tick(),
-                recv(watchdog) -> _ => {
-                    if let Some(n) = &self.notifier {
-                        let sent = n.watchdog();
-                        self.notified("WATCHDOG=1", false, sent);
-                    }
-                }
-                recv(netstat) -> _ => {
-                    self.disconnect_due = None;
-                    let children: Vec<i32> = self.machine.pids().map(|p| p.0).collect();
-                    let conns = netstat::closed_connections(&children);
-                    let now = self.now();
-                    self.machine.handle(now, Event::Netstat(&conns));
-                }
             }
         }
     }

@@ -344,7 +344,7 @@ impl<T: 'static> Prefork<T> {
         // with threads reading them).
         let service = systemd::take_service_env()?;
         self.make_paths_absolute()?;
-        let checked = self.check()?;
+        let checked = self.check(&service)?;
         // Logs are opened before any fork: a path that cannot be used is a
         // configuration error the operator sees at once.
         let open = |option, p: &Option<PathBuf>| -> Result<Option<Arc<LogFile>>, RunError> {

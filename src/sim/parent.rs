@@ -241,7 +241,11 @@ impl Sim {
                     self.rep().exit = Some((*pc, code));
                     self.stopped = true;
                 }
-                Action::ReopenLogs | Action::CheckForChanges | Action::Notify(_) => {}
+                // No simulated client hangs up: nothing to report for a disconnect check.
+                Action::ReopenLogs
+                | Action::CheckForChanges
+                | Action::CheckDisconnects
+                | Action::Notify(_) => {}
             }
         }
     }

@@ -66,6 +66,9 @@ pub enum Notify {
     Reloading,
     /// `STOPPING=1`.
     Stopping,
+    /// `WATCHDOG=1`: the keep-alive ping, every
+    /// [`watchdog_interval`](crate::MachineBuilder::watchdog_interval).
+    Watchdog,
     /// `STATUS=...` with the pool's counts.
     Status {
         /// Busy children.
@@ -148,6 +151,11 @@ pub enum Action {
     /// Check whether the code or configuration changed; report
     /// [`Event::FilesChanged`](crate::Event::FilesChanged) if so.
     CheckForChanges,
+    /// List the children's connections and report them with
+    /// [`Event::Netstat`](crate::Event::Netstat): asked every
+    /// [`disconnect_check_every`](crate::MachineBuilder::disconnect_check_every)
+    /// while a child is busy, when disconnects are watched.
+    CheckDisconnects,
     /// Tell the service manager.
     Notify(Notify),
     /// Write a log record.

@@ -16,8 +16,11 @@
 //!   an escalation or a log reopening (a scale-down, a reload, a limit) is marked
 //!   on the child's slot before it goes out: that child leaves alone, and the queue
 //!   is its siblings'.
-//! - **The disconnect scan only while children are busy.** Hung-up clients matter
-//!   only while some child is busy; an idle pool is never scanned.
+//! - **The first busy child is never missed.** The machine schedules its
+//!   disconnect check only while it knows a child is busy; until then
+//!   ([`Machine::awaits_first_busy`]) the runtime asks the first child that gets
+//!   busy to wake it, and reads the scoreboard before sleeping if a slot already
+//!   shows one ([`busy_unseen`]). An idle pool is never scanned.
 
 use super::action::{ChildSignal, SignalReason};
 use super::event::{Event, ExitStatus, Scoreboard};
@@ -92,10 +95,11 @@ pub fn send_signal(fx: &mut impl Effects, pid: Pid, signal: ChildSignal, reason:
     fx.signal(pid, signal, alone);
 }
 
-/// Whether hung-up clients are worth a look now: disconnects are `watched` and
-/// some child is busy (as the machine counts, or as the scoreboard shows).
-pub fn disconnect_scan_due(machine: &Machine, fx: &mut impl Effects, watched: bool) -> bool {
-    watched && (machine.counts().busy > 0 || fx.busy_watch())
+/// Before a runtime sleeps: whether it must read the scoreboard first, because the
+/// machine awaits its first busy child and a slot already shows one (see the
+/// module docs). Arms the busy watch while the machine awaits.
+pub fn busy_unseen(machine: &Machine, fx: &mut impl Effects) -> bool {
+    machine.awaits_first_busy() && fx.busy_watch()
 }
 
 #[cfg(test)]
@@ -104,6 +108,7 @@ mod tests {
     use crate::supervisor::action::{Action, Hook};
     use crate::supervisor::event::Signal;
     use crate::supervisor::event::{HookKind, SlotReading, SlotState};
+    use crate::supervisor::machine::MachineBuilder;
     use crate::Options;
     use std::collections::VecDeque;
 
@@ -162,12 +167,20 @@ mod tests {
     /// A machine serving `n` ready, idle children (pids 100, 101...), and the fake
     /// scoreboard showing them.
     fn serving(n: usize) -> (Machine, Fake) {
+        serving_with(n, |b| b)
+    }
+
+    /// [`serving`], with the builder adjusted by `with`.
+    fn serving_with(
+        n: usize,
+        with: impl FnOnce(MachineBuilder) -> MachineBuilder,
+    ) -> (Machine, Fake) {
         let opts = Options {
             prefork: n,
             max_children: n + 2,
             ..Options::default()
         };
-        let mut m = Machine::new(opts).unwrap();
+        let mut m = with(Machine::builder(opts)).build().unwrap();
         let mut fx = Fake {
             slots: vec![SlotReading::default(); n + 2],
             ..Fake::default()
@@ -297,29 +310,65 @@ mod tests {
         assert!(!marked && !fx.stopping);
     }
 
+    /// Runs the machine's timers for 10 s of an idle pool; how many looks for
+    /// hung-up clients it asked for.
+    fn idle_looks(m: &mut Machine, fx: &mut Fake, marked: &mut bool) -> usize {
+        let end = fx.now + std::time::Duration::from_secs(10);
+        let mut looks = 0;
+        // (Bounded: a timer that never moved on would fail, not hang.)
+        for _ in 0..10_000 {
+            let Some(t) = m.poll_timeout().filter(|&t| t <= end) else {
+                fx.now = end;
+                return looks;
+            };
+            fx.now = t.max(fx.now);
+            m.handle(fx.now, Event::Timer);
+            looks += carry_out(m, fx, marked)
+                .iter()
+                .filter(|a| matches!(a, Action::CheckDisconnects))
+                .count();
+        }
+        panic!("the machine's timers never got past {end:?}");
+    }
+
     #[test]
-    fn the_disconnect_scan_is_armed_only_while_children_are_busy() {
-        let (mut m, mut fx) = serving(2);
-        // Idle pool: no scan; the first child to get busy is asked to say so.
-        assert!(!disconnect_scan_due(&m, &mut fx, true));
+    fn the_first_busy_child_is_never_missed_and_an_idle_pool_never_scanned() {
+        let every = std::time::Duration::from_millis(300);
+        let (mut m, mut fx) = serving_with(2, |b| b.disconnect_check_every(every));
+        let mut marked = false;
+        // Idle pool: no look scheduled; the first child to get busy is asked to say so.
+        assert!(!busy_unseen(&m, &mut fx));
         assert_eq!(fx.log, ["busy watch"]);
-        // A child got busy since the last reading: the scoreboard shows it.
+        assert_eq!(idle_looks(&mut m, &mut fx, &mut marked), 0);
+        // Child 101 got busy before the watch was armed: its slot shows it, so
+        // the scoreboard must be read before sleeping.
         fx.busy_slot = true;
-        assert!(disconnect_scan_due(&m, &mut fx, true));
-        // The machine counts it busy: no need to look at the scoreboard.
-        fx.busy_slot = false;
         fx.slots[1].state = SlotState::Busy;
         fx.slots[1].request_start = Some(fx.now);
+        assert!(busy_unseen(&m, &mut fx));
         tick(&mut m, &mut fx, &mut Scoreboard::default());
+        // The machine counts it busy now: no watch, and a look one interval on.
         fx.log.clear();
-        assert!(disconnect_scan_due(&m, &mut fx, true));
+        assert!(!busy_unseen(&m, &mut fx));
         assert!(fx.log.is_empty(), "{:?}", fx.log);
-        // Nobody watches disconnects: never.
-        assert!(!disconnect_scan_due(&m, &mut fx, false));
-        // Idle again: no scan.
+        let at = fx.now + every;
+        assert!(m.poll_timeout().is_some_and(|t| t <= at));
+        fx.now = at;
+        m.handle(fx.now, Event::Timer);
+        let rest = carry_out(&mut m, &mut fx, &mut marked);
+        assert!(rest.iter().any(|a| matches!(a, Action::CheckDisconnects)));
+        // Idle again: no look, and the watch is armed again.
+        fx.busy_slot = false;
         fx.slots[1].state = SlotState::Idle;
         fx.slots[1].request_start = None;
         tick(&mut m, &mut fx, &mut Scoreboard::default());
-        assert!(!disconnect_scan_due(&m, &mut fx, true));
+        fx.log.clear();
+        assert!(!busy_unseen(&m, &mut fx));
+        assert_eq!(fx.log, ["busy watch"]);
+        assert_eq!(idle_looks(&mut m, &mut fx, &mut marked), 0);
+        // Nobody watches disconnects: no watch at all.
+        let (m, mut fx) = serving(2);
+        assert!(!busy_unseen(&m, &mut fx));
+        assert!(fx.log.is_empty(), "{:?}", fx.log);
     }
 }

@@ -210,6 +210,7 @@ impl Notifier {
                 idle,
                 starting,
             } => self.status(busy, idle, starting),
+            Notify::Watchdog => self.watchdog(),
         }
     }
 }

@@ -1,0 +1,169 @@
+//! [`MachineBuilder`]: the policies, and the timers the runtime asks for.
+
+use super::health::Streak;
+use super::phase::Phase;
+use super::pool::Pool;
+use super::timer_table::{Timer, TimerTable};
+use super::Machine;
+use crate::policy::{CallHook, DisconnectPolicy, ReloadPolicy, Rolling, ScalingPolicy, Time};
+use crate::supervisor::action::{Action, Hook};
+use crate::supervisor::config::{ConfigError, Options};
+use crate::supervisor::rng::SplitMix64;
+use std::collections::{BTreeSet, VecDeque};
+use std::time::Duration;
+
+/// Builds a [`Machine`] with the policies of your choice.
+///
+/// ```
+/// use preforkd::{Machine, Options, policy::ApacheLike};
+/// let m = Machine::builder(Options::default())
+///     .scaling(ApacheLike::default())
+///     .build()
+///     .unwrap();
+/// assert_eq!(m.state(), preforkd::State::Init);
+/// ```
+#[derive(Debug)]
+pub struct MachineBuilder {
+    opts: Options,
+    scaling: Option<Box<dyn ScalingPolicy>>,
+    reload: Option<Box<dyn ReloadPolicy>>,
+    disconnect: Option<Box<dyn DisconnectPolicy>>,
+    disconnect_check_every: Option<Duration>,
+    watchdog_interval: Option<Duration>,
+}
+
+impl MachineBuilder {
+    pub(super) fn new(opts: Options) -> MachineBuilder {
+        MachineBuilder {
+            opts,
+            scaling: None,
+            reload: None,
+            disconnect: None,
+            disconnect_check_every: None,
+            watchdog_interval: None,
+        }
+    }
+
+    /// Use this scaling policy instead of the default built from `prefork` and
+    /// `max_children` ([`Options::default_scaling`]); `prefork` is then not read,
+    /// nor checked.
+    pub fn scaling(mut self, p: impl ScalingPolicy + 'static) -> Self {
+        self.scaling = Some(Box::new(p));
+        self
+    }
+
+    /// Use this boxed scaling policy (for example one built by a
+    /// [`Registry`](crate::policy::Registry)).
+    pub fn scaling_boxed(mut self, p: Box<dyn ScalingPolicy>) -> Self {
+        self.scaling = Some(p);
+        self
+    }
+
+    /// Use this reload policy instead of [`Rolling`] with `auto_reload_check_every`.
+    pub fn reload(mut self, p: impl ReloadPolicy + 'static) -> Self {
+        self.reload = Some(Box::new(p));
+        self
+    }
+
+    /// Use this boxed reload policy.
+    pub fn reload_boxed(mut self, p: Box<dyn ReloadPolicy>) -> Self {
+        self.reload = Some(p);
+        self
+    }
+
+    /// Use this disconnect policy instead of [`CallHook`].
+    pub fn disconnect(mut self, p: impl DisconnectPolicy + 'static) -> Self {
+        self.disconnect = Some(Box::new(p));
+        self
+    }
+
+    /// Use this boxed disconnect policy.
+    pub fn disconnect_boxed(mut self, p: Box<dyn DisconnectPolicy>) -> Self {
+        self.disconnect = Some(p);
+        self
+    }
+
+    /// Watch for clients that hang up: while a child is busy, ask for a look at the
+    /// children's connections ([`Action::CheckDisconnects`], answered with
+    /// [`Event::Netstat`](crate::Event::Netstat)) every `every`, the first `every`
+    /// after the machine learns a child is busy. Off by default: without it, the
+    /// disconnect policy only hears of what a runtime reports unasked.
+    pub fn disconnect_check_every(mut self, every: Duration) -> Self {
+        self.disconnect_check_every = Some(every);
+        self
+    }
+
+    /// Ping the service manager's watchdog ([`Action::Notify`] with
+    /// [`Notify::Watchdog`](crate::Notify::Watchdog)) every `every` from
+    /// [`Time::ZERO`] on, in every state until [`State::Stopped`](crate::State::Stopped).
+    /// Off by default.
+    pub fn watchdog_interval(mut self, every: Duration) -> Self {
+        self.watchdog_interval = Some(every);
+        self
+    }
+
+    /// Checks the options ([`Options::validate`]) and builds the machine, in
+    /// [`State::Init`](crate::State::Init) with `after_init` as its first action.
+    /// Without a scaling policy, builds the default one, which checks `prefork`
+    /// ([`Options::default_scaling`]).
+    pub fn build(self) -> Result<Machine, ConfigError> {
+        let opts = self.opts;
+        opts.validate()?;
+        for (option, every) in [
+            ("disconnect_check_every", self.disconnect_check_every),
+            ("watchdog_interval", self.watchdog_interval),
+        ] {
+            if every == Some(Duration::ZERO) {
+                return Err(ConfigError::new(option, "must be greater than zero"));
+            }
+        }
+        let scaling = match self.scaling {
+            Some(p) => p,
+            // `prefork` is this policy's setting: checked here, not for a custom one.
+            None => Box::new(opts.default_scaling()?),
+        };
+        let reload = match self.reload {
+            Some(p) => p,
+            None => {
+                let r = Rolling {
+                    check_every: opts.auto_reload_check_every,
+                    ..Rolling::default()
+                };
+                r.validate()
+                    .map_err(|e| ConfigError::policy("auto_reload_check_every", e))?;
+                Box::new(r)
+            }
+        };
+        let disconnect = self.disconnect.unwrap_or_else(|| Box::new(CallHook));
+        let mut actions = VecDeque::new();
+        actions.push_back(Action::RunHook(Hook::AfterInit));
+        let mut timers = TimerTable::default();
+        timers.set(
+            Timer::Watchdog,
+            self.watchdog_interval.map(|every| Time::ZERO + every),
+        );
+        Ok(Machine {
+            rng: SplitMix64::new(opts.seed),
+            pool: Pool::new(opts.max_children),
+            opts,
+            scaling,
+            reload,
+            disconnect,
+            phase: Phase::Init,
+            generation: 1,
+            actions,
+            now: Time::ZERO,
+            timers,
+            crash_streak: 0,
+            memory_warned: false,
+            streak: Streak::default(),
+            spawn_credit: 0,
+            backlog: None,
+            disconnects_seen: BTreeSet::new(),
+            last_status: None,
+            last_min_serving: None,
+            disconnect_check_every: self.disconnect_check_every,
+            watchdog_interval: self.watchdog_interval,
+        })
+    }
+}

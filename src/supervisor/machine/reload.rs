@@ -1,0 +1,134 @@
+//! Reloads: rolling the children over to a new generation without dropping below
+//! the minimum serving.
+
+use super::phase::Phase;
+use super::Machine;
+use crate::policy::{ReloadPlan, ReloadTrigger};
+use crate::supervisor::action::{Action, Hook, Level, Notify, SignalReason};
+use crate::supervisor::transitions::cause;
+
+impl Machine {
+    pub(super) fn on_reload_trigger(&mut self, trigger: ReloadTrigger) {
+        if !self.accepts_work() {
+            self.log(
+                Level::Info,
+                format!("reload ({trigger:?}) ignored while {}", self.state().name()),
+            );
+            return;
+        }
+        let ReloadPlan {
+            run_handler,
+            restart_children,
+        } = self.reload.plan(trigger);
+        if run_handler {
+            self.push(Action::RunHook(Hook::ReloadHandler));
+        }
+        if restart_children {
+            self.begin_reload();
+        }
+    }
+
+    fn begin_reload(&mut self) {
+        self.generation += 1;
+        // A reload is the operator's "fixed it": new code starts without the old
+        // code's crash-loop backoff.
+        if self.crash_streak > 0 {
+            self.end_streak("reload");
+        }
+        let counts = self.pool.counts();
+        let total = counts.starting + counts.serving();
+        let quiet_min = *self.scaling.quiet_range().start();
+        let min_serving = self
+            .reload
+            .min_serving()
+            .unwrap_or(quiet_min)
+            .min(self.opts.max_children - 1);
+        let target = total.max(min_serving).min(self.opts.max_children);
+        self.log(
+            Level::Info,
+            format!(
+                "reloading: rolling {total} children over to generation {}, keeping at least {min_serving} serving",
+                self.generation
+            ),
+        );
+        self.push(Action::Notify(Notify::Reloading));
+        self.last_min_serving = Some(min_serving);
+        let why = if matches!(self.phase, Phase::Reloading { .. }) {
+            cause::RELOAD_AGAIN
+        } else {
+            cause::RELOAD
+        };
+        self.transition(
+            Phase::Reloading {
+                generation: self.generation,
+                min_serving,
+                target,
+                retired: 0,
+            },
+            why,
+        );
+    }
+
+    /// One step of a rollout: start replacements (within the surge), retire old
+    /// children as replacements become ready.
+    pub(super) fn step_reload(&mut self) {
+        let Phase::Reloading {
+            generation,
+            min_serving,
+            target,
+            retired,
+        } = self.phase
+        else {
+            return;
+        };
+        let mut new_ready = 0;
+        let mut new_starting = 0;
+        let mut old_reload_retiring = 0;
+        for c in self.pool.children() {
+            if c.generation == generation && c.retire.is_none() {
+                if c.is_ready() {
+                    new_ready += 1;
+                } else {
+                    new_starting += 1;
+                }
+            }
+            if c.generation < generation
+                && c.retire.is_some_and(|r| r.reason == SignalReason::Reload)
+            {
+                old_reload_retiring += 1;
+            }
+        }
+        // Start replacements.
+        let surge = self.reload.max_surge().unwrap_or(usize::MAX);
+        let want = target
+            .saturating_sub(new_ready + new_starting)
+            .min(surge.saturating_sub(new_starting));
+        new_starting += self.spawn(want);
+
+        // Retire old children: those not ready yet at once (they serve nobody); ready
+        // ones as replacements become ready, never below the minimum serving.
+        let mut retired_now = 0;
+        loop {
+            let n = self.pool.counts();
+            let Some(slot) = self.pool.pick_old(generation) else {
+                break;
+            };
+            let ready = self.pool.get(slot).is_some_and(|c| c.is_ready());
+            if ready {
+                let credit = new_ready > retired + retired_now;
+                let stuck = n.alive() >= self.opts.max_children
+                    && new_starting == 0
+                    && old_reload_retiring == 0;
+                if n.serving() <= min_serving || !(credit || stuck) {
+                    break;
+                }
+                old_reload_retiring += 1;
+            }
+            self.retire(slot, SignalReason::Reload);
+            retired_now += 1;
+        }
+        if let Phase::Reloading { retired, .. } = &mut self.phase {
+            *retired += retired_now;
+        }
+    }
+}
