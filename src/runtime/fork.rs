@@ -2,19 +2,27 @@
 
 use super::child::{child_main, ChildStart};
 use super::credentials::Credentials;
-use super::parent::Parent;
 use super::signals::PARENT_SIGNALS;
+use super::system::System;
 use super::{logs, os};
-use crate::{Event, Pid};
+use crate::supervisor::driver::Spawn;
+use crate::Pid;
 use std::os::fd::{AsRawFd, OwnedFd};
 
-impl<T: 'static> Parent<T> {
-    pub(super) fn spawn(&mut self, slot: usize, generation: u64, max_requests: Option<u64>) {
+impl<T: 'static> System<T> {
+    /// Forks the child `spawn` asks for; its pid, or `None` if it could not be
+    /// forked (logged once per streak of failures).
+    pub(super) fn fork_child(&mut self, spawn: Spawn) -> Option<Pid> {
+        let Spawn {
+            slot,
+            generation,
+            max_requests,
+            quiet_failure,
+        } = spawn;
         let Some(state) = self.state.as_ref() else {
             // No after_init value: cannot happen (the machine spawns only after it).
-            let now = self.now();
-            self.machine.handle(now, Event::SpawnFailed { slot });
-            return;
+            slog::error!(self.logger, "no after_init value to fork slot {slot} with");
+            return None;
         };
         // The channel the reopened logs will come down (only with log files).
         let (parent_end, child_end) = if self.logs.all().is_empty() {
@@ -32,9 +40,7 @@ impl<T: 'static> Parent<T> {
                     if user.is_some() {
                         // As that user it could not reopen root's logs after a
                         // rotation: a failed fork (backoff, retried) instead.
-                        let now = self.now();
-                        self.machine.handle(now, Event::SpawnFailed { slot });
-                        return;
+                        return None;
                     }
                     (None, None)
                 }
@@ -43,6 +49,7 @@ impl<T: 'static> Parent<T> {
         // Prepared only once the fork will be tried: a spawn refused above leaves
         // the slot empty in the scoreboard.
         self.board.prepare(slot, generation);
+        self.board.set_generation(generation);
         // What the child closes first: the parent's pipes and the parent's ends of
         // every log channel (a fork copies them all; close-on-exec is no help).
         let mut inherited = self.inherited.clone();
@@ -55,7 +62,6 @@ impl<T: 'static> Parent<T> {
         let child_logger = &self.cfg.child_logger;
         let logs = &self.logs;
         let credentials = self.credentials.as_ref();
-        let quiet_failure = self.machine.crash_streak() > 0;
         // `move`: the child's end goes with the closure, which the parent drops
         // (closing its copy) and the child consumes.
         let result = os::fork_child(&PARENT_SIGNALS, move |gate| {
@@ -76,7 +82,6 @@ impl<T: 'static> Parent<T> {
                 quiet_failure,
             })
         });
-        let now = self.now();
         match result {
             Ok(pid) => {
                 if let Some(p) = parent_end {
@@ -86,13 +91,7 @@ impl<T: 'static> Parent<T> {
                     slog::info!(self.logger, "fork works again after {n} failures ({e})");
                 }
                 self.board.assign(slot, pid.as_raw());
-                self.machine.handle(
-                    now,
-                    Event::ChildSpawned {
-                        slot,
-                        pid: Pid(pid.as_raw()),
-                    },
-                );
+                Some(Pid(pid.as_raw()))
             }
             Err(e) => {
                 // Once per streak of failures (or when the error changes); the
@@ -108,7 +107,7 @@ impl<T: 'static> Parent<T> {
                     }
                 }
                 self.board.release(slot);
-                self.machine.handle(now, Event::SpawnFailed { slot });
+                None
             }
         }
     }

@@ -37,8 +37,11 @@
 //!   daemonizing, logs, pid file) and [`listen`]; `check.rs`: every check of the
 //!   configuration; `error.rs`: [`RunError`].
 //! - `in_process.rs`: `main_loop` in this process (`in_process()`, `prefork = 0`).
-//! - `parent.rs`: the parent's loop (signals, wake-ups, timers, reaping, scoreboard
-//!   ticks); `executor.rs`: carries out the machine's actions; `fork.rs`: forks a
+//! - `parent.rs`: the machine and the parent's loop (signals, wake-ups, timers,
+//!   reaping, scoreboard ticks), which drives it through the crate's driver (the
+//!   action dispatch and ordering rules the simulator shares); `system.rs`: the
+//!   rest of the parent, the driver's real effects; `executor.rs`: the hooks, log
+//!   passing and notification failures; `fork.rs`: forks a
 //!   child; `signals.rs`: the signals handled and their translation; `watch.rs`:
 //!   file-change checks; `clock.rs`: the machine's time.
 //! - `child.rs`: a child's life after the fork; `credentials.rs`: the user and

@@ -3,80 +3,33 @@
 
 use super::check::Supervision;
 use super::clock::Clock;
-use super::credentials::Credentials;
-use super::error::{io_err, BoxError, RunError};
+use super::error::{io_err, RunError};
 use super::prefork::{Logs, Prefork};
 use super::scoreboard::Board;
 use super::signals::{to_machine_signal, PARENT_SIGNALS};
 use super::system::System;
 use super::watch::mtime;
-use super::{daemon, os, systemd};
+use super::{os, systemd};
 use crate::supervisor::driver;
-use crate::{Event, Machine, Scoreboard, Time};
+use crate::{Event, Machine, Scoreboard};
 use crossbeam_channel::{after, never, select, unbounded, Receiver};
 use nix::fcntl::OFlag;
 use nix::unistd;
 use signal_hook::consts::signal as sh;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
-use std::time::SystemTime;
 
-/// Builds the [`System`] view of a [`Parent`]'s fields, borrowing them one by one
-/// (so the machine and the reading stay free for the driver).
-macro_rules! system {
-    ($p:expr) => {
-        System {
-            board: $p.board,
-            clock: $p.clock,
-            logger: &$p.logger,
-            log_channels: &mut $p.log_channels,
-            generation: $p.machine.generation(),
-            measure_memory: $p.cfg.options.max_child_memory.is_some(),
-        }
-    };
-}
-pub(super) use system;
-
-/// The parent: the machine, the scoreboard, the children's channels and the
-/// service manager, and the loop that feeds them to each other.
+/// The parent: the machine, fed by the loop below, and the [`System`] it acts
+/// on, through [`driver`].
 pub(super) struct Parent<T> {
-    pub(super) cfg: Prefork<T>,
-    pub(super) logger: slog::Logger,
     pub(super) machine: Machine,
-    pub(super) board: Board,
-    pub(super) clock: Clock,
+    /// The last scoreboard reading (its buffers reused).
+    pub(super) reading: Scoreboard,
+    /// The scoreboard's stop flag is set (see [`driver::before_action`]).
+    pub(super) stopping_marked: bool,
     pub(super) signals: Receiver<i32>,
     pub(super) wakes: Receiver<()>,
-    // The parent's ends of its pipes, which a child closes first thing.
-    pub(super) inherited: Vec<std::os::fd::RawFd>,
-    /// The parent's end of each live child's log channel (by pid), where the
-    /// reopened logs are passed; closed when the child is reaped.
-    pub(super) log_channels: std::collections::BTreeMap<i32, OwnedFd>,
-    pub(super) _wake_read: OwnedFd,
-    // Kept open for the daemon's life: children write wake-ups to it.
-    pub(super) _wake_write: OwnedFd,
-    /// The scoreboard file, locked for the parent's life (children close it).
-    pub(super) _board_file: Option<std::fs::File>,
-    pub(super) state: Option<T>,
-    pub(super) init_error: Option<BoxError>,
-    pub(super) reading: Scoreboard,
-    pub(super) baseline: Vec<(PathBuf, Option<SystemTime>)>,
-    pub(super) parent_pid: unistd::Pid,
-    pub(super) logs: Logs,
-    /// The service manager, when NOTIFY_SOCKET names one.
-    pub(super) notifier: Option<systemd::Notifier>,
-    /// The launcher waiting for the daemon to be up, when daemonized.
-    pub(super) reporter: Option<daemon::Reporter>,
-    /// Who the children run as.
-    pub(super) credentials: Option<Credentials>,
-    /// Notifications are failing: how many have, the first (logged) included
-    /// (STATUS and watchdog pings are not logged one by one).
-    pub(super) notify_failing: Option<u64>,
-    /// Daemonized: the service manager must be told the main pid changed.
-    pub(super) daemonized: bool,
-    pub(super) stopping_marked: bool,
-    /// The error of the forks failing in a row, and how many did.
-    pub(super) fork_failing: Option<(nix::errno::Errno, u32)>,
+    pub(super) sys: System<T>,
 }
 
 impl<T: 'static> Parent<T> {
@@ -228,14 +181,11 @@ impl<T: 'static> Parent<T> {
             })
             .collect();
         let n = cfg.options.max_children;
-        Ok(Parent {
+        let sys = System {
             cfg,
             logger,
-            machine,
             board,
             clock: Clock::start(),
-            signals,
-            wakes,
             inherited,
             log_channels: std::collections::BTreeMap::new(),
             _wake_read: wake_read,
@@ -243,10 +193,6 @@ impl<T: 'static> Parent<T> {
             _board_file: board_file,
             state: None,
             init_error: None,
-            reading: Scoreboard {
-                slots: Vec::with_capacity(n),
-                backlog: None,
-            },
             baseline,
             parent_pid: unistd::getpid(),
             logs,
@@ -257,20 +203,26 @@ impl<T: 'static> Parent<T> {
             reporter: None,
             credentials,
             notify_failing: None,
-            stopping_marked: false,
             fork_failing: None,
+        };
+        Ok(Parent {
+            machine,
+            reading: Scoreboard {
+                slots: Vec::with_capacity(n),
+                backlog: None,
+            },
+            stopping_marked: false,
+            signals,
+            wakes,
+            sys,
         })
-    }
-
-    pub(super) fn now(&self) -> Time {
-        self.clock.now()
     }
 
     /// Serves until the machine exits. Whatever ends it before the launcher heard
     /// that the daemon is up is told to the launcher.
     pub(super) fn run(mut self) -> Result<i32, RunError> {
         let result = self.serve();
-        if let Some(r) = self.reporter.as_mut() {
+        if let Some(r) = self.sys.reporter.as_mut() {
             match &result {
                 Err(e) => r.fail(&e.to_string()),
                 Ok(code) => r.fail(&format!(
@@ -285,24 +237,29 @@ impl<T: 'static> Parent<T> {
         // Whether this turn already read the scoreboard for the busy watch.
         let mut looked = false;
         loop {
-            if let Some(code) = self.carry_out()? {
-                return Ok(code);
+            let exit =
+                driver::carry_out(&mut self.machine, &mut self.sys, &mut self.stopping_marked);
+            if let Some(code) = exit {
+                return match self.sys.init_error.take() {
+                    Some(e) => Err(RunError::AfterInit(e)),
+                    None => Ok(code),
+                };
             }
-            let room = self.machine.counts().alive() < self.cfg.options.max_children;
-            self.board.set_can_grow(room);
+            let room = self.machine.counts().alive() < self.sys.cfg.options.max_children;
+            self.sys.board.set_can_grow(room);
             // Hung-up clients matter only while a child is busy: until then the
             // machine schedules no look, and the first child that gets busy wakes
             // us. One that got busy just before the watch was armed would not: the
             // scoreboard is read now, once a turn (a busy slot the machine does not
             // count must not make the loop spin).
-            if driver::busy_unseen(&self.machine, &mut system!(self)) && !looked {
+            if driver::busy_unseen(&self.machine, &mut self.sys) && !looked {
                 looked = true;
                 self.tick();
                 continue;
             }
             looked = false;
             let timer = match self.machine.poll_timeout() {
-                Some(t) => after(t.saturating_since(self.now())),
+                Some(t) => after(t.saturating_since(self.sys.clock.now())),
                 None => never(),
             };
             select! {
@@ -330,7 +287,7 @@ impl<T: 'static> Parent<T> {
             return;
         }
         if let Some(s) = to_machine_signal(sig) {
-            let now = self.now();
+            let now = self.sys.clock.now();
             self.machine.handle(now, Event::Signal(s));
         }
     }
@@ -338,13 +295,11 @@ impl<T: 'static> Parent<T> {
     /// Reaps every child that has exited, the scoreboard read first (see
     /// [`driver`]).
     pub(super) fn reap(&mut self) {
-        let mut fx = system!(self);
-        driver::reap(&mut self.machine, &mut fx, &mut self.reading);
+        driver::reap(&mut self.machine, &mut self.sys, &mut self.reading);
     }
 
     /// Reads the scoreboard and feeds it to the machine.
     pub(super) fn tick(&mut self) {
-        let mut fx = system!(self);
-        driver::tick(&mut self.machine, &mut fx, &mut self.reading);
+        driver::tick(&mut self.machine, &mut self.sys, &mut self.reading);
     }
 }

@@ -462,8 +462,8 @@ impl<T: 'static> Prefork<T> {
         // A failure to start is returned with the reporter still here: the caller
         // tells the launcher. Once started, the parent reports itself.
         let mut parent = Parent::start(self, supervision, logger, logs, pid_fd, service)?;
-        parent.daemonized = reporter.is_some();
-        parent.reporter = reporter.take();
+        parent.sys.daemonized = reporter.is_some();
+        parent.sys.reporter = reporter.take();
         let code = parent.run();
         drop(pid_file);
         code

@@ -216,7 +216,7 @@ impl Board {
             .any(|s| s.state.load(Ordering::SeqCst) == BUSY)
     }
 
-    /// Parent: the generation new children get, for readers of the file.
+    /// Parent, at each fork: the generation new children get, for readers of the file.
     pub(crate) fn set_generation(&self, generation: u64) {
         self.header.generation.store(generation, Ordering::Relaxed);
     }

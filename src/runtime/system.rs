@@ -1,33 +1,63 @@
-//! The real [`Effects`]: system calls and the shared scoreboard, for the
-//! ordering rules of [`crate::supervisor::driver`].
+//! The real [`Effects`]: the parent's side of the world (system calls, the shared
+//! scoreboard, the children's channels, the hooks, the logs and the service
+//! manager) that [`crate::supervisor::driver`] drives the machine against.
 
 use super::clock::Clock;
-use super::memory;
+use super::credentials::Credentials;
+use super::error::BoxError;
+use super::prefork::{Logs, Prefork};
 use super::scoreboard::Board;
 use super::signals::to_os_signal;
-use crate::supervisor::driver::Effects;
-use crate::{ChildSignal, ExitStatus, Pid, Scoreboard, Time};
+use super::{daemon, memory, netstat, systemd};
+use crate::supervisor::driver::{Effects, Spawn};
+use crate::{ChildSignal, Connection, ExitStatus, Hook, Level, Notify, Pid, Scoreboard, Time};
 use nix::sys::signal as nsig;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd;
 use std::collections::BTreeMap;
-use std::os::fd::OwnedFd;
+use std::os::fd::{OwnedFd, RawFd};
+use std::path::PathBuf;
+use std::time::SystemTime;
 
-/// The parent's view of the world while it drives the machine: borrowed from
-/// [`Parent`](super::parent::Parent)'s fields for one step.
-pub(super) struct System<'a> {
+/// Everything of the parent but the machine: what carrying out its actions needs.
+pub(super) struct System<T> {
+    pub(super) cfg: Prefork<T>,
+    pub(super) logger: slog::Logger,
     pub(super) board: Board,
     pub(super) clock: Clock,
-    pub(super) logger: &'a slog::Logger,
-    /// The parent's end of each live child's log channel, by pid.
-    pub(super) log_channels: &'a mut BTreeMap<i32, OwnedFd>,
-    /// The machine's generation, written to the scoreboard on every reading.
-    pub(super) generation: u64,
-    /// Read each child's memory with the scoreboard (`max_child_memory` is set).
-    pub(super) measure_memory: bool,
+    /// The parent's ends of its pipes, and its locks: a child closes them first.
+    pub(super) inherited: Vec<RawFd>,
+    /// The parent's end of each live child's log channel (by pid), where the
+    /// reopened logs are passed; closed when the child is reaped.
+    pub(super) log_channels: BTreeMap<i32, OwnedFd>,
+    pub(super) _wake_read: OwnedFd,
+    // Kept open for the daemon's life: children write wake-ups to it.
+    pub(super) _wake_write: OwnedFd,
+    /// The scoreboard file, locked for the parent's life (children close it).
+    pub(super) _board_file: Option<std::fs::File>,
+    /// What `after_init` returned, lent to every child.
+    pub(super) state: Option<T>,
+    pub(super) init_error: Option<BoxError>,
+    /// The watched files and what they looked like at the last check.
+    pub(super) baseline: Vec<(PathBuf, Option<SystemTime>)>,
+    pub(super) parent_pid: unistd::Pid,
+    pub(super) logs: Logs,
+    /// The service manager, when NOTIFY_SOCKET names one.
+    pub(super) notifier: Option<systemd::Notifier>,
+    /// The launcher waiting for the daemon to be up, when daemonized.
+    pub(super) reporter: Option<daemon::Reporter>,
+    /// Who the children run as.
+    pub(super) credentials: Option<Credentials>,
+    /// Notifications are failing: how many have, the first (logged) included
+    /// (STATUS and watchdog pings are not logged one by one).
+    pub(super) notify_failing: Option<u64>,
+    /// Daemonized: the service manager must be told the main pid changed.
+    pub(super) daemonized: bool,
+    /// The error of the forks failing in a row, and how many did.
+    pub(super) fork_failing: Option<(nix::errno::Errno, u32)>,
 }
 
-impl Effects for System<'_> {
+impl<T: 'static> Effects for System<T> {
     fn now(&self) -> Time {
         self.clock.now()
     }
@@ -54,10 +84,9 @@ impl Effects for System<'_> {
 
     fn read_scoreboard(&mut self, into: &mut Scoreboard) {
         self.board.clear_wake();
-        self.board.set_generation(self.generation);
         self.board
             .read_into(self.clock.origin_ns(), &mut into.slots);
-        if self.measure_memory {
+        if self.cfg.options.max_child_memory.is_some() {
             for s in into.slots.iter_mut().filter(|s| s.pid.0 > 0) {
                 s.memory = memory::rss_bytes(s.pid.0);
             }
@@ -89,5 +118,63 @@ impl Effects for System<'_> {
 
     fn busy_watch(&mut self) -> bool {
         self.board.arm_busy_watch()
+    }
+
+    fn fork(&mut self, spawn: Spawn) -> Option<Pid> {
+        self.fork_child(spawn)
+    }
+
+    fn run_hook(&mut self, hook: Hook) -> bool {
+        self.hook(hook)
+    }
+
+    fn reopen_logs(&mut self) {
+        let all = self.logs.all();
+        for log in &all {
+            // A daemon's stdout and stderr follow its error log.
+            match log.reopen() {
+                Ok(()) => slog::info!(self.logger, "reopened {}", log.path().display()),
+                // The old file stays in use: nothing is lost.
+                Err(e) => slog::error!(self.logger, "cannot reopen: {e}"),
+            }
+        }
+        // Before the USR1 that follows: a child finds them when it looks.
+        self.pass_logs(&all);
+    }
+
+    fn files_changed(&mut self) -> bool {
+        self.look_at_files()
+    }
+
+    fn connections(&mut self, children: &[Pid]) -> Vec<Connection> {
+        let pids: Vec<i32> = children.iter().map(|p| p.0).collect();
+        netstat::closed_connections(&pids)
+    }
+
+    fn notify(&mut self, n: Notify) {
+        if let (Some(notifier), true, Notify::Ready) = (&self.notifier, self.daemonized, &n) {
+            // After the double fork, the pid systemd started is gone.
+            let sent = notifier.mainpid(std::process::id());
+            self.notified("MAINPID", true, sent);
+        }
+        if let Some(notifier) = &self.notifier {
+            let sent = notifier.send(&n);
+            // STATUS and WATCHDOG are periodic; the others are state changes.
+            let (what, change) = match n {
+                Notify::Watchdog => ("WATCHDOG=1".to_string(), false),
+                Notify::Status { .. } => (format!("{n:?}"), false),
+                _ => (format!("{n:?}"), true),
+            };
+            self.notified(&what, change, sent);
+        }
+    }
+
+    fn log(&mut self, level: Level, message: String) {
+        match level {
+            Level::Error => slog::error!(self.logger, "{message}"),
+            Level::Warning => slog::warn!(self.logger, "{message}"),
+            Level::Info => slog::info!(self.logger, "{message}"),
+            Level::Debug => slog::debug!(self.logger, "{message}"),
+        }
     }
 }

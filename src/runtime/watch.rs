@@ -1,12 +1,14 @@
 //! File-change watching for `auto_reload_check_every`: the watched files'
 //! modification times against a baseline.
 
-use super::parent::Parent;
+use super::system::System;
 use std::path::Path;
 use std::time::SystemTime;
 
-impl<T: 'static> Parent<T> {
-    pub(super) fn files_changed(&mut self) -> bool {
+impl<T: 'static> System<T> {
+    /// Whether a watched file changed since the last look; the new state is the
+    /// baseline.
+    pub(super) fn look_at_files(&mut self) -> bool {
         let mut changed = false;
         for (path, seen) in &mut self.baseline {
             let now = mtime(path);

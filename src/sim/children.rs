@@ -102,7 +102,10 @@ impl Sim {
             let service = r.service;
             self.schedule(now + service, Ev::Finish(pid, req));
             let ticks = self.config.ticks;
-            if ticks.on_every_request
+            // The first busy child wakes a parent that asked (the busy watch).
+            let watched = std::mem::take(&mut self.watch_busy);
+            if watched
+                || ticks.on_every_request
                 || (ticks.on_saturation && !self.children.values().any(Child::is_idle))
             {
                 self.request_tick();
@@ -176,11 +179,7 @@ impl Sim {
             c.request_start = None;
             c.heartbeat = self.now;
         }
-        self.push_inbox(Inbox::Exited {
-            pid,
-            status,
-            read: false,
-        });
+        self.push_inbox(Inbox::Exited { pid, status });
     }
 
     pub(super) fn check_done(&mut self) {

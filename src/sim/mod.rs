@@ -2,24 +2,27 @@
 //! (or any configuration of the [`Machine`]) against a workload, with a fake clock
 //! and fake children.
 //!
-//! The simulator drives a real [`Machine`] the way the process runtime does, and
-//! plays everything else:
+//! The simulator drives a real [`Machine`] with the process runtime's own code: the
+//! same action dispatch and ordering rules (the crate's internal driver: exits
+//! reaped with the scoreboard read first, the stop flag before the first shutdown
+//! TERM, the busy watch), with the simulated world as the effects. It plays
+//! everything else:
 //!
 //! - **The parent** is single-threaded: it forks serially, each fork taking
 //!   [`SimConfig::fork_cost`], and handles nothing else while forking (events
 //!   wait in order). It reports each fork with [`Event::ChildSpawned`](crate::Event::ChildSpawned), runs hooks
 //!   at once (they succeed), and feeds [`Event::Timer`](crate::Event::Timer) at
-//!   [`Machine::poll_timeout`].
+//!   [`Machine::poll_timeout`]. Files never change and no client hangs up.
 //! - **Children** become ready [`SimConfig::boot_latency`] after their fork. A ready,
 //!   idle child takes the next request from the queue at once (the one idle the
 //!   longest first, as the kernel wakes blocked `accept` callers in order) and
 //!   holds it for its service time. TERM: the child finishes its request, if
 //!   any, then exits with code 0; KILL: it exits at once, and its request is
 //!   dropped. A child that reaches its request limit
-//!   ([`Action::Spawn`]'s `max_requests`) marks its slot retiring and exits.
+//!   ([`Action::Spawn`](crate::Action::Spawn)'s `max_requests`) marks its slot retiring and exits.
 //! - **The scoreboard**: the parent reads it only on the [`Ticks`] triggers: by
 //!   default when a child takes the last idle slot, when a child becomes ready,
-//!   when the machine's timeout fires and when a child exits, never on every
+//!   when the machine's timeout fires and (always) when a child exits, never on every
 //!   request (an idle parent sleeps). With [`SimConfig::report_backlog`] the
 //!   reading includes the queue length.
 //! - **The workload** ([`Workload`]) is replayed into a FIFO listen queue.
@@ -30,7 +33,7 @@
 //! scenario always give the same [`SimReport`].
 //!
 //! With [`SimConfig::check_invariants`], the oracle's invariants of every step are
-//! checked as the run goes ([`Monitor`]).
+//! checked as the run goes ([`Monitor`](crate::oracle::Monitor)).
 //!
 //! ```
 //! use preforkd::sim::{Sim, Workload};
@@ -69,8 +72,7 @@ pub use workload::{Request, Service, Workload};
 use children::{Child, Life};
 use parent::Inbox;
 
-use crate::oracle::Monitor;
-use crate::{Action, ChildSignal, Machine, Pid, Scoreboard, Signal, SlotReading, Time};
+use crate::{ChildSignal, Machine, Pid, Signal, Time};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
@@ -86,8 +88,6 @@ pub struct Ticks {
     pub on_ready: bool,
     /// The machine's [`poll_timeout`](Machine::poll_timeout) fired (true).
     pub on_timeout: bool,
-    /// A child exited, read before it is reaped (true).
-    pub on_exit: bool,
     /// Every request start and finish, like a parent polling continuously (false).
     pub on_every_request: bool,
     /// Also every this often, like Apache's one-second maintenance loop (none).
@@ -100,7 +100,6 @@ impl Default for Ticks {
             on_saturation: true,
             on_ready: true,
             on_timeout: true,
-            on_exit: true,
             on_every_request: false,
             every: None,
         }
@@ -128,7 +127,7 @@ pub struct SimConfig {
     /// is not done (one hour).
     pub time_limit: Time,
     /// Check the oracle's invariants of every step while running (the
-    /// [`Monitor`]'s: bounds, signals, pids, reloads, exit); the first one broken
+    /// [`Monitor`](crate::oracle::Monitor)'s: bounds, signals, pids, reloads, exit); the first one broken
     /// panics, naming it, like a failed assertion (false).
     pub check_invariants: bool,
 }
@@ -184,7 +183,14 @@ enum Ev {
 /// you inspect the supervisor with [`machine`](Sim::machine) and run on.
 #[derive(Debug)]
 pub struct Sim {
-    machine: Machine,
+    /// The machine and its driving state; lent out while the parent drives it.
+    core: Option<parent::Core>,
+    /// The parent's clock while it handles an item (forks advance it).
+    pc: Time,
+    /// Exits waiting to be reaped.
+    reaped: VecDeque<(Pid, crate::ExitStatus)>,
+    /// The machine awaits its first busy child: the next one wakes the parent.
+    watch_busy: bool,
     config: SimConfig,
     workload: Vec<Request>,
     next_arrival: usize,
@@ -203,11 +209,6 @@ pub struct Sim {
     timer_token: u64,
     stopped: bool,
     done_at: Option<Time>,
-    scoreboard: Scoreboard,
-    /// The machine's actions not carried out yet, in order.
-    actions: VecDeque<Action>,
-    /// With [`SimConfig::check_invariants`].
-    monitor: Option<Monitor>,
     /// Shared with the snapshots handed out, copied on write only while one is
     /// still held: a snapshot costs nothing to take.
     report: Arc<SimReport>,
@@ -236,10 +237,12 @@ impl Sim {
                 dropped: false,
             })
             .collect();
+        let driven = parent::Checked::new(machine, config.check_invariants);
         let mut sim = Sim {
-            monitor: config.check_invariants.then(|| Monitor::new(&machine)),
-            actions: VecDeque::new(),
-            machine,
+            core: Some(parent::Core::new(driven, slots)),
+            pc: Time::ZERO,
+            reaped: VecDeque::new(),
+            watch_busy: false,
             workload: workload.requests().to_vec(),
             next_arrival: 0,
             now: Time::ZERO,
@@ -257,10 +260,6 @@ impl Sim {
             timer_token: 0,
             stopped: false,
             done_at: None,
-            scoreboard: Scoreboard {
-                slots: vec![SlotReading::default(); slots],
-                backlog: None,
-            },
             report: Arc::new(SimReport {
                 requests,
                 ..SimReport::default()
@@ -363,7 +362,13 @@ impl Sim {
 
     /// The supervisor, to inspect its state, counts and generations.
     pub fn machine(&self) -> &Machine {
-        &self.machine
+        // Lent out only inside the simulated parent's turn, never across a call.
+        &self
+            .core
+            .as_ref()
+            .expect("the machine is back after each turn")
+            .driven
+            .machine
     }
 
     /// The configuration.

@@ -1,10 +1,16 @@
-//! The simulated parent: single-threaded, it handles its inbox in order, feeds
-//! the machine, and carries out its actions (forks take its time).
+//! The simulated parent: single-threaded, it handles its inbox in order and
+//! drives the machine through the runtime's own dispatch and ordering rules
+//! ([`driver`]), with the simulated world as the [`Effects`] (forks take its time).
 
 use super::children::Life;
 use super::{Ev, LogRecord, Sim};
-use crate::ChildSignal;
-use crate::{Action, Event, ExitStatus, Pid, Signal, SlotReading, SlotState, Time};
+use crate::oracle::Monitor;
+use crate::supervisor::driver::{self, Drive, Effects, Spawn};
+use crate::{
+    Action, ChildSignal, Connection, Event, ExitStatus, Hook, Level, Machine, Notify, Pid,
+    Scoreboard, Signal, SlotReading, SlotState, Time,
+};
+use std::collections::VecDeque;
 use std::time::Duration;
 
 /// What waits for the parent's attention, handled in order.
@@ -13,11 +19,10 @@ pub(super) enum Inbox {
     /// Carry out the machine's first actions.
     Start,
     Ready(Pid),
-    /// A child exited; `read` once the exit tick was done.
+    /// A child exited (reaped with the scoreboard read first, as the runtime does).
     Exited {
         pid: Pid,
         status: ExitStatus,
-        read: bool,
     },
     /// A standalone tick (deduplicated while queued).
     Tick,
@@ -28,6 +33,80 @@ pub(super) enum Inbox {
         read: bool,
     },
     Signal(Signal),
+}
+
+/// The machine, fed through the oracle's monitor when checking invariants.
+#[derive(Debug)]
+pub(super) struct Checked {
+    pub(super) machine: Machine,
+    pub(super) monitor: Option<Monitor>,
+    /// Actions the monitor has taken from the machine, not carried out yet.
+    actions: VecDeque<Action>,
+}
+
+impl Checked {
+    pub(super) fn new(machine: Machine, check: bool) -> Checked {
+        Checked {
+            monitor: check.then(|| Monitor::new(&machine)),
+            machine,
+            actions: VecDeque::new(),
+        }
+    }
+
+    /// Takes the actions a fresh machine holds before any event (`after_init`).
+    fn take_queued(&mut self, pc: Time) {
+        if let Some(monitor) = self.monitor.as_mut() {
+            match monitor.drain(&mut self.machine) {
+                Ok(actions) => self.actions.extend(actions),
+                Err(v) => panic!("invariant broken at {pc} (simulated time): {v}"),
+            }
+        }
+    }
+}
+
+impl Drive for Checked {
+    fn machine(&self) -> &Machine {
+        &self.machine
+    }
+
+    fn handle(&mut self, now: Time, event: Event<'_>) {
+        match self.monitor.as_mut() {
+            Some(monitor) => match monitor.handle(&mut self.machine, now, event) {
+                Ok(actions) => self.actions.extend(actions),
+                Err(v) => panic!("invariant broken at {now} (simulated time): {v}"),
+            },
+            None => self.machine.handle(now, event),
+        }
+    }
+
+    fn next_action(&mut self) -> Option<Action> {
+        // Without a monitor the actions stay in the machine's own queue.
+        self.actions
+            .pop_front()
+            .or_else(|| self.machine.poll_action())
+    }
+}
+
+/// What the simulated parent drives: the machine, its last reading, and whether
+/// the stop flag is set.
+#[derive(Debug)]
+pub(super) struct Core {
+    pub(super) driven: Checked,
+    pub(super) reading: Scoreboard,
+    marked: bool,
+}
+
+impl Core {
+    pub(super) fn new(driven: Checked, slots: usize) -> Core {
+        Core {
+            driven,
+            reading: Scoreboard {
+                slots: vec![SlotReading::default(); slots],
+                backlog: None,
+            },
+            marked: false,
+        }
+    }
 }
 
 impl Sim {
@@ -62,84 +141,151 @@ impl Sim {
         }
         self.rep().wakeups += 1;
         while let Some(item) = self.inbox.pop_front() {
-            let mut pc = self.now;
-            self.parent_handle(item, &mut pc);
-            self.parent_free_at = pc;
+            self.pc = self.now;
+            self.parent_handle(item);
+            self.parent_free_at = self.pc;
             if self.stopped {
                 self.inbox.clear();
                 break;
             }
-            if pc > self.now {
+            if self.pc > self.now {
                 if !self.inbox.is_empty() {
                     self.wake_scheduled = true;
-                    self.schedule(pc, Ev::ParentWake);
+                    self.schedule(self.pc, Ev::ParentWake);
                 }
                 break;
+            }
+        }
+        // About to sleep: a busy child the machine has not seen is read now (see
+        // `driver::busy_unseen`), once.
+        if !self.stopped && self.inbox.is_empty() && self.pc <= self.now {
+            let unseen = self.with_core(|c, sim| driver::busy_unseen(c.driven.machine(), sim));
+            if unseen {
+                self.tick();
+                self.parent_free_at = self.pc;
             }
         }
         self.update_timer();
     }
 
-    fn parent_handle(&mut self, item: Inbox, pc: &mut Time) {
+    /// Lends the machine to `f` beside the rest of the simulation, which is the
+    /// driver's [`Effects`].
+    fn with_core<R>(&mut self, f: impl FnOnce(&mut Core, &mut Sim) -> R) -> R {
+        let mut core = self
+            .core
+            .take()
+            .expect("the simulated parent is not re-entered");
+        let r = f(&mut core, self);
+        self.core = Some(core);
+        r
+    }
+
+    /// Hands `event` to the machine and carries out what follows.
+    fn feed(&mut self, event: Event<'_>) {
+        self.with_core(|c, sim| {
+            let pc = sim.pc;
+            c.driven.handle(pc, event);
+            sim.carry_out(c);
+        });
+    }
+
+    /// Carries out the machine's actions, through the runtime's own dispatch.
+    fn carry_out(&mut self, c: &mut Core) {
+        if let Some(code) = driver::carry_out(&mut c.driven, self, &mut c.marked) {
+            let pc = self.pc;
+            self.rep().exit = Some((pc, code));
+            self.stopped = true;
+        }
+    }
+
+    fn parent_handle(&mut self, item: Inbox) {
         let ticks = self.config.ticks;
         match item {
-            Inbox::Start => {
-                self.take_queued(*pc);
-                self.drain(pc);
-            }
+            Inbox::Start => self.with_core(|c, sim| {
+                c.driven.take_queued(sim.pc);
+                sim.carry_out(c);
+            }),
             Inbox::Ready(pid) => {
-                self.feed(*pc, Event::ChildReady { pid });
-                self.drain(pc);
+                self.feed(Event::ChildReady { pid });
                 if ticks.on_ready {
                     self.inbox.push_front(Inbox::FollowTick);
                 }
             }
-            Inbox::Exited { pid, status, read } => {
-                if ticks.on_exit && !read {
-                    self.tick(pc);
-                    self.inbox.push_front(Inbox::Exited {
-                        pid,
-                        status,
-                        read: true,
-                    });
-                } else {
-                    if let Some(c) = self.children.remove(&pid) {
-                        if let Some(owner) = self.slot_owner.get_mut(c.slot) {
-                            if *owner == Some(pid) {
-                                *owner = None;
-                            }
-                        }
-                    }
-                    self.rep().exits += 1;
-                    self.feed(*pc, Event::ChildExited { pid, status });
-                    self.drain(pc);
-                }
+            Inbox::Exited { pid, status } => {
+                self.reaped.push_back((pid, status));
+                self.with_core(|c, sim| {
+                    driver::reap(&mut c.driven, sim, &mut c.reading);
+                    sim.carry_out(c);
+                });
             }
-            Inbox::Tick | Inbox::FollowTick => self.tick(pc),
+            Inbox::Tick | Inbox::FollowTick => self.tick(),
             Inbox::Timer { read } => {
                 if ticks.on_timeout && !read {
-                    self.tick(pc);
+                    self.tick();
                     self.inbox.push_front(Inbox::Timer { read: true });
                 } else {
-                    self.feed(*pc, Event::Timer);
-                    self.drain(pc);
+                    self.feed(Event::Timer);
                 }
             }
-            Inbox::Signal(signal) => {
-                self.feed(*pc, Event::Signal(signal));
-                self.drain(pc);
-            }
+            Inbox::Signal(signal) => self.feed(Event::Signal(signal)),
         }
     }
 
-    /// Reads the scoreboard into the machine. Any standalone tick still queued is
-    /// dropped: this reading is at least as fresh.
-    fn tick(&mut self, pc: &mut Time) {
+    /// Reads the scoreboard into the machine and carries out what follows.
+    fn tick(&mut self) {
+        self.with_core(|c, sim| {
+            driver::tick(&mut c.driven, sim, &mut c.reading);
+            sim.carry_out(c);
+        });
+    }
+
+    /// Schedules the machine's deadline, if it moved.
+    fn update_timer(&mut self) {
+        let want = match (&self.core, self.stopped) {
+            (Some(c), false) => c.driven.machine.poll_timeout(),
+            _ => None,
+        };
+        if want == self.timer {
+            return;
+        }
+        self.timer_token += 1;
+        self.timer = want;
+        if let Some(t) = want {
+            // A deadline not after the machine's clock would spin: nudge it.
+            let floor = self.parent_free_at.max(self.now);
+            let at = if t <= floor {
+                floor + Duration::from_micros(1)
+            } else {
+                t
+            };
+            self.schedule(at, Ev::TimerFire(self.timer_token));
+        }
+    }
+}
+
+/// The simulated world, as the driver sees it: time is the parent's clock, forks
+/// cost it [`fork_cost`](super::SimConfig::fork_cost), signals reach the children
+/// on the timeline, hooks succeed, files never change and no client hangs up.
+impl Effects for Sim {
+    // The machine's time is the parent's clock (behind by its forks), not the
+    // world's `now`.
+    #[allow(clippy::misnamed_getters)]
+    fn now(&self) -> Time {
+        self.pc
+    }
+
+    fn try_reap(&mut self) -> Option<(Pid, ExitStatus)> {
+        self.reaped.pop_front()
+    }
+
+    /// Any standalone tick still queued is dropped: this reading is at least as
+    /// fresh.
+    fn read_scoreboard(&mut self, into: &mut Scoreboard) {
         if self.tick_queued {
             self.tick_queued = false;
             self.inbox.retain(|i| *i != Inbox::Tick);
         }
-        for (reading, owner) in self.scoreboard.slots.iter_mut().zip(&self.slot_owner) {
+        for (reading, owner) in into.slots.iter_mut().zip(&self.slot_owner) {
             *reading = match owner.and_then(|pid| self.children.get(&pid).map(|c| (pid, c))) {
                 None => SlotReading::default(),
                 Some((pid, c)) => SlotReading {
@@ -158,119 +304,78 @@ impl Sim {
                 },
             };
         }
-        self.scoreboard.backlog = self.config.report_backlog.then_some(self.queue.len());
+        into.backlog = self.config.report_backlog.then_some(self.queue.len());
         self.rep().ticks += 1;
-        let board = std::mem::take(&mut self.scoreboard);
-        self.feed(*pc, Event::Scoreboard(&board));
-        self.scoreboard = board;
-        self.drain(pc);
     }
 
-    /// Hands `event` to the machine at `pc` (through the monitor when checking);
-    /// its actions queue up for [`drain`](Sim::drain), behind those still waiting.
-    fn feed(&mut self, pc: Time, event: Event<'_>) {
-        match self.monitor.as_mut() {
-            Some(monitor) => match monitor.handle(&mut self.machine, pc, event) {
-                Ok(actions) => self.actions.extend(actions),
-                Err(v) => panic!("invariant broken at {pc} (simulated time): {v}"),
-            },
-            None => {
-                self.machine.handle(pc, event);
-                self.actions
-                    .extend(std::iter::from_fn(|| self.machine.poll_action()));
+    fn release(&mut self, pid: Pid) {
+        if let Some(c) = self.children.remove(&pid) {
+            if let Some(owner) = self.slot_owner.get_mut(c.slot) {
+                if *owner == Some(pid) {
+                    *owner = None;
+                }
             }
         }
+        self.rep().exits += 1;
     }
 
-    /// Queues the actions a fresh machine holds before any event (`after_init`).
-    fn take_queued(&mut self, pc: Time) {
-        match self.monitor.as_mut() {
-            Some(monitor) => match monitor.drain(&mut self.machine) {
-                Ok(actions) => self.actions.extend(actions),
-                Err(v) => panic!("invariant broken at {pc} (simulated time): {v}"),
+    fn signal(&mut self, pid: Pid, signal: ChildSignal, _alone: bool) {
+        match signal {
+            ChildSignal::Term => self.rep().retirements += 1,
+            ChildSignal::Kill => self.rep().kills += 1,
+            ChildSignal::Usr1 => {}
+        }
+        let pc = self.pc;
+        self.schedule(pc, Ev::ToChild(pid, signal));
+    }
+
+    // Simulated children take requests from the queue whatever the flag says.
+    fn mark_stopping(&mut self) {}
+
+    fn busy_watch(&mut self) -> bool {
+        self.watch_busy = true;
+        self.children
+            .values()
+            .any(|c| c.life == Life::Ready && c.current.is_some())
+    }
+
+    fn fork(&mut self, spawn: Spawn) -> Option<Pid> {
+        self.pc += self.config.fork_cost;
+        let pid = Pid(self.next_pid);
+        self.next_pid += 1;
+        self.rep().spawns += 1;
+        let pc = self.pc;
+        self.schedule(
+            pc,
+            Ev::Forked {
+                slot: spawn.slot,
+                pid,
+                max_requests: spawn.max_requests,
             },
-            None => self
-                .actions
-                .extend(std::iter::from_fn(|| self.machine.poll_action())),
-        }
+        );
+        Some(pid)
     }
 
-    /// Carries out the machine's actions; forks advance the parent's clock `pc`.
-    fn drain(&mut self, pc: &mut Time) {
-        while let Some(action) = self.actions.pop_front() {
-            match action {
-                Action::Spawn {
-                    slot, max_requests, ..
-                } => {
-                    *pc += self.config.fork_cost;
-                    let pid = Pid(self.next_pid);
-                    self.next_pid += 1;
-                    self.rep().spawns += 1;
-                    self.schedule(
-                        *pc,
-                        Ev::Forked {
-                            slot,
-                            pid,
-                            max_requests,
-                        },
-                    );
-                    self.feed(*pc, Event::ChildSpawned { slot, pid });
-                }
-                Action::Signal { pid, signal, .. } => {
-                    match signal {
-                        ChildSignal::Term => self.rep().retirements += 1,
-                        ChildSignal::Kill => self.rep().kills += 1,
-                        ChildSignal::Usr1 => {}
-                    }
-                    self.schedule(*pc, Ev::ToChild(pid, signal));
-                }
-                Action::RunHook(hook) => {
-                    let hook = hook.kind();
-                    self.feed(*pc, Event::HookFinished { hook, ok: true });
-                }
-                Action::Log { level, message } => {
-                    if self.config.keep_logs {
-                        self.rep().logs.push(LogRecord {
-                            at: *pc,
-                            level,
-                            message,
-                        });
-                    }
-                }
-                Action::Exit { code } => {
-                    self.rep().exit = Some((*pc, code));
-                    self.stopped = true;
-                }
-                // No simulated client hangs up: nothing to report for a disconnect check.
-                Action::ReopenLogs
-                | Action::CheckForChanges
-                | Action::CheckDisconnects
-                | Action::Notify(_) => {}
-            }
-        }
+    fn run_hook(&mut self, _hook: Hook) -> bool {
+        true
     }
 
-    /// Schedules the machine's deadline, if it moved.
-    fn update_timer(&mut self) {
-        let want = if self.stopped {
-            None
-        } else {
-            self.machine.poll_timeout()
-        };
-        if want == self.timer {
-            return;
-        }
-        self.timer_token += 1;
-        self.timer = want;
-        if let Some(t) = want {
-            // A deadline not after the machine's clock would spin: nudge it.
-            let floor = self.parent_free_at.max(self.now);
-            let at = if t <= floor {
-                floor + Duration::from_micros(1)
-            } else {
-                t
-            };
-            self.schedule(at, Ev::TimerFire(self.timer_token));
+    fn reopen_logs(&mut self) {}
+
+    fn files_changed(&mut self) -> bool {
+        false
+    }
+
+    fn connections(&mut self, _children: &[Pid]) -> Vec<Connection> {
+        Vec::new()
+    }
+
+    fn notify(&mut self, _notify: Notify) {}
+
+    fn log(&mut self, level: Level, message: String) {
+        if self.config.keep_logs {
+            let at = self.pc;
+            self.rep().logs.push(LogRecord { at, level, message });
         }
     }
 }

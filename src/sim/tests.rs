@@ -115,10 +115,13 @@ fn checked() -> SimConfig {
 fn a_checked_run_panics_at_a_broken_invariant() {
     let mut sim = Sim::with_config(machine(3), Workload::empty(), checked());
     sim.run_until(Time::from_millis(10));
-    let pid = sim.machine.pids().next().unwrap();
+    let pid = sim.machine().pids().next().unwrap();
     let status = ExitStatus::Exited(0);
-    sim.machine
-        .handle(sim.now, Event::ChildExited { pid, status });
+    let now = sim.now;
+    let core = sim.core.as_mut().unwrap();
+    core.driven
+        .machine
+        .handle(now, Event::ChildExited { pid, status });
     sim.signal_at(Time::from_millis(20), Signal::Hup);
     sim.run_until(Time::from_millis(30));
 }

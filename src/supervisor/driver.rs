@@ -1,8 +1,14 @@
-//! How a runtime drives the [`Machine`]: the ordering rules between the outside
-//! world's effects and the events fed back, written once over a small trait
-//! ([`Effects`]) so the process runtime, the simulator and unit tests with a fake
-//! follow the same rules (the way tokio's process reaper is generic over small
-//! traits).
+//! How a runtime drives the [`Machine`]: carrying out its actions and the
+//! ordering rules between the outside world's effects and the events fed back,
+//! written once over two small traits so the process runtime, the simulator and
+//! unit tests with a fake share them (the way tokio's process reaper is generic
+//! over small traits): [`Effects`], what the world does (fork, signal, reap, read
+//! the scoreboard, run a hook...), and [`Drive`], the machine being fed (the
+//! simulator's passes every step through the oracle's monitor).
+//!
+//! [`carry_out`] is the one action dispatch: a fork answered with
+//! `ChildSpawned` or `SpawnFailed`, a hook with `HookFinished`, a check for
+//! changes with `FilesChanged`, a disconnect check with `Netstat`.
 //!
 //! The rules:
 //! - **Reaping reads the scoreboard first.** Exits are collected, then the
@@ -22,14 +28,51 @@
 //!   busy to wake it, and reads the scoreboard before sleeping if a slot already
 //!   shows one ([`busy_unseen`]). An idle pool is never scanned.
 
-use super::action::{ChildSignal, SignalReason};
-use super::event::{Event, ExitStatus, Scoreboard};
+use super::action::{Action, ChildSignal, Hook, Level, Notify, SignalReason};
+use super::event::{Connection, Event, ExitStatus, Scoreboard};
 use super::machine::Machine;
 use super::transitions::State;
 use crate::policy::{Pid, Time};
 
-/// The effects a runtime performs for the machine, in the small: what the
-/// ordering rules of the [module](self) are about.
+/// The machine as a runtime feeds it: [`Machine`] itself, or a machine behind a
+/// checker that sees every step.
+pub trait Drive {
+    /// The machine, to read.
+    fn machine(&self) -> &Machine;
+    /// Feeds `event` at `now`.
+    fn handle(&mut self, now: Time, event: Event<'_>);
+    /// The next action to carry out, if any.
+    fn next_action(&mut self) -> Option<Action>;
+}
+
+impl Drive for Machine {
+    fn machine(&self) -> &Machine {
+        self
+    }
+    fn handle(&mut self, now: Time, event: Event<'_>) {
+        Machine::handle(self, now, event);
+    }
+    fn next_action(&mut self) -> Option<Action> {
+        self.poll_action()
+    }
+}
+
+/// A child to fork, as [`Action::Spawn`] asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Spawn {
+    /// Its scoreboard slot.
+    pub slot: usize,
+    /// Its generation.
+    pub generation: u64,
+    /// Its request limit, jitter applied.
+    pub max_requests: Option<u64>,
+    /// A crash streak is on, its reason logged already: the child logs a failure
+    /// of its own at debug level only.
+    pub quiet_failure: bool,
+}
+
+/// The effects a runtime performs for the machine: one per kind of action, and
+/// the few the ordering rules of the [module](self) are about.
 pub trait Effects {
     /// The machine's time now.
     fn now(&self) -> Time;
@@ -47,18 +90,92 @@ pub trait Effects {
     /// that got busy since the last reading); when none does, asks the first
     /// child that gets busy to wake the parent.
     fn busy_watch(&mut self) -> bool;
+    /// Forks a child; its pid, or `None` when the fork (or what it needs) failed,
+    /// said in the log.
+    fn fork(&mut self, spawn: Spawn) -> Option<Pid>;
+    /// Runs `hook`; whether it succeeded (only `after_init`'s answer matters to
+    /// the machine).
+    fn run_hook(&mut self, hook: Hook) -> bool;
+    /// Reopens the log files (children get theirs with the USR1 that follows).
+    fn reopen_logs(&mut self);
+    /// Whether a watched file changed since the last look.
+    fn files_changed(&mut self) -> bool;
+    /// The connections of these children that the disconnect policy may want to
+    /// hear of.
+    fn connections(&mut self, children: &[Pid]) -> Vec<Connection>;
+    /// Tells the service manager.
+    fn notify(&mut self, notify: Notify);
+    /// Writes a line of the machine's to the log.
+    fn log(&mut self, level: Level, message: String);
+}
+
+/// Carries out every pending action in order, feeding back what each one answers
+/// (see the module docs), the stop flag set before any action once shutting down
+/// (`marked`: whether it has been). `Some(code)` once the machine exits.
+pub fn carry_out(d: &mut impl Drive, fx: &mut impl Effects, marked: &mut bool) -> Option<i32> {
+    while let Some(action) = d.next_action() {
+        before_action(d.machine(), fx, marked);
+        match action {
+            Action::Spawn {
+                slot,
+                generation,
+                max_requests,
+            } => {
+                let spawn = Spawn {
+                    slot,
+                    generation,
+                    max_requests,
+                    quiet_failure: d.machine().crash_streak() > 0,
+                };
+                let event = match fx.fork(spawn) {
+                    Some(pid) => Event::ChildSpawned { slot, pid },
+                    None => Event::SpawnFailed { slot },
+                };
+                let now = fx.now();
+                d.handle(now, event);
+            }
+            Action::Signal {
+                pid,
+                signal,
+                reason,
+            } => send_signal(fx, pid, signal, reason),
+            Action::RunHook(hook) => {
+                let kind = hook.kind();
+                let ok = fx.run_hook(hook);
+                let now = fx.now();
+                d.handle(now, Event::HookFinished { hook: kind, ok });
+            }
+            Action::ReopenLogs => fx.reopen_logs(),
+            Action::CheckForChanges => {
+                if fx.files_changed() {
+                    let now = fx.now();
+                    d.handle(now, Event::FilesChanged);
+                }
+            }
+            Action::CheckDisconnects => {
+                let children: Vec<Pid> = d.machine().pids().collect();
+                let conns = fx.connections(&children);
+                let now = fx.now();
+                d.handle(now, Event::Netstat(&conns));
+            }
+            Action::Notify(n) => fx.notify(n),
+            Action::Log { level, message } => fx.log(level, message),
+            Action::Exit { code } => return Some(code),
+        }
+    }
+    None
 }
 
 /// Reads the scoreboard and feeds it to the machine.
-pub fn tick(machine: &mut Machine, fx: &mut impl Effects, reading: &mut Scoreboard) {
+pub fn tick(d: &mut impl Drive, fx: &mut impl Effects, reading: &mut Scoreboard) {
     fx.read_scoreboard(reading);
     let now = fx.now();
-    machine.handle(now, Event::Scoreboard(reading));
+    d.handle(now, Event::Scoreboard(reading));
 }
 
 /// Reaps every child that has exited (SIGCHLD coalesces) and reports the exits,
 /// the scoreboard read first (see the module docs). Returns how many were reaped.
-pub fn reap(machine: &mut Machine, fx: &mut impl Effects, reading: &mut Scoreboard) -> usize {
+pub fn reap(d: &mut impl Drive, fx: &mut impl Effects, reading: &mut Scoreboard) -> usize {
     let mut reaped = Vec::new();
     while let Some(exit) = fx.try_reap() {
         reaped.push(exit);
@@ -66,11 +183,11 @@ pub fn reap(machine: &mut Machine, fx: &mut impl Effects, reading: &mut Scoreboa
     if reaped.is_empty() {
         return 0;
     }
-    tick(machine, fx, reading);
+    tick(d, fx, reading);
     for &(pid, status) in &reaped {
         fx.release(pid);
         let now = fx.now();
-        machine.handle(now, Event::ChildExited { pid, status });
+        d.handle(now, Event::ChildExited { pid, status });
     }
     reaped.len()
 }
@@ -121,6 +238,11 @@ mod tests {
         log: Vec<String>,
         stopping: bool,
         busy_slot: bool,
+        /// The next pid a fork gives; `None`: forks fail.
+        next_pid: Option<i32>,
+        /// What `after_init` answers.
+        init_fails: bool,
+        changed: bool,
     }
 
     impl Effects for Fake {
@@ -161,6 +283,38 @@ mod tests {
         fn busy_watch(&mut self) -> bool {
             self.log.push("busy watch".into());
             self.busy_slot
+        }
+        fn fork(&mut self, spawn: Spawn) -> Option<Pid> {
+            let quiet = if spawn.quiet_failure { " quiet" } else { "" };
+            let Some(pid) = self.next_pid.as_mut() else {
+                self.log.push(format!("fork {} failed{quiet}", spawn.slot));
+                return None;
+            };
+            *pid += 1;
+            self.log
+                .push(format!("fork {} as {}{quiet}", spawn.slot, *pid - 1));
+            Some(Pid(*pid - 1))
+        }
+        fn run_hook(&mut self, hook: Hook) -> bool {
+            self.log.push(format!("hook {:?}", hook.kind()));
+            !(hook == Hook::AfterInit && self.init_fails)
+        }
+        fn reopen_logs(&mut self) {
+            self.log.push("reopen".into());
+        }
+        fn files_changed(&mut self) -> bool {
+            self.log.push("look at files".into());
+            std::mem::take(&mut self.changed)
+        }
+        fn connections(&mut self, children: &[Pid]) -> Vec<Connection> {
+            self.log.push(format!("connections of {}", children.len()));
+            Vec::new()
+        }
+        fn notify(&mut self, notify: Notify) {
+            self.log.push(format!("notify {notify:?}"));
+        }
+        fn log(&mut self, level: Level, message: String) {
+            self.log.push(format!("log {level:?}: {message}"));
         }
     }
 
@@ -215,24 +369,6 @@ mod tests {
         (m, fx)
     }
 
-    /// Carries out the machine's actions as a runtime would, signals through the
-    /// fake; returns the other actions.
-    fn carry_out(m: &mut Machine, fx: &mut Fake, marked: &mut bool) -> Vec<Action> {
-        let mut rest = Vec::new();
-        while let Some(a) = m.poll_action() {
-            before_action(m, fx, marked);
-            match a {
-                Action::Signal {
-                    pid,
-                    signal,
-                    reason,
-                } => send_signal(fx, pid, signal, reason),
-                other => rest.push(other),
-            }
-        }
-        rest
-    }
-
     #[test]
     fn a_child_that_left_by_itself_is_read_before_its_exit_and_is_no_crash() {
         let (mut m, mut fx) = serving(2);
@@ -271,7 +407,7 @@ mod tests {
         carry_out(&mut m, &mut fx, &mut marked);
         assert!(fx.log.is_empty(), "{:?}", fx.log);
         m.handle(fx.now, Event::Signal(Signal::Term));
-        let rest = carry_out(&mut m, &mut fx, &mut marked);
+        assert_eq!(carry_out(&mut m, &mut fx, &mut marked), None);
         assert_eq!(
             fx.log.first().map(String::as_str),
             Some("stopping"),
@@ -288,9 +424,7 @@ mod tests {
             fx.log
         );
         assert_eq!(fx.log.iter().filter(|l| *l == "stopping").count(), 1);
-        assert!(rest
-            .iter()
-            .all(|a| !matches!(a, Action::RunHook(Hook::AfterInit))));
+        assert!(!fx.log.iter().any(|l| l == "hook AfterInit"));
     }
 
     #[test]
@@ -323,9 +457,12 @@ mod tests {
             };
             fx.now = t.max(fx.now);
             m.handle(fx.now, Event::Timer);
-            looks += carry_out(m, fx, marked)
+            fx.log.clear();
+            carry_out(m, fx, marked);
+            looks += fx
+                .log
                 .iter()
-                .filter(|a| matches!(a, Action::CheckDisconnects))
+                .filter(|l| l.starts_with("connections"))
                 .count();
         }
         panic!("the machine's timers never got past {end:?}");
@@ -340,6 +477,7 @@ mod tests {
         assert!(!busy_unseen(&m, &mut fx));
         assert_eq!(fx.log, ["busy watch"]);
         assert_eq!(idle_looks(&mut m, &mut fx, &mut marked), 0);
+        fx.log.clear();
         // Child 101 got busy before the watch was armed: its slot shows it, so
         // the scoreboard must be read before sleeping.
         fx.busy_slot = true;
@@ -355,8 +493,12 @@ mod tests {
         assert!(m.poll_timeout().is_some_and(|t| t <= at));
         fx.now = at;
         m.handle(fx.now, Event::Timer);
-        let rest = carry_out(&mut m, &mut fx, &mut marked);
-        assert!(rest.iter().any(|a| matches!(a, Action::CheckDisconnects)));
+        carry_out(&mut m, &mut fx, &mut marked);
+        assert!(
+            fx.log.iter().any(|l| l == "connections of 2"),
+            "{:?}",
+            fx.log
+        );
         // Idle again: no look, and the watch is armed again.
         fx.busy_slot = false;
         fx.slots[1].state = SlotState::Idle;
@@ -370,5 +512,95 @@ mod tests {
         let (m, mut fx) = serving(2);
         assert!(!busy_unseen(&m, &mut fx));
         assert!(fx.log.is_empty(), "{:?}", fx.log);
+    }
+
+    #[test]
+    fn every_action_is_answered_with_its_event() {
+        // after_init runs as a hook and its answer starts the pool; each fork is
+        // answered with its pid.
+        let opts = Options {
+            prefork: 2,
+            max_children: 3,
+            ..Options::default()
+        };
+        let mut m = Machine::new(opts.clone()).unwrap();
+        let mut fx = Fake {
+            next_pid: Some(200),
+            ..Fake::default()
+        };
+        let mut marked = false;
+        assert_eq!(carry_out(&mut m, &mut fx, &mut marked), None);
+        assert_eq!(fx.log[0], "hook AfterInit");
+        assert_eq!(
+            fx.log
+                .iter()
+                .filter(|l| l.starts_with("fork"))
+                .collect::<Vec<_>>(),
+            ["fork 0 as 200", "fork 1 as 201"]
+        );
+        assert_eq!(m.pids().collect::<Vec<_>>(), [Pid(200), Pid(201)]);
+        // A failing after_init: no fork, and the machine exits with 1.
+        let mut m = Machine::new(opts.clone()).unwrap();
+        let mut fx = Fake {
+            init_fails: true,
+            ..Fake::default()
+        };
+        assert_eq!(carry_out(&mut m, &mut fx, &mut marked), Some(1));
+        assert!(
+            !fx.log.iter().any(|l| l.starts_with("fork")),
+            "{:?}",
+            fx.log
+        );
+    }
+
+    #[test]
+    fn a_failed_fork_is_a_crash_and_later_forks_are_told_to_be_quiet() {
+        let opts = Options {
+            prefork: 1,
+            max_children: 2,
+            ..Options::default()
+        };
+        let mut m = Machine::new(opts).unwrap();
+        let mut fx = Fake::default(); // forks fail
+        let mut marked = false;
+        carry_out(&mut m, &mut fx, &mut marked);
+        assert!(fx.log.iter().any(|l| l == "fork 0 failed"), "{:?}", fx.log);
+        assert_eq!(m.crash_streak(), 1, "answered with SpawnFailed");
+        // The retry after the backoff: the streak's reason is logged already.
+        fx.next_pid = Some(300);
+        fx.now = m.poll_timeout().expect("the backoff's end");
+        fx.log.clear();
+        m.handle(fx.now, Event::Timer);
+        carry_out(&mut m, &mut fx, &mut marked);
+        assert!(
+            fx.log.iter().any(|l| l == "fork 0 as 300 quiet"),
+            "{:?}",
+            fx.log
+        );
+    }
+
+    #[test]
+    fn a_changed_file_is_answered_and_the_machine_reloads() {
+        let opts = Options {
+            prefork: 1,
+            max_children: 3,
+            auto_reload_check_every: Some(std::time::Duration::from_secs(1)),
+            ..Options::default()
+        };
+        let (mut m, mut fx) = serving_with(1, |_| Machine::builder(opts));
+        let mut marked = false;
+        fx.next_pid = Some(400);
+        fx.changed = true;
+        fx.now = m.poll_timeout().expect("the check's time");
+        m.handle(fx.now, Event::Timer);
+        carry_out(&mut m, &mut fx, &mut marked);
+        let at = |what: &str| fx.log.iter().position(|l| l.starts_with(what));
+        let (look, handler, fork) = (at("look at files"), at("hook ReloadHandler"), at("fork"));
+        assert!(
+            look.is_some() && look < handler && handler < fork,
+            "{:?}",
+            fx.log
+        );
+        assert_eq!(m.state(), State::Reloading);
     }
 }
