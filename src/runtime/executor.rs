@@ -45,7 +45,7 @@ impl<T: 'static> System<T> {
     }
 
     /// Passes the current log descriptors to every live child (see
-    /// [`Prefork::user`]); a child that cannot get them keeps its files.
+    /// [`Prefork::user`](crate::Prefork::user)); a child that cannot get them keeps its files.
     pub(super) fn pass_logs(&self, all: &[Arc<LogFile>]) {
         let mut failed = 0;
         let mut last = None;

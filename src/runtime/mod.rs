@@ -4,7 +4,7 @@
 //! One main thread waits (crossbeam `select!`) on three channels: signals (a
 //! signal-hook thread forwards them), wake-ups from the children (a thread reads
 //! the wake-up pipe they write when the pool saturates or a child becomes ready),
-//! and a timer set to the machine's next deadline. With no deadline it sleeps until
+//! and a timer set to the machine's next wake-up time. With none due it sleeps until
 //! something happens: an idle pool costs the parent no wake-up.
 //!
 //! ```no_run

@@ -201,7 +201,7 @@ pub fn before_action(machine: &Machine, fx: &mut impl Effects, marked: &mut bool
     }
 }
 
-/// Carries out an [`Action::Signal`](super::action::Action::Signal): `signal` to `pid` for `reason`, a lone
+/// Carries out an [`Action::Signal`]: `signal` to `pid` for `reason`, a lone
 /// TERM marked first (see the module docs).
 pub fn send_signal(fx: &mut impl Effects, pid: Pid, signal: ChildSignal, reason: SignalReason) {
     let alone = signal == ChildSignal::Term

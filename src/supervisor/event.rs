@@ -195,6 +195,6 @@ pub enum Event<'a> {
     /// The periodic check (after [`Action::CheckForChanges`](crate::Action::CheckForChanges))
     /// found the code or configuration changed on disk.
     FilesChanged,
-    /// Nothing happened; the deadline from `poll_timeout` passed.
+    /// Nothing happened; the wake-up time from `poll_timeout` has come.
     Timer,
 }
