@@ -97,13 +97,13 @@ fn main() -> Result<(), preforkd::ConfigError> {
         (
             "apache_like",
             Machine::builder(opts.clone())
-                .scaling(ApacheLike::default())
+                .scaling_policy(ApacheLike::default())
                 .build()?,
         ),
         (
             "spare_backlog",
             Machine::builder(opts)
-                .scaling(SpareBacklog {
+                .scaling_policy(SpareBacklog {
                     spare: 4,
                     cap: 120,
                     cooldown: Duration::from_millis(500),

@@ -47,7 +47,10 @@ fn model_test() {
         ..Options::default()
     };
     let policy = TwentyPercentSpare::default();
-    let machine = Machine::builder(opts).scaling(policy).build().unwrap();
+    let machine = Machine::builder(opts)
+        .scaling_policy(policy)
+        .build()
+        .unwrap();
     let burst = Workload::burst(50, Time::from_secs(1), Duration::from_millis(500));
     let checked = SimConfig {
         check_invariants: true,

@@ -44,8 +44,8 @@ impl Plug for ScalingChoice {
     fn plug(&self, b: MachineBuilder) -> MachineBuilder {
         match self {
             ScalingChoice::Elastic => b,
-            ScalingChoice::ApacheLike(c) => b.scaling(ApacheLike::new(*c).unwrap()),
-            ScalingChoice::Fixed(n) => b.scaling(Fixed(*n)),
+            ScalingChoice::ApacheLike(c) => b.scaling_policy(ApacheLike::new(*c).unwrap()),
+            ScalingChoice::Fixed(n) => b.scaling_policy(Fixed(*n)),
         }
     }
 }
@@ -56,7 +56,7 @@ struct Custom<P>(P);
 
 impl<P: ScalingPolicy + Clone + 'static> Plug for Custom<P> {
     fn plug(&self, b: MachineBuilder) -> MachineBuilder {
-        b.scaling(self.0.clone())
+        b.scaling_policy(self.0.clone())
     }
 }
 

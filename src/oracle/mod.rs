@@ -57,7 +57,7 @@
 //! }
 //!
 //! let m = Machine::builder(Options { max_children: 4, ..Options::default() })
-//!     .scaling(Two)
+//!     .scaling_policy(Two)
 //!     .build()
 //!     .unwrap();
 //! let mut h = Harness::new(m);
