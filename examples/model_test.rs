@@ -3,9 +3,9 @@
 //!
 //! Run with `cargo run --example model_test`.
 
-use preforkd::policy::{ApacheLike, Decision, PoolSnapshot};
+use preforkd::policy::{ApacheLike, Decision, PoolSnapshot, ScalingPolicy};
 use preforkd::sim::{Service, Sim, SimConfig, SimReport, Workload};
-use preforkd::{Machine, Options, ScalingPolicy, Time};
+use preforkd::{Machine, Options, Time};
 use std::ops::RangeInclusive;
 use std::time::Duration;
 

@@ -5,9 +5,9 @@
 //! `cargo test` runs the model test (the example is registered with `test = true`
 //! in `Cargo.toml`); so does `cargo run --example spare_policy`.
 
-use preforkd::policy::{Decision, PoolSnapshot, RampState};
+use preforkd::policy::{Decision, PoolSnapshot, RampState, ScalingPolicy};
 use preforkd::sim::{Sim, SimConfig, Workload};
-use preforkd::{Machine, Options, ScalingPolicy, Time};
+use preforkd::{Machine, Options, Time};
 use std::time::Duration;
 
 /// Keeps 20 % of the pool spare (idle or starting), at least 2, on top of the

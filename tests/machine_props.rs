@@ -12,11 +12,9 @@
 use preforkd::fuzzing::{with_reload_and_disconnect, ScalingChoice};
 use preforkd::oracle::{Harness, Op};
 use preforkd::policy::{
-    ApacheLike, ApacheLikeConfig, Decision, Fixed, PoolSnapshot, RampState, Rolling,
+    ApacheLike, ApacheLikeConfig, Decision, Fixed, PoolSnapshot, RampState, Rolling, ScalingPolicy,
 };
-use preforkd::{
-    Action, ExitStatus, Machine, MachineBuilder, Options, ScalingPolicy, Signal, State, Time,
-};
+use preforkd::{Action, ExitStatus, Machine, MachineBuilder, Options, Signal, State, Time};
 use proptest::prelude::*;
 use std::fmt::Debug;
 use std::ops::RangeInclusive;

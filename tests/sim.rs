@@ -1,9 +1,9 @@
 //! Model tests of the supervisor and its scaling policies through the deterministic
 //! simulator (`preforkd::sim`).
 
-use preforkd::policy::{ApacheLike, Decision, Fixed, PoolSnapshot};
+use preforkd::policy::{ApacheLike, Decision, Fixed, PoolSnapshot, ScalingPolicy};
 use preforkd::sim::{Service, Sim, SimConfig, SimReport, Ticks, Workload};
-use preforkd::{Machine, Options, ScalingPolicy, Signal, State, Time};
+use preforkd::{Machine, Options, Signal, State, Time};
 use std::ops::RangeInclusive;
 use std::time::Duration;
 

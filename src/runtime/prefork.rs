@@ -485,7 +485,7 @@ impl<T: 'static> Prefork<T> {
 /// while children are still being forked; the kernel caps it at `somaxconn`).
 ///
 /// ```
-/// let l = preforkd::listen("127.0.0.1:0", 1024).unwrap();
+/// let l = preforkd::runtime::listen("127.0.0.1:0", 1024).unwrap();
 /// assert!(l.local_addr().unwrap().port() > 0);
 /// ```
 pub fn listen(

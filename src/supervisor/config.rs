@@ -247,7 +247,7 @@ impl Options {
     /// and `max_children`. Refused, naming `prefork`, if it exceeds `max_children`.
     ///
     /// ```
-    /// use preforkd::{Options, ScalingPolicy};
+    /// use preforkd::{policy::ScalingPolicy, Options};
     /// let p = Options { prefork: 4, ..Options::default() }.default_scaling().unwrap();
     /// assert_eq!(p.initial_children(), 4);
     /// ```
