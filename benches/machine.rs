@@ -178,7 +178,7 @@ fn ticks(c: &mut Criterion) {
         c,
         "tick_150_serving/apache_like",
         Machine::builder(options())
-            .scaling(apache)
+            .scaling_policy(apache)
             .build()
             .expect("valid options"),
     );
@@ -187,7 +187,7 @@ fn ticks(c: &mut Criterion) {
         c,
         "tick_150_serving/fixed",
         Machine::builder(options())
-            .scaling(Fixed(POOL))
+            .scaling_policy(Fixed(POOL))
             .build()
             .expect("valid options"),
     );

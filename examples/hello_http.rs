@@ -164,7 +164,7 @@ fn main() {
             let activated = preforkd::runtime::systemd::listen_fds()?;
             let l = match activated.into_iter().next() {
                 Some(socket) => socket.into_tcp_listener()?,
-                None => preforkd::listen(&listen, 1024)
+                None => preforkd::runtime::listen(&listen, 1024)
                     .map_err(|e| format!("cannot listen on {listen}: {e}"))?,
             };
             // Accepted sockets inherit the listener's receive timeout (Linux): the
@@ -381,7 +381,7 @@ fn serve(
             _ => (404, "not found\n".to_string()),
         };
         respond(&mut out, status, &body, keep_alive)?;
-        worker.log_access(&preforkd::combined_log_line(
+        worker.log_access(&preforkd::runtime::combined_log_line(
             peer,
             started,
             line.trim_end(),

@@ -3,9 +3,9 @@
 //!
 //! Run with `cargo run --example model_test`.
 
-use preforkd::policy::{ApacheLike, Decision, PoolSnapshot};
+use preforkd::policy::{ApacheLike, Decision, PoolSnapshot, ScalingPolicy};
 use preforkd::sim::{Service, Sim, SimConfig, SimReport, Workload};
-use preforkd::{Machine, Options, ScalingPolicy, Time};
+use preforkd::{Machine, Options, Time};
 use std::ops::RangeInclusive;
 use std::time::Duration;
 
@@ -97,13 +97,13 @@ fn main() -> Result<(), preforkd::ConfigError> {
         (
             "apache_like",
             Machine::builder(opts.clone())
-                .scaling(ApacheLike::default())
+                .scaling_policy(ApacheLike::default())
                 .build()?,
         ),
         (
             "spare_backlog",
             Machine::builder(opts)
-                .scaling(SpareBacklog {
+                .scaling_policy(SpareBacklog {
                     spare: 4,
                     cap: 120,
                     cooldown: Duration::from_millis(500),

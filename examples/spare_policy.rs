@@ -5,9 +5,9 @@
 //! `cargo test` runs the model test (the example is registered with `test = true`
 //! in `Cargo.toml`); so does `cargo run --example spare_policy`.
 
-use preforkd::policy::{Decision, PoolSnapshot, RampState};
+use preforkd::policy::{Decision, PoolSnapshot, RampState, ScalingPolicy};
 use preforkd::sim::{Sim, SimConfig, Workload};
-use preforkd::{Machine, Options, ScalingPolicy, Time};
+use preforkd::{Machine, Options, Time};
 use std::time::Duration;
 
 /// Keeps 20 % of the pool spare (idle or starting), at least 2, on top of the
@@ -47,7 +47,10 @@ fn model_test() {
         ..Options::default()
     };
     let policy = TwentyPercentSpare::default();
-    let machine = Machine::builder(opts).scaling(policy).build().unwrap();
+    let machine = Machine::builder(opts)
+        .scaling_policy(policy)
+        .build()
+        .unwrap();
     let burst = Workload::burst(50, Time::from_secs(1), Duration::from_millis(500));
     let checked = SimConfig {
         check_invariants: true,

@@ -171,9 +171,9 @@ impl Setup {
         b = match &self.scaling {
             ScalingChoice::Elastic => b,
             ScalingChoice::ApacheLike(c) => {
-                b.scaling(ApacheLike::new(*c).expect("decoded ApacheLike config is valid"))
+                b.scaling_policy(ApacheLike::new(*c).expect("decoded ApacheLike config is valid"))
             }
-            ScalingChoice::Fixed(n) => b.scaling(Fixed(*n)),
+            ScalingChoice::Fixed(n) => b.scaling_policy(Fixed(*n)),
         };
         b = with_reload_and_disconnect(b, self.rolling, self.terminate_on_disconnect);
         match b.build() {
@@ -192,12 +192,12 @@ pub fn with_reload_and_disconnect(
     terminate: bool,
 ) -> MachineBuilder {
     if let Some(r) = rolling {
-        b = b.reload(r);
+        b = b.reload_policy(r);
     }
     if terminate {
-        b.disconnect(TerminateChild)
+        b.disconnect_policy(TerminateChild)
     } else {
-        b.disconnect(CallHook)
+        b.disconnect_policy(CallHook)
     }
 }
 

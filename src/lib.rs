@@ -108,18 +108,6 @@ pub use policy::{Pid, Time};
 #[doc(no_inline)]
 pub use runtime::{BoxError, Prefork, RunError, Worker};
 
-// Former root paths of items whose home is a module, kept so that code written
-// against them still compiles; not part of the documented API.
-#[doc(hidden)]
-pub use policy::{DisconnectPolicy, ReloadPolicy, ScalingPolicy};
-#[doc(hidden)]
-pub use runtime::pidfile::{is_running, kill_running, KillOutcome, PidFile, PidFileError};
-#[doc(hidden)]
-pub use runtime::{
-    combined_log_line, file_logger, listen, read_scoreboard_file, BusyGuard, LineWriter, LogFile,
-    SlotInfo, WorkerState,
-};
-
 /// The README's examples, compiled and run as doc tests so they stay true.
 #[doc = include_str!("../README.md")]
 #[cfg(doctest)]

@@ -303,7 +303,7 @@ fn crash_loop_backs_off_exponentially_and_a_healthy_child_resets_it() {
             backoff_max: Duration::from_millis(700),
             ..opts(1, 4)
         })
-        .scaling(Fixed(1))
+        .scaling_policy(Fixed(1))
         .build()
         .unwrap(),
     );
@@ -486,7 +486,7 @@ fn a_lingering_disconnect_is_reported_once() {
 fn terminate_child_policy_cancels_a_busy_childs_job() {
     let mut r = Rig::new(
         Machine::builder(opts(2, 4))
-            .disconnect(TerminateChild)
+            .disconnect_policy(TerminateChild)
             .build()
             .unwrap(),
     );
@@ -532,7 +532,7 @@ fn unknown_and_duplicate_exits_are_harmless() {
 fn ttin_and_ttou_move_the_pool() {
     let mut r = Rig::new(
         Machine::builder(opts(2, 5))
-            .scaling(Fixed(2))
+            .scaling_policy(Fixed(2))
             .build()
             .unwrap(),
     );
@@ -632,7 +632,7 @@ fn hup_rolls_children_over_without_dropping_below_the_minimum() {
 fn hup_with_a_full_pool_replaces_one_child_at_a_time() {
     let mut r = Rig::new(
         Machine::builder(opts(3, 3))
-            .scaling(Fixed(3))
+            .scaling_policy(Fixed(3))
             .build()
             .unwrap(),
     );
@@ -717,10 +717,14 @@ fn options_and_policies_load_from_config_files_by_seed_names() {
         )
         .unwrap();
     let m = Machine::builder(Options::default())
-        .scaling_boxed(p)
+        .scaling_policy(p)
         .build()
         .unwrap();
+    // The boxed policy is boxed again by the builder: every method still reaches it.
     assert_eq!(m.scaling_policy().initial_children(), 2);
+    assert_eq!(m.scaling_policy().quiet_range(), 2..=2);
+    assert_eq!(m.scaling_policy().name(), "elastic");
+    assert!(m.scaling_policy().config().is_some());
 
     let mut de = serde_json::Deserializer::from_str("{}");
     let err = registry
@@ -1004,7 +1008,7 @@ fn a_crash_loop_logs_once_per_streak_and_a_reload_resets_the_backoff() {
             backoff_max: Duration::from_secs(2),
             ..opts(2, 4)
         })
-        .scaling(Fixed(2))
+        .scaling_policy(Fixed(2))
         .build()
         .unwrap(),
     );
@@ -1060,7 +1064,7 @@ fn a_crash_loop_logs_once_per_streak_and_a_reload_resets_the_backoff() {
 fn a_child_leaving_by_itself_before_serving_is_a_crash() {
     let mut r = Rig::new(
         Machine::builder(opts(1, 4))
-            .scaling(Fixed(1))
+            .scaling_policy(Fixed(1))
             .build()
             .unwrap(),
     );

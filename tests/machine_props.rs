@@ -12,11 +12,9 @@
 use preforkd::fuzzing::{with_reload_and_disconnect, ScalingChoice};
 use preforkd::oracle::{Harness, Op};
 use preforkd::policy::{
-    ApacheLike, ApacheLikeConfig, Decision, Fixed, PoolSnapshot, RampState, Rolling,
+    ApacheLike, ApacheLikeConfig, Decision, Fixed, PoolSnapshot, RampState, Rolling, ScalingPolicy,
 };
-use preforkd::{
-    Action, ExitStatus, Machine, MachineBuilder, Options, ScalingPolicy, Signal, State, Time,
-};
+use preforkd::{Action, ExitStatus, Machine, MachineBuilder, Options, Signal, State, Time};
 use proptest::prelude::*;
 use std::fmt::Debug;
 use std::ops::RangeInclusive;
@@ -44,8 +42,8 @@ impl Plug for ScalingChoice {
     fn plug(&self, b: MachineBuilder) -> MachineBuilder {
         match self {
             ScalingChoice::Elastic => b,
-            ScalingChoice::ApacheLike(c) => b.scaling(ApacheLike::new(*c).unwrap()),
-            ScalingChoice::Fixed(n) => b.scaling(Fixed(*n)),
+            ScalingChoice::ApacheLike(c) => b.scaling_policy(ApacheLike::new(*c).unwrap()),
+            ScalingChoice::Fixed(n) => b.scaling_policy(Fixed(*n)),
         }
     }
 }
@@ -56,7 +54,7 @@ struct Custom<P>(P);
 
 impl<P: ScalingPolicy + Clone + 'static> Plug for Custom<P> {
     fn plug(&self, b: MachineBuilder) -> MachineBuilder {
-        b.scaling(self.0.clone())
+        b.scaling_policy(self.0.clone())
     }
 }
 

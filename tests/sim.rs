@@ -1,9 +1,9 @@
 //! Model tests of the supervisor and its scaling policies through the deterministic
 //! simulator (`preforkd::sim`).
 
-use preforkd::policy::{ApacheLike, Decision, Fixed, PoolSnapshot};
+use preforkd::policy::{ApacheLike, Decision, Fixed, PoolSnapshot, ScalingPolicy};
 use preforkd::sim::{Service, Sim, SimConfig, SimReport, Ticks, Workload};
-use preforkd::{Machine, Options, ScalingPolicy, Signal, State, Time};
+use preforkd::{Machine, Options, Signal, State, Time};
 use std::ops::RangeInclusive;
 use std::time::Duration;
 
@@ -33,7 +33,7 @@ fn elastic() -> Machine {
 
 fn apache_like() -> Machine {
     Machine::builder(seed_options())
-        .scaling(ApacheLike::default())
+        .scaling_policy(ApacheLike::default())
         .build()
         .unwrap()
 }
@@ -188,7 +188,7 @@ fn poisson_load(seed: u64) -> Workload {
 fn custom_policy_plugs_in_and_keeps_its_promises() {
     let (spare, cap) = (4, 40);
     let machine = Machine::builder(Options::default())
-        .scaling(SpareBacklog::new(spare, cap))
+        .scaling_policy(SpareBacklog::new(spare, cap))
         .build()
         .unwrap();
     assert_eq!(machine.scaling_policy().name(), "spare_backlog");
@@ -221,7 +221,7 @@ fn custom_policy_plugs_in_and_keeps_its_promises() {
     // Against a fixed pool of the same quiet size, the difference is the point of
     // autoscaling: that pool cannot keep up and its queue waits grow to seconds.
     let fixed = Machine::builder(Options::default())
-        .scaling(Fixed(spare))
+        .scaling_policy(Fixed(spare))
         .build()
         .unwrap();
     let mut sim = checked_sim(fixed, work);

@@ -34,12 +34,12 @@
 //! The property tests, the fuzz target and users' own model tests share it. It
 //! wraps any machine, whatever its policies: a scaling policy of your own is
 //! checked the same way (the end checks use its
-//! [`quiet_range`](crate::ScalingPolicy::quiet_range)).
+//! [`quiet_range`](crate::policy::ScalingPolicy::quiet_range)).
 //!
 //! ```
 //! use preforkd::oracle::{Harness, Op};
-//! use preforkd::policy::{Decision, PoolSnapshot};
-//! use preforkd::{Machine, Options, ScalingPolicy, Signal, Time};
+//! use preforkd::policy::{Decision, PoolSnapshot, ScalingPolicy};
+//! use preforkd::{Machine, Options, Signal, Time};
 //!
 //! /// Two children, always.
 //! #[derive(Debug)]
@@ -57,7 +57,7 @@
 //! }
 //!
 //! let m = Machine::builder(Options { max_children: 4, ..Options::default() })
-//!     .scaling(Two)
+//!     .scaling_policy(Two)
 //!     .build()
 //!     .unwrap();
 //! let mut h = Harness::new(m);

@@ -94,17 +94,17 @@ impl<T: 'static> Prefork<T> {
         }
         let mut builder = Machine::builder(self.options.clone());
         if let Some(p) = self.scaling.take() {
-            builder = builder.scaling_boxed(p);
+            builder = builder.scaling_policy(p);
         }
         if let Some(p) = self.reload.take() {
-            builder = builder.reload_boxed(p);
+            builder = builder.reload_policy(p);
         }
         // Look for hung-up clients only if someone listens (a hook or a policy).
         if self.on_client_disconnect.is_some() || self.disconnect.is_some() {
             builder = builder.disconnect_check_every(self.disconnect_check_every);
         }
         if let Some(p) = self.disconnect.take() {
-            builder = builder.disconnect_boxed(p);
+            builder = builder.disconnect_policy(p);
         }
         // Pings go to the service manager: without one, no timer at all.
         if let (Some(every), Some(_)) = (service.watchdog, &service.notify_socket) {

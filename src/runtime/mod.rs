@@ -48,7 +48,8 @@
 //!   groups it switches to; `worker.rs`: what `main_loop` gets ([`Worker`]).
 //! - `scoreboard.rs` (shared memory), `logs.rs`, `daemon.rs` (detaching),
 //!   `pidfile.rs`, `systemd.rs` (sd_notify, socket activation), `netstat.rs`
-//!   (hung-up clients), `memory.rs` (RSS), `os.rs` (every `unsafe` call).
+//!   (hung-up clients), `memory.rs` (RSS), `os/` (every `unsafe` call: forks,
+//!   signal handlers, shared memory, raw descriptors, sockets).
 
 mod check;
 mod child;

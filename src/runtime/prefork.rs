@@ -292,19 +292,29 @@ impl<T: 'static> Prefork<T> {
         self
     }
 
-    /// Use this scaling policy instead of the default built from `prefork`.
+    /// Use this scaling policy instead of the default built from `prefork` and
+    /// `max_children` ([`Options::default_scaling`]); `prefork` is then not read,
+    /// nor checked. A `Box<dyn ScalingPolicy>` (for example one built by a
+    /// [`Registry`](crate::policy::Registry)) is a policy too. An error in process
+    /// ([`in_process`](Self::in_process)).
     pub fn scaling_policy(mut self, p: impl ScalingPolicy + 'static) -> Self {
         self.scaling = Some(Box::new(p));
         self
     }
 
-    /// Use this reload policy.
+    /// Use this reload policy instead of [`Rolling`](crate::policy::Rolling) with
+    /// `auto_reload_check_every`; a `Box<dyn ReloadPolicy>` is one too. An error in
+    /// process ([`in_process`](Self::in_process)).
     pub fn reload_policy(mut self, p: impl ReloadPolicy + 'static) -> Self {
         self.reload = Some(Box::new(p));
         self
     }
 
-    /// Use this disconnect policy.
+    /// Use this disconnect policy instead of [`CallHook`](crate::policy::CallHook)
+    /// (which calls [`on_client_disconnect`](Self::on_client_disconnect)); a
+    /// `Box<dyn DisconnectPolicy>` is one too. Setting one turns the
+    /// [`disconnect_check_every`](Self::disconnect_check_every) look on, as the hook
+    /// does. An error in process ([`in_process`](Self::in_process)).
     pub fn disconnect_policy(mut self, p: impl DisconnectPolicy + 'static) -> Self {
         self.disconnect = Some(Box::new(p));
         self
@@ -475,7 +485,7 @@ impl<T: 'static> Prefork<T> {
 /// while children are still being forked; the kernel caps it at `somaxconn`).
 ///
 /// ```
-/// let l = preforkd::listen("127.0.0.1:0", 1024).unwrap();
+/// let l = preforkd::runtime::listen("127.0.0.1:0", 1024).unwrap();
 /// assert!(l.local_addr().unwrap().port() > 0);
 /// ```
 pub fn listen(

@@ -1,4 +1,4 @@
-//! A deterministic simulator to model-test a [`ScalingPolicy`](crate::ScalingPolicy)
+//! A deterministic simulator to model-test a [`ScalingPolicy`](crate::policy::ScalingPolicy)
 //! (or any configuration of the [`Machine`]) against a workload, with a fake clock
 //! and fake children.
 //!

@@ -21,7 +21,7 @@ use std::time::Duration;
 /// let e = Machine::new(small.clone()).unwrap_err();
 /// assert!(e.to_string().contains("prefork (10) exceeds max_children (5)"));
 /// // ...but a policy of your own never reads `prefork`.
-/// assert!(Machine::builder(small).scaling(Fixed(5)).build().is_ok());
+/// assert!(Machine::builder(small).scaling_policy(Fixed(5)).build().is_ok());
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -247,7 +247,7 @@ impl Options {
     /// and `max_children`. Refused, naming `prefork`, if it exceeds `max_children`.
     ///
     /// ```
-    /// use preforkd::{Options, ScalingPolicy};
+    /// use preforkd::{policy::ScalingPolicy, Options};
     /// let p = Options { prefork: 4, ..Options::default() }.default_scaling().unwrap();
     /// assert_eq!(p.initial_children(), 4);
     /// ```
@@ -281,7 +281,9 @@ mod tests {
             ..Options::default()
         };
         opts.validate().unwrap();
-        let m = Machine::builder(opts.clone()).scaling(Fixed(2)).build();
+        let m = Machine::builder(opts.clone())
+            .scaling_policy(Fixed(2))
+            .build();
         assert!(m.is_ok(), "{:?}", m.err());
         match Machine::new(opts) {
             Err(e) => {

@@ -17,7 +17,7 @@ use std::time::Duration;
 /// ```
 /// use preforkd::{Machine, Options, policy::ApacheLike};
 /// let m = Machine::builder(Options::default())
-///     .scaling(ApacheLike::default())
+///     .scaling_policy(ApacheLike::default())
 ///     .build()
 ///     .unwrap();
 /// assert_eq!(m.state(), preforkd::State::Init);
@@ -46,40 +46,24 @@ impl MachineBuilder {
 
     /// Use this scaling policy instead of the default built from `prefork` and
     /// `max_children` ([`Options::default_scaling`]); `prefork` is then not read,
-    /// nor checked.
-    pub fn scaling(mut self, p: impl ScalingPolicy + 'static) -> Self {
+    /// nor checked. A `Box<dyn ScalingPolicy>` (for example one built by a
+    /// [`Registry`](crate::policy::Registry)) is a policy too.
+    pub fn scaling_policy(mut self, p: impl ScalingPolicy + 'static) -> Self {
         self.scaling = Some(Box::new(p));
         self
     }
 
-    /// Use this boxed scaling policy (for example one built by a
-    /// [`Registry`](crate::policy::Registry)).
-    pub fn scaling_boxed(mut self, p: Box<dyn ScalingPolicy>) -> Self {
-        self.scaling = Some(p);
-        self
-    }
-
-    /// Use this reload policy instead of [`Rolling`] with `auto_reload_check_every`.
-    pub fn reload(mut self, p: impl ReloadPolicy + 'static) -> Self {
+    /// Use this reload policy instead of [`Rolling`] with `auto_reload_check_every`;
+    /// a `Box<dyn ReloadPolicy>` is one too.
+    pub fn reload_policy(mut self, p: impl ReloadPolicy + 'static) -> Self {
         self.reload = Some(Box::new(p));
         self
     }
 
-    /// Use this boxed reload policy.
-    pub fn reload_boxed(mut self, p: Box<dyn ReloadPolicy>) -> Self {
-        self.reload = Some(p);
-        self
-    }
-
-    /// Use this disconnect policy instead of [`CallHook`].
-    pub fn disconnect(mut self, p: impl DisconnectPolicy + 'static) -> Self {
+    /// Use this disconnect policy instead of [`CallHook`]; a
+    /// `Box<dyn DisconnectPolicy>` is one too.
+    pub fn disconnect_policy(mut self, p: impl DisconnectPolicy + 'static) -> Self {
         self.disconnect = Some(Box::new(p));
-        self
-    }
-
-    /// Use this boxed disconnect policy.
-    pub fn disconnect_boxed(mut self, p: Box<dyn DisconnectPolicy>) -> Self {
-        self.disconnect = Some(p);
         self
     }
 

@@ -20,7 +20,7 @@ fn builder(children: usize) -> MachineBuilder {
         max_children: 4,
         ..Options::default()
     })
-    .scaling(Fixed(children))
+    .scaling_policy(Fixed(children))
 }
 
 fn pid(slot: usize) -> Pid {

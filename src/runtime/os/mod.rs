@@ -1,0 +1,32 @@
+//! The one module with `unsafe`: fork, shared memory, raw signal dispositions,
+//! raw descriptors and socket calls std does not wrap.
+//!
+//! Everything here follows the fork-safety rules: signals are blocked around the
+//! fork; the child resets every handled signal before unblocking; the child never
+//! returns into the caller's code (it ends with `_exit`).
+//!
+//! A file per concern, every item re-exported here (the runtime writes `os::…`):
+//! - `process.rs`: forking a child or a daemon, and ending a process at once;
+//! - `signal_handlers.rs`: the new child's signal gate, the worker's handlers and
+//!   the flags they set, the parent's SIGPIPE;
+//! - `shared_memory.rs`: the scoreboard mapping and shared flags;
+//! - `fds.rs`: borrowing, closing and adopting raw descriptors;
+//! - `sockets.rs`: a listener's queue length, and descriptors received over a
+//!   socket (`SCM_RIGHTS`).
+// Inherited by the files below: nowhere else in the crate is `unsafe` allowed.
+#![allow(unsafe_code)]
+
+mod fds;
+mod process;
+mod shared_memory;
+mod signal_handlers;
+mod sockets;
+
+pub(crate) use fds::{adopt_socket, borrow_fd, close_inherited, NotAdopted};
+pub(crate) use process::{exit_now, fork_child, fork_for_daemon, Side};
+pub(crate) use shared_memory::{map_board, shared_flag};
+pub(crate) use signal_handlers::{
+    ignore_sigpipe, install_worker_handlers, watch_stops, SignalGate, REOPEN_REQUESTED,
+    STOP_REQUESTED,
+};
+pub(crate) use sockets::{listen_queue_len, recv_fds};

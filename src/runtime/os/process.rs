@@ -1,0 +1,137 @@
+//! Forking (a child that never returns into the caller's code, or a daemon that
+//! does) and ending a process at once.
+
+use super::signal_handlers::SignalGate;
+use nix::sys::signal::{self, SaFlags, SigAction, SigHandler, SigSet, SigmaskHow};
+use nix::unistd::{self, ForkResult, Pid};
+use std::ffi::c_int;
+
+/// Forks. In the child, runs `child` with every handled signal reset to its
+/// default and every signal still blocked (the child unblocks them by handing the
+/// gate to [`install_worker_handlers`](super::install_worker_handlers)), then
+/// exits with its code through `_exit`: it never returns there, not even by a
+/// panic (exit code 70). In the parent, returns the child's pid. Call only from
+/// the main thread.
+pub(crate) fn fork_child(
+    reset: &[c_int],
+    child: impl FnOnce(SignalGate) -> i32,
+) -> nix::Result<Pid> {
+    let all = SigSet::all();
+    let mut old = SigSet::empty();
+    // Block everything so no handler of the parent runs in the child between the
+    // fork and the reset below, and no signal meets a default disposition before
+    // the child's own handlers exist.
+    signal::pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&all), Some(&mut old))?;
+    // SAFETY: the child only resets signal dispositions (async-signal-safe), then
+    // runs code that takes no lock another parent thread could hold: the parent's
+    // other threads only wait on a pipe and on signals, and hold no lock while they
+    // wait; the allocator is fork-safe (glibc's atfork handlers).
+    let r = unsafe { unistd::fork() };
+    match r {
+        Ok(ForkResult::Child) => {
+            for &sig in reset {
+                if let Ok(s) = signal::Signal::try_from(sig) {
+                    // SAFETY: SIG_DFL is always a valid disposition.
+                    let _ = unsafe {
+                        signal::sigaction(
+                            s,
+                            &SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty()),
+                        )
+                    };
+                }
+            }
+            let gate = SignalGate { mask: old };
+            // A panic must not unwind into the caller's code (the parent's loop, then
+            // the user's `main`) in this process: it ends here, as a crash.
+            let code = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| child(gate)))
+            {
+                Ok(code) => code,
+                Err(payload) => {
+                    // Dropping the payload could panic again: leak it, we exit now.
+                    std::mem::forget(payload);
+                    70
+                }
+            };
+            exit_now(code)
+        }
+        Ok(ForkResult::Parent { child }) => {
+            let _ = signal::pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
+            Ok(child)
+        }
+        Err(e) => {
+            let _ = signal::pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
+            Err(e)
+        }
+    }
+}
+
+/// Which side of a daemonizing fork this process is on.
+pub(crate) enum Side {
+    /// The process that called `fork`, with the child's pid.
+    Parent(Pid),
+    /// The new process; it carries on with the caller's code (it becomes the daemon).
+    Child,
+}
+
+/// A plain fork for daemonizing, where the child does continue with the caller's
+/// code. Call it only before the runtime starts any thread.
+pub(crate) fn fork_for_daemon() -> nix::Result<Side> {
+    // SAFETY: called before `Prefork::run` starts its threads (and the crate
+    // documents that `run` must come before the user's own threads), so the child is
+    // an exact single-threaded copy: no lock can be held by a thread that does not
+    // exist in it.
+    match unsafe { unistd::fork() }? {
+        ForkResult::Parent { child } => Ok(Side::Parent(child)),
+        ForkResult::Child => Ok(Side::Child),
+    }
+}
+
+/// Ends this process at once, without unwinding into the caller or running
+/// atexit handlers (a daemonizing launcher's end).
+pub(crate) fn exit_now(code: i32) -> ! {
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    // SAFETY: `_exit` is always sound; nothing after it runs.
+    unsafe { libc::_exit(code) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::sys::wait::{waitpid, WaitStatus};
+
+    fn exit_of(pid: Pid) -> WaitStatus {
+        waitpid(pid, None).expect("waitpid")
+    }
+
+    #[test]
+    fn a_child_that_panics_ends_in_exit_never_in_the_callers_code() {
+        // A panic runs the panic hook (stderr and backtrace locks): forked from this
+        // many-threaded test process, the child could find a lock held by another
+        // test's thread and wait forever. So the fork happens in a copy of this
+        // test binary that runs this test alone.
+        const ALONE: &str = "PREFORKD_OS_PANIC_TEST_ALONE";
+        if std::env::var_os(ALONE).is_some() {
+            let pid = fork_child(&[], |_| panic!("outside any catch_unwind")).expect("fork");
+            assert_eq!(exit_of(pid), WaitStatus::Exited(pid, 70));
+            return;
+        }
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "runtime::os::process::tests::a_child_that_panics_ends_in_exit_never_in_the_callers_code",
+                "--exact",
+                "--test-threads=1",
+            ])
+            .env(ALONE, "1")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(text.contains("1 passed"), "the test ran alone: {text}");
+    }
+}
