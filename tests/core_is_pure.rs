@@ -34,7 +34,7 @@ const PURE_PATHS: &[&str] = &["src/supervisor", "policies/src", "src/sim", "src/
 /// pass vacuously.
 const MUST_SEE: &[&str] = &[
     "src/supervisor/machine/mod.rs",
-    "policies/src/scaling.rs",
+    "policies/src/scaling/mod.rs",
     "src/sim/mod.rs",
     "src/oracle/harness.rs",
 ];
