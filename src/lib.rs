@@ -94,12 +94,14 @@ pub mod policy {
     pub use preforkd_policies::*;
 }
 
-pub use supervisor::action::{Action, ChildSignal, Hook, Level, Notify, SignalReason};
+pub use supervisor::action::{Action, ChildSignal, Hook, Image, Level, Notify, SignalReason};
 pub use supervisor::config::{ConfigError, Options, MAX_CHILDREN_LIMIT};
 pub use supervisor::event::{
     ConnState, Connection, Event, ExitStatus, HookKind, Scoreboard, Signal, SlotReading, SlotState,
 };
-pub use supervisor::machine::{Counts, Machine, MachineBuilder, CRASH_REPORT_EVERY};
+pub use supervisor::machine::{
+    Counts, Handoff, Machine, MachineBuilder, CRASH_REPORT_EVERY, ROLLBACK_CRASHES,
+};
 pub use supervisor::rng::SplitMix64;
 pub use supervisor::transitions::{State, TRANSITIONS};
 

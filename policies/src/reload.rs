@@ -13,6 +13,10 @@ pub enum ReloadTrigger {
     Signal,
     /// The periodic check (`auto_reload_check_every`) found changed files.
     FilesChanged,
+    /// SIGUSR2: an operator asks for an in-place upgrade to the executable on disk.
+    Upgrade,
+    /// The periodic check found the running executable replaced on disk.
+    ExecutableChanged,
 }
 
 /// What to do about a reload trigger.
@@ -23,6 +27,10 @@ pub struct ReloadPlan {
     /// Replace every child by one of a new generation, rolling, without dropping
     /// below the minimum serving.
     pub restart_children: bool,
+    /// Upgrade in place: re-execute the parent from its executable (same pid),
+    /// which adopts the running children and rolls them over to its own code. A
+    /// new executable that cannot start leaves the old code serving.
+    pub upgrade: bool,
 }
 
 impl ReloadPlan {
@@ -30,6 +38,19 @@ impl ReloadPlan {
     pub const IGNORE: ReloadPlan = ReloadPlan {
         run_handler: false,
         restart_children: false,
+        upgrade: false,
+    };
+    /// A rolling restart of the children (HUP's default), without the handler.
+    pub const ROLL: ReloadPlan = ReloadPlan {
+        run_handler: false,
+        restart_children: true,
+        upgrade: false,
+    };
+    /// An in-place upgrade of the parent, which rolls the children over itself.
+    pub const UPGRADE: ReloadPlan = ReloadPlan {
+        run_handler: false,
+        restart_children: false,
+        upgrade: true,
     };
 }
 
@@ -43,7 +64,7 @@ impl ReloadPlan {
 /// impl ReloadPolicy for HupOnly {
 ///     fn plan(&mut self, trigger: ReloadTrigger) -> ReloadPlan {
 ///         match trigger {
-///             ReloadTrigger::Signal => ReloadPlan { run_handler: true, restart_children: true },
+///             ReloadTrigger::Signal => ReloadPlan { run_handler: true, ..ReloadPlan::ROLL },
 ///             _ => ReloadPlan::IGNORE,
 ///         }
 ///     }
@@ -111,8 +132,9 @@ impl<P: ReloadPolicy + ?Sized> ReloadPolicy for Box<P> {
 /// The default reload policy: a rolling restart by generation.
 ///
 /// On SIGHUP: roll the children over (and run the handler if `handler_on_signal`).
-/// When the periodic check finds changes: run `auto_reload_handler`, then roll the
-/// children over.
+/// When the periodic check finds changed files: run `auto_reload_handler`, then roll
+/// the children over. On SIGUSR2, or when the check finds the executable replaced:
+/// upgrade in place.
 ///
 /// ```
 /// use preforkd_policies::{Rolling, ReloadPolicy, ReloadTrigger};
@@ -121,6 +143,7 @@ impl<P: ReloadPolicy + ?Sized> ReloadPolicy for Box<P> {
 /// assert_eq!(r.check_every(), Some(Duration::from_secs(5)));
 /// let plan = r.plan(ReloadTrigger::FilesChanged);
 /// assert!(plan.run_handler && plan.restart_children);
+/// assert!(r.plan(ReloadTrigger::ExecutableChanged).upgrade);
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -157,12 +180,16 @@ impl Rolling {
 
 impl ReloadPolicy for Rolling {
     fn plan(&mut self, trigger: ReloadTrigger) -> ReloadPlan {
-        ReloadPlan {
-            run_handler: match trigger {
-                ReloadTrigger::Signal => self.handler_on_signal,
-                ReloadTrigger::FilesChanged => true,
+        match trigger {
+            ReloadTrigger::Signal => ReloadPlan {
+                run_handler: self.handler_on_signal,
+                ..ReloadPlan::ROLL
             },
-            restart_children: true,
+            ReloadTrigger::FilesChanged => ReloadPlan {
+                run_handler: true,
+                ..ReloadPlan::ROLL
+            },
+            ReloadTrigger::Upgrade | ReloadTrigger::ExecutableChanged => ReloadPlan::UPGRADE,
         }
     }
     fn check_every(&self) -> Option<Duration> {

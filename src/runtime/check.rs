@@ -5,6 +5,7 @@ use super::credentials::Credentials;
 use super::error::{invalid, RunError};
 use super::prefork::Prefork;
 use super::systemd::ServiceEnv;
+use crate::Handoff;
 use crate::Machine;
 use nix::unistd;
 
@@ -20,7 +21,11 @@ impl<T: 'static> Prefork<T> {
     /// forked: each failure names the option at fault. With children, builds the
     /// machine (with its policies, and the timers `service` asks for) and resolves
     /// the credentials; `None`: in process.
-    pub(super) fn check(&mut self, service: &ServiceEnv) -> Result<Option<Supervision>, RunError> {
+    pub(super) fn check(
+        &mut self,
+        service: &ServiceEnv,
+        handoff: Option<Handoff>,
+    ) -> Result<Option<Supervision>, RunError> {
         let euid = unistd::geteuid();
         if self.require_root && !euid.is_root() {
             return Err(invalid(
@@ -88,6 +93,12 @@ impl<T: 'static> Prefork<T> {
                      it applies to children, and there are none",
                 ));
             }
+            if handoff.is_some() {
+                return Err(invalid(
+                    "in_process",
+                    "the running daemon has children to hand over; an in-process image cannot adopt them",
+                ));
+            }
             // (`validate` leaves `prefork` to the default policy, unused here.)
             self.options.validate()?;
             return Ok(None);
@@ -109,6 +120,9 @@ impl<T: 'static> Prefork<T> {
         // Pings go to the service manager: without one, no timer at all.
         if let (Some(every), Some(_)) = (service.watchdog, &service.notify_socket) {
             builder = builder.watchdog_interval(every);
+        }
+        if let Some(h) = handoff {
+            builder = builder.adopt(h);
         }
         let machine = builder.build()?;
         let credentials = Credentials::resolve(self.user.as_deref(), self.group.as_deref())?;
@@ -141,7 +155,7 @@ mod tests {
 
     /// The option a configuration is refused for.
     fn refused(mut p: Prefork<()>) -> (&'static str, String) {
-        match p.check(&ServiceEnv::default()) {
+        match p.check(&ServiceEnv::default(), None) {
             Err(RunError::Config(e)) => (e.option(), e.reason().to_string()),
             Err(e) => panic!("refused, but not naming an option: {e}"),
             Ok(_) => panic!("accepted"),
@@ -166,7 +180,7 @@ mod tests {
         let e = daemon()
             .prefork(10)
             .max_children(5)
-            .check(&ServiceEnv::default())
+            .check(&ServiceEnv::default(), None)
             .err()
             .unwrap();
         assert!(e.to_string().contains("max_children"), "{e}");
@@ -188,12 +202,12 @@ mod tests {
         assert_eq!(o, "user");
         assert!(daemon()
             .in_process()
-            .check(&ServiceEnv::default())
+            .check(&ServiceEnv::default(), None)
             .unwrap()
             .is_none());
         assert!(daemon()
             .prefork(0)
-            .check(&ServiceEnv::default())
+            .check(&ServiceEnv::default(), None)
             .unwrap()
             .is_none());
     }
@@ -204,7 +218,7 @@ mod tests {
         let s = daemon()
             .prefork(0)
             .scaling_policy(Fixed(4))
-            .check(&ServiceEnv::default())
+            .check(&ServiceEnv::default(), None)
             .unwrap()
             .unwrap();
         assert_eq!(s.machine.scaling_policy().quiet_range(), 4..=4);
@@ -214,7 +228,7 @@ mod tests {
         );
         let s = daemon()
             .disconnect_policy(TerminateChild)
-            .check(&ServiceEnv::default())
+            .check(&ServiceEnv::default(), None)
             .unwrap()
             .unwrap();
         assert!(

@@ -21,6 +21,12 @@ impl Clock {
         }
     }
 
+    /// A clock going on from a previous image's (an in-place upgrade): the same
+    /// time zero, so the handed-over times stay true.
+    pub(super) fn from_origin(origin_ns: u64) -> Clock {
+        Clock { origin_ns }
+    }
+
     /// The machine's time now.
     pub(super) fn now(&self) -> Time {
         Time::from_duration(Duration::from_nanos(

@@ -42,6 +42,12 @@ pub(super) fn invalid(option: &'static str, reason: impl Into<String>) -> RunErr
     RunError::Config(ConfigError::new(option, reason))
 }
 
+/// [`io_err`] for a `std::io::Error`.
+pub(super) fn io_err_std(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RunError {
+    let what = what.into();
+    move |source| RunError::Io { what, source }
+}
+
 pub(super) fn io_err(what: impl Into<String>) -> impl FnOnce(nix::Error) -> RunError {
     let what = what.into();
     move |e| RunError::Io {

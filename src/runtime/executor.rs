@@ -81,7 +81,12 @@ impl<T: 'static> System<T> {
                     &mut self.cfg.after_init,
                     Box::new(|| Err("after_init ran twice".into())),
                 );
-                match catch_unwind(AssertUnwindSafe(init)) {
+                let outcome = catch_unwind(AssertUnwindSafe(init));
+                if matches!(outcome, Ok(Ok(_))) {
+                    // Handed-over listeners it did not claim are strays now.
+                    super::upgrade::drop_unclaimed_listeners();
+                }
+                match outcome {
                     Ok(Ok(state)) => {
                         self.state = Some(state);
                         if let Some(r) = self.reporter.as_mut() {

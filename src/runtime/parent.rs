@@ -3,11 +3,12 @@
 
 use super::check::Supervision;
 use super::clock::Clock;
-use super::error::{io_err, RunError};
+use super::error::{io_err, io_err_std, RunError};
 use super::prefork::{Logs, Prefork};
 use super::scoreboard::Board;
 use super::signals::{to_machine_signal, PARENT_SIGNALS};
 use super::system::System;
+use super::upgrade::{self, Inherited};
 use super::watch::mtime;
 use super::{os, systemd};
 use crate::supervisor::driver;
@@ -40,6 +41,7 @@ impl<T: 'static> Parent<T> {
         logs: Logs,
         pid_fd: Option<std::os::fd::RawFd>,
         service: systemd::ServiceEnv,
+        handed: Option<Box<Inherited>>,
     ) -> Result<Parent<T>, RunError> {
         let Supervision {
             machine,
@@ -103,14 +105,32 @@ impl<T: 'static> Parent<T> {
                 source: e,
             })?;
 
-        // Children write a byte here when the pool saturates or a child is ready.
-        let (wake_read, wake_write) =
-            unistd::pipe2(OFlag::O_CLOEXEC).map_err(io_err("creating the wake-up pipe"))?;
-        nix::fcntl::fcntl(
-            &wake_write,
-            nix::fcntl::FcntlArg::F_SETFL(OFlag::O_NONBLOCK),
-        )
-        .map_err(io_err("setting up the wake-up pipe"))?;
+        // After an upgrade's exec the parent's signals were held back until now.
+        os::release_signals(&PARENT_SIGNALS).map_err(|e| RunError::Io {
+            what: "letting signals in".into(),
+            source: e,
+        })?;
+
+        // Children write a byte here when the pool saturates or a child is ready
+        // (after an upgrade, the pipe the adopted children write to).
+        let mut handed = handed;
+        let (wake_read, wake_write) = match handed.as_mut() {
+            Some(h) => {
+                let r = h.wake_read.try_clone();
+                let w = h.wake_write.try_clone();
+                r.and_then(|r| Ok((r, w?))).map_err(|e| RunError::Io {
+                    what: "adopting the wake-up pipe".into(),
+                    source: e,
+                })?
+            }
+            None => {
+                let (r, w) =
+                    unistd::pipe2(OFlag::O_CLOEXEC).map_err(io_err("creating the wake-up pipe"))?;
+                nix::fcntl::fcntl(&w, nix::fcntl::FcntlArg::F_SETFL(OFlag::O_NONBLOCK))
+                    .map_err(io_err("setting up the wake-up pipe"))?;
+                (r, w)
+            }
+        };
         let reader = wake_read.try_clone().map_err(|e| RunError::Io {
             what: "setting up the wake-up pipe".into(),
             source: e,
@@ -140,18 +160,39 @@ impl<T: 'static> Parent<T> {
                 source: e,
             })?;
 
-        let (board, board_file) = Board::create(
-            cfg.scoreboard_path.as_deref(),
-            cfg.options.max_children,
-            wake_write.as_raw_fd(),
-        )
-        .map_err(|e| RunError::Io {
-            // The error names the file.
-            what: "creating the scoreboard".into(),
-            source: e,
-        })?;
+        let (board, board_file) = match handed.as_mut() {
+            Some(h) => {
+                let file = h
+                    .board
+                    .try_clone()
+                    .map_err(io_err_std("adopting the scoreboard"))?;
+                let slots = cfg.options.max_children;
+                if h.slots != slots {
+                    return Err(super::error::invalid(
+                        "max_children",
+                        format!(
+                            "is {slots}, but the running pool has {} slots: an in-place upgrade keeps max_children",
+                            h.slots
+                        ),
+                    ));
+                }
+                let board = Board::adopt(&file, slots, wake_write.as_raw_fd())
+                    .map_err(io_err_std("adopting the scoreboard"))?;
+                (board, file)
+            }
+            None => Board::create(
+                cfg.scoreboard_path.as_deref(),
+                cfg.options.max_children,
+                wake_write.as_raw_fd(),
+            )
+            .map_err(|e| RunError::Io {
+                // The error names the file.
+                what: "creating the scoreboard".into(),
+                source: e,
+            })?,
+        };
         // The lock is the parent's alone: it must not outlive it in a child.
-        inherited.extend(board_file.as_ref().map(AsRawFd::as_raw_fd));
+        inherited.push(board_file.as_raw_fd());
 
         for note in &service.notes {
             slog::warn!(logger, "{note}");
@@ -171,7 +212,13 @@ impl<T: 'static> Parent<T> {
             },
         };
 
-        let mut watched: Vec<PathBuf> = std::env::current_exe().into_iter().collect();
+        // The executable an upgrade runs: the one this daemon was started from.
+        let exe = match handed.as_ref() {
+            Some(h) => h.exe.clone(),
+            None => std::env::current_exe().ok(),
+        };
+        let mut watched: Vec<PathBuf> = exe.iter().cloned().collect();
+        let watch_executable = !watched.is_empty();
         watched.append(&mut cfg.watch);
         let baseline = watched
             .into_iter()
@@ -181,16 +228,29 @@ impl<T: 'static> Parent<T> {
             })
             .collect();
         let n = cfg.options.max_children;
+        let clock = match handed.as_ref() {
+            Some(h) => Clock::from_origin(h.origin_ns),
+            None => Clock::start(),
+        };
+        let log_channels = handed
+            .as_mut()
+            .map(|h| std::mem::take(&mut h.channels))
+            .unwrap_or_default();
+        let previous = handed.as_mut().and_then(|h| h.previous.take());
+        let previous_argv = handed
+            .as_mut()
+            .map(|h| std::mem::take(&mut h.previous_argv))
+            .unwrap_or_default();
         let sys = System {
             cfg,
             logger,
             board,
-            clock: Clock::start(),
+            clock,
             inherited,
-            log_channels: std::collections::BTreeMap::new(),
+            log_channels,
             _wake_read: wake_read,
             _wake_write: wake_write,
-            _board_file: board_file,
+            board_file,
             state: None,
             init_error: None,
             baseline,
@@ -204,6 +264,15 @@ impl<T: 'static> Parent<T> {
             credentials,
             notify_failing: None,
             fork_failing: None,
+            pid_fd,
+            exe,
+            watch_executable,
+            own_image: upgrade::open_own_image(),
+            previous,
+            previous_argv,
+            trial: None,
+            probe_result: None,
+            service_vars: service.pass_on,
         };
         Ok(Parent {
             machine,

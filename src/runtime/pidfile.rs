@@ -186,6 +186,33 @@ pub struct PidFile {
 }
 
 impl PidFile {
+    /// Takes over the pid file a previous image of this process held, with its
+    /// lock, through the descriptor that crossed the in-place upgrade's exec (a new
+    /// open could not take the lock: it is that descriptor's).
+    pub(crate) fn adopt(path: &Path, fd: std::os::fd::OwnedFd) -> Result<PidFile, PidFileError> {
+        let path = path.to_path_buf();
+        let file = File::from(fd);
+        let meta = file.metadata().map_err(io_error(&path, "fstat"))?;
+        // Still the file at the path (the lock is this descriptor's).
+        match std::fs::symlink_metadata(&path) {
+            Ok(now) if now.dev() == meta.dev() && now.ino() == meta.ino() => {}
+            _ => {
+                return Err(PidFileError::Io {
+                    path,
+                    op: "adopting after an upgrade: it is no longer the file at its path",
+                    source: io::Error::from(io::ErrorKind::NotFound),
+                })
+            }
+        }
+        Ok(PidFile {
+            path,
+            file: Some(file),
+            dev: meta.dev(),
+            ino: meta.ino(),
+            pid: std::process::id() as i32,
+        })
+    }
+
     /// Opens or creates the pid file (mode 0644 less the umask, `O_NOFOLLOW`,
     /// `O_CLOEXEC`), takes its lock without blocking, and writes this process's pid
     /// followed by a newline (synced to disk).

@@ -6,10 +6,12 @@ use super::child::panic_message;
 use super::error::{invalid, BoxError, RunError};
 use super::logs::{file_logger, LogFile};
 use super::parent::Parent;
+use super::upgrade::{self, Inherited, Start};
 use super::worker::Worker;
 use super::{daemon, logs, pidfile, systemd};
 use crate::policy::{Disconnect, DisconnectPolicy, ReloadPolicy, ScalingPolicy};
 use crate::Options;
+use std::net::ToSocketAddrs;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -353,8 +355,19 @@ impl<T: 'static> Prefork<T> {
         // the service manager's) or starts a thread (unsetting variables races
         // with threads reading them).
         let service = systemd::take_service_env()?;
+        let start = upgrade::take_start()?;
         self.make_paths_absolute()?;
-        let checked = self.check(&service)?;
+        let inherited = match start {
+            Start::Trial { handoff, report } => {
+                // The upgrade's trial: check, say, exit; touch nothing.
+                let checked = self.check(&service, Some(handoff)).map(|_| ());
+                upgrade::end_trial(report, checked)
+            }
+            Start::Upgrade(inherited) => Some(inherited),
+            Start::Fresh => None,
+        };
+        let handoff = inherited.as_ref().map(|i| i.machine.clone());
+        let checked = self.check(&service, handoff)?;
         // Logs are opened before any fork: a path that cannot be used is a
         // configuration error the operator sees at once.
         let open = |option, p: &Option<PathBuf>| -> Result<Option<Arc<LogFile>>, RunError> {
@@ -369,7 +382,8 @@ impl<T: 'static> Prefork<T> {
             json: self.json_log,
         };
         let mut reporter = None;
-        if self.daemonize {
+        // After an upgrade the process is the daemon already.
+        if self.daemonize && inherited.is_none() {
             // Refuse before forking, so the operator sees it at once.
             if let Some(path) = &self.pid_path {
                 if let Some(pid) = pidfile::is_running(path)? {
@@ -389,7 +403,7 @@ impl<T: 'static> Prefork<T> {
         // From here on, in a daemon, a failure is also told to the launcher:
         // whatever ends the start-up (an error, a panic) reaches its stderr.
         let result = catch_unwind(AssertUnwindSafe(|| {
-            self.run_detached(&mut reporter, logs, service, checked)
+            self.run_detached(&mut reporter, logs, service, checked, inherited)
         }));
         match result {
             Ok(result) => {
@@ -442,6 +456,7 @@ impl<T: 'static> Prefork<T> {
         logs: Logs,
         service: systemd::ServiceEnv,
         checked: Option<Supervision>,
+        mut inherited: Option<Box<Inherited>>,
     ) -> Result<i32, RunError> {
         if let (Some(r), Some(log)) = (reporter.as_ref(), &self.error_log_path) {
             let mut keep = self.keep_fds.clone();
@@ -460,19 +475,25 @@ impl<T: 'static> Prefork<T> {
             (None, None) => default_logger(),
         };
         // Held until `run` returns; dropping it removes the file.
-        let pid_file = self
-            .pid_path
-            .as_ref()
-            .map(pidfile::PidFile::acquire)
-            .transpose()?;
+        let pid_file = match (
+            &self.pid_path,
+            inherited.as_mut().and_then(|i| i.pid_file.take()),
+        ) {
+            // The lock crossed the exec with its descriptor.
+            (Some(path), Some(fd)) => Some(pidfile::PidFile::adopt(path, fd)?),
+            (Some(path), None) => Some(pidfile::PidFile::acquire(path)?),
+            (None, _) => None,
+        };
         let Some(supervision) = checked else {
             return self.run_in_process(logger, logs, reporter);
         };
         let pid_fd = pid_file.as_ref().map(std::os::fd::AsRawFd::as_raw_fd);
         // A failure to start is returned with the reporter still here: the caller
         // tells the launcher. Once started, the parent reports itself.
-        let mut parent = Parent::start(self, supervision, logger, logs, pid_fd, service)?;
-        parent.sys.daemonized = reporter.is_some();
+        let daemonized = inherited.as_ref().is_some_and(|i| i.daemonized);
+        let mut parent =
+            Parent::start(self, supervision, logger, logs, pid_fd, service, inherited)?;
+        parent.sys.daemonized = reporter.is_some() || daemonized;
         parent.sys.reporter = reporter.take();
         let code = parent.run();
         drop(pid_file);
@@ -484,18 +505,26 @@ impl<T: 'static> Prefork<T> {
 /// standard library's `bind` uses 128, too few for a burst of clients arriving
 /// while children are still being forked; the kernel caps it at `somaxconn`).
 ///
+/// The listeners made here cross an in-place upgrade: in the new image, `listen`
+/// hands back, in the order asked, the previous image's listener bound where it
+/// is asked to bind (the same address; the same port unless port 0 is asked
+/// for), so after_init gets the very socket the running children accept on.
+///
 /// ```
 /// let l = preforkd::runtime::listen("127.0.0.1:0", 1024).unwrap();
 /// assert!(l.local_addr().unwrap().port() > 0);
 /// ```
-pub fn listen(
-    addr: impl std::net::ToSocketAddrs,
-    backlog: i32,
-) -> std::io::Result<std::net::TcpListener> {
-    let l = std::net::TcpListener::bind(addr)?;
+pub fn listen(addr: impl ToSocketAddrs, backlog: i32) -> std::io::Result<std::net::TcpListener> {
+    let wanted: Vec<std::net::SocketAddr> = addr.to_socket_addrs()?.collect();
+    // After an in-place upgrade: the listener the previous image made here.
+    let l = match super::upgrade::claim_listener(&wanted) {
+        Some(l) => l,
+        None => std::net::TcpListener::bind(&wanted[..])?,
+    };
     // Listening again on a listening socket only changes its backlog (Linux).
     let backlog = nix::sys::socket::Backlog::new(backlog).map_err(std::io::Error::from)?;
     nix::sys::socket::listen(&l, backlog).map_err(std::io::Error::from)?;
+    super::upgrade::register_listener(std::os::fd::AsRawFd::as_raw_fd(&l));
     Ok(l)
 }
 

@@ -128,20 +128,27 @@ impl std::fmt::Debug for Board {
 
 impl Board {
     /// Creates the scoreboard: in a file at `path` (0600, refusing symlinks, locked:
-    /// see the [module docs](self)) or, without a path, in anonymous shared memory.
-    /// The file is returned with the board: its lock lasts as long as it is open,
-    /// so the caller keeps it for its life (and children close it).
+    /// see the [module docs](self)) or, without a path, in a memory file (shared
+    /// like anonymous memory, and able to cross an in-place upgrade's exec). The
+    /// file is returned with the board: its lock lasts as long as it is open, so
+    /// the caller keeps it for its life (and children close it).
     pub(crate) fn create(
         path: Option<&Path>,
         slots: usize,
         wake_fd: RawFd,
-    ) -> io::Result<(Board, Option<File>)> {
+    ) -> io::Result<(Board, File)> {
         let len = RECORD * (slots + 1);
         let file = match path {
-            Some(p) => Some(create_file(p, len)?),
-            None => None,
+            Some(p) => create_file(p, len)?,
+            // A memory file, not anonymous memory: an in-place upgrade's new image
+            // maps it again.
+            None => {
+                let f = os::memfd("preforkd-scoreboard")?;
+                f.set_len(len as u64)?;
+                f
+            }
         };
-        let (header, slot_refs) = os::map_board(slots, file.as_ref()).map_err(io::Error::from)?;
+        let (header, slot_refs) = os::map_board(slots, Some(&file)).map_err(io::Error::from)?;
         let board = Board {
             header,
             slots: slot_refs,
@@ -157,6 +164,36 @@ impl Board {
             s.state.store(EMPTY, Ordering::Relaxed);
         }
         Ok((board, file))
+    }
+
+    /// Maps again the scoreboard an in-place upgrade's previous image created
+    /// (`file`, a memory file or the `scoreboard_path` file, still locked), with
+    /// its children's slots as they are. Refused unless it is a scoreboard of
+    /// `slots` slots.
+    pub(crate) fn adopt(file: &File, slots: usize, wake_fd: RawFd) -> io::Result<Board> {
+        let len = RECORD * (slots + 1);
+        if file.metadata()?.len() != len as u64 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("the handed-over scoreboard is not one of {slots} slots"),
+            ));
+        }
+        let (header, slot_refs) = os::map_board(slots, Some(file)).map_err(io::Error::from)?;
+        let board = Board {
+            header,
+            slots: slot_refs,
+            wake_fd,
+        };
+        let h = board.header;
+        if h.magic.load(Ordering::Relaxed) != u64::from_ne_bytes(MAGIC)
+            || h.slots.load(Ordering::Relaxed) as usize != slots
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the handed-over scoreboard's header is not preforkd's",
+            ));
+        }
+        Ok(board)
     }
 
     /// Parent, before forking into `slot`.

@@ -9,8 +9,9 @@ use super::prefork::{Logs, Prefork};
 use super::scoreboard::Board;
 use super::signals::to_os_signal;
 use super::{daemon, memory, netstat, systemd};
-use crate::supervisor::driver::{Effects, Spawn};
+use crate::supervisor::driver::{Changed, Effects, Spawn};
 use crate::{ChildSignal, Connection, ExitStatus, Hook, Level, Notify, Pid, Scoreboard, Time};
+use crate::{Handoff, Image};
 use nix::sys::signal as nsig;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd;
@@ -33,8 +34,9 @@ pub(super) struct System<T> {
     pub(super) _wake_read: OwnedFd,
     // Kept open for the daemon's life: children write wake-ups to it.
     pub(super) _wake_write: OwnedFd,
-    /// The scoreboard file, locked for the parent's life (children close it).
-    pub(super) _board_file: Option<std::fs::File>,
+    /// The scoreboard's file (the `scoreboard_path` file, locked for the parent's
+    /// life, or a memory file); children close it.
+    pub(super) board_file: std::fs::File,
     /// What `after_init` returned, lent to every child.
     pub(super) state: Option<T>,
     pub(super) init_error: Option<BoxError>,
@@ -55,6 +57,24 @@ pub(super) struct System<T> {
     pub(super) daemonized: bool,
     /// The error of the forks failing in a row, and how many did.
     pub(super) fork_failing: Option<(nix::errno::Errno, u32)>,
+    /// The pid file's descriptor (its lock crosses an upgrade's exec).
+    pub(super) pid_fd: Option<RawFd>,
+    /// The executable an upgrade runs: the path this image started from.
+    pub(super) exe: Option<PathBuf>,
+    /// Whether the first watched file is `exe`: its change is an upgrade.
+    pub(super) watch_executable: bool,
+    /// This image, open since the start: the new image's way back.
+    pub(super) own_image: Option<std::fs::File>,
+    /// The image that handed over to this one, if it can be returned to.
+    pub(super) previous: Option<std::fs::File>,
+    /// Its arguments, to return with.
+    pub(super) previous_argv: Vec<Vec<u8>>,
+    /// The upgrade's trial under way: its pid and the pipe it reports down.
+    pub(super) trial: Option<(i32, std::fs::File)>,
+    /// The outcome of a trial reaped since the driver last asked.
+    pub(super) probe_result: Option<bool>,
+    /// The service manager's variables to set again for the next image.
+    pub(super) service_vars: Vec<(std::ffi::OsString, std::ffi::OsString)>,
 }
 
 impl<T: 'static> Effects for System<T> {
@@ -66,10 +86,16 @@ impl<T: 'static> Effects for System<T> {
         loop {
             match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::Exited(pid, code)) => {
-                    return Some((Pid(pid.as_raw()), ExitStatus::Exited(code)))
+                    let status = ExitStatus::Exited(code);
+                    if !self.reaped_trial(pid.as_raw(), status) {
+                        return Some((Pid(pid.as_raw()), status));
+                    }
                 }
                 Ok(WaitStatus::Signaled(pid, sig, _)) => {
-                    return Some((Pid(pid.as_raw()), ExitStatus::Signaled(sig as i32)))
+                    let status = ExitStatus::Signaled(sig as i32);
+                    if !self.reaped_trial(pid.as_raw(), status) {
+                        return Some((Pid(pid.as_raw()), status));
+                    }
                 }
                 Ok(WaitStatus::StillAlive) | Err(nix::errno::Errno::ECHILD) => return None,
                 // Stopped, continued (not asked for), or interrupted: look again.
@@ -142,8 +168,20 @@ impl<T: 'static> Effects for System<T> {
         self.pass_logs(&all);
     }
 
-    fn files_changed(&mut self) -> bool {
+    fn files_changed(&mut self) -> Changed {
         self.look_at_files()
+    }
+
+    fn probe_upgrade(&mut self, handoff: &Handoff) -> Option<bool> {
+        self.start_probe(handoff)
+    }
+
+    fn probe_outcome(&mut self) -> Option<bool> {
+        self.probe_result.take()
+    }
+
+    fn reexec(&mut self, image: Image, handoff: Handoff) {
+        self.exec_image(image, handoff);
     }
 
     fn connections(&mut self, children: &[Pid]) -> Vec<Connection> {

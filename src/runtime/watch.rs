@@ -2,21 +2,26 @@
 //! modification times against a baseline.
 
 use super::system::System;
+use crate::supervisor::driver::Changed;
 use std::path::Path;
 use std::time::SystemTime;
 
 impl<T: 'static> System<T> {
-    /// Whether a watched file changed since the last look; the new state is the
-    /// baseline.
-    pub(super) fn look_at_files(&mut self) -> bool {
-        let mut changed = false;
-        for (path, seen) in &mut self.baseline {
+    /// What changed among the watched files since the last look (the first is the
+    /// running executable); the new state is the baseline.
+    pub(super) fn look_at_files(&mut self) -> Changed {
+        let mut changed = Changed::default();
+        for (i, (path, seen)) in self.baseline.iter_mut().enumerate() {
             let now = mtime(path);
             if now != *seen {
                 slog::info!(self.logger, "{} changed", path.display());
                 // The new state is the baseline: one change, one reload.
                 *seen = now;
-                changed = true;
+                if i == 0 && self.watch_executable {
+                    changed.executable = true;
+                } else {
+                    changed.data = true;
+                }
             }
         }
         changed

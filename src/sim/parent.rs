@@ -5,10 +5,10 @@
 use super::children::Life;
 use super::{Ev, LogRecord, Sim};
 use crate::oracle::Monitor;
-use crate::supervisor::driver::{self, Drive, Effects, Spawn};
+use crate::supervisor::driver::{self, Changed, Drive, Effects, Spawn};
 use crate::{
-    Action, ChildSignal, Connection, Event, ExitStatus, Hook, Level, Machine, Notify, Pid,
-    Scoreboard, Signal, SlotReading, SlotState, Time,
+    Action, ChildSignal, Connection, Event, ExitStatus, Handoff, Hook, Image, Level, Machine,
+    Notify, Pid, Scoreboard, Signal, SlotReading, SlotState, Time,
 };
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -362,9 +362,21 @@ impl Effects for Sim {
 
     fn reopen_logs(&mut self) {}
 
-    fn files_changed(&mut self) -> bool {
-        false
+    fn files_changed(&mut self) -> Changed {
+        Changed::default()
     }
+
+    // The simulator does not model the re-exec: a trial always fails, so an
+    // upgrade is abandoned and the simulated parent keeps serving.
+    fn probe_upgrade(&mut self, _handoff: &Handoff) -> Option<bool> {
+        Some(false)
+    }
+
+    fn probe_outcome(&mut self) -> Option<bool> {
+        None
+    }
+
+    fn reexec(&mut self, _image: Image, _handoff: Handoff) {}
 
     fn connections(&mut self, _children: &[Pid]) -> Vec<Connection> {
         Vec::new()

@@ -32,6 +32,17 @@ impl ChildSignal {
     }
 }
 
+/// Which executable an [`Action::ReExec`] runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Image {
+    /// The executable on disk now: the upgrade.
+    New,
+    /// The image that handed over to this one, kept open by the runtime: the way
+    /// back when the new code cannot take over (its `after_init` failed, or its
+    /// children crash before one serves).
+    Previous,
+}
+
 /// Why a signal is sent to a child; carried in [`Action::Signal`] for logs and tests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SignalReason {
@@ -156,6 +167,15 @@ pub enum Action {
     /// [`disconnect_check_every`](crate::MachineBuilder::disconnect_check_every)
     /// while a child is busy, when disconnects are watched.
     CheckDisconnects,
+    /// Try the executable on disk (the new code of an in-place upgrade) with this
+    /// configuration and [`Machine::handoff`](crate::Machine::handoff), without
+    /// disturbing anything; report [`Event::UpgradeProbed`](crate::Event::UpgradeProbed).
+    ProbeUpgrade,
+    /// Re-execute the parent in place (same pid) from `image`, handing over
+    /// [`Machine::handoff`](crate::Machine::handoff), the listening sockets and the
+    /// scoreboard; the new image adopts the running children. If it cannot be
+    /// done, report [`Event::ReExecFailed`](crate::Event::ReExecFailed).
+    ReExec(Image),
     /// Tell the service manager.
     Notify(Notify),
     /// Write a log record.

@@ -195,6 +195,19 @@ pub enum Event<'a> {
     /// The periodic check (after [`Action::CheckForChanges`](crate::Action::CheckForChanges))
     /// found the code or configuration changed on disk.
     FilesChanged,
+    /// The periodic check found the running executable replaced on disk.
+    ExecutableChanged,
+    /// The trial of the new executable asked for by
+    /// [`Action::ProbeUpgrade`](crate::Action::ProbeUpgrade) ended: `ok` if it
+    /// started and accepted the configuration and the handoff (the runtime logs
+    /// why not).
+    UpgradeProbed {
+        /// Whether the new executable is fit to take over.
+        ok: bool,
+    },
+    /// The [`Action::ReExec`](crate::Action::ReExec) could not be carried out (the
+    /// exec or the handoff failed, said in the log): this image keeps serving.
+    ReExecFailed,
     /// Nothing happened; the wake-up time from `poll_timeout` has come.
     Timer,
 }

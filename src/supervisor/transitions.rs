@@ -57,6 +57,8 @@ pub(crate) mod cause {
     pub(crate) const INITIAL_READY: &str = "initial children ready";
     /// A reload was asked for.
     pub(crate) const RELOAD: &str = "HUP / files changed";
+    /// `after_init` succeeded in an image that adopted the previous one's children.
+    pub(crate) const ADOPTED: &str = "after_init done: adopted children";
     /// A reload was asked for during a reload.
     pub(crate) const RELOAD_AGAIN: &str = "HUP again: newer generation";
     /// No child of an older generation serves any more.
@@ -75,6 +77,7 @@ pub(crate) mod cause {
 /// more than one row, one per cause.
 pub const TRANSITIONS: &[(State, State, &str)] = &[
     (State::Init, State::Spawning, cause::AFTER_INIT_DONE),
+    (State::Init, State::Reloading, cause::ADOPTED),
     (State::Init, State::ShuttingDown, cause::STOP),
     (State::Init, State::Stopped, cause::AFTER_INIT_FAILED),
     (State::Spawning, State::Serving, cause::INITIAL_READY),

@@ -10,18 +10,22 @@
 //! - `signal_handlers.rs`: the new child's signal gate, the worker's handlers and
 //!   the flags they set, the parent's SIGPIPE;
 //! - `shared_memory.rs`: the scoreboard mapping and shared flags;
+//! - `exec.rs`: what the in-place upgrade needs: memory files, descriptors kept
+//!   across the exec, the trial process, signals held back across the exec;
 //! - `fds.rs`: borrowing, closing and adopting raw descriptors;
 //! - `sockets.rs`: a listener's queue length, and descriptors received over a
 //!   socket (`SCM_RIGHTS`).
 // Inherited by the files below: nowhere else in the crate is `unsafe` allowed.
 #![allow(unsafe_code)]
 
+mod exec;
 mod fds;
 mod process;
 mod shared_memory;
 mod signal_handlers;
 mod sockets;
 
+pub(crate) use exec::{adopt_fd, hold_signals, memfd, release_signals, set_cloexec, spawn_trial};
 pub(crate) use fds::{adopt_socket, borrow_fd, close_inherited, NotAdopted};
 pub(crate) use process::{exit_now, fork_child, fork_for_daemon, Side};
 pub(crate) use shared_memory::{map_board, shared_flag};

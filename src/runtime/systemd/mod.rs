@@ -75,6 +75,9 @@ pub(crate) struct ServiceEnv {
     /// Lines to log once there is a logger (skipped descriptors, a floored
     /// watchdog).
     pub(crate) notes: Vec<String>,
+    /// The variables to set again for an in-place upgrade's new image (same pid):
+    /// `NOTIFY_SOCKET` and `WATCHDOG_USEC`, as they were, when they applied to us.
+    pub(crate) pass_on: Vec<(std::ffi::OsString, std::ffi::OsString)>,
 }
 
 /// Reads the service manager's variables, adopts the passed sockets (held for
@@ -92,10 +95,17 @@ pub(crate) fn take_service_env() -> Result<ServiceEnv, ActivationError> {
         std::env::remove_var(var);
     }
     let mut env = ServiceEnv {
-        notify_socket,
         watchdog: watchdog_interval_from(usec.as_deref(), pid.as_deref(), std::process::id()),
+        pass_on: Vec::new(),
+        notify_socket,
         notes: Vec::new(),
     };
+    if let Some(n) = &env.notify_socket {
+        env.pass_on.push(("NOTIFY_SOCKET".into(), n.clone()));
+    }
+    if let (Some(_), Some(u)) = (env.watchdog, &usec) {
+        env.pass_on.push(("WATCHDOG_USEC".into(), u.into()));
+    }
     if env.watchdog == Some(MIN_WATCHDOG_INTERVAL) {
         if let Some(u) = usec.as_deref().and_then(|u| u.parse::<u64>().ok()) {
             if Duration::from_micros(u / 2) < MIN_WATCHDOG_INTERVAL {

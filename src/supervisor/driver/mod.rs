@@ -28,9 +28,9 @@
 //!   busy to wake it, and reads the scoreboard before sleeping if a slot already
 //!   shows one ([`busy_unseen`]). An idle pool is never scanned.
 
-use super::action::{Action, ChildSignal, Hook, Level, Notify, SignalReason};
+use super::action::{Action, ChildSignal, Hook, Image, Level, Notify, SignalReason};
 use super::event::{Connection, Event, ExitStatus, Scoreboard};
-use super::machine::Machine;
+use super::machine::{Handoff, Machine};
 use super::transitions::State;
 use crate::policy::{Pid, Time};
 
@@ -55,6 +55,15 @@ impl Drive for Machine {
     fn next_action(&mut self) -> Option<Action> {
         self.poll_action()
     }
+}
+
+/// What a look at the watched files found changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Changed {
+    /// The running executable was replaced: an in-place upgrade is due.
+    pub executable: bool,
+    /// Another watched file changed: the reload handler and a rollout.
+    pub data: bool,
 }
 
 /// A child to fork, as [`Action::Spawn`] asks.
@@ -98,8 +107,17 @@ pub trait Effects {
     fn run_hook(&mut self, hook: Hook) -> bool;
     /// Reopens the log files (children get theirs with the USR1 that follows).
     fn reopen_logs(&mut self);
-    /// Whether a watched file changed since the last look.
-    fn files_changed(&mut self) -> bool;
+    /// What changed among the watched files since the last look.
+    fn files_changed(&mut self) -> Changed;
+    /// Starts the trial of the executable on disk with this configuration and
+    /// `handoff` (see [`Action::ProbeUpgrade`]); its outcome if known at once,
+    /// `None` if it comes later, from [`probe_outcome`](Effects::probe_outcome).
+    fn probe_upgrade(&mut self, handoff: &Handoff) -> Option<bool>;
+    /// The outcome of a trial that ended since the last look, if any.
+    fn probe_outcome(&mut self) -> Option<bool>;
+    /// Re-executes the parent from `image`, handing `handoff` over; returns only
+    /// if that could not be done (said in the log).
+    fn reexec(&mut self, image: Image, handoff: Handoff);
     /// The connections of these children that the disconnect policy may want to
     /// hear of.
     fn connections(&mut self, children: &[Pid]) -> Vec<Connection>;
@@ -147,10 +165,30 @@ pub fn carry_out(d: &mut impl Drive, fx: &mut impl Effects, marked: &mut bool) -
             }
             Action::ReopenLogs => fx.reopen_logs(),
             Action::CheckForChanges => {
-                if fx.files_changed() {
-                    let now = fx.now();
-                    d.handle(now, Event::FilesChanged);
+                let changed = fx.files_changed();
+                // Data first: its handler and rollout, then the upgrade, whose new
+                // image rolls every child over anyway.
+                for (yes, event) in [
+                    (changed.data, Event::FilesChanged),
+                    (changed.executable, Event::ExecutableChanged),
+                ] {
+                    if yes {
+                        let now = fx.now();
+                        d.handle(now, event);
+                    }
                 }
+            }
+            Action::ProbeUpgrade => {
+                let handoff = d.machine().handoff();
+                if let Some(ok) = fx.probe_upgrade(&handoff) {
+                    let now = fx.now();
+                    d.handle(now, Event::UpgradeProbed { ok });
+                }
+            }
+            Action::ReExec(image) => {
+                fx.reexec(image, d.machine().handoff());
+                let now = fx.now();
+                d.handle(now, Event::ReExecFailed);
             }
             Action::CheckDisconnects => {
                 let children: Vec<Pid> = d.machine().pids().collect();
@@ -179,6 +217,11 @@ pub fn reap(d: &mut impl Drive, fx: &mut impl Effects, reading: &mut Scoreboard)
     let mut reaped = Vec::new();
     while let Some(exit) = fx.try_reap() {
         reaped.push(exit);
+    }
+    // The upgrade's trial is a child too, reaped by the runtime for itself.
+    if let Some(ok) = fx.probe_outcome() {
+        let now = fx.now();
+        d.handle(now, Event::UpgradeProbed { ok });
     }
     if reaped.is_empty() {
         return 0;

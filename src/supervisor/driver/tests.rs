@@ -2,7 +2,7 @@
 //! action answered with its event.
 
 use super::*;
-use crate::supervisor::action::{Action, Hook};
+use crate::supervisor::action::{Action, Hook, Image};
 use crate::supervisor::event::Signal;
 use crate::supervisor::event::{HookKind, SlotReading, SlotState};
 use crate::supervisor::machine::MachineBuilder;
@@ -23,6 +23,10 @@ struct Fake {
     /// What `after_init` answers.
     init_fails: bool,
     changed: bool,
+    exe_changed: bool,
+    /// A trial's outcome: given at once, or later.
+    probe_now: Option<bool>,
+    probe_later: Option<bool>,
 }
 
 impl Effects for Fake {
@@ -82,9 +86,26 @@ impl Effects for Fake {
     fn reopen_logs(&mut self) {
         self.log.push("reopen".into());
     }
-    fn files_changed(&mut self) -> bool {
+    fn files_changed(&mut self) -> Changed {
         self.log.push("look at files".into());
-        std::mem::take(&mut self.changed)
+        Changed {
+            data: std::mem::take(&mut self.changed),
+            executable: std::mem::take(&mut self.exe_changed),
+        }
+    }
+    fn probe_upgrade(&mut self, handoff: &Handoff) -> Option<bool> {
+        self.log
+            .push(format!("probe with {} children", handoff.pids().count()));
+        self.probe_now
+    }
+    fn probe_outcome(&mut self) -> Option<bool> {
+        self.probe_later.take()
+    }
+    fn reexec(&mut self, image: Image, handoff: Handoff) {
+        self.log.push(format!(
+            "reexec {image:?} with {} children",
+            handoff.pids().count()
+        ));
     }
     fn connections(&mut self, children: &[Pid]) -> Vec<Connection> {
         self.log.push(format!("connections of {}", children.len()));

@@ -4,6 +4,7 @@ use super::health::Streak;
 use super::phase::Phase;
 use super::pool::Pool;
 use super::timer_table::{Timer, TimerTable};
+use super::upgrade::{Handoff, Upgrade};
 use super::Machine;
 use crate::policy::{CallHook, DisconnectPolicy, ReloadPolicy, Rolling, ScalingPolicy, Time};
 use crate::supervisor::action::{Action, Hook};
@@ -30,6 +31,7 @@ pub struct MachineBuilder {
     disconnect: Option<Box<dyn DisconnectPolicy>>,
     disconnect_check_every: Option<Duration>,
     watchdog_interval: Option<Duration>,
+    handoff: Option<Handoff>,
 }
 
 impl MachineBuilder {
@@ -41,6 +43,7 @@ impl MachineBuilder {
             disconnect: None,
             disconnect_check_every: None,
             watchdog_interval: None,
+            handoff: None,
         }
     }
 
@@ -119,14 +122,18 @@ impl MachineBuilder {
             }
         };
         let disconnect = self.disconnect.unwrap_or_else(|| Box::new(CallHook));
+        if let Some(h) = &self.handoff {
+            h.check(opts.max_children)?;
+        }
+        let start = self.handoff.as_ref().map_or(Time::ZERO, Handoff::now);
         let mut actions = VecDeque::new();
         actions.push_back(Action::RunHook(Hook::AfterInit));
         let mut timers = TimerTable::default();
         timers.set(
             Timer::Watchdog,
-            self.watchdog_interval.map(|every| Time::ZERO + every),
+            self.watchdog_interval.map(|every| start + every),
         );
-        Ok(Machine {
+        let mut m = Machine {
             rng: SplitMix64::new(opts.seed),
             pool: Pool::new(opts.max_children),
             opts,
@@ -148,6 +155,18 @@ impl MachineBuilder {
             last_min_serving: None,
             disconnect_check_every: self.disconnect_check_every,
             watchdog_interval: self.watchdog_interval,
-        })
+            upgrade: Upgrade::Idle,
+            adopting: None,
+        };
+        if let Some(h) = &self.handoff {
+            m.take_in(h);
+            m.adopting = Some(h.has_previous());
+        }
+        Ok(m)
+    }
+
+    pub(super) fn with_handoff(mut self, handoff: Handoff) -> Self {
+        self.handoff = Some(handoff);
+        self
     }
 }

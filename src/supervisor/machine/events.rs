@@ -24,6 +24,9 @@ impl Machine {
             }
             Event::Netstat(conns) => self.on_netstat(conns),
             Event::FilesChanged => self.on_reload_trigger(ReloadTrigger::FilesChanged),
+            Event::ExecutableChanged => self.on_reload_trigger(ReloadTrigger::ExecutableChanged),
+            Event::UpgradeProbed { ok } => self.on_upgrade_probed(ok),
+            Event::ReExecFailed => self.on_reexec_failed(),
             Event::Timer => {}
         }
     }
@@ -49,10 +52,7 @@ impl Machine {
                     });
                 }
             }
-            Signal::Usr2 => self.log(
-                Level::Warning,
-                "USR2 (re-exec handoff) is not supported yet; ignored".into(),
-            ),
+            Signal::Usr2 => self.on_reload_trigger(ReloadTrigger::Upgrade),
             Signal::Ttin | Signal::Ttou => {
                 if self.accepts_work() {
                     let delta = if sig == Signal::Ttin { 1 } else { -1 };
@@ -77,11 +77,23 @@ impl Machine {
         if hook != HookKind::AfterInit || self.phase != Phase::Init {
             return;
         }
-        if ok {
+        if ok && self.adopted() {
+            self.start_reload_checks();
+            self.begin_adopted_reload();
+        } else if ok {
             let target = self.scaling.initial_children().min(self.opts.max_children);
             self.transition(Phase::Spawning { target }, cause::AFTER_INIT_DONE);
             self.start_reload_checks();
             self.log(Level::Info, format!("starting {target} children"));
+        } else if self.roll_back_if_failing("after_init failed") {
+        } else if self.adopted() {
+            // No way back: the adopted children are stopped, not orphaned.
+            self.log(
+                Level::Error,
+                "after_init failed after an upgrade, with no previous image to return to; stopping"
+                    .into(),
+            );
+            self.begin_shutdown(false, Signal::Term);
         } else {
             self.log(Level::Error, "after_init failed; not starting".into());
             self.stop(1, cause::AFTER_INIT_FAILED);

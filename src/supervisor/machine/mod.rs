@@ -33,10 +33,12 @@ mod shutdown;
 #[cfg(test)]
 mod tests;
 mod timer_table;
+mod upgrade;
 
 pub use builder::MachineBuilder;
 pub use health::CRASH_REPORT_EVERY;
 pub use pool::Counts;
+pub use upgrade::{Handoff, ROLLBACK_CRASHES};
 
 use crate::policy::{Disconnect, DisconnectPolicy, Pid, ReloadPolicy, ScalingPolicy, Time};
 use crate::supervisor::action::{Action, Level};
@@ -113,6 +115,12 @@ pub struct Machine {
     disconnect_check_every: Option<Duration>,
     /// How often to ping the service manager's watchdog; `None`: no watchdog.
     watchdog_interval: Option<Duration>,
+    /// Where an in-place upgrade is.
+    upgrade: upgrade::Upgrade,
+    /// The children were adopted from a previous image: `Some(true)` while the
+    /// way back is open (the previous image is there and the new code is not
+    /// proven yet).
+    adopting: Option<bool>,
 }
 
 impl Machine {
@@ -237,6 +245,7 @@ impl Machine {
         self.run_child_timers();
         if let Phase::Reloading { .. } = self.phase {
             self.step_reload();
+            self.watch_adoption();
         }
         let spawn_goal = self.fill_initial_pool();
         self.scale();

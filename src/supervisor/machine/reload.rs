@@ -19,16 +19,27 @@ impl Machine {
         let ReloadPlan {
             run_handler,
             restart_children,
+            upgrade,
         } = self.reload.plan(trigger);
         if run_handler {
             self.push(Action::RunHook(Hook::ReloadHandler));
         }
-        if restart_children {
-            self.begin_reload();
+        if upgrade {
+            // The new image rolls the children over itself.
+            self.on_upgrade_trigger(trigger);
+        } else if restart_children {
+            let why = if matches!(self.phase, Phase::Reloading { .. }) {
+                cause::RELOAD_AGAIN
+            } else {
+                cause::RELOAD
+            };
+            self.begin_reload_because(why);
         }
     }
 
-    fn begin_reload(&mut self) {
+    /// Starts rolling every child over to a new generation (`why`: the cause of
+    /// the transition to Reloading).
+    pub(super) fn begin_reload_because(&mut self, why: &'static str) {
         self.generation += 1;
         // A reload is the operator's "fixed it": new code starts without the old
         // code's crash-loop backoff.
@@ -53,11 +64,6 @@ impl Machine {
         );
         self.push(Action::Notify(Notify::Reloading));
         self.last_min_serving = Some(min_serving);
-        let why = if matches!(self.phase, Phase::Reloading { .. }) {
-            cause::RELOAD_AGAIN
-        } else {
-            cause::RELOAD
-        };
         self.transition(
             Phase::Reloading {
                 generation: self.generation,

@@ -1,0 +1,465 @@
+//! The runtime's half of the in-place upgrade (the steps are the machine's: see
+//! [`Handoff`]): the trial of the new executable, the re-exec with what crosses
+//! it, and the new image's start from it.
+//!
+//! What crosses the exec, as descriptors left open and named in a JSON document
+//! in a memory file (`PREFORKD_HANDOFF` gives its number): the machine's
+//! [`Handoff`], the clock's origin, the scoreboard's file (a memory file, or the
+//! `scoreboard_path` file with its lock), the children's wake-up pipe, the pid
+//! file (with its lock), each child's log channel, the listeners made with
+//! [`listen`](super::listen) (handed back, in order, to the new image's calls of
+//! `listen` for a compatible address), and the image being left (the way back).
+//! The service manager's variables are set again for the new image. The same pid
+//! runs on: pid files, `MAINPID` and supervisors stay valid, and the children stay
+//! its children.
+//!
+//! The trial (`PREFORKD_TRIAL`): the new executable runs with the same arguments
+//! and this handoff; its [`Prefork::run`](super::Prefork::run) checks the
+//! configuration against the handoff, says "ok" down a pipe and exits, touching
+//! nothing else. It has [`TRIAL_LIMIT_SECS`] seconds (SIGALRM). Code that runs
+//! before `run` in `main` runs in the trial too.
+
+use super::error::RunError;
+use super::os;
+use super::signals::PARENT_SIGNALS;
+use super::system::System;
+use crate::{ExitStatus, Handoff, Image};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::ffi::{CString, OsString};
+use std::fs::File;
+use std::io::{Read, Seek, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+/// The variable naming the handoff's memory file.
+pub(super) const HANDOFF_ENV: &str = "PREFORKD_HANDOFF";
+/// The variable naming the trial's report pipe.
+pub(super) const TRIAL_ENV: &str = "PREFORKD_TRIAL";
+/// How long the trial of a new executable may take.
+pub const TRIAL_LIMIT_SECS: u32 = 30;
+
+/// What crosses the exec besides the machine's handoff: descriptor numbers left
+/// open, and what the parent knew at its start.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Carried {
+    machine: Handoff,
+    origin_ns: u64,
+    board: RawFd,
+    slots: usize,
+    wake_read: RawFd,
+    wake_write: RawFd,
+    pid_file: Option<RawFd>,
+    channels: Vec<(i32, RawFd)>,
+    listeners: Vec<RawFd>,
+    previous: Option<RawFd>,
+    /// The arguments to return to the previous image with (its own).
+    previous_argv: Vec<Vec<u8>>,
+    daemonized: bool,
+    exe: Option<PathBuf>,
+}
+
+/// A handoff received at the start, its descriptors owned.
+#[derive(Debug)]
+pub(super) struct Inherited {
+    pub(super) machine: Handoff,
+    pub(super) origin_ns: u64,
+    pub(super) board: File,
+    pub(super) slots: usize,
+    pub(super) wake_read: OwnedFd,
+    pub(super) wake_write: OwnedFd,
+    pub(super) pid_file: Option<OwnedFd>,
+    pub(super) channels: BTreeMap<i32, OwnedFd>,
+    pub(super) previous: Option<File>,
+    pub(super) previous_argv: Vec<Vec<u8>>,
+    pub(super) daemonized: bool,
+    pub(super) exe: Option<PathBuf>,
+}
+
+/// How this image starts.
+#[derive(Debug)]
+pub(super) enum Start {
+    /// Afresh.
+    Fresh,
+    /// From a previous image's handoff.
+    Upgrade(Box<Inherited>),
+    /// As the trial of an upgrade: check, report down `report`, exit.
+    Trial { handoff: Handoff, report: File },
+}
+
+/// Reads the handoff or the trial's variables, if any, and unsets them. Call it
+/// at the start of `run`, right after the service manager's variables.
+pub(super) fn take_start() -> Result<Start, RunError> {
+    let fd = |name: &str| -> Result<Option<RawFd>, RunError> {
+        let Some(v) = std::env::var_os(name) else {
+            return Ok(None);
+        };
+        std::env::remove_var(name);
+        v.to_str()
+            .and_then(|v| v.parse::<RawFd>().ok())
+            .filter(|&fd| fd > 2)
+            .map(Some)
+            .ok_or_else(|| {
+                super::error::invalid("handoff", format!("{name}={v:?} is not a descriptor"))
+            })
+    };
+    let handoff = fd(HANDOFF_ENV)?;
+    let trial = fd(TRIAL_ENV)?;
+    let Some(handoff) = handoff else {
+        return Ok(Start::Fresh);
+    };
+    let io = |what: &'static str| {
+        move |e: std::io::Error| RunError::Io {
+            what: format!("reading the upgrade's handoff: {what}"),
+            source: e,
+        }
+    };
+    let mut doc = File::from(os::adopt_fd(handoff).map_err(io("its memory file"))?);
+    let mut text = String::new();
+    doc.rewind().map_err(io("its memory file"))?;
+    doc.read_to_string(&mut text)
+        .map_err(io("its memory file"))?;
+    let carried: Carried = serde_json::from_str(&text)
+        .map_err(|e| super::error::invalid("handoff", format!("unreadable: {e}")))?;
+    if let Some(report) = trial {
+        let report = File::from(os::adopt_fd(report).map_err(io("the trial's pipe"))?);
+        return Ok(Start::Trial {
+            handoff: carried.machine,
+            report,
+        });
+    }
+    let adopt = |fd: RawFd| os::adopt_fd(fd).map_err(io("a descriptor"));
+    let mut channels = BTreeMap::new();
+    for &(pid, fd) in &carried.channels {
+        channels.insert(pid, adopt(fd)?);
+    }
+    let mut listeners = Vec::new();
+    for &fd in &carried.listeners {
+        listeners.push(adopt(fd)?);
+    }
+    *HANDED_ORDER.lock().unwrap_or_else(|e| e.into_inner()) = carried.listeners.clone();
+    *INHERITED_LISTENERS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner()) = listeners;
+    Ok(Start::Upgrade(Box::new(Inherited {
+        machine: carried.machine,
+        origin_ns: carried.origin_ns,
+        board: File::from(adopt(carried.board)?),
+        slots: carried.slots,
+        wake_read: adopt(carried.wake_read)?,
+        wake_write: adopt(carried.wake_write)?,
+        pid_file: carried.pid_file.map(adopt).transpose()?,
+        channels,
+        previous: carried.previous.map(adopt).transpose()?.map(File::from),
+        previous_argv: carried.previous_argv,
+        daemonized: carried.daemonized,
+        exe: carried.exe,
+    })))
+}
+
+/// The trial's end: `result` said down the pipe, then the process exits (0: fit
+/// to take over; 78: not, the reason said).
+pub(super) fn end_trial(mut report: File, result: Result<(), RunError>) -> ! {
+    let code = match &result {
+        Ok(()) => {
+            let _ = report.write_all(b"ok\n");
+            0
+        }
+        Err(e) => {
+            let _ = writeln!(report, "{e}");
+            78
+        }
+    };
+    drop(report);
+    std::process::exit(code)
+}
+
+/// The listeners made with [`listen`](super::listen): handed over in an upgrade.
+static LISTENERS: Mutex<Vec<RawFd>> = Mutex::new(Vec::new());
+/// The listeners a previous image handed over, not yet claimed by `listen`.
+static INHERITED_LISTENERS: Mutex<Vec<OwnedFd>> = Mutex::new(Vec::new());
+/// Their numbers in the order handed over: what goes back to the previous image
+/// if this one cannot take over (claimed or not, they are open until then).
+static HANDED_ORDER: Mutex<Vec<RawFd>> = Mutex::new(Vec::new());
+
+/// Notes a listener made by [`listen`](super::listen), to hand over in an upgrade.
+pub(super) fn register_listener(fd: RawFd) {
+    let mut l = LISTENERS.lock().unwrap_or_else(|e| e.into_inner());
+    if !l.contains(&fd) {
+        l.push(fd);
+    }
+}
+
+/// The first handed-over listener bound where `wanted` asks (the same address, and
+/// the same port unless it asks for port 0), taken.
+pub(super) fn claim_listener(wanted: &[std::net::SocketAddr]) -> Option<std::net::TcpListener> {
+    let mut inherited = INHERITED_LISTENERS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let at = inherited.iter().position(|fd| {
+        let Ok(l) = fd.try_clone().map(std::net::TcpListener::from) else {
+            return false;
+        };
+        let Ok(local) = l.local_addr() else {
+            return false;
+        };
+        wanted
+            .iter()
+            .any(|w| w.ip() == local.ip() && (w.port() == 0 || w.port() == local.port()))
+    })?;
+    Some(std::net::TcpListener::from(inherited.remove(at)))
+}
+
+/// Closes the handed-over listeners a successful `after_init` did not claim: the
+/// old children hold their own copies, and the new ones must not inherit strays.
+/// (After a failed one they stay open: they go back to the previous image.)
+pub(super) fn drop_unclaimed_listeners() {
+    INHERITED_LISTENERS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clear();
+    HANDED_ORDER
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clear();
+}
+
+/// The listeners to hand over, still open as sockets (one dropped by the program
+/// may have had its number reused): to the previous image, those it handed over,
+/// in its order; otherwise those made with `listen`.
+fn live_listeners(image: Image) -> Vec<RawFd> {
+    let handed = HANDED_ORDER
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let l = match image {
+        Image::Previous if !handed.is_empty() => handed,
+        _ => LISTENERS.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+    };
+    l.iter()
+        .copied()
+        .filter(|&fd| {
+            nix::sys::socket::getsockname::<nix::sys::socket::SockaddrStorage>(fd).is_ok()
+        })
+        .collect()
+}
+
+impl<T: 'static> System<T> {
+    fn carried(&self, machine: Handoff, image: Image, previous: Option<RawFd>) -> Carried {
+        Carried {
+            machine,
+            origin_ns: self.clock.origin_ns(),
+            board: self.board_file.as_raw_fd(),
+            slots: self.cfg.options.max_children,
+            wake_read: self._wake_read.as_raw_fd(),
+            wake_write: self._wake_write.as_raw_fd(),
+            pid_file: self.pid_fd,
+            channels: self
+                .log_channels
+                .iter()
+                .map(|(&pid, fd)| (pid, fd.as_raw_fd()))
+                .collect(),
+            listeners: live_listeners(image),
+            previous,
+            previous_argv: if previous.is_some() {
+                std::env::args_os().map(|a| a.into_vec()).collect()
+            } else {
+                Vec::new()
+            },
+            daemonized: self.daemonized,
+            exe: self.exe.clone(),
+        }
+    }
+
+    /// Starts the trial of the executable on disk (see the module docs); its
+    /// outcome comes when it is reaped. `Some(false)` if it could not start.
+    pub(super) fn start_probe(&mut self, handoff: &Handoff) -> Option<bool> {
+        match self.spawn_probe(handoff) {
+            Ok(()) => None,
+            Err(e) => {
+                slog::error!(
+                    self.logger,
+                    "upgrade: cannot start the trial of the new executable: {e}"
+                );
+                Some(false)
+            }
+        }
+    }
+
+    fn spawn_probe(&mut self, handoff: &Handoff) -> std::io::Result<()> {
+        let exe = self.exe.clone().ok_or_else(|| {
+            std::io::Error::other("the executable's path is unknown (current_exe failed at start)")
+        })?;
+        if self.trial.is_some() {
+            return Err(std::io::Error::other("a trial is already running"));
+        }
+        let doc = self.handoff_file(&self.carried(handoff.clone(), Image::New, None))?;
+        let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        let mut cmd = std::process::Command::new(&exe);
+        let mut args = std::env::args_os();
+        if let Some(arg0) = args.next() {
+            std::os::unix::process::CommandExt::arg0(&mut cmd, arg0);
+        }
+        cmd.args(args)
+            .env(HANDOFF_ENV, doc.as_raw_fd().to_string())
+            .env(TRIAL_ENV, write.as_raw_fd().to_string())
+            .stdin(std::process::Stdio::null());
+        let child = os::spawn_trial(
+            &mut cmd,
+            &[doc.as_raw_fd(), write.as_raw_fd()],
+            TRIAL_LIMIT_SECS,
+        )?;
+        slog::info!(
+            self.logger,
+            "upgrade: trying {} (pid {})",
+            exe.display(),
+            child.id()
+        );
+        self.trial = Some((child.id() as i32, File::from(read)));
+        Ok(())
+    }
+
+    /// Whether `pid` is the trial; if so, its outcome is noted.
+    pub(super) fn reaped_trial(&mut self, pid: i32, status: ExitStatus) -> bool {
+        if self.trial.as_ref().map(|(p, _)| *p) != Some(pid) {
+            return false;
+        }
+        let Some((_, mut pipe)) = self.trial.take() else {
+            return false;
+        };
+        let mut said = String::new();
+        // The trial has exited: its end of the pipe is closed, this does not block.
+        let _ = pipe.read_to_string(&mut said);
+        let said = said.trim();
+        let ok = status == ExitStatus::Exited(0) && said == "ok";
+        if ok {
+            slog::info!(self.logger, "upgrade: the new executable passed its trial");
+        } else {
+            let why = if said.is_empty() {
+                format!("it ended ({status}) before checking its configuration")
+            } else {
+                said.to_string()
+            };
+            slog::error!(
+                self.logger,
+                "upgrade: the new executable failed its trial: {why}"
+            );
+        }
+        self.probe_result = Some(ok);
+        true
+    }
+
+    /// A memory file holding `carried`, open for the next image.
+    fn handoff_file(&self, carried: &Carried) -> std::io::Result<File> {
+        let mut f = os::memfd("preforkd-handoff")?;
+        serde_json::to_writer(&mut f, carried).map_err(std::io::Error::other)?;
+        f.rewind()?;
+        Ok(f)
+    }
+
+    /// Re-executes the parent from `image` (see the module docs); returns only if
+    /// it could not, every descriptor as it was and the reason logged.
+    pub(super) fn exec_image(&mut self, image: Image, handoff: Handoff) {
+        let e = self.try_exec(image, handoff);
+        slog::error!(self.logger, "upgrade: the re-exec ({image:?}) failed: {e}");
+    }
+
+    fn try_exec(&mut self, image: Image, handoff: Handoff) -> std::io::Error {
+        // The way back from the new image is this one, kept open since the start.
+        let previous = match image {
+            Image::New => self.own_image.as_ref().map(AsRawFd::as_raw_fd),
+            Image::Previous => None,
+        };
+        let carried = self.carried(handoff.with_previous(previous.is_some()), image, previous);
+        let doc = match self.handoff_file(&carried) {
+            Ok(f) => f,
+            Err(e) => return e,
+        };
+        let mut keep: Vec<RawFd> = vec![
+            doc.as_raw_fd(),
+            carried.board,
+            carried.wake_read,
+            carried.wake_write,
+        ];
+        keep.extend(carried.pid_file);
+        keep.extend(carried.channels.iter().map(|&(_, fd)| fd));
+        keep.extend(&carried.listeners);
+        keep.extend(carried.previous);
+        let mut cleared = Vec::new();
+        let mut error = None;
+        for &fd in &keep {
+            match os::set_cloexec(os::borrow_fd(fd), false) {
+                Ok(()) => cleared.push(fd),
+                Err(e) => {
+                    error = Some(e);
+                    break;
+                }
+            }
+        }
+        if error.is_none() {
+            let mut env: Vec<CString> = std::env::vars_os()
+                .filter(|(k, _)| k != HANDOFF_ENV && k != TRIAL_ENV)
+                .chain(self.service_vars.iter().cloned())
+                .chain([(
+                    OsString::from(HANDOFF_ENV),
+                    OsString::from(doc.as_raw_fd().to_string()),
+                )])
+                .filter_map(|(k, v)| {
+                    let mut kv = k.into_vec();
+                    kv.push(b'=');
+                    kv.extend(v.as_bytes());
+                    CString::new(kv).ok()
+                })
+                .collect();
+            env.push(
+                CString::new(format!("WATCHDOG_PID={}", std::process::id()))
+                    .expect("digits have no NUL"),
+            );
+            // The previous image returns with its own arguments.
+            let argv: Vec<CString> = match image {
+                Image::New => std::env::args_os().map(|a| a.into_vec()).collect(),
+                Image::Previous => self.previous_argv.clone(),
+            }
+            .into_iter()
+            .filter_map(|a| CString::new(a).ok())
+            .collect();
+            let held = os::hold_signals(&PARENT_SIGNALS);
+            let errno = match (image, &self.exe, &self.previous) {
+                (Image::New, Some(exe), _) => match CString::new(exe.as_os_str().as_bytes()) {
+                    Ok(path) => nix::unistd::execve(&path, &argv, &env).err(),
+                    Err(_) => Some(nix::errno::Errno::EINVAL),
+                },
+                (Image::Previous, _, Some(prev)) => {
+                    nix::unistd::fexecve(prev.as_fd(), &argv, &env).err()
+                }
+                _ => Some(nix::errno::Errno::ENOENT),
+            };
+            if held.is_ok() {
+                let _ = os::release_signals(&PARENT_SIGNALS);
+            }
+            error = Some(match (image, errno) {
+                (Image::New, Some(e)) if self.exe.is_none() => {
+                    std::io::Error::other(format!("the executable's path is unknown ({e})"))
+                }
+                (Image::Previous, Some(_)) if self.previous.is_none() => {
+                    std::io::Error::other("no previous image to return to")
+                }
+                (_, Some(e)) => std::io::Error::from(e),
+                (_, None) => std::io::Error::other("exec returned"),
+            });
+        }
+        for fd in cleared {
+            let _ = os::set_cloexec(os::borrow_fd(fd), true);
+        }
+        error.unwrap_or_else(|| std::io::Error::other("exec returned"))
+    }
+}
+
+/// Opens the running image (`/proc/self/exe`) so that an upgrade can come back
+/// to it even once its file on disk is replaced.
+pub(super) fn open_own_image() -> Option<File> {
+    File::open("/proc/self/exe").ok()
+}

@@ -1,0 +1,328 @@
+//! The in-place upgrade: what the parent hands across its re-exec ([`Handoff`]),
+//! how the new image adopts it, and the way back when the new code cannot take
+//! over.
+//!
+//! The steps, each an action the runtime answers:
+//! 1. USR2, or the executable replaced on disk, and the reload policy says
+//!    `upgrade`: RELOADING=1, then [`Action::ProbeUpgrade`] (the new executable is
+//!    tried with this configuration and the handoff, touching nothing).
+//! 2. [`Event::UpgradeProbed`](crate::Event::UpgradeProbed) `ok`:
+//!    [`Action::ReExec`]`(New)`. Not ok, or the exec fails
+//!    ([`Event::ReExecFailed`](crate::Event::ReExecFailed)): logged, READY=1, this
+//!    image keeps serving.
+//! 3. The new image's machine is built with [`MachineBuilder::adopt`]: the
+//!    running children are in its pool, as an older generation. Once its
+//!    `after_init` succeeds it rolls them over like a HUP (never below the minimum
+//!    serving), and READY=1 follows when the old generation is gone.
+//! 4. The way back: if that `after_init` fails, or the new generation crashes
+//!    [`ROLLBACK_CRASHES`] times in a row before one of its children proves
+//!    healthy, [`Action::ReExec`]`(Previous)`: the image that handed over takes
+//!    the children back.
+
+use super::builder::MachineBuilder;
+use super::phase::Phase;
+use super::pool::{Child, Retire};
+use super::Machine;
+use crate::policy::{Pid, ReloadTrigger, Time};
+use crate::supervisor::action::{Action, Image, Level, Notify, SignalReason};
+use crate::supervisor::config::ConfigError;
+use crate::supervisor::transitions::cause;
+use serde::{Deserialize, Serialize};
+
+/// Crashes in a row of an adopting image's new children, none of them healthy
+/// yet, after which it hands the children back to the previous image.
+pub const ROLLBACK_CRASHES: u32 = 3;
+
+/// The format of [`Handoff`]; an image refuses a handoff of another format.
+const HANDOFF_FORMAT: u32 = 1;
+
+/// Where an in-place upgrade is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(super) enum Upgrade {
+    /// None under way.
+    #[default]
+    Idle,
+    /// The new executable is being tried.
+    Probing,
+    /// The re-exec was asked for.
+    Executing,
+}
+
+/// What a parent hands across its re-exec so the new image adopts its children:
+/// the children (slot, pid, generation, age, readiness, requests, retirement),
+/// the generation counter, the crash streak and the machine's time. Serialize it
+/// with serde; the new image passes it to [`MachineBuilder::adopt`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Handoff {
+    format: u32,
+    now: Time,
+    generation: u64,
+    crash_streak: u32,
+    /// Whether the image that hands over can be returned to.
+    previous: bool,
+    children: Vec<HandedChild>,
+}
+
+/// One running child, as handed over.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HandedChild {
+    slot: usize,
+    pid: Pid,
+    generation: u64,
+    spawned_at: Time,
+    ready_at: Option<Time>,
+    busy_since: Option<Time>,
+    requests: u64,
+    max_requests: Option<u64>,
+    retiring: Option<(Time, SignalReason)>,
+    killed: bool,
+}
+
+impl Handoff {
+    /// The pids of the children handed over, in slot order.
+    pub fn pids(&self) -> impl Iterator<Item = Pid> + '_ {
+        self.children.iter().map(|c| c.pid)
+    }
+
+    /// The machine's time at the handoff: the new image's clock goes on from it.
+    pub fn now(&self) -> Time {
+        self.now
+    }
+
+    /// Marks whether the image that hands over can be returned to (the runtime
+    /// keeps it open): without it, the new image has no way back.
+    pub fn with_previous(mut self, previous: bool) -> Handoff {
+        self.previous = previous;
+        self
+    }
+
+    /// Whether the image that handed over can be returned to.
+    pub fn has_previous(&self) -> bool {
+        self.previous
+    }
+
+    /// Checks it fits a pool of `max_children` slots.
+    pub(super) fn check(&self, max_children: usize) -> Result<(), ConfigError> {
+        if self.format != HANDOFF_FORMAT {
+            return Err(ConfigError::new(
+                "handoff",
+                format!(
+                    "format {} from the running image, this one reads {HANDOFF_FORMAT}",
+                    self.format
+                ),
+            ));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for c in &self.children {
+            if c.slot >= max_children {
+                return Err(ConfigError::new(
+                    "max_children",
+                    format!(
+                        "is {max_children}, but a running child (pid {}) holds slot {}: \
+                         upgrade with max_children of at least {}",
+                        c.pid,
+                        c.slot,
+                        self.slots_needed()
+                    ),
+                ));
+            }
+            if !seen.insert(c.slot) || c.pid.0 <= 0 {
+                return Err(ConfigError::new(
+                    "handoff",
+                    format!(
+                        "slot {} or pid {} handed over twice or invalid",
+                        c.slot, c.pid
+                    ),
+                ));
+            }
+        }
+        let pids: std::collections::BTreeSet<Pid> = self.pids().collect();
+        if pids.len() != self.children.len() {
+            return Err(ConfigError::new("handoff", "a pid is handed over twice"));
+        }
+        Ok(())
+    }
+
+    fn slots_needed(&self) -> usize {
+        self.children.iter().map(|c| c.slot + 1).max().unwrap_or(0)
+    }
+}
+
+impl MachineBuilder {
+    /// Builds a machine that adopts the children `handoff` describes (an in-place
+    /// upgrade's new image). It starts in `Init`, runs `after_init`, then rolls the
+    /// adopted children over to a new generation; if `after_init` fails, it hands
+    /// them back ([`Action::ReExec`]`(Previous)`) when the handoff says the previous
+    /// image is there. Refused (naming `max_children`) if a child's slot does not
+    /// fit the pool.
+    pub fn adopt(self, handoff: Handoff) -> Self {
+        self.with_handoff(handoff)
+    }
+}
+
+impl Machine {
+    /// What to hand across a re-exec now (see [`Handoff`]). Children whose fork
+    /// was not reported yet are not included: the runtime forks synchronously, so
+    /// there are none when it re-executes.
+    pub fn handoff(&self) -> Handoff {
+        let children = self
+            .pool
+            .iter()
+            .filter_map(|(slot, c)| {
+                Some(HandedChild {
+                    slot,
+                    pid: c.pid?,
+                    generation: c.generation,
+                    spawned_at: c.spawned_at,
+                    ready_at: c.ready_at,
+                    busy_since: c.busy_since,
+                    requests: c.requests,
+                    max_requests: c.max_requests,
+                    retiring: c.retire.map(|r| (r.at, r.reason)),
+                    killed: c.killed,
+                })
+            })
+            .collect();
+        Handoff {
+            format: HANDOFF_FORMAT,
+            now: self.now,
+            generation: self.generation,
+            crash_streak: self.crash_streak,
+            previous: false,
+            children,
+        }
+    }
+
+    /// Whether this machine adopted its children from a previous image.
+    pub fn adopted(&self) -> bool {
+        self.adopting.is_some()
+    }
+
+    /// Puts the handed-over children in the pool (at build time).
+    pub(super) fn take_in(&mut self, h: &Handoff) {
+        self.now = self.now.max(h.now);
+        self.generation = h.generation;
+        self.crash_streak = h.crash_streak;
+        for c in &h.children {
+            let mut child = Child::new(c.generation, c.spawned_at, c.max_requests);
+            child.ready_at = c.ready_at;
+            child.busy_since = c.busy_since;
+            child.requests = c.requests;
+            child.retire = c.retiring.map(|(at, reason)| Retire { at, reason });
+            child.killed = c.killed;
+            self.pool.insert(c.slot, child);
+            self.pool.set_pid(c.slot, c.pid);
+        }
+    }
+
+    /// `after_init` succeeded in an adopting image: roll the adopted children over.
+    pub(super) fn begin_adopted_reload(&mut self) {
+        let adopted = self.pool.len();
+        self.log(
+            Level::Info,
+            format!(
+                "upgraded in place: adopted {adopted} children of generation {} and older",
+                self.generation
+            ),
+        );
+        self.begin_reload_because(cause::ADOPTED);
+    }
+
+    pub(super) fn on_upgrade_trigger(&mut self, trigger: ReloadTrigger) {
+        match self.upgrade {
+            Upgrade::Idle => {}
+            _ => {
+                self.log(
+                    Level::Info,
+                    format!("upgrade ({trigger:?}) ignored: one is under way"),
+                );
+                return;
+            }
+        }
+        self.log(
+            Level::Info,
+            format!("upgrade in place ({trigger:?}): trying the new executable first"),
+        );
+        self.upgrade = Upgrade::Probing;
+        self.push(Action::Notify(Notify::Reloading));
+        self.push(Action::ProbeUpgrade);
+    }
+
+    pub(super) fn on_upgrade_probed(&mut self, ok: bool) {
+        if self.upgrade != Upgrade::Probing {
+            return;
+        }
+        if !self.accepts_work() {
+            // A stop came meanwhile: it wins.
+            self.upgrade = Upgrade::Idle;
+            return;
+        }
+        if ok {
+            self.upgrade = Upgrade::Executing;
+            self.push(Action::ReExec(Image::New));
+        } else {
+            self.upgrade_failed("the new executable failed its trial");
+        }
+    }
+
+    pub(super) fn on_reexec_failed(&mut self) {
+        if self.upgrade == Upgrade::Executing {
+            self.upgrade_failed("the re-exec failed");
+        }
+    }
+
+    fn upgrade_failed(&mut self, why: &str) {
+        self.upgrade = Upgrade::Idle;
+        self.log(
+            Level::Error,
+            format!("upgrade abandoned: {why}; this image keeps serving"),
+        );
+        if self.accepts_work() {
+            self.push(Action::Notify(Notify::Ready));
+        }
+    }
+
+    /// In an adopting image: hands the children back to the previous image when
+    /// the new code cannot take over. Returns whether it did.
+    pub(super) fn roll_back_if_failing(&mut self, why: &str) -> bool {
+        let Some(previous) = self.adopting else {
+            return false;
+        };
+        if !previous || self.upgrade != Upgrade::Idle {
+            return false;
+        }
+        self.log(
+            Level::Error,
+            format!("the new code cannot take over ({why}): handing the children back to the previous image"),
+        );
+        self.upgrade = Upgrade::Executing;
+        self.push(Action::Notify(Notify::Reloading));
+        self.push(Action::ReExec(Image::Previous));
+        true
+    }
+
+    /// The adopting image's rollout: its new generation is proven once one of its
+    /// children is healthy; before that, [`ROLLBACK_CRASHES`] crashes in a row
+    /// send the children back.
+    pub(super) fn watch_adoption(&mut self) {
+        let Some(true) = self.adopting else { return };
+        let Phase::Reloading { generation, .. } = self.phase else {
+            return;
+        };
+        let proven = self
+            .pool
+            .children()
+            .any(|c| c.generation == generation && self.is_healthy(c));
+        if proven {
+            // The new code works: no way back is needed any more.
+            self.adopting = Some(false);
+            return;
+        }
+        if self.crash_streak >= ROLLBACK_CRASHES {
+            let why = format!("{} crashes in a row of its children", self.crash_streak);
+            self.roll_back_if_failing(&why);
+        }
+    }
+}
