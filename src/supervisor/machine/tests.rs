@@ -10,6 +10,8 @@ use crate::supervisor::event::{Event, HookKind, Scoreboard, Signal, SlotReading,
 use crate::supervisor::transitions::State;
 use std::time::Duration;
 
+mod upgrade;
+
 fn ms(n: u64) -> Time {
     Time::from_millis(n)
 }

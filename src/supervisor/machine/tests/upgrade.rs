@@ -1,0 +1,293 @@
+//! The in-place upgrade, step by step: the trial, the re-exec, the adoption, and
+//! the ways back.
+
+use super::*;
+use crate::supervisor::action::Image;
+use crate::supervisor::machine::{Handoff, ROLLBACK_CRASHES};
+use crate::ExitStatus;
+
+fn upgrades(a: &[Action]) -> (usize, usize, usize) {
+    let n = |f: &dyn Fn(&Action) -> bool| a.iter().filter(|a| f(a)).count();
+    (
+        n(&|a| matches!(a, Action::ProbeUpgrade)),
+        n(&|a| matches!(a, Action::ReExec(Image::New))),
+        n(&|a| matches!(a, Action::ReExec(Image::Previous))),
+    )
+}
+
+fn notifies(a: &[Action], n: Notify) -> usize {
+    a.iter()
+        .filter(|x| **x == Action::Notify(n.clone()))
+        .count()
+}
+
+fn errors(a: &[Action]) -> Vec<String> {
+    a.iter()
+        .filter_map(|a| match a {
+            Action::Log {
+                level: crate::Level::Error,
+                message,
+            } => Some(message.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn usr2_tries_the_new_executable_first_and_a_failed_trial_keeps_serving() {
+    let mut m = serving(builder(2));
+    m.handle(ms(10), Event::Signal(Signal::Usr2));
+    let a = drain(&mut m);
+    assert_eq!(upgrades(&a), (1, 0, 0), "{a:?}");
+    assert_eq!(notifies(&a, Notify::Reloading), 1);
+    // A second USR2 while the trial runs: ignored.
+    m.handle(ms(20), Event::Signal(Signal::Usr2));
+    assert_eq!(upgrades(&drain(&mut m)), (0, 0, 0));
+    // The trial fails: said, READY again, nothing else changes.
+    m.handle(ms(30), Event::UpgradeProbed { ok: false });
+    let a = drain(&mut m);
+    assert_eq!(upgrades(&a), (0, 0, 0));
+    assert_eq!(notifies(&a, Notify::Ready), 1);
+    assert!(
+        errors(&a).iter().any(|e| e.contains("keeps serving")),
+        "{a:?}"
+    );
+    assert_eq!(m.state(), State::Serving);
+    assert_eq!(m.pids().count(), 2);
+    // A later USR2 tries again.
+    m.handle(ms(40), Event::Signal(Signal::Usr2));
+    assert_eq!(upgrades(&drain(&mut m)), (1, 0, 0));
+}
+
+#[test]
+fn a_passed_trial_re_executes_and_a_failed_exec_keeps_serving() {
+    let mut m = serving(builder(2));
+    m.handle(ms(10), Event::ExecutableChanged);
+    assert_eq!(upgrades(&drain(&mut m)), (1, 0, 0));
+    m.handle(ms(20), Event::UpgradeProbed { ok: true });
+    assert_eq!(upgrades(&drain(&mut m)), (0, 1, 0));
+    m.handle(ms(30), Event::ReExecFailed);
+    let a = drain(&mut m);
+    assert_eq!(notifies(&a, Notify::Ready), 1);
+    assert_eq!(m.state(), State::Serving);
+    // An answer nobody asked for changes nothing.
+    m.handle(ms(40), Event::UpgradeProbed { ok: true });
+    assert_eq!(upgrades(&drain(&mut m)), (0, 0, 0));
+}
+
+#[test]
+fn a_stop_during_the_trial_wins() {
+    let mut m = serving(builder(2));
+    m.handle(ms(10), Event::Signal(Signal::Usr2));
+    drain(&mut m);
+    m.handle(ms(20), Event::Signal(Signal::Term));
+    drain(&mut m);
+    m.handle(ms(30), Event::UpgradeProbed { ok: true });
+    assert_eq!(upgrades(&drain(&mut m)), (0, 0, 0));
+    assert_eq!(m.state(), State::ShuttingDown);
+}
+
+/// A machine of 4 slots serving 2 children (pids 100, 101), child 0 busy, then
+/// its handoff as the runtime takes it at the re-exec.
+fn handed_over(previous: bool) -> (Machine, Handoff) {
+    let mut m = serving(builder(2));
+    tick(&mut m, ms(500), &[0]);
+    m.handle(ms(600), Event::Signal(Signal::Usr2));
+    m.handle(ms(610), Event::UpgradeProbed { ok: true });
+    drain(&mut m);
+    let h = m.handoff().with_previous(previous);
+    (m, h)
+}
+
+fn after_init(m: &mut Machine, now: Time, ok: bool) -> Vec<Action> {
+    m.handle(
+        now,
+        Event::HookFinished {
+            hook: HookKind::AfterInit,
+            ok,
+        },
+    );
+    drain(m)
+}
+
+#[test]
+fn the_handoff_carries_every_child_and_survives_serde() {
+    let (old, h) = handed_over(true);
+    let text = serde_json::to_string(&h).unwrap();
+    let h2: Handoff = serde_json::from_str(&text).unwrap();
+    assert_eq!(h, h2);
+    assert_eq!(h.pids().collect::<Vec<_>>(), old.pids().collect::<Vec<_>>());
+    assert_eq!(h.now(), ms(610));
+    // Unknown fields are refused, not ignored.
+    let bad = text.replacen('{', "{\"extra\":1,", 1);
+    assert!(serde_json::from_str::<Handoff>(&bad).is_err());
+}
+
+#[test]
+fn the_new_image_adopts_the_children_and_rolls_them_over_without_a_dip() {
+    let (old, h) = handed_over(true);
+    let mut m = builder(2).adopt(h).build().unwrap();
+    assert!(m.adopted());
+    assert_eq!(m.state(), State::Init);
+    assert_eq!(m.pids().collect::<Vec<_>>(), old.pids().collect::<Vec<_>>());
+    assert_eq!(m.counts(), old.counts(), "counted as they were");
+    // after_init succeeds: Reloading to a new generation, old ones still serving.
+    let a = after_init(&mut m, ms(700), true);
+    assert_eq!(m.state(), State::Reloading);
+    let spawns: Vec<usize> = a
+        .iter()
+        .filter_map(|a| match a {
+            Action::Spawn {
+                slot, generation, ..
+            } => {
+                assert_eq!(*generation, 2);
+                Some(*slot)
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(spawns.len(), 2, "{a:?}");
+    assert!(spawns.iter().all(|s| *s >= 2), "adopted slots stay taken");
+    assert_eq!(
+        a.iter()
+            .filter(|a| matches!(a, Action::Signal { .. }))
+            .count(),
+        0,
+        "no old child retired before a new one serves"
+    );
+    let mut later = Vec::new();
+    for (i, &slot) in spawns.iter().enumerate() {
+        let p = Pid(200 + i as i32);
+        m.handle(ms(701), Event::ChildSpawned { slot, pid: p });
+        assert!(m.counts().serving() >= 2);
+        m.handle(ms(702), Event::ChildReady { pid: p });
+        later.extend(drain(&mut m));
+        assert!(m.counts().serving() >= 2, "never below the minimum");
+    }
+    // Both old ones retired once the new ones serve: READY, Serving, and they go.
+    let retired = later
+        .iter()
+        .filter(|a| {
+            matches!(
+                a,
+                Action::Signal {
+                    signal: ChildSignal::Term,
+                    ..
+                }
+            )
+        })
+        .count();
+    assert_eq!(retired, 2, "{later:?}");
+    assert_eq!(m.state(), State::Serving);
+    assert_eq!(notifies(&later, Notify::Ready), 1, "{later:?}");
+    for p in [100, 101] {
+        m.handle(
+            ms(800),
+            Event::ChildExited {
+                pid: Pid(p),
+                status: ExitStatus::Exited(0),
+            },
+        );
+    }
+    drain(&mut m);
+    assert_eq!(m.pids().collect::<Vec<_>>(), [Pid(200), Pid(201)]);
+    assert_eq!(m.generation(), 2);
+}
+
+#[test]
+fn a_failed_after_init_hands_the_children_back_or_stops_them() {
+    let (_, h) = handed_over(true);
+    let mut m = builder(2).adopt(h).build().unwrap();
+    let a = after_init(&mut m, ms(700), false);
+    assert_eq!(upgrades(&a), (0, 0, 1), "{a:?}");
+    assert_eq!(m.pids().count(), 2, "still its children until the exec");
+    // That exec failing too: no way left; the new image serves on (the old
+    // children still do) rather than dropping them.
+    m.handle(ms(710), Event::ReExecFailed);
+    drain(&mut m);
+    assert_ne!(m.state(), State::Stopped);
+
+    // Without a previous image: the adopted children are stopped, not orphaned.
+    let (_, h) = handed_over(false);
+    let mut m = builder(2).adopt(h).build().unwrap();
+    let a = after_init(&mut m, ms(700), false);
+    assert_eq!(upgrades(&a), (0, 0, 0));
+    assert_eq!(m.state(), State::ShuttingDown);
+    let terms = a
+        .iter()
+        .filter(|a| {
+            matches!(
+                a,
+                Action::Signal {
+                    signal: ChildSignal::Term,
+                    ..
+                }
+            )
+        })
+        .count();
+    assert_eq!(terms, 2);
+}
+
+#[test]
+fn a_new_generation_that_crashes_before_serving_is_rolled_back() {
+    let (_, h) = handed_over(true);
+    let mut m = builder(2).adopt(h).build().unwrap();
+    let mut a = after_init(&mut m, ms(700), true);
+    let mut t = 700;
+    let mut next_pid = 300;
+    let mut rolled_back = false;
+    // Every new child dies at once; the old ones keep serving meanwhile.
+    for _ in 0..50 {
+        if upgrades(&a).2 == 1 {
+            rolled_back = true;
+            break;
+        }
+        for a in a {
+            if let Action::Spawn { slot, .. } = a {
+                let p = Pid(next_pid);
+                next_pid += 1;
+                m.handle(ms(t), Event::ChildSpawned { slot, pid: p });
+                m.handle(
+                    ms(t + 1),
+                    Event::ChildExited {
+                        pid: p,
+                        status: ExitStatus::Exited(1),
+                    },
+                );
+                if upgrades(&drain(&mut m)).2 == 1 {
+                    rolled_back = true;
+                }
+                assert!(m.pids().any(|p| p == Pid(100)), "old children kept");
+            }
+        }
+        if rolled_back {
+            break;
+        }
+        t += 1_000;
+        a = timer(&mut m, ms(t));
+    }
+    assert!(
+        rolled_back,
+        "no rollback after repeated crashes: streak {}, {:?}",
+        m.crash_streak(),
+        m.state()
+    );
+    assert!(m.crash_streak() >= ROLLBACK_CRASHES);
+}
+
+#[test]
+fn a_handoff_that_does_not_fit_is_refused_naming_max_children() {
+    let (_, h) = handed_over(true);
+    // Two children in slots 0 and 1: a pool of one slot cannot hold them.
+    let e = Machine::builder(Options {
+        prefork: 1,
+        max_children: 1,
+        ..Options::default()
+    })
+    .scaling_policy(Fixed(1))
+    .adopt(h)
+    .build()
+    .unwrap_err();
+    assert_eq!(e.option(), "max_children");
+    assert!(e.reason().contains("at least 2"), "{e}");
+}
