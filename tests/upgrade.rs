@@ -1,0 +1,219 @@
+//! The in-place upgrade on the demo, with real processes and real signals: the
+//! demo runs from a copy of its binary, which the tests replace (by rename, as a
+//! deployment does) before sending USR2.
+// Real processes need real time.
+#![allow(clippy::disallowed_methods)]
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+use support::*;
+
+const USR2: i32 = libc::SIGUSR2;
+
+/// A copy of the demo in `dir`, to run and to replace.
+fn installed(dir: &Path) -> PathBuf {
+    let exe = dir.join("demo");
+    std::fs::copy(demo_binary(), &exe).unwrap();
+    exe
+}
+
+/// Replaces `exe` by rename (a running executable cannot be written in place).
+fn replace(exe: &Path, contents: &[u8]) {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = exe.with_extension("new");
+    std::fs::write(&tmp, contents).unwrap();
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::rename(&tmp, exe).unwrap();
+}
+
+/// A rebuilt demo: the same program with `tag` appended, a different file.
+fn rebuild(exe: &Path, tag: &str) {
+    let mut bytes = std::fs::read(demo_binary()).unwrap();
+    bytes.extend_from_slice(tag.as_bytes());
+    replace(exe, &bytes);
+}
+
+/// What `/proc/PID/exe` names: "(deleted)" once the file it runs was replaced.
+fn running_image(pid: i32) -> String {
+    std::fs::read_link(format!("/proc/{pid}/exe"))
+        .map(|p| p.display().to_string())
+        .unwrap_or_default()
+}
+
+fn start(exe: &Path, args: &[&str]) -> Demo {
+    let mut cmd = Command::new(exe);
+    cmd.args(["--listen", "127.0.0.1:0", "--prefork", "3"])
+        .args(args);
+    let demo = Demo::start_command(cmd);
+    assert!(
+        wait_for(Duration::from_secs(10), || demo.children().len() == 3),
+        "{}",
+        demo.log()
+    );
+    demo
+}
+
+fn set(v: Vec<i32>) -> BTreeSet<i32> {
+    v.into_iter().collect()
+}
+
+/// Waits until none of `old` is a child any more and the pool is back to `n`.
+fn rolled_over(demo: &Demo, old: &BTreeSet<i32>, n: usize) -> bool {
+    wait_for(Duration::from_secs(10), || {
+        let now = set(demo.children());
+        now.len() == n && now.is_disjoint(old)
+    })
+}
+
+#[test]
+fn three_upgrades_under_load_keep_the_pid_and_lose_no_request() {
+    let dir = tempdir("upgrade");
+    let exe = installed(&dir);
+    let demo = start(&exe, &[]);
+    let pid = demo.pid();
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = counting_load(demo.addr, 4, "/", &stop);
+    for round in 1..=3 {
+        let old = set(demo.children());
+        assert_eq!(old.len(), 3, "{}", demo.log());
+        rebuild(&exe, &format!("build {round}"));
+        assert!(running_image(pid).ends_with("(deleted)"));
+        demo.signal(USR2);
+        assert!(
+            rolled_over(&demo, &old, 3),
+            "round {round}: the old children are still there\n{}",
+            demo.log()
+        );
+        // The new file runs: no longer the replaced one.
+        assert_eq!(running_image(pid), exe.display().to_string());
+        assert!(alive(pid));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let (ok, failed) = stop_load(&stop, load);
+    assert!(ok > 100, "too little load to mean anything: {ok}");
+    assert_eq!(
+        failed,
+        0,
+        "{failed} of {} requests failed\n{}",
+        ok + failed,
+        demo.log()
+    );
+    assert_eq!(demo.log_count("upgraded in place"), 3, "{}", demo.log());
+    assert_eq!(demo.log_count("passed its trial"), 3);
+    assert!(zombies(pid).is_empty());
+}
+
+#[test]
+fn a_broken_executable_leaves_the_old_code_serving_and_a_good_one_upgrades_later() {
+    let dir = tempdir("upgrade-broken");
+    let exe = installed(&dir);
+    let demo = start(&exe, &[]);
+    let pid = demo.pid();
+    let before = set(demo.children());
+    // One that exits at once, one that refuses its configuration.
+    replace(&exe, b"#!/bin/sh\nexit 3\n");
+    demo.signal(USR2);
+    assert!(wait_for(Duration::from_secs(10), || demo
+        .log_count("upgrade abandoned")
+        == 1));
+    assert!(demo.log().contains("exit code 3"), "{}", demo.log());
+    let real = dir.join("demo.real");
+    std::fs::copy(demo_binary(), &real).unwrap();
+    replace(
+        &exe,
+        format!("#!/bin/sh\nexec {} --no-such-flag\n", real.display()).as_bytes(),
+    );
+    demo.signal(USR2);
+    assert!(wait_for(Duration::from_secs(10), || demo
+        .log_count("upgrade abandoned")
+        == 2));
+    // Nothing moved: the same children serve.
+    assert_eq!(set(demo.children()), before);
+    assert_eq!(get(demo.addr, "/").unwrap().0, 200);
+    assert!(alive(pid));
+    // A good executable then upgrades as usual.
+    rebuild(&exe, "good");
+    demo.signal(USR2);
+    assert!(rolled_over(&demo, &before, 3), "{}", demo.log());
+    assert_eq!(demo.log_count("upgraded in place"), 1);
+    assert_eq!(get(demo.addr, "/").unwrap().0, 200);
+}
+
+#[test]
+fn a_new_image_whose_after_init_fails_hands_the_children_back() {
+    let dir = tempdir("upgrade-back");
+    let exe = installed(&dir);
+    let demo = start(&exe, &[]);
+    let pid = demo.pid();
+    let before = set(demo.children());
+    // The new code wants a port that is taken: its after_init fails after the
+    // trial (which does not run after_init) passed.
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().port();
+    let real = dir.join("demo.real");
+    std::fs::copy(demo_binary(), &real).unwrap();
+    replace(
+        &exe,
+        format!(
+            "#!/bin/sh\nexec {} --listen 127.0.0.1:{port} --prefork 3\n",
+            real.display()
+        )
+        .as_bytes(),
+    );
+    demo.signal(USR2);
+    assert!(
+        wait_for(Duration::from_secs(10), || demo
+            .log_count("handing the children back")
+            == 1),
+        "{}",
+        demo.log()
+    );
+    // The previous image took them back, with its own arguments, on its socket,
+    // and rolled them over itself.
+    assert!(rolled_over(&demo, &before, 3), "{}", demo.log());
+    assert!(alive(pid));
+    assert_eq!(get(demo.addr, "/").unwrap().0, 200);
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    assert!(
+        !String::from_utf8_lossy(&cmdline).contains(&port.to_string()),
+        "the previous image came back with the new one's arguments"
+    );
+    drop(busy);
+}
+
+#[test]
+fn the_pid_file_and_its_lock_survive_an_upgrade() {
+    let dir = tempdir("upgrade-pid");
+    let exe = installed(&dir);
+    let pid_file = dir.join("demo.pid");
+    let demo = start(&exe, &["--pid-file", pid_file.to_str().unwrap()]);
+    let pid = demo.pid();
+    let before = set(demo.children());
+    rebuild(&exe, "pid");
+    demo.signal(USR2);
+    assert!(rolled_over(&demo, &before, 3), "{}", demo.log());
+    assert_eq!(
+        std::fs::read_to_string(&pid_file).unwrap().trim(),
+        pid.to_string()
+    );
+    // Still locked by the daemon: a second instance is refused.
+    assert_eq!(
+        preforkd::runtime::pidfile::is_running(&pid_file).unwrap(),
+        Some(pid)
+    );
+    let mut demo = demo;
+    demo.signal(libc::SIGTERM);
+    assert_eq!(
+        demo.wait_exit(Duration::from_secs(10)),
+        Some(0),
+        "{}",
+        demo.log()
+    );
+    assert!(!pid_file.exists(), "the pid file is removed at the stop");
+}
