@@ -217,3 +217,114 @@ fn the_pid_file_and_its_lock_survive_an_upgrade() {
     );
     assert!(!pid_file.exists(), "the pid file is removed at the stop");
 }
+
+/// A fake service manager's notification socket: every datagram kept, in order.
+struct FakeManager {
+    path: PathBuf,
+    got: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl FakeManager {
+    fn new(dir: &Path) -> FakeManager {
+        let path = dir.join("notify");
+        let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        let got = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = Arc::clone(&got);
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = sock.recv(&mut buf) {
+                let m = String::from_utf8_lossy(&buf[..n]).into_owned();
+                sink.lock().unwrap().push(m);
+            }
+        });
+        FakeManager { path, got }
+    }
+
+    fn all(&self) -> Vec<String> {
+        self.got.lock().unwrap().clone()
+    }
+}
+
+#[test]
+fn a_daemon_upgrades_with_the_same_mainpid_and_tells_its_service_manager() {
+    let dir = tempdir("upgrade-daemon");
+    let exe = installed(&dir);
+    let pid_file = dir.join("demo.pid");
+    let manager = FakeManager::new(&dir);
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(r#"export WATCHDOG_PID=$$; exec "$@""#)
+        .arg("sh")
+        .arg(&exe)
+        .args(["--daemonize", "--listen", "127.0.0.1:0", "--prefork", "2"])
+        .arg("--pid-file")
+        .arg(&pid_file)
+        .arg("--error-log")
+        .arg(dir.join("error.log"))
+        .arg("--access-log")
+        .arg(dir.join("access.log"))
+        .env("NOTIFY_SOCKET", &manager.path)
+        .env("WATCHDOG_USEC", "400000");
+    let (status, err) = run_bounded(cmd, Duration::from_secs(15)).expect("the launcher returns");
+    assert!(status.success(), "{err}");
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // Stopped by pid whatever happens below.
+    struct Kill(i32);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            send_signal(self.0, 9);
+        }
+    }
+    let _kill = Kill(pid);
+    assert!(wait_for(Duration::from_secs(10), || manager
+        .all()
+        .contains(&"READY=1".to_string())));
+    assert!(wait_for(Duration::from_secs(10), || children_of(pid).len() == 2));
+    let before = set(children_of(pid));
+    rebuild(&exe, "daemon");
+    let seen = manager.all().len();
+    send_signal(pid, USR2);
+    assert!(
+        wait_for(Duration::from_secs(10), || {
+            let now = set(children_of(pid));
+            now.len() == 2 && now.is_disjoint(&before)
+        }),
+        "{}",
+        std::fs::read_to_string(dir.join("error.log")).unwrap_or_default()
+    );
+    assert!(wait_for(Duration::from_secs(10), || manager.all()[seen..]
+        .iter()
+        .any(|m| m == "READY=1")));
+    let after: Vec<String> = manager.all()[seen..].to_vec();
+    let reloading = after.iter().position(|m| m.starts_with("RELOADING=1"));
+    let ready = after.iter().position(|m| m == "READY=1");
+    assert!(
+        reloading.is_some() && reloading < ready,
+        "RELOADING=1 then READY=1: {after:?}"
+    );
+    // No other main pid was announced; the watchdog goes on from the new image.
+    assert!(
+        after
+            .iter()
+            .filter(|m| m.starts_with("MAINPID="))
+            .all(|m| *m == format!("MAINPID={pid}")),
+        "{after:?}"
+    );
+    let pings = manager.all().iter().filter(|m| *m == "WATCHDOG=1").count();
+    assert!(wait_for(Duration::from_secs(5), || manager
+        .all()
+        .iter()
+        .filter(|m| *m == "WATCHDOG=1")
+        .count()
+        >= pings + 2));
+    assert_eq!(
+        std::fs::read_to_string(&pid_file).unwrap().trim(),
+        pid.to_string()
+    );
+    send_signal(pid, libc::SIGTERM);
+    assert!(wait_for(Duration::from_secs(10), || !alive(pid)));
+}

@@ -79,5 +79,5 @@ pub use error::{BoxError, RunError};
 pub use logs::{combined_log_line, file_logger, LineWriter, LogFile};
 pub use prefork::{listen, Prefork};
 pub use scoreboard::{parse_scoreboard, read_scoreboard_file, SlotInfo, WorkerState};
-pub use upgrade::TRIAL_LIMIT_SECS;
+pub use upgrade::{upgrading, TRIAL_LIMIT_SECS};
 pub use worker::{BusyGuard, Worker};

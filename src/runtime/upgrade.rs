@@ -144,6 +144,7 @@ pub(super) fn take_start() -> Result<Start, RunError> {
     *INHERITED_LISTENERS
         .lock()
         .unwrap_or_else(|e| e.into_inner()) = listeners;
+    UPGRADED.store(true, std::sync::atomic::Ordering::Relaxed);
     Ok(Start::Upgrade(Box::new(Inherited {
         machine: carried.machine,
         origin_ns: carried.origin_ns,
@@ -175,6 +176,17 @@ pub(super) fn end_trial(mut report: File, result: Result<(), RunError>) -> ! {
     };
     drop(report);
     std::process::exit(code)
+}
+
+/// Set once this image started from a handoff.
+static UPGRADED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether this image of the daemon started from an in-place upgrade's handoff
+/// (its children were adopted) rather than afresh: `after_init` can tell the two
+/// apart (e.g. to skip a warm-up the running children already did). False before
+/// [`Prefork::run`](super::Prefork::run) and in the upgrade's trial.
+pub fn upgrading() -> bool {
+    UPGRADED.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// The listeners made with [`listen`](super::listen): handed over in an upgrade.
