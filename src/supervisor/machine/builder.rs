@@ -156,6 +156,7 @@ impl MachineBuilder {
             disconnect_check_every: self.disconnect_check_every,
             watchdog_interval: self.watchdog_interval,
             upgrade: Upgrade::Idle,
+            adjustment: 0,
             adopting: None,
         };
         if let Some(h) = &self.handoff {

@@ -62,6 +62,13 @@ pub struct Handoff {
     /// Whether the image that hands over can be returned to.
     previous: bool,
     children: Vec<HandedChild>,
+    /// The net TTIN/TTOU adjustment the operator made: applied again.
+    adjustment: i32,
+    /// The scaling policy's running state ([`ScalingPolicy::state`]), with its
+    /// name: restored if the new image runs a policy of that name.
+    ///
+    /// [`ScalingPolicy::state`]: crate::policy::ScalingPolicy::state
+    scaling_state: Option<(String, serde_json::Value)>,
 }
 
 /// One running child, as handed over.
@@ -185,6 +192,11 @@ impl Machine {
                 })
             })
             .collect();
+        let scaling_state = self
+            .scaling
+            .state()
+            .and_then(|s| serde_json::to_value(s).ok())
+            .map(|v| (self.scaling.name().to_string(), v));
         Handoff {
             format: HANDOFF_FORMAT,
             now: self.now,
@@ -192,6 +204,8 @@ impl Machine {
             crash_streak: self.crash_streak,
             previous: false,
             children,
+            adjustment: self.adjustment,
+            scaling_state,
         }
     }
 
@@ -214,6 +228,21 @@ impl Machine {
             child.killed = c.killed;
             self.pool.insert(c.slot, child);
             self.pool.set_pid(c.slot, c.pid);
+        }
+        if h.adjustment != 0 {
+            self.scaling.adjust(h.adjustment);
+            self.adjustment = h.adjustment;
+        }
+        if let Some((name, state)) = &h.scaling_state {
+            if name == self.scaling.name() {
+                let mut de = <dyn erased_serde::Deserializer>::erase(state.clone());
+                if let Err(e) = self.scaling.restore_state(&mut de) {
+                    self.log(
+                        Level::Warning,
+                        format!("the {name} policy's handed-over state was refused ({e}): it starts afresh"),
+                    );
+                }
+            }
         }
     }
 

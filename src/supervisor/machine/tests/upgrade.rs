@@ -291,3 +291,38 @@ fn a_handoff_that_does_not_fit_is_refused_naming_max_children() {
     assert_eq!(e.option(), "max_children");
     assert!(e.reason().contains("at least 2"), "{e}");
 }
+
+#[test]
+fn the_operators_ttin_and_the_policys_state_cross_the_upgrade() {
+    let mut m = serving(builder(2));
+    m.handle(ms(10), Event::Signal(Signal::Ttin));
+    m.handle(ms(11), Event::Signal(Signal::Ttin));
+    m.handle(ms(12), Event::Signal(Signal::Ttou));
+    drain(&mut m);
+    let h = m.handoff();
+    let adopted = builder(2).adopt(h).build().unwrap();
+    assert_eq!(
+        adopted.scaling_policy().quiet_range(),
+        3..=3,
+        "Fixed(2) + 1"
+    );
+    // The default policy's ramp state travels by name.
+    let e = Machine::new(Options {
+        prefork: 2,
+        max_children: 4,
+        ..Options::default()
+    })
+    .unwrap();
+    let text = serde_json::to_string(&e.handoff()).unwrap();
+    assert!(text.contains("\"elastic\""), "{text}");
+    let h: Handoff = serde_json::from_str(&text).unwrap();
+    let again = Machine::builder(Options {
+        prefork: 2,
+        max_children: 4,
+        ..Options::default()
+    })
+    .adopt(h)
+    .build()
+    .unwrap();
+    assert!(again.adopted());
+}
