@@ -328,3 +328,65 @@ fn a_daemon_upgrades_with_the_same_mainpid_and_tells_its_service_manager() {
     send_signal(pid, libc::SIGTERM);
     assert!(wait_for(Duration::from_secs(10), || !alive(pid)));
 }
+
+#[test]
+fn an_upgrade_while_scaled_up_keeps_the_capacity_until_the_new_children_serve() {
+    use preforkd::SlotState;
+    let dir = tempdir("upgrade-scaled");
+    let exe = installed(&dir);
+    let board = dir.join("board");
+    let demo = start(
+        &exe,
+        &[
+            "--max-children",
+            "24",
+            "--scoreboard",
+            board.to_str().unwrap(),
+        ],
+    );
+    let serving = || {
+        preforkd::runtime::read_scoreboard_file(&board)
+            .map(|slots| {
+                slots
+                    .iter()
+                    .filter(|s| s.pid > 0 && matches!(s.state, SlotState::Idle | SlotState::Busy))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    // 12 clients holding a child 1.5 s each: the pool grows past them.
+    let addr = demo.addr;
+    let clients: Vec<_> = (0..12)
+        .map(|_| std::thread::spawn(move || get(addr, "/sleep?ms=1500").map(|r| r.0)))
+        .collect();
+    assert!(
+        wait_for(Duration::from_secs(5), || serving() >= 12),
+        "the pool did not grow: {}\n{}",
+        serving(),
+        demo.log()
+    );
+    let scaled = serving();
+    let old = set(demo.children());
+    rebuild(&exe, "scaled");
+    demo.signal(USR2);
+    // Until every old child is gone, never fewer serving than before the upgrade.
+    let mut lowest = usize::MAX;
+    let done = wait_for(Duration::from_secs(15), || {
+        lowest = lowest.min(serving());
+        set(demo.children()).is_disjoint(&old)
+    });
+    assert!(done, "old children still there\n{}", demo.log());
+    for c in clients {
+        assert_eq!(
+            c.join().unwrap().unwrap(),
+            200,
+            "a request in hand was lost"
+        );
+    }
+    assert!(
+        lowest >= scaled.min(12),
+        "serving dipped to {lowest} from {scaled} during the upgrade\n{}",
+        demo.log()
+    );
+    assert_eq!(demo.log_count("upgraded in place"), 1);
+}
