@@ -390,3 +390,15 @@ fn an_upgrade_while_scaled_up_keeps_the_capacity_until_the_new_children_serve() 
     );
     assert_eq!(demo.log_count("upgraded in place"), 1);
 }
+
+#[test]
+fn a_forged_handoff_variable_is_refused_before_anything_starts() {
+    for value in ["9", "abc", "1"] {
+        let mut cmd = Command::new(demo_binary());
+        cmd.args(["--listen", "127.0.0.1:0"])
+            .env("PREFORKD_HANDOFF", value);
+        let (status, err) = run_bounded(cmd, Duration::from_secs(10)).expect("it exits");
+        assert_eq!(status.code(), Some(78), "{value}: {err}");
+        assert!(err.contains("handoff"), "{value}: {err}");
+    }
+}

@@ -117,6 +117,18 @@ pub(super) fn take_start() -> Result<Start, RunError> {
             source: e,
         }
     };
+    // Only the memory file a previous image of this process wrote is read: a
+    // variable pointing at anything else is refused.
+    let link = std::fs::read_link(format!("/proc/self/fd/{handoff}")).unwrap_or_default();
+    if !link
+        .to_string_lossy()
+        .starts_with("/memfd:preforkd-handoff")
+    {
+        return Err(super::error::invalid(
+            "handoff",
+            format!("{HANDOFF_ENV}={handoff} does not name preforkd's handoff memory file"),
+        ));
+    }
     let mut doc = File::from(os::adopt_fd(handoff).map_err(io("its memory file"))?);
     let mut text = String::new();
     doc.rewind().map_err(io("its memory file"))?;
@@ -124,6 +136,18 @@ pub(super) fn take_start() -> Result<Start, RunError> {
         .map_err(io("its memory file"))?;
     let carried: Carried = serde_json::from_str(&text)
         .map_err(|e| super::error::invalid("handoff", format!("unreadable: {e}")))?;
+    if trial.is_none() {
+        // Every child handed over must really be ours: the machine will signal them.
+        let me = std::process::id() as i32;
+        for pid in carried.machine.pids() {
+            if parent_of(pid.0) != Some(me) {
+                return Err(super::error::invalid(
+                    "handoff",
+                    format!("pid {pid} is not a child of this process"),
+                ));
+            }
+        }
+    }
     if let Some(report) = trial {
         let report = File::from(os::adopt_fd(report).map_err(io("the trial's pipe"))?);
         return Ok(Start::Trial {
@@ -159,6 +183,14 @@ pub(super) fn take_start() -> Result<Start, RunError> {
         daemonized: carried.daemonized,
         exe: carried.exe,
     })))
+}
+
+/// The parent pid of `pid`, from `/proc/PID/stat`.
+fn parent_of(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// The trial's end: `result` said down the pipe, then the process exits (0: fit
