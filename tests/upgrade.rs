@@ -77,6 +77,10 @@ fn three_upgrades_under_load_keep_the_pid_and_lose_no_request() {
     let exe = installed(&dir);
     let demo = start(&exe, &[]);
     let pid = demo.pid();
+    let fds = |p: i32| fd_count(p);
+    let first_child = *demo.children().first().unwrap();
+    let child_fds = fds(first_child);
+    let mut parent_fds = 0;
     let stop = Arc::new(AtomicBool::new(false));
     let load = counting_load(demo.addr, 4, "/", &stop);
     for round in 1..=3 {
@@ -93,6 +97,10 @@ fn three_upgrades_under_load_keep_the_pid_and_lose_no_request() {
         // The new file runs: no longer the replaced one.
         assert_eq!(running_image(pid), exe.display().to_string());
         assert!(alive(pid));
+        if round == 1 {
+            // One more than a fresh start: the previous image, the way back.
+            parent_fds = fds(pid);
+        }
     }
     std::thread::sleep(Duration::from_millis(200));
     let (ok, failed) = stop_load(&stop, load);
@@ -106,6 +114,14 @@ fn three_upgrades_under_load_keep_the_pid_and_lose_no_request() {
     );
     assert_eq!(demo.log_count("upgraded in place"), 3, "{}", demo.log());
     assert_eq!(demo.log_count("passed its trial"), 3);
+    // Nothing leaks across upgrades, in the parent or into its children.
+    assert_eq!(
+        fds(pid),
+        parent_fds,
+        "the parent's descriptors grew from upgrade to upgrade"
+    );
+    let child = *demo.children().first().unwrap();
+    assert_eq!(fds(child), child_fds, "a new child holds more descriptors");
     assert!(zombies(pid).is_empty());
 }
 

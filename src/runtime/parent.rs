@@ -237,6 +237,14 @@ impl<T: 'static> Parent<T> {
             .map(|h| std::mem::take(&mut h.channels))
             .unwrap_or_default();
         let previous = handed.as_mut().and_then(|h| h.previous.take());
+        let own_image = upgrade::open_own_image();
+        // The images are the parent's business: children close them.
+        inherited.extend(
+            own_image
+                .iter()
+                .chain(previous.iter())
+                .map(AsRawFd::as_raw_fd),
+        );
         let previous_argv = handed
             .as_mut()
             .map(|h| std::mem::take(&mut h.previous_argv))
@@ -267,7 +275,7 @@ impl<T: 'static> Parent<T> {
             pid_fd,
             exe,
             watch_executable,
-            own_image: upgrade::open_own_image(),
+            own_image,
             previous,
             previous_argv,
             trial: None,
