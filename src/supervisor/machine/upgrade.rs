@@ -297,9 +297,22 @@ impl Machine {
     }
 
     pub(super) fn on_reexec_failed(&mut self) {
-        if self.upgrade == Upgrade::Executing {
-            self.upgrade_failed("the re-exec failed");
+        if self.upgrade != Upgrade::Executing {
+            return;
         }
+        if self.phase == Phase::Init {
+            // The way back failed after this image's after_init failed: it has no
+            // state to fork children with; stop the adopted ones gracefully.
+            self.upgrade = Upgrade::Idle;
+            self.log(
+                Level::Error,
+                "the way back to the previous image failed too; stopping the adopted children"
+                    .into(),
+            );
+            self.begin_shutdown(false, crate::supervisor::event::Signal::Term);
+            return;
+        }
+        self.upgrade_failed("the re-exec failed");
     }
 
     fn upgrade_failed(&mut self, why: &str) {
