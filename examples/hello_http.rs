@@ -5,6 +5,7 @@
 //!     [--max-children N] [--scoreboard PATH] [--pid-file PATH]
 //!     [--spawn-in-init CMD]
 //!     [--max-child-memory BYTES] [--crash-at-start FILE]
+//!     [--auto-reload-every DURATION] [--watch PATH]...
 //! ```
 //!
 //! `--spawn-in-init CMD` starts `sh -c CMD` from `after_init` and leaves it
@@ -12,10 +13,17 @@
 //! process a real daemon starts at init (the tests use it to check that such a
 //! process does not keep the daemonizing launcher waiting).
 //!
+//! `--auto-reload-every DURATION` (a bare number is seconds) checks the program
+//! and every `--watch PATH` (repeatable) that often; a change runs the
+//! `auto_reload_handler`, which prints `hello_http: auto_reload_handler: files
+//! changed`, then the children are rolled over. Without it, `--watch` checks
+//! nothing.
+//!
 //! Endpoints: `GET /` answers `hello`, `GET /sleep?ms=N` holds the child N ms
-//! first, `GET /pid` answers the child's pid, `GET /say` writes one line to the
-//! child's error log and one to its stderr, then answers its pid (to see where
-//! they land after a log rotation), `GET /env` the names of the child's
+//! first, `GET /pid` answers the child's pid, `GET /version` the build's identity
+//! (`version=V [build=B] fnv1a64=H`, see `identity`), `GET /say` writes one line
+//! to the child's error log and one to its stderr, then answers its pid (to see
+//! where they land after a log rotation), `GET /env` the names of the child's
 //! environment variables (one a line), `GET /grow?mb=N[&ms=M]` makes the child
 //! allocate, touch and keep N more MiB (then hold it M ms), to try
 //! `--max-child-memory`.
@@ -55,6 +63,8 @@ struct Args {
     spawn_in_init: Option<String>,
     max_child_memory: Option<u64>,
     crash_at_start: Option<PathBuf>,
+    auto_reload_every: Option<Duration>,
+    watch: Vec<PathBuf>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -77,6 +87,8 @@ fn parse_args() -> Result<Args, String> {
         spawn_in_init: None,
         max_child_memory: None,
         crash_at_start: None,
+        auto_reload_every: None,
+        watch: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -120,13 +132,18 @@ fn parse_args() -> Result<Args, String> {
                 );
             }
             "--crash-at-start" => a.crash_at_start = Some(value()?.into()),
+            "--auto-reload-every" => {
+                a.auto_reload_every = Some(duration(value()?, "--auto-reload-every")?)
+            }
+            "--watch" => a.watch.push(value()?.into()),
             "-h" | "--help" => {
                 println!(
                     "usage: hello_http [--listen ADDR] [--prefork N] [--max-children N] \
                      [--scoreboard PATH] [--pid-file PATH] [--error-log PATH] \
                      [--access-log PATH] [--json-log] [--require-root] [--daemonize] [--user NAME] [--group NAME] \
                      [--graceful-timeout DURATION] [--busy-timeout DURATION] [--request-timeout DURATION] \
-                     [--spawn-in-init CMD] [--max-child-memory BYTES] [--crash-at-start FILE]"
+                     [--spawn-in-init CMD] [--max-child-memory BYTES] [--crash-at-start FILE] \
+                     [--auto-reload-every DURATION] [--watch PATH]..."
                 );
                 std::process::exit(0);
             }
@@ -137,6 +154,9 @@ fn parse_args() -> Result<Args, String> {
 }
 
 fn main() {
+    // First, before anything else: the bytes this process was started from, not
+    // those of a file replaced at that path later (an upgrade in place).
+    let identity = identity();
     let args = match parse_args() {
         Ok(a) => a,
         Err(e) => {
@@ -187,7 +207,13 @@ fn main() {
                 // A client that misbehaves costs only its own connection. The child
                 // counts as busy per request (see `serve`), not while a kept-alive
                 // connection sits idle.
-                let _ = serve(worker, stream, &peer.ip().to_string(), request_timeout);
+                let _ = serve(
+                    worker,
+                    stream,
+                    &peer.ip().to_string(),
+                    request_timeout,
+                    &identity,
+                );
             }
             Ok(())
         },
@@ -233,6 +259,20 @@ fn main() {
     if let Some(p) = &args.pid_file {
         daemon = daemon.pid_path(p);
     }
+    if let Some(every) = args.auto_reload_every {
+        daemon = daemon
+            .auto_reload_check_every(every)
+            // One line per change found: the tests count them.
+            .auto_reload_handler(|_: &TcpListener| {
+                let _ = writeln!(
+                    io::stderr(),
+                    "hello_http: auto_reload_handler: files changed"
+                );
+            });
+    }
+    for p in &args.watch {
+        daemon = daemon.watch_file(p);
+    }
     let code = match daemon.run() {
         Ok(code) => code,
         Err(e @ preforkd::RunError::Config(_)) => {
@@ -253,6 +293,7 @@ fn serve(
     stream: TcpStream,
     peer: &str,
     request_timeout: Duration,
+    identity: &str,
 ) -> io::Result<()> {
     // Reads and writes share the socket by reference: no dup per connection.
     let mut reader = BufReader::new(Timed {
@@ -338,6 +379,7 @@ fn serve(
         let (status, body) = match (method.as_str(), path) {
             ("GET", "/") => (200, "hello\n".to_string()),
             ("GET", "/pid") => (200, format!("{}\n", std::process::id())),
+            ("GET", "/version") => (200, format!("{identity}\n")),
             ("GET", "/say") => {
                 let pid = std::process::id();
                 slog::info!(worker.logger(), "child {pid} says hello");
@@ -393,6 +435,45 @@ fn serve(
         if !keep_alive {
             return Ok(());
         }
+    }
+}
+
+/// This build's identity, as `GET /version` answers it: `version=V`, the
+/// crate's version; `build=B` when `HELLO_HTTP_BUILD` was set at build time;
+/// `fnv1a64=H`, the FNV-1a 64-bit digest (16 hex digits) of the executable's
+/// bytes, so that two binaries of one version still differ (`unreadable` if
+/// the executable cannot be read).
+fn identity() -> String {
+    let mut id = format!("version={}", env!("CARGO_PKG_VERSION"));
+    if let Some(build) = option_env!("HELLO_HTTP_BUILD") {
+        id.push_str(&format!(" build={build}"));
+    }
+    let digest = std::env::current_exe()
+        .and_then(std::fs::File::open)
+        .and_then(fnv1a64);
+    match digest {
+        Ok(h) => id.push_str(&format!(" fnv1a64={h:016x}")),
+        Err(_) => id.push_str(" fnv1a64=unreadable"),
+    }
+    id
+}
+
+/// FNV-1a, 64 bits, of everything `r` reads.
+fn fnv1a64(mut r: impl Read) -> io::Result<u64> {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let mut h = OFFSET;
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = match r.read(&mut buf) {
+            Ok(0) => return Ok(h),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        h = buf[..n]
+            .iter()
+            .fold(h, |h, &b| (h ^ u64::from(b)).wrapping_mul(PRIME));
     }
 }
 

@@ -43,7 +43,8 @@
 //!   rest of the parent, the driver's real effects; `executor.rs`: the hooks, log
 //!   passing and notification failures; `fork.rs`: forks a
 //!   child; `signals.rs`: the signals handled and their translation; `watch.rs`:
-//!   file-change checks; `clock.rs`: the machine's time.
+//!   file-change checks; `watcher.rs`: the watcher that reports a change once,
+//!   once it is stable (issue 9, not wired in yet); `clock.rs`: the machine's time.
 //! - `child.rs`: a child's life after the fork; `credentials.rs`: the user and
 //!   groups it switches to; `worker.rs`: what `main_loop` gets ([`Worker`]).
 //! - `scoreboard.rs` (shared memory), `logs.rs`, `daemon.rs` (detaching),
@@ -73,6 +74,7 @@ mod system;
 pub mod systemd;
 mod upgrade;
 mod watch;
+mod watcher;
 mod worker;
 
 pub use error::{BoxError, RunError};
