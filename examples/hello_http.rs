@@ -16,8 +16,8 @@
 //! `--auto-reload-every DURATION` (a bare number is seconds) checks the program
 //! and every `--watch PATH` (repeatable) that often; a change runs the
 //! `auto_reload_handler`, which prints `hello_http: auto_reload_handler: files
-//! changed`, then the children are rolled over. Without it, `--watch` checks
-//! nothing.
+//! changed`, then the children are rolled over; a replaced program upgrades the
+//! daemon in place (as `kill -USR2` does). Without it, `--watch` checks nothing.
 //!
 //! Endpoints: `GET /` answers `hello`, `GET /sleep?ms=N` holds the child N ms
 //! first, `GET /pid` answers the child's pid, `GET /version` the build's identity

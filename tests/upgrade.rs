@@ -418,3 +418,78 @@ fn a_forged_handoff_variable_is_refused_before_anything_starts() {
         assert!(err.contains("handoff"), "{value}: {err}");
     }
 }
+
+fn version(demo: &Demo) -> String {
+    get(demo.addr, "/version").unwrap().1
+}
+
+#[test]
+fn replacing_the_executable_upgrades_once_with_auto_reload() {
+    let dir = tempdir("upgrade-auto");
+    let exe = installed(&dir);
+    let demo = start(&exe, &["--auto-reload-every", "0.2"]);
+    let pid = demo.pid();
+    let v1 = version(&demo);
+    let old = set(demo.children());
+    rebuild(&exe, "auto 1");
+    assert!(rolled_over(&demo, &old, 3), "{}", demo.log());
+    let v2 = version(&demo);
+    assert_ne!(v1, v2, "the old build still answers");
+    // Once per change: nothing more while the file stays as it is.
+    std::thread::sleep(Duration::from_millis(1_500));
+    assert_eq!(demo.log_count("upgraded in place"), 1, "{}", demo.log());
+    assert_eq!(
+        demo.log_count("auto_reload_handler: files changed"),
+        0,
+        "a changed executable is an upgrade, not a data reload"
+    );
+    // A broken one: one failed trial, not one per check; the old code serves.
+    let serving = set(demo.children());
+    replace(&exe, b"#!/bin/sh\nexit 3\n");
+    assert!(wait_for(Duration::from_secs(10), || demo
+        .log_count("upgrade abandoned")
+        == 1));
+    std::thread::sleep(Duration::from_millis(1_500));
+    assert_eq!(demo.log_count("upgrade abandoned"), 1, "{}", demo.log());
+    assert_eq!(set(demo.children()), serving);
+    assert_eq!(version(&demo), v2);
+    // A good one after it upgrades normally.
+    rebuild(&exe, "auto 2");
+    assert!(rolled_over(&demo, &serving, 3), "{}", demo.log());
+    assert_ne!(version(&demo), v2);
+    assert_eq!(demo.log_count("upgraded in place"), 2);
+    assert!(alive(pid));
+}
+
+#[test]
+fn a_watched_file_reloads_once_per_change_even_written_in_steps() {
+    let dir = tempdir("upgrade-watch");
+    let exe = installed(&dir);
+    let data = dir.join("config");
+    std::fs::write(&data, "a").unwrap();
+    let demo = start(
+        &exe,
+        &[
+            "--auto-reload-every",
+            "0.3",
+            "--watch",
+            data.to_str().unwrap(),
+        ],
+    );
+    let old = set(demo.children());
+    // Written in steps closer than a check, over several checks: every check
+    // sees it move, so one reload, once it rests.
+    for part in ["b", "bc", "bcd", "bcde", "bcdef"] {
+        std::fs::write(&data, part).unwrap();
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    assert!(rolled_over(&demo, &old, 3), "{}", demo.log());
+    std::thread::sleep(Duration::from_millis(1_500));
+    assert_eq!(
+        demo.log_count("auto_reload_handler: files changed"),
+        1,
+        "{}",
+        demo.log()
+    );
+    assert_eq!(demo.log_count("upgraded in place"), 0);
+}

@@ -9,7 +9,6 @@ use super::scoreboard::Board;
 use super::signals::{to_machine_signal, PARENT_SIGNALS};
 use super::system::System;
 use super::upgrade::{self, Inherited};
-use super::watch::mtime;
 use super::{os, systemd};
 use crate::supervisor::driver;
 use crate::{Event, Machine, Scoreboard};
@@ -220,13 +219,8 @@ impl<T: 'static> Parent<T> {
         let mut watched: Vec<PathBuf> = exe.iter().cloned().collect();
         let watch_executable = !watched.is_empty();
         watched.append(&mut cfg.watch);
-        let baseline = watched
-            .into_iter()
-            .map(|p| {
-                let m = mtime(&p);
-                (p, m)
-            })
-            .collect();
+        // The baseline is taken now: a change before the start is no reload.
+        let watcher = super::watcher::Watcher::new(watched);
         let n = cfg.options.max_children;
         let clock = match handed.as_ref() {
             Some(h) => Clock::from_origin(h.origin_ns),
@@ -261,7 +255,7 @@ impl<T: 'static> Parent<T> {
             board_file,
             state: None,
             init_error: None,
-            baseline,
+            watcher,
             parent_pid: unistd::getpid(),
             logs,
             notifier,

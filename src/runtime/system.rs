@@ -18,7 +18,6 @@ use nix::unistd;
 use std::collections::BTreeMap;
 use std::os::fd::{OwnedFd, RawFd};
 use std::path::PathBuf;
-use std::time::SystemTime;
 
 /// Everything of the parent but the machine: what carrying out its actions needs.
 pub(super) struct System<T> {
@@ -40,8 +39,8 @@ pub(super) struct System<T> {
     /// What `after_init` returned, lent to every child.
     pub(super) state: Option<T>,
     pub(super) init_error: Option<BoxError>,
-    /// The watched files and what they looked like at the last check.
-    pub(super) baseline: Vec<(PathBuf, Option<SystemTime>)>,
+    /// The watched files (the executable first, when known).
+    pub(super) watcher: super::watcher::Watcher,
     pub(super) parent_pid: unistd::Pid,
     pub(super) logs: Logs,
     /// The service manager, when NOTIFY_SOCKET names one.

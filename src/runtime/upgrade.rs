@@ -351,11 +351,21 @@ impl<T: 'static> System<T> {
             .env(HANDOFF_ENV, doc.as_raw_fd().to_string())
             .env(TRIAL_ENV, write.as_raw_fd().to_string())
             .stdin(std::process::Stdio::null());
-        let child = os::spawn_trial(
-            &mut cmd,
-            &[doc.as_raw_fd(), write.as_raw_fd()],
-            TRIAL_LIMIT_SECS,
-        )?;
+        let keep = [doc.as_raw_fd(), write.as_raw_fd()];
+        // A file just written may still be open for writing in some process for
+        // an instant (ETXTBSY): a few short retries, not a failed upgrade.
+        let mut tries = 0;
+        let child = loop {
+            match os::spawn_trial(&mut cmd, &keep, TRIAL_LIMIT_SECS) {
+                Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 5 => {
+                    tries += 1;
+                    // Bounded: 5 ms at most, once per upgrade.
+                    #[allow(clippy::disallowed_methods)]
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                other => break other?,
+            }
+        };
         slog::info!(
             self.logger,
             "upgrade: trying {} (pid {})",

@@ -22,8 +22,7 @@
 //! size and then restoring its mtime is not seen: nothing in the fingerprint
 //! moved.
 
-// Not wired into the runtime yet: the lead replaces the mtime-only watch.rs
-// with it. The unit tests use all of it.
+// `paths` and `renew` serve the unit tests (and future status tools).
 #![cfg_attr(not(test), allow(dead_code))]
 
 use std::os::unix::fs::MetadataExt;
