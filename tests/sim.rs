@@ -374,6 +374,47 @@ fn hup_mid_load_rolls_every_child_over_without_dropping_a_request() {
     );
 }
 
+#[test]
+fn a_reload_paced_one_at_a_time_never_starts_two_new_children_at_once() {
+    use preforkd::policy::Rolling;
+    // Pitchfork's max-unavailable pacing: Rolling { max_surge: 1 } rolls six
+    // children over one by one; the default rolls them all at once (surge).
+    let run = |surge: Option<usize>| {
+        let m = Machine::builder(Options {
+            prefork: 6,
+            max_children: 12,
+            ..Options::default()
+        })
+        .scaling_policy(Fixed(6))
+        .reload_policy(Rolling {
+            max_surge: surge,
+            ..Rolling::default()
+        })
+        .build()
+        .unwrap();
+        let mut sim = checked_sim(m, Workload::empty());
+        sim.signal_at(ms(1_000), Signal::Hup);
+        let r = sim.run_until(ms(5_000));
+        let peak_starting = r
+            .samples
+            .iter()
+            .filter(|s| s.at >= ms(1_000))
+            .map(|s| s.starting)
+            .max()
+            .unwrap_or(0);
+        let done = r
+            .logs
+            .iter()
+            .any(|l| l.message.contains("reload to generation 2 complete"));
+        (peak_starting, done, sim.machine().pids().count())
+    };
+    assert_eq!(run(Some(1)), (1, true, 6), "one at a time");
+    // Unpaced, the forks follow each other (0.5 ms each, 1 ms to boot): several
+    // new children start at once.
+    let (all_at_once, done, n) = run(None);
+    assert!(all_at_once > 1 && done && n == 6, "{all_at_once}");
+}
+
 // ----- the simulated children's signal semantics -----
 
 #[test]
