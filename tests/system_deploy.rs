@@ -105,6 +105,8 @@ fn three_upgrades_under_wrk_lose_nothing_and_keep_the_pid() {
     let demo = Demo::start_command(cmd);
     let pid = demo.pid();
     assert!(wait_for(Duration::from_secs(10), || demo.children().len() == 4));
+    let version = || get(demo.addr, "/version").unwrap().1;
+    let mut versions = vec![version()];
     let w = wrk(demo.addr, 9);
     std::thread::sleep(Duration::from_millis(1_500));
     let mut seen: BTreeSet<i32> = demo.children().into_iter().collect();
@@ -121,9 +123,13 @@ fn three_upgrades_under_wrk_lose_nothing_and_keep_the_pid() {
             "{}",
             demo.log()
         );
+        // The new build answers.
+        versions.push(version());
         std::thread::sleep(Duration::from_millis(1_000));
     }
     let out = finish(w);
+    let distinct: BTreeSet<&String> = versions.iter().collect();
+    assert_eq!(distinct.len(), 4, "a build answered twice: {versions:?}");
     let (socket, non2xx, done) = wrk_errors(&out);
     eprintln!("wrk: {done} requests, {socket} socket errors, {non2xx} non-2xx");
     assert!(done > 1_000, "wrk did too little: {out}");
