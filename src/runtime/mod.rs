@@ -42,13 +42,14 @@
 //!   action dispatch and ordering rules the simulator shares); `system.rs`: the
 //!   rest of the parent, the driver's real effects; `executor.rs`: the hooks, log
 //!   passing and notification failures; `fork.rs`: forks a
-//!   child; `signals.rs`: the signals handled and their translation; `watch.rs`:
-//!   file-change checks; `watcher.rs`: the watcher that reports a change once,
-//!   once it is stable (issue 9, not wired in yet); `clock.rs`: the machine's time.
+//!   child; `upgrade.rs`: the in-place upgrade's trial, re-exec and handoff
+//!   (see `docs/upgrade.md`); `signals.rs`: the signals handled and their
+//!   translation; `watch.rs` and `watcher.rs`: file-change checks (a change
+//!   reported once, once it is stable); `clock.rs`: the machine's time.
 //! - `child.rs`: a child's life after the fork; `credentials.rs`: the user and
 //!   groups it switches to; `worker.rs`: what `main_loop` gets ([`Worker`]).
-//! - `scoreboard.rs` (shared memory), `logs.rs`, `daemon.rs` (detaching),
-//!   `pidfile.rs`, `systemd.rs` (sd_notify, socket activation), `netstat.rs`
+//! - `scoreboard.rs` (shared memory), `logs/`, `daemon.rs` (detaching),
+//!   `pidfile.rs`, `systemd/` (sd_notify, socket activation), `netstat.rs`
 //!   (hung-up clients), `memory.rs` (RSS), `os/` (every `unsafe` call: forks,
 //!   signal handlers, shared memory, raw descriptors, sockets).
 
