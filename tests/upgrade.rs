@@ -493,3 +493,54 @@ fn a_watched_file_reloads_once_per_change_even_written_in_steps() {
     );
     assert_eq!(demo.log_count("upgraded in place"), 0);
 }
+
+#[test]
+fn the_log_files_cross_the_upgrade_and_usr1_reopens_them_after() {
+    let dir = tempdir("upgrade-logs");
+    let exe = installed(&dir);
+    let access = dir.join("access.log");
+    let rotated = dir.join("access.log.1");
+    let demo = start(
+        &exe,
+        &[
+            "--access-log",
+            access.to_str().unwrap(),
+            "--error-log",
+            dir.join("error.log").to_str().unwrap(),
+        ],
+    );
+    assert_eq!(get(demo.addr, "/").unwrap().0, 200);
+    // Rotated (renamed) but not reopened yet when the upgrade comes.
+    std::fs::rename(&access, &rotated).unwrap();
+    let old = set(demo.children());
+    rebuild(&exe, "logs");
+    demo.signal(USR2);
+    assert!(rolled_over(&demo, &old, 3));
+    for _ in 0..5 {
+        assert_eq!(get(demo.addr, "/?after-upgrade").unwrap().0, 200);
+    }
+    let lines = |p: &Path| {
+        std::fs::read_to_string(p)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("after-upgrade"))
+            .count()
+    };
+    // The new image writes on to the file the old one had open.
+    assert!(wait_for(Duration::from_secs(5), || lines(&rotated) == 5));
+    assert!(!access.exists(), "the new image reopened the log by path");
+    // USR1 then reopens: new lines in a new file.
+    demo.signal(libc::SIGUSR1);
+    assert!(wait_for(Duration::from_secs(5), || access.exists()));
+    std::thread::sleep(Duration::from_millis(300));
+    for _ in 0..3 {
+        assert_eq!(get(demo.addr, "/?after-usr1").unwrap().0, 200);
+    }
+    assert!(wait_for(Duration::from_secs(5), || {
+        std::fs::read_to_string(&access)
+            .unwrap_or_default()
+            .matches("after-usr1")
+            .count()
+            == 3
+    }));
+}

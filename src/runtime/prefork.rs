@@ -357,7 +357,7 @@ impl<T: 'static> Prefork<T> {
         let service = systemd::take_service_env()?;
         let start = upgrade::take_start()?;
         self.make_paths_absolute()?;
-        let inherited = match start {
+        let mut inherited = match start {
             Start::Trial { handoff, report } => {
                 // The upgrade's trial: check, say, exit; touch nothing.
                 let checked = self.check(&service, Some(handoff)).map(|_| ());
@@ -370,10 +370,19 @@ impl<T: 'static> Prefork<T> {
         let checked = self.check(&service, handoff)?;
         // Logs are opened before any fork: a path that cannot be used is a
         // configuration error the operator sees at once.
-        let open = |option, p: &Option<PathBuf>| -> Result<Option<Arc<LogFile>>, RunError> {
-            p.as_ref()
-                .map(LogFile::open)
-                .transpose()
+        // After an upgrade: the files the previous image had open, by path.
+        let mut handed_logs = inherited
+            .as_mut()
+            .map(|i| std::mem::take(&mut i.logs))
+            .unwrap_or_default();
+        let mut open = |option, p: &Option<PathBuf>| -> Result<Option<Arc<LogFile>>, RunError> {
+            let Some(p) = p else { return Ok(None) };
+            if let Some(i) = handed_logs.iter().position(|(path, _)| path == p) {
+                let (path, file) = handed_logs.swap_remove(i);
+                return Ok(Some(LogFile::adopt(path, file)));
+            }
+            LogFile::open(p)
+                .map(Some)
                 .map_err(|e| invalid(option, format!("cannot open the log: {e}")))
         };
         let logs = Logs {

@@ -56,6 +56,8 @@ struct Carried {
     channels: Vec<(i32, RawFd)>,
     listeners: Vec<RawFd>,
     previous: Option<RawFd>,
+    /// The log files open now, by path.
+    logs: Vec<(PathBuf, RawFd)>,
     /// The arguments to return to the previous image with (its own).
     previous_argv: Vec<Vec<u8>>,
     daemonized: bool,
@@ -74,6 +76,7 @@ pub(super) struct Inherited {
     pub(super) pid_file: Option<OwnedFd>,
     pub(super) channels: BTreeMap<i32, OwnedFd>,
     pub(super) previous: Option<File>,
+    pub(super) logs: Vec<(PathBuf, File)>,
     pub(super) previous_argv: Vec<Vec<u8>>,
     pub(super) daemonized: bool,
     pub(super) exe: Option<PathBuf>,
@@ -160,6 +163,10 @@ pub(super) fn take_start() -> Result<Start, RunError> {
     for &(pid, fd) in &carried.channels {
         channels.insert(pid, adopt(fd)?);
     }
+    let mut logs = Vec::new();
+    for (path, fd) in &carried.logs {
+        logs.push((path.clone(), File::from(adopt(*fd)?)));
+    }
     let mut listeners = Vec::new();
     for &fd in &carried.listeners {
         listeners.push(adopt(fd)?);
@@ -180,6 +187,7 @@ pub(super) fn take_start() -> Result<Start, RunError> {
         channels,
         previous: carried.previous.map(adopt).transpose()?.map(File::from),
         previous_argv: carried.previous_argv,
+        logs,
         daemonized: carried.daemonized,
         exe: carried.exe,
     })))
@@ -308,6 +316,12 @@ impl<T: 'static> System<T> {
                 .collect(),
             listeners: live_listeners(image),
             previous,
+            logs: self
+                .logs
+                .all()
+                .iter()
+                .map(|l| (l.path().to_path_buf(), l.raw_fd()))
+                .collect(),
             previous_argv: if previous.is_some() {
                 std::env::args_os().map(|a| a.into_vec()).collect()
             } else {
@@ -442,6 +456,7 @@ impl<T: 'static> System<T> {
         keep.extend(carried.channels.iter().map(|&(_, fd)| fd));
         keep.extend(&carried.listeners);
         keep.extend(carried.previous);
+        keep.extend(carried.logs.iter().map(|(_, fd)| *fd));
         let mut cleared = Vec::new();
         let mut error = None;
         for &fd in &keep {

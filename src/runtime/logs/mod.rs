@@ -108,6 +108,18 @@ impl LogFile {
         }))
     }
 
+    /// A log file a previous image of this process had open at `path` (an
+    /// in-place upgrade hands it over): lines go on to the same file, rotated or
+    /// not, until the next reopen.
+    pub(crate) fn adopt(path: PathBuf, file: File) -> Arc<LogFile> {
+        let torn = crate::runtime::os::shared_flag();
+        Arc::new(LogFile {
+            path,
+            file: Mutex::new(Sink { file, torn }),
+            torn,
+        })
+    }
+
     /// The descriptor of the file in use now (to keep it open when daemonizing,
     /// to pass it to the children).
     pub(crate) fn raw_fd(&self) -> std::os::fd::RawFd {
