@@ -156,9 +156,10 @@ impl MachineBuilder {
             disconnect_check_every: self.disconnect_check_every,
             watchdog_interval: self.watchdog_interval,
             upgrade: Upgrade::Idle,
-            adjustment: 0,
+            base_quiet: 0,
             adopting: None,
         };
+        m.base_quiet = *m.scaling.quiet_range().start();
         if let Some(h) = &self.handoff {
             m.take_in(h);
             m.adopting = Some(h.has_previous());

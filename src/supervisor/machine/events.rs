@@ -57,7 +57,6 @@ impl Machine {
                 if self.accepts_work() {
                     let delta = if sig == Signal::Ttin { 1 } else { -1 };
                     self.scaling.adjust(delta);
-                    self.adjustment = self.adjustment.saturating_add(delta);
                     self.log(
                         Level::Info,
                         format!("{}: scaling target adjusted by {delta}", sig.name()),

@@ -117,8 +117,9 @@ pub struct Machine {
     watchdog_interval: Option<Duration>,
     /// Where an in-place upgrade is.
     upgrade: upgrade::Upgrade,
-    /// The net TTIN/TTOU adjustment applied to the scaling policy.
-    adjustment: i32,
+    /// The scaling policy's quiet minimum as configured (before TTIN/TTOU): the
+    /// operator's adjustment is the difference, handed over in an upgrade.
+    base_quiet: usize,
     /// The children were adopted from a previous image: `Some(true)` while the
     /// way back is open (the previous image is there and the new code is not
     /// proven yet).

@@ -62,7 +62,7 @@ pub struct Handoff {
     /// Whether the image that hands over can be returned to.
     previous: bool,
     children: Vec<HandedChild>,
-    /// The net TTIN/TTOU adjustment the operator made: applied again.
+    /// How far TTIN/TTOU moved the scaling policy's quiet minimum: applied again.
     adjustment: i32,
     /// The scaling policy's running state ([`ScalingPolicy::state`]), with its
     /// name: restored if the new image runs a policy of that name.
@@ -204,7 +204,10 @@ impl Machine {
             crash_streak: self.crash_streak,
             previous: false,
             children,
-            adjustment: self.adjustment,
+            adjustment: {
+                let now = *self.scaling.quiet_range().start() as i64;
+                (now - self.base_quiet as i64).clamp(i32::MIN as i64, i32::MAX as i64) as i32
+            },
             scaling_state,
         }
     }
@@ -231,7 +234,6 @@ impl Machine {
         }
         if h.adjustment != 0 {
             self.scaling.adjust(h.adjustment);
-            self.adjustment = h.adjustment;
         }
         if let Some((name, state)) = &h.scaling_state {
             if name == self.scaling.name() {
