@@ -89,6 +89,18 @@ fn five_ttou_on_a_pool_of_three_leave_one_child_not_none() {
 }
 
 #[test]
+fn ttin_after_ttou_past_the_floor_grows_the_pool_at_once() {
+    // The TTOUs below 1 are not kept: the next TTIN raises the minimum from 1.
+    let d = start(3, 6);
+    for _ in 0..5 {
+        nudge(&d, SIGTTOU);
+    }
+    settles_at(&d, 1);
+    nudge(&d, SIGTTIN);
+    settles_at(&d, 2);
+}
+
+#[test]
 fn ttin_past_max_children_stays_at_max_and_ttou_then_shrinks_at_once() {
     let d = start(2, 4);
     for _ in 0..5 {

@@ -100,7 +100,8 @@ impl Elastic {
         })
     }
 
-    /// The configuration in force (TTIN/TTOU shift `prefork`).
+    /// The configuration in force (TTIN/TTOU shift `prefork` by one, within
+    /// `1..=max_children`).
     pub fn settings(&self) -> &ElasticConfig {
         &self.config
     }
@@ -154,7 +155,9 @@ impl ScalingPolicy for Elastic {
     }
 
     fn adjust(&mut self, delta: i32) {
-        self.config.prefork = nudge(self.config.prefork, delta, 0, self.config.max_children);
+        // From the floor and never below 1: the pool keeps one child anyway, so a
+        // nudge under it would be banked, and the next TTIN would change nothing.
+        self.config.prefork = nudge(self.floor(), delta, 1, self.config.max_children);
     }
 
     fn name(&self) -> &str {
@@ -235,5 +238,42 @@ mod tests {
             p.decide(&PoolSnapshot::new(0, 1, 9, 150), t(5000)),
             Decision::hold()
         );
+    }
+
+    #[test]
+    fn ttin_and_ttou_keep_the_minimum_within_one_and_max_children() {
+        let mut p = Elastic::from_seed(3, 5).unwrap();
+        for _ in 0..5 {
+            p.adjust(-1);
+        }
+        assert_eq!(p.settings().prefork, 1);
+        assert_eq!(p.quiet_range(), 1..=1);
+        // The TTOUs below the floor are not kept: one TTIN is one more child.
+        p.adjust(1);
+        assert_eq!(p.settings().prefork, 2);
+        assert_eq!(p.quiet_range(), 2..=2);
+        for _ in 0..10 {
+            p.adjust(1);
+        }
+        assert_eq!(p.settings().prefork, 5);
+        p.adjust(-1);
+        assert_eq!(p.quiet_range(), 4..=4);
+        // A large nudge either way stays in bounds too.
+        p.adjust(i32::MIN);
+        assert_eq!(p.quiet_range(), 1..=1);
+        p.adjust(i32::MAX);
+        assert_eq!(p.quiet_range(), 5..=5);
+    }
+
+    #[test]
+    fn ttin_from_prefork_zero_is_one_more_than_the_floor() {
+        // prefork 0 still keeps one child (the floor): TTIN means two.
+        let mut p = Elastic::from_seed(0, 5).unwrap();
+        assert_eq!(p.quiet_range(), 1..=1);
+        p.adjust(1);
+        assert_eq!(p.quiet_range(), 2..=2);
+        let mut p = Elastic::from_seed(0, 5).unwrap();
+        p.adjust(-1);
+        assert_eq!(p.quiet_range(), 1..=1);
     }
 }
