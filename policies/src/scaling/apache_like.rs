@@ -140,7 +140,8 @@ impl ScalingPolicy for ApacheLike {
 
     fn adjust(&mut self, delta: i32) {
         let c = &mut self.config;
-        c.min_spare_servers = nudge(c.min_spare_servers, delta, 0, c.max_request_workers);
+        // At least one spare, as Apache forces: with none, a fully busy pool never grows.
+        c.min_spare_servers = nudge(c.min_spare_servers, delta, 1, c.max_request_workers);
         c.max_spare_servers = nudge(
             c.max_spare_servers,
             delta,

@@ -34,7 +34,8 @@ impl ScalingPolicy for Fixed {
     }
 
     fn adjust(&mut self, delta: i32) {
-        self.0 = nudge(self.0, delta, 0, usize::MAX);
+        // Never below one child (TTOU on an empty pool would stop serving).
+        self.0 = nudge(self.0, delta, 1, usize::MAX);
     }
 
     fn name(&self) -> &str {

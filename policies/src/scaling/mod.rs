@@ -397,15 +397,19 @@ mod tests {
 
     #[test]
     fn adjust_moves_targets_within_bounds() {
+        // TTOU never takes a pool below one child: a fully busy pool with no spare
+        // minimum would never grow, an empty Fixed pool never serve.
         let mut f = Fixed(1);
         f.adjust(-5);
-        assert_eq!(f.0, 0);
+        assert_eq!(f.0, 1);
+        f.adjust(2);
+        assert_eq!(f.0, 3, "no TTOU banked below the floor");
         let mut e = Elastic::from_seed(3, 4).unwrap();
         e.adjust(10);
         assert_eq!(e.settings().prefork, 4);
         let mut a = ApacheLike::default();
         a.adjust(-10);
-        assert_eq!(a.settings().min_spare_servers, 0);
+        assert_eq!(a.settings().min_spare_servers, 1);
         assert!(a.settings().max_spare_servers > a.settings().min_spare_servers);
     }
 }
