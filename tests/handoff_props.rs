@@ -318,8 +318,13 @@ fn the_operations_do_upgrade() {
     for _ in 0..2 {
         w.step(&Op::Usr2);
         all_ready(&mut w);
-        // The old generation TERMed leaves at the next step.
+        // The old generation TERMed leaves at the next step; the new one proves
+        // healthy with time (an upgrade waits for that).
         w.step(&Op::Tick);
+        for _ in 0..4 {
+            w.step(&Op::Advance(2_999));
+            w.step(&Op::Tick);
+        }
     }
     assert_eq!(w.upgrades, 2);
     assert_eq!(w.m.state(), State::Serving);

@@ -553,3 +553,34 @@ fn the_log_files_cross_the_upgrade_and_usr1_reopens_them_after() {
             == 3
     }));
 }
+
+#[test]
+fn a_new_image_with_another_max_children_is_refused_by_its_trial() {
+    let dir = tempdir("upgrade-slots");
+    let exe = installed(&dir);
+    let demo = start(&exe, &["--max-children", "10"]);
+    let before = set(demo.children());
+    let real = dir.join("demo.real");
+    std::fs::copy(demo_binary(), &real).unwrap();
+    // Its own arguments, then a different max_children.
+    replace(
+        &exe,
+        format!(
+            "#!/bin/sh\nexec {} \"$@\" --max-children 12\n",
+            real.display()
+        )
+        .as_bytes(),
+    );
+    demo.signal(USR2);
+    assert!(
+        wait_for(Duration::from_secs(10), || demo
+            .log_count("upgrade abandoned")
+            == 1),
+        "{}",
+        demo.log()
+    );
+    assert!(demo.log().contains("keeps max_children"), "{}", demo.log());
+    assert_eq!(set(demo.children()), before, "nothing moved");
+    assert_eq!(get(demo.addr, "/").unwrap().0, 200);
+    assert!(alive(demo.pid()));
+}

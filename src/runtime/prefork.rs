@@ -358,9 +358,23 @@ impl<T: 'static> Prefork<T> {
         let start = upgrade::take_start()?;
         self.make_paths_absolute()?;
         let mut inherited = match start {
-            Start::Trial { handoff, report } => {
+            Start::Trial {
+                handoff,
+                slots,
+                report,
+            } => {
                 // The upgrade's trial: check, say, exit; touch nothing.
-                let checked = self.check(&service, Some(handoff)).map(|_| ());
+                let checked = if self.options.max_children != slots {
+                    Err(invalid(
+                        "max_children",
+                        format!(
+                            "is {}, but the running pool has {slots} slots: an in-place upgrade keeps max_children",
+                            self.options.max_children
+                        ),
+                    ))
+                } else {
+                    self.check(&service, Some(handoff)).map(|_| ())
+                };
                 upgrade::end_trial(report, checked)
             }
             Start::Upgrade(inherited) => Some(inherited),

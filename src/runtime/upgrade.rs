@@ -90,7 +90,12 @@ pub(super) enum Start {
     /// From a previous image's handoff.
     Upgrade(Box<Inherited>),
     /// As the trial of an upgrade: check, report down `report`, exit.
-    Trial { handoff: Handoff, report: File },
+    Trial {
+        handoff: Handoff,
+        /// The running pool's slots: `max_children` must stay the same.
+        slots: usize,
+        report: File,
+    },
 }
 
 /// Reads the handoff or the trial's variables, if any, and unsets them. Call it
@@ -155,6 +160,7 @@ pub(super) fn take_start() -> Result<Start, RunError> {
         let report = File::from(os::adopt_fd(report).map_err(io("the trial's pipe"))?);
         return Ok(Start::Trial {
             handoff: carried.machine,
+            slots: carried.slots,
             report,
         });
     }
@@ -355,7 +361,13 @@ impl<T: 'static> System<T> {
             return Err(std::io::Error::other("a trial is already running"));
         }
         let doc = self.handoff_file(&self.carried(handoff.clone(), Image::New, None))?;
+        // The read end never blocks: a process the trial left behind may hold the
+        // write end open after the trial is reaped.
         let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        nix::fcntl::fcntl(
+            &read,
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+        )?;
         let mut cmd = std::process::Command::new(&exe);
         let mut args = std::env::args_os();
         if let Some(arg0) = args.next() {

@@ -131,7 +131,17 @@ pub trait Effects {
 /// (see the module docs), the stop flag set before any action once shutting down
 /// (`marked`: whether it has been). `Some(code)` once the machine exits.
 pub fn carry_out(d: &mut impl Drive, fx: &mut impl Effects, marked: &mut bool) -> Option<i32> {
-    while let Some(action) = d.next_action() {
+    // A re-exec goes last: the actions queued after it (a TERM, a spawn) are
+    // carried out first, so the handoff tells what was really done.
+    let mut reexec = None;
+    loop {
+        let Some(action) = d.next_action() else {
+            let Some(image) = reexec.take() else { break };
+            fx.reexec(image, d.machine().handoff());
+            let now = fx.now();
+            d.handle(now, Event::ReExecFailed);
+            continue;
+        };
         before_action(d.machine(), fx, marked);
         match action {
             Action::Spawn {
@@ -185,11 +195,7 @@ pub fn carry_out(d: &mut impl Drive, fx: &mut impl Effects, marked: &mut bool) -
                     d.handle(now, Event::UpgradeProbed { ok });
                 }
             }
-            Action::ReExec(image) => {
-                fx.reexec(image, d.machine().handoff());
-                let now = fx.now();
-                d.handle(now, Event::ReExecFailed);
-            }
+            Action::ReExec(image) => reexec = Some(image),
             Action::CheckDisconnects => {
                 let children: Vec<Pid> = d.machine().pids().collect();
                 let conns = fx.connections(&children);

@@ -401,3 +401,53 @@ fn a_changed_file_is_answered_and_the_machine_reloads() {
     );
     assert_eq!(m.state(), State::Reloading);
 }
+
+#[test]
+fn a_re_exec_comes_after_every_other_action_of_its_step() {
+    let opts = Options {
+        prefork: 2,
+        max_children: 4,
+        busy_timeout: Some(std::time::Duration::from_millis(100)),
+        ..Options::default()
+    };
+    let mut m = Machine::new(opts).unwrap();
+    let mut fx = Fake {
+        next_pid: Some(500),
+        slots: vec![SlotReading::default(); 4],
+        ..Fake::default()
+    };
+    let mut marked = false;
+    carry_out(&mut m, &mut fx, &mut marked);
+    for (slot, pid) in [(0, 500), (1, 501)] {
+        m.handle(fx.now, Event::ChildReady { pid: Pid(pid) });
+        fx.slots[slot] = SlotReading {
+            pid: Pid(pid),
+            state: SlotState::Idle,
+            ..SlotReading::default()
+        };
+    }
+    // Child 500 busy since 0 (its busy timeout passes at 100 ms).
+    fx.slots[0].state = SlotState::Busy;
+    fx.slots[0].request_start = Some(Time::ZERO);
+    tick(&mut m, &mut fx, &mut Scoreboard::default());
+    carry_out(&mut m, &mut fx, &mut marked);
+    // USR2 at 50 ms; the trial's answer comes with a reap at 200 ms, the step
+    // that also finds the busy timeout passed.
+    fx.now = Time::from_millis(50);
+    m.handle(fx.now, Event::Signal(Signal::Usr2));
+    carry_out(&mut m, &mut fx, &mut marked);
+    fx.now = Time::from_millis(200);
+    fx.probe_later = Some(true);
+    fx.log.clear();
+    reap(&mut m, &mut fx, &mut Scoreboard::default());
+    carry_out(&mut m, &mut fx, &mut marked);
+    let at = |what: &str| fx.log.iter().position(|l| l.starts_with(what));
+    let (term, reexec) = (at("TERM 500"), at("reexec New"));
+    assert!(
+        term.is_some() && reexec.is_some() && term < reexec,
+        "{:?}",
+        fx.log
+    );
+    // And the fork asked in the same step, before the handoff is taken.
+    assert!(at("fork 2") < reexec, "{:?}", fx.log);
+}

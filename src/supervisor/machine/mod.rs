@@ -248,8 +248,8 @@ impl Machine {
         self.run_child_timers();
         if let Phase::Reloading { .. } = self.phase {
             self.step_reload();
-            self.watch_adoption();
         }
+        self.watch_adoption();
         let spawn_goal = self.fill_initial_pool();
         self.scale();
         self.complete_phase(spawn_goal);

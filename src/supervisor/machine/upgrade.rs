@@ -262,6 +262,15 @@ impl Machine {
     }
 
     pub(super) fn on_upgrade_trigger(&mut self, trigger: ReloadTrigger) {
+        if self.adopting == Some(true) {
+            // The adopted generation is not proven yet: an upgrade now would lose
+            // the way back to the image known to work.
+            self.log(
+                Level::Info,
+                format!("upgrade ({trigger:?}) ignored: the last one is not proven yet"),
+            );
+            return;
+        }
         match self.upgrade {
             Upgrade::Idle => {}
             _ => {
@@ -301,6 +310,10 @@ impl Machine {
     pub(super) fn on_reexec_failed(&mut self) {
         if self.upgrade != Upgrade::Executing {
             return;
+        }
+        if self.adopting == Some(true) {
+            // The way back failed: do not try it again at every step.
+            self.adopting = Some(false);
         }
         if self.phase == Phase::Init {
             // The way back failed after this image's after_init failed: it has no
@@ -352,9 +365,8 @@ impl Machine {
     /// send the children back.
     pub(super) fn watch_adoption(&mut self) {
         let Some(true) = self.adopting else { return };
-        let Phase::Reloading { generation, .. } = self.phase else {
-            return;
-        };
+        // Its own generation, in the rollout or after it.
+        let generation = self.generation;
         let proven = self
             .pool
             .children()

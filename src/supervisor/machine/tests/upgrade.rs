@@ -326,3 +326,52 @@ fn the_operators_ttin_and_the_policys_state_cross_the_upgrade() {
     .unwrap();
     assert!(again.adopted());
 }
+
+#[test]
+fn a_failed_way_back_is_not_retried_at_every_step_and_no_upgrade_stacks_on_an_unproven_one() {
+    let (_, h) = handed_over(true);
+    let mut m = builder(2).adopt(h).build().unwrap();
+    let mut a = after_init(&mut m, ms(700), true);
+    // An upgrade before the new generation is proven: refused.
+    m.handle(ms(701), Event::Signal(Signal::Usr2));
+    assert_eq!(upgrades(&drain(&mut m)), (0, 0, 0));
+    // Crash the new generation until the way back is asked for.
+    let mut t = 700;
+    let mut next = 400;
+    for _ in 0..50 {
+        if upgrades(&a).2 == 1 {
+            break;
+        }
+        let spawns: Vec<usize> = a
+            .iter()
+            .filter_map(|x| match x {
+                Action::Spawn { slot, .. } => Some(*slot),
+                _ => None,
+            })
+            .collect();
+        a.clear();
+        for slot in spawns {
+            let p = Pid(next);
+            next += 1;
+            m.handle(ms(t), Event::ChildSpawned { slot, pid: p });
+            m.handle(
+                ms(t),
+                Event::ChildExited {
+                    pid: p,
+                    status: ExitStatus::Exited(1),
+                },
+            );
+            a.extend(drain(&mut m));
+        }
+        t += 1_000;
+        a.extend(timer(&mut m, ms(t)));
+    }
+    assert_eq!(upgrades(&a).2, 1, "no way back asked for");
+    // It fails: not asked again, at this step or later ones.
+    m.handle(ms(t), Event::ReExecFailed);
+    let mut later = drain(&mut m);
+    for i in 1..5 {
+        later.extend(timer(&mut m, ms(t + i * 1_000)));
+    }
+    assert_eq!(upgrades(&later).2, 0, "{later:?}");
+}
