@@ -228,46 +228,55 @@ fn a_failed_after_init_hands_the_children_back_or_stops_them() {
     assert_eq!(terms, 2);
 }
 
+/// Answers every spawn in `a` and later timers with a child that dies at once,
+/// until the machine asks for the way back (within 50 s); the time then, or
+/// `None` if it never did.
+fn crash_until_way_back(m: &mut Machine, mut a: Vec<Action>, mut t: u64) -> Option<u64> {
+    let mut next_pid = 300;
+    for _ in 0..50 {
+        if upgrades(&a).2 == 1 {
+            return Some(t);
+        }
+        let spawns: Vec<usize> = a
+            .iter()
+            .filter_map(|x| match x {
+                Action::Spawn { slot, .. } => Some(*slot),
+                _ => None,
+            })
+            .collect();
+        a.clear();
+        for slot in spawns {
+            let p = Pid(next_pid);
+            next_pid += 1;
+            m.handle(ms(t), Event::ChildSpawned { slot, pid: p });
+            m.handle(
+                ms(t + 1),
+                Event::ChildExited {
+                    pid: p,
+                    status: ExitStatus::Exited(1),
+                },
+            );
+            a.extend(drain(m));
+            assert!(m.pids().any(|p| p == Pid(100)), "old children kept");
+        }
+        t += 1_000;
+        if upgrades(&a).2 == 1 {
+            return Some(t);
+        }
+        a.extend(timer(m, ms(t)));
+    }
+    None
+}
+
 #[test]
 fn a_new_generation_that_crashes_before_serving_is_rolled_back() {
     let (_, h) = handed_over(true);
     let mut m = builder(2).adopt(h).build().unwrap();
-    let mut a = after_init(&mut m, ms(700), true);
-    let mut t = 700;
-    let mut next_pid = 300;
-    let mut rolled_back = false;
+    let a = after_init(&mut m, ms(700), true);
     // Every new child dies at once; the old ones keep serving meanwhile.
-    for _ in 0..50 {
-        if upgrades(&a).2 == 1 {
-            rolled_back = true;
-            break;
-        }
-        for a in a {
-            if let Action::Spawn { slot, .. } = a {
-                let p = Pid(next_pid);
-                next_pid += 1;
-                m.handle(ms(t), Event::ChildSpawned { slot, pid: p });
-                m.handle(
-                    ms(t + 1),
-                    Event::ChildExited {
-                        pid: p,
-                        status: ExitStatus::Exited(1),
-                    },
-                );
-                if upgrades(&drain(&mut m)).2 == 1 {
-                    rolled_back = true;
-                }
-                assert!(m.pids().any(|p| p == Pid(100)), "old children kept");
-            }
-        }
-        if rolled_back {
-            break;
-        }
-        t += 1_000;
-        a = timer(&mut m, ms(t));
-    }
+    let back = crash_until_way_back(&mut m, a, 700);
     assert!(
-        rolled_back,
+        back.is_some(),
         "no rollback after repeated crashes: streak {}, {:?}",
         m.crash_streak(),
         m.state()
@@ -331,42 +340,12 @@ fn the_operators_ttin_and_the_policys_state_cross_the_upgrade() {
 fn a_failed_way_back_is_not_retried_at_every_step_and_no_upgrade_stacks_on_an_unproven_one() {
     let (_, h) = handed_over(true);
     let mut m = builder(2).adopt(h).build().unwrap();
-    let mut a = after_init(&mut m, ms(700), true);
+    let a = after_init(&mut m, ms(700), true);
     // An upgrade before the new generation is proven: refused.
     m.handle(ms(701), Event::Signal(Signal::Usr2));
     assert_eq!(upgrades(&drain(&mut m)), (0, 0, 0));
     // Crash the new generation until the way back is asked for.
-    let mut t = 700;
-    let mut next = 400;
-    for _ in 0..50 {
-        if upgrades(&a).2 == 1 {
-            break;
-        }
-        let spawns: Vec<usize> = a
-            .iter()
-            .filter_map(|x| match x {
-                Action::Spawn { slot, .. } => Some(*slot),
-                _ => None,
-            })
-            .collect();
-        a.clear();
-        for slot in spawns {
-            let p = Pid(next);
-            next += 1;
-            m.handle(ms(t), Event::ChildSpawned { slot, pid: p });
-            m.handle(
-                ms(t),
-                Event::ChildExited {
-                    pid: p,
-                    status: ExitStatus::Exited(1),
-                },
-            );
-            a.extend(drain(&mut m));
-        }
-        t += 1_000;
-        a.extend(timer(&mut m, ms(t)));
-    }
-    assert_eq!(upgrades(&a).2, 1, "no way back asked for");
+    let t = crash_until_way_back(&mut m, a, 700).expect("no way back asked for");
     // It fails: not asked again, at this step or later ones.
     m.handle(ms(t), Event::ReExecFailed);
     let mut later = drain(&mut m);
