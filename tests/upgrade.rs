@@ -32,6 +32,17 @@ fn replace(exe: &Path, contents: &[u8]) {
     std::fs::rename(&tmp, exe).unwrap();
 }
 
+/// Replaces `exe` by a script running a copy of the demo (in `dir`) with `args`
+/// (shell words): new code that starts but is configured otherwise.
+fn wrap(exe: &Path, dir: &Path, args: &str) {
+    let real = dir.join("demo.real");
+    std::fs::copy(demo_binary(), &real).unwrap();
+    replace(
+        exe,
+        format!("#!/bin/sh\nexec {} {args}\n", real.display()).as_bytes(),
+    );
+}
+
 /// A rebuilt demo: the same program with `tag` appended, a different file.
 fn rebuild(exe: &Path, tag: &str) {
     let mut bytes = std::fs::read(demo_binary()).unwrap();
@@ -139,12 +150,7 @@ fn a_broken_executable_leaves_the_old_code_serving_and_a_good_one_upgrades_later
         .log_count("upgrade abandoned")
         == 1));
     assert!(demo.log().contains("exit code 3"), "{}", demo.log());
-    let real = dir.join("demo.real");
-    std::fs::copy(demo_binary(), &real).unwrap();
-    replace(
-        &exe,
-        format!("#!/bin/sh\nexec {} --no-such-flag\n", real.display()).as_bytes(),
-    );
+    wrap(&exe, &dir, "--no-such-flag");
     demo.signal(USR2);
     assert!(wait_for(Duration::from_secs(10), || demo
         .log_count("upgrade abandoned")
@@ -172,15 +178,10 @@ fn a_new_image_whose_after_init_fails_hands_the_children_back() {
     // trial (which does not run after_init) passed.
     let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = busy.local_addr().unwrap().port();
-    let real = dir.join("demo.real");
-    std::fs::copy(demo_binary(), &real).unwrap();
-    replace(
+    wrap(
         &exe,
-        format!(
-            "#!/bin/sh\nexec {} --listen 127.0.0.1:{port} --prefork 3\n",
-            real.display()
-        )
-        .as_bytes(),
+        &dir,
+        &format!("--listen 127.0.0.1:{port} --prefork 3"),
     );
     demo.signal(USR2);
     assert!(
@@ -560,17 +561,8 @@ fn a_new_image_with_another_max_children_is_refused_by_its_trial() {
     let exe = installed(&dir);
     let demo = start(&exe, &["--max-children", "10"]);
     let before = set(demo.children());
-    let real = dir.join("demo.real");
-    std::fs::copy(demo_binary(), &real).unwrap();
     // Its own arguments, then a different max_children.
-    replace(
-        &exe,
-        format!(
-            "#!/bin/sh\nexec {} \"$@\" --max-children 12\n",
-            real.display()
-        )
-        .as_bytes(),
-    );
+    wrap(&exe, &dir, "\"$@\" --max-children 12");
     demo.signal(USR2);
     assert!(
         wait_for(Duration::from_secs(10), || demo

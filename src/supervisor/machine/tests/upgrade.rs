@@ -21,6 +21,21 @@ fn notifies(a: &[Action], n: Notify) -> usize {
         .count()
 }
 
+/// The TERMs among `a`.
+fn terms(a: &[Action]) -> usize {
+    a.iter()
+        .filter(|a| {
+            matches!(
+                a,
+                Action::Signal {
+                    signal: ChildSignal::Term,
+                    ..
+                }
+            )
+        })
+        .count()
+}
+
 fn errors(a: &[Action]) -> Vec<String> {
     a.iter()
         .filter_map(|a| match a {
@@ -165,18 +180,7 @@ fn the_new_image_adopts_the_children_and_rolls_them_over_without_a_dip() {
         assert!(m.counts().serving() >= 2, "never below the minimum");
     }
     // Both old ones retired once the new ones serve: READY, Serving, and they go.
-    let retired = later
-        .iter()
-        .filter(|a| {
-            matches!(
-                a,
-                Action::Signal {
-                    signal: ChildSignal::Term,
-                    ..
-                }
-            )
-        })
-        .count();
+    let retired = terms(&later);
     assert_eq!(retired, 2, "{later:?}");
     assert_eq!(m.state(), State::Serving);
     assert_eq!(notifies(&later, Notify::Ready), 1, "{later:?}");
@@ -213,19 +217,7 @@ fn a_failed_after_init_hands_the_children_back_or_stops_them() {
     let a = after_init(&mut m, ms(700), false);
     assert_eq!(upgrades(&a), (0, 0, 0));
     assert_eq!(m.state(), State::ShuttingDown);
-    let terms = a
-        .iter()
-        .filter(|a| {
-            matches!(
-                a,
-                Action::Signal {
-                    signal: ChildSignal::Term,
-                    ..
-                }
-            )
-        })
-        .count();
-    assert_eq!(terms, 2);
+    assert_eq!(terms(&a), 2);
 }
 
 /// Answers every spawn in `a` and later timers with a child that dies at once,
