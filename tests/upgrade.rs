@@ -108,6 +108,13 @@ fn three_upgrades_under_load_keep_the_pid_and_lose_no_request() {
         // The new file runs: no longer the replaced one.
         assert_eq!(running_image(pid), exe.display().to_string());
         assert!(alive(pid));
+        // The next upgrade waits until this one is proven (a healthy new child).
+        assert!(
+            wait_for(Duration::from_secs(10), || demo.log_count("upgrade proven")
+                == round),
+            "{}",
+            demo.log()
+        );
         if round == 1 {
             // One more than a fresh start: the previous image, the way back.
             parent_fds = fds(pid);

@@ -374,6 +374,10 @@ impl Machine {
         if proven {
             // The new code works: no way back is needed any more.
             self.adopting = Some(false);
+            self.log(
+                Level::Info,
+                format!("upgrade proven: a child of generation {generation} is healthy; upgrades are accepted again"),
+            );
             return;
         }
         if self.crash_streak >= ROLLBACK_CRASHES {
