@@ -583,3 +583,116 @@ fn a_new_image_with_another_max_children_is_refused_by_its_trial() {
     assert_eq!(get(demo.addr, "/").unwrap().0, 200);
     assert!(alive(demo.pid()));
 }
+
+/// Replaces `exe` by a script running a copy of the demo with the same
+/// arguments, plus `extra` (shell words) outside the trial only: new code that
+/// passes its trial and then fails to start.
+fn wrap_after_trial(exe: &Path, dir: &Path, extra: &str) {
+    let real = dir.join("demo.real");
+    std::fs::copy(demo_binary(), &real).unwrap();
+    replace(
+        exe,
+        format!(
+            "#!/bin/sh\nif [ -n \"$PREFORKD_TRIAL\" ]; then exec {real} \"$@\"; fi\nexec {real} \"$@\" {extra}\n",
+            real = real.display()
+        )
+        .as_bytes(),
+    );
+}
+
+#[test]
+fn a_new_image_that_cannot_start_goes_back_to_the_previous_one() {
+    let dir = tempdir("upgrade-start-fails");
+    let exe = installed(&dir);
+    let demo = start(&exe, &[]);
+    let pid = demo.pid();
+    let before = set(demo.children());
+    let v1 = version(&demo);
+    // Its error log cannot be opened: `run` fails before its machine starts.
+    wrap_after_trial(&exe, &dir, "--error-log /nonexistent-preforkd-dir/error.log");
+    demo.signal(USR2);
+    assert!(
+        wait_for(Duration::from_secs(10), || demo
+            .log_count("could not start")
+            == 1),
+        "{}",
+        demo.log()
+    );
+    // The previous image took the children back and rolled them over itself.
+    assert!(rolled_over(&demo, &before, 3), "{}", demo.log());
+    assert!(alive(pid));
+    assert_eq!(version(&demo), v1);
+    assert!(
+        demo.log().contains("nonexistent-preforkd-dir"),
+        "the log says why: {}",
+        demo.log()
+    );
+    assert!(zombies(pid).is_empty());
+    // A good executable then upgrades as usual.
+    let serving = set(demo.children());
+    rebuild(&exe, "good after a failed start");
+    demo.signal(USR2);
+    assert!(rolled_over(&demo, &serving, 3), "{}", demo.log());
+    assert_ne!(version(&demo), v1);
+    assert!(alive(pid));
+}
+
+#[test]
+fn a_daemon_started_with_relative_paths_keeps_them_across_an_upgrade() {
+    let dir = tempdir("upgrade-relative");
+    let exe = installed(&dir);
+    // Files of these names in `/` would be the new image's mistake.
+    let names: Vec<&str> = ["demo.pid", "error.log", "access.log"]
+        .into_iter()
+        .filter(|n| !Path::new("/").join(n).exists())
+        .collect();
+    let mut cmd = Command::new(&exe);
+    cmd.current_dir(&dir)
+        .args(["--daemonize", "--listen", "127.0.0.1:0", "--prefork", "2"])
+        .args(["--pid-file", "demo.pid", "--error-log", "error.log"])
+        .args(["--access-log", "access.log"]);
+    let (status, err) = run_bounded(cmd, Duration::from_secs(15)).expect("the launcher returns");
+    assert!(status.success(), "{err}");
+    let pid_file = dir.join("demo.pid");
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    struct Kill(i32);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            send_signal(self.0, 9);
+        }
+    }
+    let _kill = Kill(pid);
+    let log = || std::fs::read_to_string(dir.join("error.log")).unwrap_or_default();
+    assert!(wait_for(Duration::from_secs(10), || children_of(pid).len() == 2));
+    let before = set(children_of(pid));
+    rebuild(&exe, "relative");
+    send_signal(pid, USR2);
+    assert!(
+        wait_for(Duration::from_secs(10), || {
+            let now = set(children_of(pid));
+            now.len() == 2 && now.is_disjoint(&before) && log().contains("upgraded in place")
+        }),
+        "{}",
+        log()
+    );
+    assert!(alive(pid), "{}", log());
+    // The new image resolved them where the daemon was started, not in `/`.
+    for name in names {
+        assert!(!Path::new("/").join(name).exists(), "/{name} was made");
+    }
+    assert_eq!(
+        std::fs::read_to_string(&pid_file).unwrap().trim(),
+        pid.to_string()
+    );
+    assert_eq!(
+        preforkd::runtime::pidfile::is_running(&pid_file).unwrap(),
+        Some(pid)
+    );
+    send_signal(pid, libc::SIGTERM);
+    assert!(wait_for(Duration::from_secs(10), || !alive(pid)));
+    assert!(!pid_file.exists(), "the pid file outlived the daemon");
+}
