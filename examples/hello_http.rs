@@ -448,9 +448,9 @@ fn identity() -> String {
     if let Some(build) = option_env!("HELLO_HTTP_BUILD") {
         id.push_str(&format!(" build={build}"));
     }
-    let digest = std::env::current_exe()
-        .and_then(std::fs::File::open)
-        .and_then(fnv1a64);
+    // The running image itself: its path names another file once a deployment
+    // replaced it (the previous image of a failed upgrade runs such a one).
+    let digest = std::fs::File::open("/proc/self/exe").and_then(fnv1a64);
     match digest {
         Ok(h) => id.push_str(&format!(" fnv1a64={h:016x}")),
         Err(_) => id.push_str(" fnv1a64=unreadable"),

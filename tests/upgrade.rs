@@ -201,6 +201,13 @@ fn a_new_image_whose_after_init_fails_hands_the_children_back() {
     // The previous image took them back, with its own arguments, on its socket,
     // and rolled them over itself.
     assert!(rolled_over(&demo, &before, 3), "{}", demo.log());
+    assert_eq!(
+        demo.log_count("back from a failed upgrade"),
+        1,
+        "{}",
+        demo.log()
+    );
+    assert_eq!(demo.log_count("upgraded in place"), 0, "{}", demo.log());
     assert!(alive(pid));
     assert_eq!(get(demo.addr, "/").unwrap().0, 200);
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
@@ -609,7 +616,11 @@ fn a_new_image_that_cannot_start_goes_back_to_the_previous_one() {
     let before = set(demo.children());
     let v1 = version(&demo);
     // Its error log cannot be opened: `run` fails before its machine starts.
-    wrap_after_trial(&exe, &dir, "--error-log /nonexistent-preforkd-dir/error.log");
+    wrap_after_trial(
+        &exe,
+        &dir,
+        "--error-log /nonexistent-preforkd-dir/error.log",
+    );
     demo.signal(USR2);
     assert!(
         wait_for(Duration::from_secs(10), || demo
@@ -620,6 +631,13 @@ fn a_new_image_that_cannot_start_goes_back_to_the_previous_one() {
     );
     // The previous image took the children back and rolled them over itself.
     assert!(rolled_over(&demo, &before, 3), "{}", demo.log());
+    assert_eq!(
+        demo.log_count("back from a failed upgrade"),
+        1,
+        "{}",
+        demo.log()
+    );
+    assert_eq!(demo.log_count("upgraded in place"), 0, "{}", demo.log());
     assert!(alive(pid));
     assert_eq!(version(&demo), v1);
     assert!(
@@ -634,6 +652,7 @@ fn a_new_image_that_cannot_start_goes_back_to_the_previous_one() {
     demo.signal(USR2);
     assert!(rolled_over(&demo, &serving, 3), "{}", demo.log());
     assert_ne!(version(&demo), v1);
+    assert_eq!(demo.log_count("upgraded in place"), 1, "{}", demo.log());
     assert!(alive(pid));
 }
 
@@ -680,6 +699,7 @@ fn a_daemon_started_with_relative_paths_keeps_them_across_an_upgrade() {
         log()
     );
     assert!(alive(pid), "{}", log());
+    assert!(!log().contains("could not start"), "{}", log());
     // The new image resolved them where the daemon was started, not in `/`.
     for name in names {
         assert!(!Path::new("/").join(name).exists(), "/{name} was made");

@@ -196,6 +196,12 @@ impl<T: 'static> Parent<T> {
         for note in &service.notes {
             slog::warn!(logger, "{note}");
         }
+        if let Some(why) = handed.as_ref().and_then(|h| h.returned.as_ref()) {
+            slog::error!(
+                logger,
+                "upgrade abandoned: the new image could not start ({why}); this image takes its children back"
+            );
+        }
         let notifier = match &service.notify_socket {
             None => None,
             Some(addr) => match addr.to_str().map(systemd::Notifier::new) {

@@ -350,11 +350,30 @@ impl<T: 'static> Prefork<T> {
     /// # Errors
     /// A [`RunError`] when the daemon could not start (nothing to stop yet): the
     /// configuration, the pid file, `after_init`, a system call while setting up.
-    pub fn run(mut self) -> Result<i32, RunError> {
+    pub fn run(self) -> Result<i32, RunError> {
         // Before anything opens a descriptor (the announced numbers must still be
         // the service manager's) or starts a thread (unsetting variables races
         // with threads reading them).
         let service = systemd::take_service_env()?;
+        let pass_on = service.pass_on.clone();
+        // An upgrade's new image that fails before its machine runs (an error or a
+        // panic) hands the children back to the previous image (the call returns
+        // only if there is no way back, or it failed).
+        let outcome = catch_unwind(AssertUnwindSafe(move || self.start_up(service)));
+        match &outcome {
+            Ok(Err(e)) => upgrade::fall_back(&pass_on, &e.to_string()),
+            Err(panic) => {
+                upgrade::fall_back(&pass_on, &format!("panicked: {}", panic_message(&**panic)))
+            }
+            Ok(Ok(_)) => {}
+        }
+        match outcome {
+            Ok(result) => result,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    }
+
+    fn start_up(mut self, service: systemd::ServiceEnv) -> Result<i32, RunError> {
         let start = upgrade::take_start()?;
         self.make_paths_absolute()?;
         let mut inherited = match start {
@@ -447,10 +466,16 @@ impl<T: 'static> Prefork<T> {
         }
     }
 
-    /// Every configured path made absolute against the current directory.
+    /// Every configured path made absolute against the directory the daemon was
+    /// first started from (after an upgrade too, though it works from `/`).
     pub(super) fn make_paths_absolute(&mut self) -> Result<(), RunError> {
+        let dir = upgrade::start_dir();
         let absolute = |p: &mut PathBuf| -> Result<(), RunError> {
-            *p = std::path::absolute(&*p).map_err(|e| RunError::Io {
+            let joined = match &dir {
+                Some(dir) if p.is_relative() => dir.join(&*p),
+                _ => p.clone(),
+            };
+            *p = std::path::absolute(&joined).map_err(|e| RunError::Io {
                 what: format!("resolving {}", p.display()),
                 source: e,
             })?;
@@ -516,6 +541,8 @@ impl<T: 'static> Prefork<T> {
         let daemonized = inherited.as_ref().is_some_and(|i| i.daemonized);
         let mut parent =
             Parent::start(self, supervision, logger, logs, pid_fd, service, inherited)?;
+        // The machine runs from here on: it decides about the way back.
+        upgrade::disarm_fallback();
         parent.sys.daemonized = reporter.is_some() || daemonized;
         parent.sys.reporter = reporter.take();
         let code = parent.run();

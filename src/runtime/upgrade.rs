@@ -62,6 +62,14 @@ struct Carried {
     previous_argv: Vec<Vec<u8>>,
     daemonized: bool,
     exe: Option<PathBuf>,
+    /// The directory the daemon was first started from: relative paths in the
+    /// arguments mean the same files in every image.
+    #[serde(default)]
+    cwd: Option<PathBuf>,
+    /// Set when a new image hands the children back because it could not start:
+    /// why, for the image taking them back to log.
+    #[serde(default)]
+    returned: Option<String>,
 }
 
 /// A handoff received at the start, its descriptors owned.
@@ -80,6 +88,8 @@ pub(super) struct Inherited {
     pub(super) previous_argv: Vec<Vec<u8>>,
     pub(super) daemonized: bool,
     pub(super) exe: Option<PathBuf>,
+    /// Why the image this one handed over to came back at once (see [`fall_back`]).
+    pub(super) returned: Option<String>,
 }
 
 /// How this image starts.
@@ -144,6 +154,14 @@ pub(super) fn take_start() -> Result<Start, RunError> {
         .map_err(io("its memory file"))?;
     let carried: Carried = serde_json::from_str(&text)
         .map_err(|e| super::error::invalid("handoff", format!("unreadable: {e}")))?;
+    if let Some(dir) = &carried.cwd {
+        *START_DIR.lock().unwrap_or_else(|e| e.into_inner()) = Some(dir.clone());
+    }
+    if trial.is_none() {
+        // From here on, whatever stops this image before its machine runs sends
+        // the children back to the image that handed them over.
+        arm_fallback(&carried).map_err(io("keeping the way back"))?;
+    }
     if trial.is_none() {
         // Every child handed over must really be ours: the machine will signal them.
         let me = std::process::id() as i32;
@@ -196,6 +214,7 @@ pub(super) fn take_start() -> Result<Start, RunError> {
         logs,
         daemonized: carried.daemonized,
         exe: carried.exe,
+        returned: carried.returned,
     })))
 }
 
@@ -335,6 +354,8 @@ impl<T: 'static> System<T> {
             },
             daemonized: self.daemonized,
             exe: self.exe.clone(),
+            cwd: start_dir(),
+            returned: None,
         }
     }
 
@@ -453,7 +474,11 @@ impl<T: 'static> System<T> {
             Image::New => self.own_image.as_ref().map(AsRawFd::as_raw_fd),
             Image::Previous => None,
         };
-        let carried = self.carried(handoff.with_previous(previous.is_some()), image, previous);
+        let handoff = match image {
+            Image::New => handoff.with_previous(previous.is_some()),
+            Image::Previous => handoff.with_previous(false).returning(),
+        };
+        let carried = self.carried(handoff, image, previous);
         let doc = match self.handoff_file(&carried) {
             Ok(f) => f,
             Err(e) => return e,
@@ -481,24 +506,7 @@ impl<T: 'static> System<T> {
             }
         }
         if error.is_none() {
-            let mut env: Vec<CString> = std::env::vars_os()
-                .filter(|(k, _)| k != HANDOFF_ENV && k != TRIAL_ENV)
-                .chain(self.service_vars.iter().cloned())
-                .chain([(
-                    OsString::from(HANDOFF_ENV),
-                    OsString::from(doc.as_raw_fd().to_string()),
-                )])
-                .filter_map(|(k, v)| {
-                    let mut kv = k.into_vec();
-                    kv.push(b'=');
-                    kv.extend(v.as_bytes());
-                    CString::new(kv).ok()
-                })
-                .collect();
-            env.push(
-                CString::new(format!("WATCHDOG_PID={}", std::process::id()))
-                    .expect("digits have no NUL"),
-            );
+            let env = next_env(&self.service_vars, &doc);
             // The previous image returns with its own arguments.
             let argv: Vec<CString> = match image {
                 Image::New => std::env::args_os().map(|a| a.into_vec()).collect(),
@@ -537,6 +545,173 @@ impl<T: 'static> System<T> {
         }
         error.unwrap_or_else(|| std::io::Error::other("exec returned"))
     }
+}
+
+/// The environment of the next image: this one's, the service manager's
+/// variables set again, and the handoff's memory file named.
+fn next_env(service_vars: &[(OsString, OsString)], doc: &File) -> Vec<CString> {
+    let mut env: Vec<CString> = std::env::vars_os()
+        .filter(|(k, _)| k != HANDOFF_ENV && k != TRIAL_ENV)
+        .chain(service_vars.iter().cloned())
+        .chain([(
+            OsString::from(HANDOFF_ENV),
+            OsString::from(doc.as_raw_fd().to_string()),
+        )])
+        .filter_map(|(k, v)| {
+            let mut kv = k.into_vec();
+            kv.push(b'=');
+            kv.extend(v.as_bytes());
+            CString::new(kv).ok()
+        })
+        .collect();
+    env.push(
+        CString::new(format!("WATCHDOG_PID={}", std::process::id())).expect("digits have no NUL"),
+    );
+    env
+}
+
+/// The directory the daemon was first started from (carried across upgrades).
+static START_DIR: Mutex<Option<PathBuf>> = Mutex::new(None);
+
+/// The directory relative paths are resolved against: the one the daemon was
+/// first started from, noted at its first call (a fresh start's current
+/// directory; after an upgrade, the one carried over, even though a daemon now
+/// works from `/`).
+pub(super) fn start_dir() -> Option<PathBuf> {
+    let mut dir = START_DIR.lock().unwrap_or_else(|e| e.into_inner());
+    if dir.is_none() {
+        *dir = std::env::current_dir().ok();
+    }
+    dir.clone()
+}
+
+/// The way back of an image started from a handoff, until its machine runs:
+/// copies of every descriptor handed over (the originals are adopted, and a
+/// failed start may close them), and the document to hand them back with.
+struct Fallback {
+    carried: Carried,
+    fds: Vec<OwnedFd>,
+    image: OwnedFd,
+    /// The previous image's own arguments.
+    argv: Vec<Vec<u8>>,
+}
+
+static FALLBACK: Mutex<Option<Fallback>> = Mutex::new(None);
+
+/// Keeps the way back of `carried` (if it has one: the previous image handed
+/// over its own image): see [`fall_back`].
+fn arm_fallback(carried: &Carried) -> std::io::Result<()> {
+    let Some(image) = carried.previous else {
+        return Ok(());
+    };
+    let mut fds = Vec::new();
+    let mut copy = |fd: RawFd| -> std::io::Result<RawFd> {
+        let c = os::dup_handed(fd)?;
+        let n = c.as_raw_fd();
+        fds.push(c);
+        Ok(n)
+    };
+    let back = Carried {
+        machine: carried.machine.clone().with_previous(false).returning(),
+        origin_ns: carried.origin_ns,
+        board: copy(carried.board)?,
+        slots: carried.slots,
+        wake_read: copy(carried.wake_read)?,
+        wake_write: copy(carried.wake_write)?,
+        pid_file: carried.pid_file.map(&mut copy).transpose()?,
+        channels: carried
+            .channels
+            .iter()
+            .map(|&(pid, fd)| Ok((pid, copy(fd)?)))
+            .collect::<std::io::Result<_>>()?,
+        listeners: carried
+            .listeners
+            .iter()
+            .map(|&fd| copy(fd))
+            .collect::<std::io::Result<_>>()?,
+        previous: None,
+        logs: carried
+            .logs
+            .iter()
+            .map(|(path, fd)| Ok((path.clone(), copy(*fd)?)))
+            .collect::<std::io::Result<_>>()?,
+        previous_argv: Vec::new(),
+        daemonized: carried.daemonized,
+        exe: carried.exe.clone(),
+        cwd: carried.cwd.clone(),
+        returned: None,
+    };
+    let image = os::dup_handed(image)?;
+    *FALLBACK.lock().unwrap_or_else(|e| e.into_inner()) = Some(Fallback {
+        carried: back,
+        fds,
+        image,
+        argv: carried.previous_argv.clone(),
+    });
+    Ok(())
+}
+
+/// The new image's machine runs: from here on it decides about the way back, and
+/// the copies kept for it are closed.
+pub(super) fn disarm_fallback() {
+    FALLBACK.lock().unwrap_or_else(|e| e.into_inner()).take();
+}
+
+/// Hands the children back to the previous image because this one could not
+/// start (`why`), if it started from a handoff whose machine has not run yet.
+/// Returns only if there is no way back (nothing said) or it failed (said on
+/// stderr, which a daemon points at its error log).
+pub(super) fn fall_back(service_vars: &[(OsString, OsString)], why: &str) {
+    let Some(fallback) = FALLBACK.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+        return;
+    };
+    eprintln!(
+        "upgrade: the new image failed at its start ({why}); returning to the previous image"
+    );
+    let e = exec_back(fallback, service_vars, why);
+    eprintln!("upgrade: the way back to the previous image failed too: {e}");
+}
+
+fn exec_back(
+    fallback: Fallback,
+    service_vars: &[(OsString, OsString)],
+    why: &str,
+) -> std::io::Error {
+    let Fallback {
+        mut carried,
+        fds,
+        image,
+        argv,
+    } = fallback;
+    let argv: Vec<CString> = argv
+        .into_iter()
+        .filter_map(|a| CString::new(a).ok())
+        .collect();
+    carried.returned = Some(why.to_string());
+    let doc = (|| {
+        let mut f = os::memfd("preforkd-handoff")?;
+        serde_json::to_writer(&mut f, &carried).map_err(std::io::Error::other)?;
+        f.rewind()?;
+        Ok::<_, std::io::Error>(f)
+    })();
+    let doc = match doc {
+        Ok(f) => f,
+        Err(e) => return e,
+    };
+    for fd in fds.iter().map(AsFd::as_fd).chain([doc.as_fd()]) {
+        if let Err(e) = os::set_cloexec(fd, false) {
+            return e;
+        }
+    }
+    let env = next_env(service_vars, &doc);
+    // Signals stay held until the previous image's handlers are in place.
+    let _ = os::hold_signals(&PARENT_SIGNALS);
+    let e = match nix::unistd::fexecve(image.as_fd(), &argv, &env) {
+        Err(e) => std::io::Error::from(e),
+        Ok(never) => match never {},
+    };
+    let _ = os::release_signals(&PARENT_SIGNALS);
+    e
 }
 
 /// Opens the running image (`/proc/self/exe`) so that an upgrade can come back

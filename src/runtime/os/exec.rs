@@ -50,6 +50,23 @@ pub(crate) fn adopt_fd(fd: RawFd) -> io::Result<OwnedFd> {
     Ok(owned)
 }
 
+/// A close-on-exec copy (numbered 3 or above) of a descriptor handed over by the
+/// previous image, which the copy outlives: the new image's way back keeps them
+/// while the originals are adopted and may be closed by a failed start.
+pub(crate) fn dup_handed(fd: RawFd) -> io::Result<OwnedFd> {
+    if fd < 0 {
+        return Err(io::Error::from_raw_os_error(libc::EBADF));
+    }
+    // SAFETY: F_DUPFD_CLOEXEC on any number either fails (EBADF: not open) or
+    // makes a new descriptor, touching nothing else.
+    let copy = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) };
+    if copy == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `copy` was just made by this call and nothing else knows it.
+    Ok(unsafe { OwnedFd::from_raw_fd(copy) })
+}
+
 /// Starts `cmd` as the upgrade's trial: `keep` stay open in it (close-on-exec
 /// cleared in the child only), and it gets SIGALRM after `limit_secs`, which ends
 /// it if it does not finish in time (an alarm survives the exec).

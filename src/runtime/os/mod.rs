@@ -25,7 +25,9 @@ mod shared_memory;
 mod signal_handlers;
 mod sockets;
 
-pub(crate) use exec::{adopt_fd, hold_signals, memfd, release_signals, set_cloexec, spawn_trial};
+pub(crate) use exec::{
+    adopt_fd, dup_handed, hold_signals, memfd, release_signals, set_cloexec, spawn_trial,
+};
 pub(crate) use fds::{adopt_socket, borrow_fd, close_inherited, NotAdopted};
 pub(crate) use process::{exit_now, fork_child, fork_for_daemon, Side};
 pub(crate) use shared_memory::{map_board, shared_flag};

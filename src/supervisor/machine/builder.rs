@@ -158,11 +158,13 @@ impl MachineBuilder {
             upgrade: Upgrade::Idle,
             base_quiet: 0,
             adopting: None,
+            returned: false,
         };
         m.base_quiet = *m.scaling.quiet_range().start();
         if let Some(h) = &self.handoff {
             m.take_in(h);
             m.adopting = Some(h.has_previous());
+            m.returned = h.is_returning();
         }
         Ok(m)
     }

@@ -124,6 +124,8 @@ pub struct Machine {
     /// way back is open (the previous image is there and the new code is not
     /// proven yet).
     adopting: Option<bool>,
+    /// The adopted children came back from a new image that failed.
+    returned: bool,
 }
 
 impl Machine {

@@ -69,6 +69,10 @@ pub struct Handoff {
     ///
     /// [`ScalingPolicy::state`]: crate::policy::ScalingPolicy::state
     scaling_state: Option<(String, serde_json::Value)>,
+    /// Whether the children come back from a new image that could not take over
+    /// (the way back), rather than go forward to new code.
+    #[serde(default)]
+    returned: bool,
 }
 
 /// One running child, as handed over.
@@ -108,6 +112,17 @@ impl Handoff {
     /// Whether the image that handed over can be returned to.
     pub fn has_previous(&self) -> bool {
         self.previous
+    }
+
+    /// Marks the handoff as the way back: the image receiving it is the one the
+    /// children came from, and says so rather than "upgraded".
+    pub fn returning(mut self) -> Handoff {
+        self.returned = true;
+        self
+    }
+
+    pub(super) fn is_returning(&self) -> bool {
+        self.returned
     }
 
     /// Checks it fits a pool of `max_children` slots.
@@ -209,6 +224,7 @@ impl Machine {
                 (now - self.base_quiet as i64).clamp(i32::MIN as i64, i32::MAX as i64) as i32
             },
             scaling_state,
+            returned: false,
         }
     }
 
@@ -251,10 +267,15 @@ impl Machine {
     /// `after_init` succeeded in an adopting image: roll the adopted children over.
     pub(super) fn begin_adopted_reload(&mut self) {
         let adopted = self.pool.len();
+        let what = if self.returned {
+            "back from a failed upgrade: took back"
+        } else {
+            "upgraded in place: adopted"
+        };
         self.log(
             Level::Info,
             format!(
-                "upgraded in place: adopted {adopted} children of generation {} and older",
+                "{what} {adopted} children of generation {} and older",
                 self.generation
             ),
         );
