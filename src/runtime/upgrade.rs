@@ -38,14 +38,17 @@ use std::sync::Mutex;
 pub(super) const HANDOFF_ENV: &str = "PREFORKD_HANDOFF";
 /// The variable naming the trial's report pipe.
 pub(super) const TRIAL_ENV: &str = "PREFORKD_TRIAL";
+/// The format of the handoff document this image writes and reads.
+const CARRIED_FORMAT: u32 = 1;
 /// How long the trial of a new executable may take.
 pub const TRIAL_LIMIT_SECS: u32 = 30;
 
 /// What crosses the exec besides the machine's handoff: descriptor numbers left
 /// open, and what the parent knew at its start.
 #[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct Carried {
+    /// [`CARRIED_FORMAT`] (see [`read_carried`]).
+    format: u32,
     machine: Handoff,
     origin_ns: u64,
     board: RawFd,
@@ -152,8 +155,7 @@ pub(super) fn take_start() -> Result<Start, RunError> {
     doc.rewind().map_err(io("its memory file"))?;
     doc.read_to_string(&mut text)
         .map_err(io("its memory file"))?;
-    let carried: Carried = serde_json::from_str(&text)
-        .map_err(|e| super::error::invalid("handoff", format!("unreadable: {e}")))?;
+    let carried = read_carried(&text)?;
     if let Some(dir) = &carried.cwd {
         *START_DIR.lock().unwrap_or_else(|e| e.into_inner()) = Some(dir.clone());
     }
@@ -216,6 +218,26 @@ pub(super) fn take_start() -> Result<Start, RunError> {
         exe: carried.exe,
         returned: carried.returned,
     })))
+}
+
+/// The handoff document, of a format this image reads. Fields it does not know
+/// are ignored: a field added within a format is optional, so that an image
+/// reads what a later one writes (the way back); a change an older reader would
+/// misread makes another format, which the trial refuses before anything
+/// changes.
+fn read_carried(text: &str) -> Result<Carried, RunError> {
+    let carried: Carried = serde_json::from_str(text)
+        .map_err(|e| super::error::invalid("handoff", format!("unreadable: {e}")))?;
+    if carried.format != CARRIED_FORMAT {
+        return Err(super::error::invalid(
+            "handoff",
+            format!(
+                "format {} from the running image, this one reads {CARRIED_FORMAT}",
+                carried.format
+            ),
+        ));
+    }
+    Ok(carried)
 }
 
 /// The parent pid of `pid`, from `/proc/PID/stat`.
@@ -327,6 +349,7 @@ fn live_listeners(image: Image) -> Vec<RawFd> {
 impl<T: 'static> System<T> {
     fn carried(&self, machine: Handoff, image: Image, previous: Option<RawFd>) -> Carried {
         Carried {
+            format: CARRIED_FORMAT,
             machine,
             origin_ns: self.clock.origin_ns(),
             board: self.board_file.as_raw_fd(),
@@ -612,6 +635,7 @@ fn arm_fallback(carried: &Carried) -> std::io::Result<()> {
         Ok(n)
     };
     let back = Carried {
+        format: CARRIED_FORMAT,
         machine: carried.machine.clone().with_previous(false).returning(),
         origin_ns: carried.origin_ns,
         board: copy(carried.board)?,
@@ -718,4 +742,37 @@ fn exec_back(
 /// to it even once its file on disk is replaced.
 pub(super) fn open_own_image() -> Option<File> {
     File::open("/proc/self/exe").ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn document() -> serde_json::Value {
+        let machine = crate::Machine::builder(crate::Options::default())
+            .build()
+            .unwrap()
+            .handoff();
+        serde_json::json!({
+            "format": CARRIED_FORMAT, "machine": machine, "origin_ns": 1, "board": 3,
+            "slots": 4, "wake_read": 4, "wake_write": 5, "pid_file": null,
+            "channels": [], "listeners": [], "previous": null, "logs": [],
+            "previous_argv": [], "daemonized": false, "exe": null,
+        })
+    }
+
+    #[test]
+    fn a_later_images_fields_are_ignored_and_another_format_is_refused() {
+        let mut doc = document();
+        assert!(read_carried(&doc.to_string()).is_ok());
+        doc["a_later_field"] = serde_json::json!([7]);
+        let read = read_carried(&doc.to_string()).unwrap();
+        assert_eq!(read.slots, 4);
+        doc["format"] = serde_json::json!(CARRIED_FORMAT + 1);
+        let e = read_carried(&doc.to_string()).unwrap_err().to_string();
+        assert!(e.contains("handoff") && e.contains("format 2"), "{e}");
+        doc.as_object_mut().unwrap().remove("board");
+        let e = read_carried(&doc.to_string()).unwrap_err().to_string();
+        assert!(e.contains("board"), "{e}");
+    }
 }

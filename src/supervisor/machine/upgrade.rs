@@ -52,8 +52,13 @@ pub(super) enum Upgrade {
 /// the children (slot, pid, generation, age, readiness, requests, retirement),
 /// the generation counter, the crash streak and the machine's time. Serialize it
 /// with serde; the new image passes it to [`MachineBuilder::adopt`].
+///
+/// Fields an image does not know are ignored: one added within a format is
+/// optional (`#[serde(default)]`), so an image reads what a later one writes (the
+/// way back goes to an older image); a change an older reader would misread
+/// takes another format, which [`MachineBuilder::adopt`] refuses (in the trial,
+/// before anything changes).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Handoff {
     format: u32,
     now: Time,
@@ -77,7 +82,6 @@ pub struct Handoff {
 
 /// One running child, as handed over.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct HandedChild {
     slot: usize,
     pid: Pid,

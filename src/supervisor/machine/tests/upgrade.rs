@@ -133,9 +133,25 @@ fn the_handoff_carries_every_child_and_survives_serde() {
     assert_eq!(h, h2);
     assert_eq!(h.pids().collect::<Vec<_>>(), old.pids().collect::<Vec<_>>());
     assert_eq!(h.now(), ms(610));
-    // Unknown fields are refused, not ignored.
-    let bad = text.replacen('{', "{\"extra\":1,", 1);
-    assert!(serde_json::from_str::<Handoff>(&bad).is_err());
+    // A field added by a later image of the same format is ignored (the way back
+    // to an older image must not fail on it)...
+    let later = text.replacen('{', "{\"extra\":1,", 1);
+    let later = later.replacen("\"children\":[{", "\"children\":[{\"extra\":2,", 1);
+    assert_eq!(serde_json::from_str::<Handoff>(&later).unwrap(), h);
+    // ...while another format is refused, naming it, before anything is adopted.
+    let other = text.replacen("\"format\":1", "\"format\":2", 1);
+    assert_ne!(other, text);
+    let e = Machine::builder(Options {
+        prefork: 2,
+        max_children: 4,
+        ..Options::default()
+    })
+    .scaling_policy(Fixed(2))
+    .adopt(serde_json::from_str(&other).unwrap())
+    .build()
+    .unwrap_err();
+    assert_eq!(e.option(), "handoff");
+    assert!(e.reason().contains("format 2"), "{e}");
 }
 
 #[test]
