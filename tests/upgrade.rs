@@ -716,3 +716,30 @@ fn a_daemon_started_with_relative_paths_keeps_them_across_an_upgrade() {
     assert!(wait_for(Duration::from_secs(10), || !alive(pid)));
     assert!(!pid_file.exists(), "the pid file outlived the daemon");
 }
+
+#[test]
+fn a_new_configuration_without_the_pid_file_is_refused_and_the_lock_kept() {
+    let dir = tempdir("upgrade-pid-dropped");
+    let exe = installed(&dir);
+    let pid_file = dir.join("demo.pid");
+    let demo = start(&exe, &["--pid-file", pid_file.to_str().unwrap()]);
+    let pid = demo.pid();
+    let before = set(demo.children());
+    // The new code runs without --pid-file: it would drop the lock, and a second
+    // instance could start beside the running one.
+    wrap(&exe, &dir, "--listen 127.0.0.1:0 --prefork 3");
+    demo.signal(USR2);
+    assert!(
+        wait_for(Duration::from_secs(10), || demo
+            .log_count("upgrade abandoned")
+            == 1),
+        "{}",
+        demo.log()
+    );
+    assert!(demo.log().contains("pid_path"), "{}", demo.log());
+    assert_eq!(set(demo.children()), before);
+    assert_eq!(
+        preforkd::runtime::pidfile::is_running(&pid_file).unwrap(),
+        Some(pid)
+    );
+}

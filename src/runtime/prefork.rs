@@ -380,10 +380,13 @@ impl<T: 'static> Prefork<T> {
             Start::Trial {
                 handoff,
                 slots,
+                pid_file,
                 report,
             } => {
                 // The upgrade's trial: check, say, exit; touch nothing.
-                let checked = if self.options.max_children != slots {
+                let checked = if pid_file && self.pid_path.is_none() {
+                    Err(upgrade::pid_path_needed())
+                } else if self.options.max_children != slots {
                     Err(invalid(
                         "max_children",
                         format!(
@@ -530,7 +533,8 @@ impl<T: 'static> Prefork<T> {
             // The lock crossed the exec with its descriptor.
             (Some(path), Some(fd)) => Some(pidfile::PidFile::adopt(path, fd)?),
             (Some(path), None) => Some(pidfile::PidFile::acquire(path)?),
-            (None, _) => None,
+            (None, Some(_)) => return Err(upgrade::pid_path_needed()),
+            (None, None) => None,
         };
         let Some(supervision) = checked else {
             return self.run_in_process(logger, logs, reporter);

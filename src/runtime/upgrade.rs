@@ -107,6 +107,8 @@ pub(super) enum Start {
         handoff: Handoff,
         /// The running pool's slots: `max_children` must stay the same.
         slots: usize,
+        /// Whether the running daemon holds a pid file: `pid_path` must stay set.
+        pid_file: bool,
         report: File,
     },
 }
@@ -181,6 +183,7 @@ pub(super) fn take_start() -> Result<Start, RunError> {
         return Ok(Start::Trial {
             handoff: carried.machine,
             slots: carried.slots,
+            pid_file: carried.pid_file.is_some(),
             report,
         });
     }
@@ -238,6 +241,15 @@ fn read_carried(text: &str) -> Result<Carried, RunError> {
         ));
     }
     Ok(carried)
+}
+
+/// The refusal of a configuration without `pid_path` by an image handed a pid
+/// file: dropping its lock would let a second instance start beside this one.
+pub(super) fn pid_path_needed() -> RunError {
+    super::error::invalid(
+        "pid_path",
+        "is not set, but the running daemon holds a pid file and its lock: an in-place upgrade keeps them (set pid_path, or restart to drop it)",
+    )
 }
 
 /// The parent pid of `pid`, from `/proc/PID/stat`.

@@ -234,18 +234,7 @@ impl Demo {
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .process_group(0);
-        // A binary the test just wrote may still be open for writing in a child
-        // another test thread forked meanwhile (ETXTBSY until it execs): retry.
-        let mut tries = 0;
-        let mut child = loop {
-            match cmd.spawn() {
-                Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 100 => {
-                    tries += 1;
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                other => break other.expect("start the demo"),
-            }
-        };
+        let mut child = spawn_retrying(&mut cmd).expect("start the demo");
         let stderr = child.stderr.take().expect("stderr");
         let log = Arc::new(Mutex::new(String::new()));
         let (tx, rx) = std::sync::mpsc::channel();
@@ -276,6 +265,21 @@ impl Demo {
     }
 }
 
+/// Spawns `cmd`. A binary the test just wrote may still be open for writing in a
+/// child another test thread forked meanwhile (ETXTBSY until it execs): retried.
+pub fn spawn_retrying(cmd: &mut Command) -> std::io::Result<std::process::Child> {
+    let mut tries = 0;
+    loop {
+        match cmd.spawn() {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 100 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Runs `cmd` (in its own process group) for at most `within`: its exit status
 /// and stderr, or `None` (after killing its group) if it was still running.
 pub fn run_bounded(
@@ -286,7 +290,7 @@ pub fn run_bounded(
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .process_group(0);
-    let mut child = cmd.spawn().expect("start the command");
+    let mut child = spawn_retrying(&mut cmd).expect("start the command");
     let mut stderr = child.stderr.take().expect("stderr");
     // Read on a thread: a grandchild holding the pipe must not block the test.
     let (tx, rx) = std::sync::mpsc::channel();
