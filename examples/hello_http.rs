@@ -5,7 +5,7 @@
 //!     [--max-children N] [--scoreboard PATH] [--pid-file PATH]
 //!     [--spawn-in-init CMD]
 //!     [--max-child-memory BYTES] [--crash-at-start FILE]
-//!     [--auto-reload-every DURATION] [--watch PATH]...
+//!     [--auto-reload-every DURATION] [--watch PATH]... [--std-bind]
 //! ```
 //!
 //! `--spawn-in-init CMD` starts `sh -c CMD` from `after_init` and leaves it
@@ -30,7 +30,9 @@
 //!
 //! Fault drills: `--crash-at-start FILE` makes every child's main loop fail at once
 //! while FILE exists, appending its pid to FILE first (a crash loop whose forks can
-//! be counted; remove the file and send HUP to recover). Keep-alive is honoured (HTTP/1.1 by
+//! be counted; remove the file and send HUP to recover). `--std-bind` binds the
+//! listener with the standard library instead of `runtime::listen` (one an
+//! in-place upgrade cannot hand over, so refuses). Keep-alive is honoured (HTTP/1.1 by
 //! default, `Connection: close` ends it). TERM or INT stop it gracefully.
 
 use preforkd::{Prefork, Worker};
@@ -65,6 +67,7 @@ struct Args {
     crash_at_start: Option<PathBuf>,
     auto_reload_every: Option<Duration>,
     watch: Vec<PathBuf>,
+    std_bind: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -89,6 +92,7 @@ fn parse_args() -> Result<Args, String> {
         crash_at_start: None,
         auto_reload_every: None,
         watch: Vec::new(),
+        std_bind: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -136,6 +140,9 @@ fn parse_args() -> Result<Args, String> {
                 a.auto_reload_every = Some(duration(value()?, "--auto-reload-every")?)
             }
             "--watch" => a.watch.push(value()?.into()),
+            // A drill: a listener the runtime does not know, which an in-place
+            // upgrade cannot hand over.
+            "--std-bind" => a.std_bind = true,
             "-h" | "--help" => {
                 println!(
                     "usage: hello_http [--listen ADDR] [--prefork N] [--max-children N] \
@@ -143,7 +150,7 @@ fn parse_args() -> Result<Args, String> {
                      [--access-log PATH] [--json-log] [--require-root] [--daemonize] [--user NAME] [--group NAME] \
                      [--graceful-timeout DURATION] [--busy-timeout DURATION] [--request-timeout DURATION] \
                      [--spawn-in-init CMD] [--max-child-memory BYTES] [--crash-at-start FILE] \
-                     [--auto-reload-every DURATION] [--watch PATH]..."
+                     [--auto-reload-every DURATION] [--watch PATH]... [--std-bind]"
                 );
                 std::process::exit(0);
             }
@@ -165,6 +172,7 @@ fn main() {
         }
     };
     let listen = args.listen.clone();
+    let std_bind = args.std_bind;
     let request_timeout = args.request_timeout;
     let spawn_in_init = args.spawn_in_init.clone();
     let crash_file = args.crash_at_start.clone();
@@ -184,6 +192,8 @@ fn main() {
             let activated = preforkd::runtime::systemd::listen_fds()?;
             let l = match activated.into_iter().next() {
                 Some(socket) => socket.into_tcp_listener()?,
+                None if std_bind => TcpListener::bind(&listen)
+                    .map_err(|e| format!("cannot listen on {listen}: {e}"))?,
                 None => preforkd::runtime::listen(&listen, 1024)
                     .map_err(|e| format!("cannot listen on {listen}: {e}"))?,
             };

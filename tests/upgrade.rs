@@ -743,3 +743,31 @@ fn a_new_configuration_without_the_pid_file_is_refused_and_the_lock_kept() {
         Some(pid)
     );
 }
+
+#[test]
+fn a_listener_the_runtime_cannot_hand_over_refuses_the_upgrade_and_keeps_serving() {
+    let dir = tempdir("upgrade-stray-listener");
+    let exe = installed(&dir);
+    let demo = start(&exe, &["--std-bind"]);
+    let pid = demo.pid();
+    let before = set(demo.children());
+    rebuild(&exe, "stray");
+    demo.signal(USR2);
+    assert!(
+        wait_for(Duration::from_secs(10), || demo
+            .log_count("upgrade abandoned")
+            == 1),
+        "{}",
+        demo.log()
+    );
+    // The log names the socket; nothing moved.
+    assert!(
+        demo.log().contains(&demo.addr.to_string()),
+        "{}",
+        demo.log()
+    );
+    assert_eq!(demo.log_count("upgraded in place"), 0);
+    assert_eq!(set(demo.children()), before);
+    assert_eq!(get(demo.addr, "/").unwrap().0, 200);
+    assert!(alive(pid));
+}

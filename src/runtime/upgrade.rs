@@ -358,6 +358,22 @@ fn live_listeners(image: Image) -> Vec<RawFd> {
         .collect()
 }
 
+/// A listening socket of this process that an upgrade would not hand over (made
+/// other than with `listen`), described: the new image could not serve on it,
+/// nor could the previous one on the way back (its old children hold the port).
+fn stray_listener() -> Option<String> {
+    let handed = live_listeners(Image::New);
+    let fd = os::listening_sockets()
+        .into_iter()
+        .find(|fd| !handed.contains(fd))?;
+    let addr = nix::sys::socket::getsockname::<nix::sys::socket::SockaddrStorage>(fd)
+        .map(|a| a.to_string())
+        .unwrap_or_else(|_| "an unnamed socket".into());
+    Some(format!(
+        "the listening socket {addr} (descriptor {fd}) was not made with runtime::listen: it cannot cross the exec"
+    ))
+}
+
 impl<T: 'static> System<T> {
     fn carried(&self, machine: Handoff, image: Image, previous: Option<RawFd>) -> Carried {
         Carried {
@@ -415,6 +431,9 @@ impl<T: 'static> System<T> {
         })?;
         if self.trial.is_some() {
             return Err(std::io::Error::other("a trial is already running"));
+        }
+        if let Some(why) = stray_listener() {
+            return Err(std::io::Error::other(why));
         }
         let doc = self.handoff_file(&self.carried(handoff.clone(), Image::New, None))?;
         // The read end never blocks: a process the trial left behind may hold the

@@ -35,4 +35,4 @@ pub(crate) use signal_handlers::{
     ignore_sigpipe, install_worker_handlers, watch_stops, SignalGate, REOPEN_REQUESTED,
     STOP_REQUESTED,
 };
-pub(crate) use sockets::{listen_queue_len, recv_fds};
+pub(crate) use sockets::{listen_queue_len, listening_sockets, recv_fds};

@@ -28,6 +28,36 @@ pub(crate) fn listen_queue_len(listener: BorrowedFd<'_>) -> Option<u32> {
     (r == 0 && listening).then_some(info.tcpi_unacked)
 }
 
+/// The descriptors of this process that are listening sockets (any family), in
+/// ascending order, from `/proc/self/fd`.
+pub(crate) fn listening_sockets() -> Vec<std::os::fd::RawFd> {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return Vec::new();
+    };
+    let mut fds: Vec<std::os::fd::RawFd> = dir
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|&fd| {
+            let mut on: c_int = 0;
+            let mut len = std::mem::size_of::<c_int>() as libc::socklen_t;
+            // SAFETY: getsockopt on any number only reads the descriptor's socket
+            // state (or fails: not open, not a socket); `on` is writable for
+            // `len` bytes and `len` says so.
+            let r = unsafe {
+                libc::getsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    libc::SO_ACCEPTCONN,
+                    std::ptr::from_mut(&mut on).cast(),
+                    &mut len,
+                )
+            };
+            r == 0 && on != 0
+        })
+        .collect();
+    fds.sort_unstable();
+    fds
+}
+
 /// The most descriptors [`recv_fds`] takes from one datagram.
 const MAX_PASSED_FDS: usize = 8;
 /// Room for one `SCM_RIGHTS` message of [`MAX_PASSED_FDS`] descriptors.
