@@ -5,7 +5,7 @@
 //!     [--max-children N] [--scoreboard PATH] [--pid-file PATH]
 //!     [--spawn-in-init CMD]
 //!     [--max-child-memory BYTES] [--crash-at-start FILE]
-//!     [--auto-reload-every DURATION] [--watch PATH]...
+//!     [--auto-reload-every DURATION] [--watch PATH]... [--fail-init]
 //! ```
 //!
 //! `--spawn-in-init CMD` starts `sh -c CMD` from `after_init` and leaves it
@@ -30,7 +30,10 @@
 //!
 //! Fault drills: `--crash-at-start FILE` makes every child's main loop fail at once
 //! while FILE exists, appending its pid to FILE first (a crash loop whose forks can
-//! be counted; remove the file and send HUP to recover). Keep-alive is honoured (HTTP/1.1 by
+//! be counted; remove the file and send HUP to recover). `--fail-init` makes
+//! `after_init` fail at its very end, once it has its listener (new code that
+//! passes the upgrade's trial, which does not run `after_init`, and then cannot
+//! start). Keep-alive is honoured (HTTP/1.1 by
 //! default, `Connection: close` ends it). TERM or INT stop it gracefully.
 
 use preforkd::{Prefork, Worker};
@@ -65,6 +68,7 @@ struct Args {
     crash_at_start: Option<PathBuf>,
     auto_reload_every: Option<Duration>,
     watch: Vec<PathBuf>,
+    fail_init: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -89,6 +93,7 @@ fn parse_args() -> Result<Args, String> {
         crash_at_start: None,
         auto_reload_every: None,
         watch: Vec::new(),
+        fail_init: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -136,6 +141,7 @@ fn parse_args() -> Result<Args, String> {
                 a.auto_reload_every = Some(duration(value()?, "--auto-reload-every")?)
             }
             "--watch" => a.watch.push(value()?.into()),
+            "--fail-init" => a.fail_init = true,
             "-h" | "--help" => {
                 println!(
                     "usage: hello_http [--listen ADDR] [--prefork N] [--max-children N] \
@@ -143,7 +149,7 @@ fn parse_args() -> Result<Args, String> {
                      [--access-log PATH] [--json-log] [--require-root] [--daemonize] [--user NAME] [--group NAME] \
                      [--graceful-timeout DURATION] [--busy-timeout DURATION] [--request-timeout DURATION] \
                      [--spawn-in-init CMD] [--max-child-memory BYTES] [--crash-at-start FILE] \
-                     [--auto-reload-every DURATION] [--watch PATH]..."
+                     [--auto-reload-every DURATION] [--watch PATH]... [--fail-init]"
                 );
                 std::process::exit(0);
             }
@@ -168,6 +174,7 @@ fn main() {
     let request_timeout = args.request_timeout;
     let spawn_in_init = args.spawn_in_init.clone();
     let crash_file = args.crash_at_start.clone();
+    let fail_init = args.fail_init;
     let mut daemon = Prefork::new(
         move || {
             if let Some(cmd) = &spawn_in_init {
@@ -193,6 +200,9 @@ fn main() {
             nix::sys::socket::setsockopt(&l, nix::sys::socket::sockopt::ReceiveTimeout, &timeout)?;
             // Never a panic over a closed stderr: the pool serves without it.
             let _ = writeln!(io::stderr(), "hello_http: listening on {}", l.local_addr()?);
+            if fail_init {
+                return Err("--fail-init: after_init fails on purpose".into());
+            }
             Ok(l)
         },
         move |worker: &Worker, listener: &TcpListener| {
