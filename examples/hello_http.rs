@@ -458,9 +458,9 @@ fn identity() -> String {
     if let Some(build) = option_env!("HELLO_HTTP_BUILD") {
         id.push_str(&format!(" build={build}"));
     }
-    let digest = std::env::current_exe()
-        .and_then(std::fs::File::open)
-        .and_then(fnv1a64);
+    // `/proc/self/exe` itself, not the path it names: after an upgrade's way back
+    // that file was replaced, and the previous image runs from its deleted one.
+    let digest = std::fs::File::open("/proc/self/exe").and_then(fnv1a64);
     match digest {
         Ok(h) => id.push_str(&format!(" fnv1a64={h:016x}")),
         Err(_) => id.push_str(" fnv1a64=unreadable"),
