@@ -5,7 +5,7 @@
 //!     [--max-children N] [--scoreboard PATH] [--pid-file PATH]
 //!     [--spawn-in-init CMD]
 //!     [--max-child-memory BYTES] [--crash-at-start FILE]
-//!     [--auto-reload-every DURATION] [--watch PATH]... [--std-bind]
+//!     [--auto-reload-every DURATION] [--watch PATH]... [--std-bind] [--fail-init]
 //! ```
 //!
 //! `--spawn-in-init CMD` starts `sh -c CMD` from `after_init` and leaves it
@@ -32,8 +32,11 @@
 //! while FILE exists, appending its pid to FILE first (a crash loop whose forks can
 //! be counted; remove the file and send HUP to recover). `--std-bind` binds the
 //! listener with the standard library instead of `runtime::listen` (one an
-//! in-place upgrade cannot hand over, so refuses). Keep-alive is honoured (HTTP/1.1 by
-//! default, `Connection: close` ends it). TERM or INT stop it gracefully.
+//! in-place upgrade cannot hand over, so refuses). `--fail-init` makes
+//! `after_init` fail at its very end, once it has its listener (new code that
+//! passes the upgrade's trial, which does not run `after_init`, and then cannot
+//! start). Keep-alive is honoured (HTTP/1.1 by default, `Connection: close` ends
+//! it). TERM or INT stop it gracefully.
 
 use preforkd::{Prefork, Worker};
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -68,6 +71,7 @@ struct Args {
     auto_reload_every: Option<Duration>,
     watch: Vec<PathBuf>,
     std_bind: bool,
+    fail_init: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -93,6 +97,7 @@ fn parse_args() -> Result<Args, String> {
         auto_reload_every: None,
         watch: Vec::new(),
         std_bind: false,
+        fail_init: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -143,6 +148,7 @@ fn parse_args() -> Result<Args, String> {
             // A drill: a listener the runtime does not know, which an in-place
             // upgrade cannot hand over.
             "--std-bind" => a.std_bind = true,
+            "--fail-init" => a.fail_init = true,
             "-h" | "--help" => {
                 println!(
                     "usage: hello_http [--listen ADDR] [--prefork N] [--max-children N] \
@@ -150,7 +156,7 @@ fn parse_args() -> Result<Args, String> {
                      [--access-log PATH] [--json-log] [--require-root] [--daemonize] [--user NAME] [--group NAME] \
                      [--graceful-timeout DURATION] [--busy-timeout DURATION] [--request-timeout DURATION] \
                      [--spawn-in-init CMD] [--max-child-memory BYTES] [--crash-at-start FILE] \
-                     [--auto-reload-every DURATION] [--watch PATH]... [--std-bind]"
+                     [--auto-reload-every DURATION] [--watch PATH]... [--std-bind] [--fail-init]"
                 );
                 std::process::exit(0);
             }
@@ -176,6 +182,7 @@ fn main() {
     let request_timeout = args.request_timeout;
     let spawn_in_init = args.spawn_in_init.clone();
     let crash_file = args.crash_at_start.clone();
+    let fail_init = args.fail_init;
     let mut daemon = Prefork::new(
         move || {
             if let Some(cmd) = &spawn_in_init {
@@ -203,6 +210,9 @@ fn main() {
             nix::sys::socket::setsockopt(&l, nix::sys::socket::sockopt::ReceiveTimeout, &timeout)?;
             // Never a panic over a closed stderr: the pool serves without it.
             let _ = writeln!(io::stderr(), "hello_http: listening on {}", l.local_addr()?);
+            if fail_init {
+                return Err("--fail-init: after_init fails on purpose".into());
+            }
             Ok(l)
         },
         move |worker: &Worker, listener: &TcpListener| {
@@ -458,8 +468,8 @@ fn identity() -> String {
     if let Some(build) = option_env!("HELLO_HTTP_BUILD") {
         id.push_str(&format!(" build={build}"));
     }
-    // The running image itself: its path names another file once a deployment
-    // replaced it (the previous image of a failed upgrade runs such a one).
+    // `/proc/self/exe` itself, not the path it names: after an upgrade's way back
+    // that file was replaced, and the previous image runs from its deleted one.
     let digest = std::fs::File::open("/proc/self/exe").and_then(fnv1a64);
     match digest {
         Ok(h) => id.push_str(&format!(" fnv1a64={h:016x}")),

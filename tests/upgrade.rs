@@ -771,3 +771,162 @@ fn a_listener_the_runtime_cannot_hand_over_refuses_the_upgrade_and_keeps_serving
     assert_eq!(get(demo.addr, "/").unwrap().0, 200);
     assert!(alive(pid));
 }
+
+/// The demo (`exe`) started with a socket passed the systemd way, and a
+/// `--listen` address that is not on this machine (binding it fails): only the
+/// passed socket can serve. Waits for its 3 children.
+fn start_activated(exe: &Path) -> (Demo, std::net::SocketAddr) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut cmd = socket_activated(exe, &listener, "http");
+    cmd.args(["--listen", "192.0.2.1:9", "--prefork", "3"]);
+    let demo = Demo::start_command(cmd);
+    // Only the demo holds the socket now.
+    drop(listener);
+    assert_eq!(demo.addr, addr, "{}", demo.log());
+    assert!(
+        wait_for(Duration::from_secs(10), || demo.children().len() == 3),
+        "{}",
+        demo.log()
+    );
+    (demo, addr)
+}
+
+#[test]
+fn a_socket_activated_daemon_upgrades_on_the_same_socket() {
+    let dir = tempdir("upgrade-activated");
+    let exe = installed(&dir);
+    let (demo, addr) = start_activated(&exe);
+    let pid = demo.pid();
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = counting_load(addr, 4, "/", &stop);
+    let mut versions = vec![version(&demo)];
+    let mut parent_fds = Vec::new();
+    // Twice: the second time from an image that got the socket by a handoff.
+    for round in 1..=2 {
+        let old = set(demo.children());
+        rebuild(&exe, &format!("activated {round}"));
+        demo.signal(USR2);
+        assert!(
+            rolled_over(&demo, &old, 3),
+            "round {round}: the old children are still there\n{}",
+            demo.log()
+        );
+        assert!(alive(pid), "{}", demo.log());
+        assert_eq!(running_image(pid), exe.display().to_string());
+        let v = version(&demo);
+        assert!(
+            !versions.contains(&v),
+            "round {round}: an old build answers"
+        );
+        versions.push(v);
+        assert!(
+            wait_for(Duration::from_secs(10), || demo.log_count("upgrade proven")
+                == round),
+            "{}",
+            demo.log()
+        );
+        parent_fds.push(fd_count(pid));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let (ok, failed) = stop_load(&stop, load);
+    assert!(ok > 50, "too little load to mean anything: {ok}");
+    assert_eq!(
+        failed,
+        0,
+        "{failed} of {} requests failed\n{}",
+        ok + failed,
+        demo.log()
+    );
+    assert_eq!(demo.log_count("upgraded in place"), 2, "{}", demo.log());
+    assert_eq!(
+        parent_fds[0], parent_fds[1],
+        "the parent's descriptors grew from upgrade to upgrade"
+    );
+    assert!(zombies(pid).is_empty());
+}
+
+#[test]
+fn a_socket_activated_daemon_whose_new_image_fails_goes_back_on_the_same_socket() {
+    let dir = tempdir("upgrade-activated-back");
+    let exe = installed(&dir);
+    let (demo, addr) = start_activated(&exe);
+    let pid = demo.pid();
+    let v1 = version(&demo);
+    let before = set(demo.children());
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = counting_load(addr, 4, "/", &stop);
+    // Passes its trial (which does not run after_init), then after_init fails
+    // once it has taken the socket.
+    wrap(&exe, &dir, "\"$@\" --fail-init");
+    demo.signal(USR2);
+    assert!(
+        wait_for(Duration::from_secs(10), || demo
+            .log_count("handing the children back")
+            == 1),
+        "{}",
+        demo.log()
+    );
+    assert!(demo.log().contains("--fail-init"), "{}", demo.log());
+    // The previous image took the children back, on the passed socket, and
+    // rolled them over itself.
+    assert!(rolled_over(&demo, &before, 3), "{}", demo.log());
+    assert!(alive(pid), "{}", demo.log());
+    assert_eq!(version(&demo), v1);
+    // And the socket crosses the next, good, upgrade too.
+    let serving = set(demo.children());
+    rebuild(&exe, "good after the way back");
+    demo.signal(USR2);
+    assert!(rolled_over(&demo, &serving, 3), "{}", demo.log());
+    assert!(alive(pid));
+    assert_ne!(version(&demo), v1);
+    let (ok, failed) = stop_load(&stop, load);
+    assert!(ok > 50, "too little load to mean anything: {ok}");
+    assert_eq!(
+        failed,
+        0,
+        "{failed} of {} requests failed\n{}",
+        ok + failed,
+        demo.log()
+    );
+}
+
+#[test]
+fn a_new_image_whose_after_init_fails_after_taking_its_listener_hands_it_back() {
+    let dir = tempdir("upgrade-back-claimed");
+    let exe = installed(&dir);
+    let demo = start(&exe, &[]);
+    let pid = demo.pid();
+    let v1 = version(&demo);
+    let before = set(demo.children());
+    // The same arguments: `listen` in the new image takes the handed-over
+    // listener; then its after_init fails.
+    wrap(&exe, &dir, "\"$@\" --fail-init");
+    demo.signal(USR2);
+    assert!(
+        wait_for(Duration::from_secs(10), || demo
+            .log_count("handing the children back")
+            == 1),
+        "{}",
+        demo.log()
+    );
+    assert!(rolled_over(&demo, &before, 3), "{}", demo.log());
+    assert!(alive(pid), "{}", demo.log());
+    // The previous image serves on the very listener it handed over, not on a
+    // new port.
+    assert_eq!(version(&demo), v1);
+    assert_eq!(
+        demo.log_count("hello_http: listening on"),
+        3,
+        "{}",
+        demo.log()
+    );
+    assert!(
+        demo.log()
+            .lines()
+            .filter(|l| l.contains("hello_http: listening on"))
+            .all(|l| l.ends_with(&demo.addr.to_string())),
+        "{}",
+        demo.log()
+    );
+}

@@ -562,7 +562,9 @@ impl<T: 'static> Prefork<T> {
 /// The listeners made here cross an in-place upgrade: in the new image, `listen`
 /// hands back, in the order asked, the previous image's listener bound where it
 /// is asked to bind (the same address; the same port unless port 0 is asked
-/// for), so after_init gets the very socket the running children accept on.
+/// for), so after_init gets the very socket the running children accept on. (A
+/// copy of it: if `after_init` then fails, the runtime still has the socket to
+/// hand back to the previous image.)
 ///
 /// ```
 /// let l = preforkd::runtime::listen("127.0.0.1:0", 1024).unwrap();
@@ -571,7 +573,7 @@ impl<T: 'static> Prefork<T> {
 pub fn listen(addr: impl ToSocketAddrs, backlog: i32) -> std::io::Result<std::net::TcpListener> {
     let wanted: Vec<std::net::SocketAddr> = addr.to_socket_addrs()?.collect();
     // After an in-place upgrade: the listener the previous image made here.
-    let l = match super::upgrade::claim_listener(&wanted) {
+    let l = match super::upgrade::claim_listener(&wanted)? {
         Some(l) => l,
         None => std::net::TcpListener::bind(&wanted[..])?,
     };

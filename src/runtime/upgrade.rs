@@ -8,7 +8,10 @@
 //! `scoreboard_path` file with its lock), the children's wake-up pipe, the pid
 //! file (with its lock), each child's log channel, the listeners made with
 //! [`listen`](super::listen) (handed back, in order, to the new image's calls of
-//! `listen` for a compatible address), and the image being left (the way back).
+//! `listen` for a compatible address), the socket-activated sockets (returned
+//! again, in order and with their names, by the new image's
+//! [`systemd::listen_fds`](super::systemd::listen_fds)), and the image being left
+//! (the way back).
 //! The service manager's variables are set again for the new image. The same pid
 //! runs on: pid files, `MAINPID` and supervisors stay valid, and the children stay
 //! its children.
@@ -58,6 +61,12 @@ struct Carried {
     pid_file: Option<RawFd>,
     channels: Vec<(i32, RawFd)>,
     listeners: Vec<RawFd>,
+    /// The socket-activated sockets, in the order passed, with their
+    /// `LISTEN_FDNAMES` names. Left out when there are none, so that an image
+    /// that does not know the field can still read the document (the way back
+    /// to one).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    activated: Vec<(RawFd, Option<String>)>,
     previous: Option<RawFd>,
     /// The log files open now, by path.
     logs: Vec<(PathBuf, RawFd)>,
@@ -198,8 +207,16 @@ pub(super) fn take_start() -> Result<Start, RunError> {
     }
     let mut listeners = Vec::new();
     for &fd in &carried.listeners {
-        listeners.push(adopt(fd)?);
+        listeners.push((adopt(fd)?, false));
     }
+    let mut activated = Vec::new();
+    for (fd, name) in &carried.activated {
+        activated.push(super::systemd::ActivatedSocket {
+            fd: adopt(*fd)?,
+            name: name.clone(),
+        });
+    }
+    super::systemd::readopt(activated)?;
     *HANDED_ORDER.lock().unwrap_or_else(|e| e.into_inner()) = carried.listeners.clone();
     *INHERITED_LISTENERS
         .lock()
@@ -290,8 +307,10 @@ pub fn upgrading() -> bool {
 
 /// The listeners made with [`listen`](super::listen): handed over in an upgrade.
 static LISTENERS: Mutex<Vec<RawFd>> = Mutex::new(Vec::new());
-/// The listeners a previous image handed over, not yet claimed by `listen`.
-static INHERITED_LISTENERS: Mutex<Vec<OwnedFd>> = Mutex::new(Vec::new());
+/// The listeners a previous image handed over, each with whether `listen` claimed
+/// it (it got a copy: this one stays open for the way back whatever `after_init`
+/// does with its copy).
+static INHERITED_LISTENERS: Mutex<Vec<(OwnedFd, bool)>> = Mutex::new(Vec::new());
 /// Their numbers in the order handed over: what goes back to the previous image
 /// if this one cannot take over (claimed or not, they are open until then).
 static HANDED_ORDER: Mutex<Vec<RawFd>> = Mutex::new(Vec::new());
@@ -304,13 +323,19 @@ pub(super) fn register_listener(fd: RawFd) {
     }
 }
 
-/// The first handed-over listener bound where `wanted` asks (the same address, and
-/// the same port unless it asks for port 0), taken.
-pub(super) fn claim_listener(wanted: &[std::net::SocketAddr]) -> Option<std::net::TcpListener> {
+/// A copy of the first handed-over listener not claimed yet and bound where
+/// `wanted` asks (the same address, and the same port unless it asks for port 0),
+/// now claimed; `None` if there is none.
+pub(super) fn claim_listener(
+    wanted: &[std::net::SocketAddr],
+) -> std::io::Result<Option<std::net::TcpListener>> {
     let mut inherited = INHERITED_LISTENERS
         .lock()
         .unwrap_or_else(|e| e.into_inner());
-    let at = inherited.iter().position(|fd| {
+    let found = inherited.iter_mut().find(|(fd, claimed)| {
+        if *claimed {
+            return false;
+        }
         let Ok(l) = fd.try_clone().map(std::net::TcpListener::from) else {
             return false;
         };
@@ -320,13 +345,20 @@ pub(super) fn claim_listener(wanted: &[std::net::SocketAddr]) -> Option<std::net
         wanted
             .iter()
             .any(|w| w.ip() == local.ip() && (w.port() == 0 || w.port() == local.port()))
-    })?;
-    Some(std::net::TcpListener::from(inherited.remove(at)))
+    });
+    let Some((fd, claimed)) = found else {
+        return Ok(None);
+    };
+    let copy = fd.try_clone()?;
+    *claimed = true;
+    Ok(Some(std::net::TcpListener::from(copy)))
 }
 
-/// Closes the handed-over listeners a successful `after_init` did not claim: the
-/// old children hold their own copies, and the new ones must not inherit strays.
-/// (After a failed one they stay open: they go back to the previous image.)
+/// Closes this image's copies of the handed-over listeners once `after_init`
+/// succeeded: those it did not claim are strays (the old children hold their
+/// own copies, the new ones must not inherit them), and those it claimed it
+/// holds itself. (After a failed one they all stay open: they go back to the
+/// previous image, even those it claimed and dropped.)
 pub(super) fn drop_unclaimed_listeners() {
     INHERITED_LISTENERS
         .lock()
@@ -362,10 +394,17 @@ fn live_listeners(image: Image) -> Vec<RawFd> {
 /// other than with `listen`), described: the new image could not serve on it,
 /// nor could the previous one on the way back (its old children hold the port).
 fn stray_listener() -> Option<String> {
-    let handed = live_listeners(Image::New);
+    // By socket, not by number: the program holds copies of the ones handed over
+    // (a socket-activated one is a copy of the runtime's).
+    let socket = |fd: RawFd| std::fs::read_link(format!("/proc/self/fd/{fd}")).ok();
+    let handed: Vec<_> = live_listeners(Image::New)
+        .into_iter()
+        .chain(super::systemd::kept_fds().into_iter().map(|(fd, _)| fd))
+        .filter_map(socket)
+        .collect();
     let fd = os::listening_sockets()
         .into_iter()
-        .find(|fd| !handed.contains(fd))?;
+        .find(|&fd| socket(fd).is_some_and(|s| !handed.contains(&s)))?;
     let addr = nix::sys::socket::getsockname::<nix::sys::socket::SockaddrStorage>(fd)
         .map(|a| a.to_string())
         .unwrap_or_else(|_| "an unnamed socket".into());
@@ -391,6 +430,7 @@ impl<T: 'static> System<T> {
                 .map(|(&pid, fd)| (pid, fd.as_raw_fd()))
                 .collect(),
             listeners: live_listeners(image),
+            activated: super::systemd::kept_fds(),
             previous,
             logs: self
                 .logs
@@ -546,6 +586,7 @@ impl<T: 'static> System<T> {
         keep.extend(carried.pid_file);
         keep.extend(carried.channels.iter().map(|&(_, fd)| fd));
         keep.extend(&carried.listeners);
+        keep.extend(carried.activated.iter().map(|(fd, _)| *fd));
         keep.extend(carried.previous);
         keep.extend(carried.logs.iter().map(|(_, fd)| *fd));
         let mut cleared = Vec::new();
@@ -683,6 +724,11 @@ fn arm_fallback(carried: &Carried) -> std::io::Result<()> {
             .listeners
             .iter()
             .map(|&fd| copy(fd))
+            .collect::<std::io::Result<_>>()?,
+        activated: carried
+            .activated
+            .iter()
+            .map(|(fd, name)| Ok((copy(*fd)?, name.clone())))
             .collect::<std::io::Result<_>>()?,
         previous: None,
         logs: carried

@@ -486,3 +486,36 @@ pub fn fill_datagram_queue(path: &std::path::Path) -> usize {
     assert!(queued < 100_000, "the manager's queue never filled");
     queued
 }
+
+/// A command running `program` the way a service manager starts a
+/// socket-activated service: `listener` as descriptor 3, `LISTEN_FDS=1`,
+/// `LISTEN_FDNAMES=name` and `LISTEN_PID` its pid (set by `sh`, whose pid `exec`
+/// keeps: it is not known before the fork). Add the program's arguments to it;
+/// keep `listener` open until it is spawned.
+pub fn socket_activated(
+    program: &std::path::Path,
+    listener: &std::net::TcpListener,
+    name: &str,
+) -> Command {
+    let fd = std::os::fd::AsRawFd::as_raw_fd(listener);
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(r#"export LISTEN_PID=$$; exec "$@""#)
+        .arg("sh")
+        .arg(program)
+        .env("LISTEN_FDS", "1")
+        .env("LISTEN_FDNAMES", name)
+        .env_remove("LISTEN_PID");
+    // SAFETY: between fork and exec the closure only calls dup2(2) and fcntl(2),
+    // both async-signal-safe, on a descriptor the caller keeps open; it touches no
+    // lock and no heap.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(fd, 3) == -1 || libc::fcntl(3, libc::F_SETFD, 0) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd
+}

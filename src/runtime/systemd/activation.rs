@@ -106,6 +106,70 @@ pub(super) enum Adoption {
 
 pub(super) static ADOPTED: Mutex<Adoption> = Mutex::new(Adoption::NotYet);
 
+/// The runtime's own copy of each socket adopted by `run` (passed at the start,
+/// or handed over by the previous image in an in-place upgrade), with its name,
+/// in the order passed: what the next image gets. The service manager passes
+/// them once per process, so they are kept whatever the program does with its
+/// copies; a socket it closed still has the service manager's copy anyway.
+static KEPT: Mutex<Vec<ActivatedSocket>> = Mutex::new(Vec::new());
+
+/// A second descriptor for each of `sockets`, with its name: close-on-exec and
+/// numbered 3 or above (`try_clone`).
+fn copies(sockets: &[ActivatedSocket]) -> Result<Vec<ActivatedSocket>, ActivationError> {
+    sockets
+        .iter()
+        .map(|s| {
+            Ok(ActivatedSocket {
+                fd: s.fd.try_clone().map_err(|e| ActivationError::NotOpen {
+                    fd: s.fd.as_raw_fd(),
+                    source: e,
+                })?,
+                name: s.name.clone(),
+            })
+        })
+        .collect()
+}
+
+/// Keeps a copy of each of `sockets`, just adopted at the start of `run` (see
+/// [`KEPT`]).
+pub(super) fn keep(sockets: &[ActivatedSocket]) -> Result<(), ActivationError> {
+    let copies = copies(sockets)?;
+    KEPT.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .extend(copies);
+    Ok(())
+}
+
+/// The kept sockets' numbers and names, in order: an in-place upgrade hands them
+/// over.
+pub(crate) fn kept_fds() -> Vec<(RawFd, Option<String>)> {
+    KEPT.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .map(|s| (s.fd.as_raw_fd(), s.name.clone()))
+        .collect()
+}
+
+/// In an image started by an in-place upgrade (or going back from one): takes
+/// the activated sockets the previous image handed over, in its order and with
+/// its names, as if the service manager had just passed them: kept for the next
+/// image, and a copy of each held for [`listen_fds`]. The kept one stays open
+/// whatever `after_init` does with its copy, so a failed one can hand it back.
+pub(crate) fn readopt(handed: Vec<ActivatedSocket>) -> Result<(), ActivationError> {
+    let mut adopted = ADOPTED.lock().unwrap_or_else(|e| e.into_inner());
+    let mut held = copies(&handed)?;
+    KEPT.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .extend(handed);
+    // Any passed to this image itself come after them (none are: the previous
+    // image unset the variables).
+    if let Adoption::Held(fresh) = std::mem::replace(&mut *adopted, Adoption::Taken) {
+        held.extend(fresh);
+    }
+    *adopted = Adoption::Held(held);
+    Ok(())
+}
+
 /// The sockets the service manager passed to this process (socket activation,
 /// `sd_listen_fds_with_names`).
 ///
@@ -120,7 +184,11 @@ pub(super) static ADOPTED: Mutex<Adoption> = Mutex::new(Adoption::NotYet);
 ///
 /// Under [`Prefork::run`](crate::Prefork::run), the sockets were adopted at the
 /// start of `run` (before the runtime opened descriptors of its own, which the
-/// announced numbers could otherwise name): this returns those.
+/// announced numbers could otherwise name): this returns those. The runtime keeps
+/// a copy of each for an in-place upgrade: in the new image (and on its way back
+/// to the previous one) this returns the same sockets again, in the same order
+/// and with the same names, as if the service manager had just passed them (at
+/// other descriptor numbers), whatever the previous image did with its own.
 ///
 /// Call it early, before any thread starts: unsetting variables races with
 /// threads that read the environment through libc.
@@ -224,13 +292,15 @@ fn open_file_limit() -> u64 {
         .map_or(1 << 20, |(soft, _)| soft)
 }
 
-/// The descriptors adopted at the start of `run` and not yet handed out: a
-/// daemon keeps them open when it closes what it inherited.
+/// The descriptors adopted at the start of `run` and not yet handed out, and the
+/// runtime's kept copies: a daemon keeps them open when it closes what it
+/// inherited.
 pub(crate) fn held_fds() -> Vec<RawFd> {
-    match &*ADOPTED.lock().unwrap_or_else(|e| e.into_inner()) {
-        Adoption::Held(sockets) => sockets.iter().map(|s| s.fd.as_raw_fd()).collect(),
-        _ => Vec::new(),
+    let mut fds: Vec<RawFd> = kept_fds().into_iter().map(|(fd, _)| fd).collect();
+    if let Adoption::Held(sockets) = &*ADOPTED.lock().unwrap_or_else(|e| e.into_inner()) {
+        fds.extend(sockets.iter().map(|s| s.fd.as_raw_fd()));
     }
+    fds
 }
 
 /// The most descriptors [`parse_listen_env`] accepts whatever the open-file limit:
@@ -312,6 +382,52 @@ pub fn parse_listen_env(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What an upgrade hands over comes back from `listen_fds` in order, with its
+    /// names, and stays kept whatever the program does with its copies.
+    #[test]
+    fn handed_over_sockets_are_activated_again_and_kept() {
+        let listeners: Vec<TcpListener> = (0..2)
+            .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+            .collect();
+        let addrs: Vec<_> = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
+        let handed: Vec<ActivatedSocket> = listeners
+            .into_iter()
+            .zip([Some("web".to_string()), None])
+            .map(|(l, name)| ActivatedSocket {
+                fd: OwnedFd::from(l),
+                name,
+            })
+            .collect();
+        let handed_fds: Vec<RawFd> = handed.iter().map(|s| s.fd.as_raw_fd()).collect();
+        readopt(handed).unwrap();
+        let got = listen_fds().unwrap();
+        assert_eq!(
+            got.iter().map(|s| s.name.clone()).collect::<Vec<_>>(),
+            [Some("web".to_string()), None]
+        );
+        for (s, fd) in got.iter().zip(&handed_fds) {
+            assert_ne!(s.fd.as_raw_fd(), *fd, "the program gets a copy");
+        }
+        let got: Vec<_> = got
+            .into_iter()
+            .map(|s| s.into_tcp_listener().unwrap().local_addr().unwrap())
+            .collect();
+        assert_eq!(got, addrs);
+        // The program's copies are dropped: the kept ones are still open, to hand on.
+        let kept = kept_fds();
+        assert_eq!(
+            kept,
+            vec![
+                (handed_fds[0], Some("web".to_string())),
+                (handed_fds[1], None)
+            ]
+        );
+        for (fd, _) in kept {
+            assert!(getsockname::<SockaddrStorage>(fd).is_ok());
+        }
+        assert!(listen_fds().unwrap().is_empty(), "taken once");
+    }
 
     #[test]
     fn listen_env_parsing() {

@@ -38,7 +38,7 @@
 mod activation;
 mod notify;
 
-pub(crate) use activation::held_fds;
+pub(crate) use activation::{held_fds, kept_fds, readopt};
 pub use activation::{
     listen_fds, parse_listen_env, ActivatedSocket, ActivationError, LISTEN_FDS_START,
     MAX_LISTEN_FDS,
@@ -120,6 +120,8 @@ pub(crate) fn take_service_env() -> Result<ServiceEnv, ActivationError> {
     if let Adoption::NotYet = *adopted {
         let (sockets, skipped) = listen.adopt()?;
         env.notes.extend(skipped);
+        // Ours for the process's life: an in-place upgrade hands them over.
+        activation::keep(&sockets)?;
         *adopted = Adoption::Held(sockets);
     }
     Ok(env)
