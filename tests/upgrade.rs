@@ -930,3 +930,141 @@ fn a_new_image_whose_after_init_fails_after_taking_its_listener_hands_it_back() 
         demo.log()
     );
 }
+
+#[test]
+fn a_deployment_that_flips_a_symlink_upgrades_to_the_new_release() {
+    let dir = tempdir("upgrade-symlink");
+    for release in ["v1", "v2"] {
+        std::fs::create_dir_all(dir.join(release)).unwrap();
+    }
+    std::fs::copy(demo_binary(), dir.join("v1/demo")).unwrap();
+    std::os::unix::fs::symlink("v1", dir.join("current")).unwrap();
+    let demo = start(&dir.join("current/demo"), &[]);
+    let pid = demo.pid();
+    let v1 = version(&demo);
+    let old = set(demo.children());
+    // The deployment: a new release beside the old, the link flipped by rename.
+    rebuild(&dir.join("v2/demo"), "release 2");
+    std::os::unix::fs::symlink("v2", dir.join("current.new")).unwrap();
+    std::fs::rename(dir.join("current.new"), dir.join("current")).unwrap();
+    demo.signal(USR2);
+    assert!(rolled_over(&demo, &old, 3), "{}", demo.log());
+    assert_ne!(version(&demo), v1, "the old release still answers");
+    assert_eq!(
+        running_image(pid),
+        dir.join("v2/demo").display().to_string()
+    );
+}
+
+#[test]
+fn the_executable_tried_is_the_one_executed_even_if_replaced_meanwhile() {
+    let dir = tempdir("upgrade-tried");
+    let exe = installed(&dir);
+    let demo = start(&exe, &[]);
+    let v1 = version(&demo);
+    let old = set(demo.children());
+    let tried = dir.join("tried");
+    // A release whose trial takes a moment (and says when it runs).
+    let real = dir.join("demo.real");
+    rebuild(&real, "the tried one");
+    replace(
+        &exe,
+        format!(
+            "#!/bin/sh\nif [ -n \"$PREFORKD_TRIAL\" ]; then touch {tried}; sleep 1; fi\nexec {real} \"$@\"\n",
+            tried = tried.display(),
+            real = real.display()
+        )
+        .as_bytes(),
+    );
+    demo.signal(USR2);
+    assert!(wait_for(Duration::from_secs(10), || tried.exists()));
+    // A second deployment lands during the trial: it was never tried.
+    rebuild(&exe, "never tried");
+    assert!(rolled_over(&demo, &old, 3), "{}", demo.log());
+    let v2 = version(&demo);
+    assert_ne!(v2, v1);
+    let never = {
+        let mut bytes = std::fs::read(demo_binary()).unwrap();
+        bytes.extend_from_slice(b"never tried");
+        bytes
+    };
+    let tried_bytes = std::fs::read(&real).unwrap();
+    assert_ne!(never, tried_bytes);
+    assert!(
+        running_image(demo.pid()).starts_with(&real.display().to_string()),
+        "the parent runs {} (the tried release is {})",
+        running_image(demo.pid()),
+        real.display()
+    );
+}
+
+#[test]
+fn a_stop_around_the_exec_is_never_lost() {
+    // The trial's helper sends TERM to the parent a little after the trial ends:
+    // around the re-exec, at a different instant each round.
+    for round in 0..12u32 {
+        let dir = tempdir("upgrade-stop-around-exec");
+        let exe = installed(&dir);
+        let mut demo = start(&exe, &["--graceful-timeout", "2"]);
+        let pid = demo.pid();
+        let children = set(demo.children());
+        let real = dir.join("demo.real");
+        rebuild(&real, &format!("round {round}"));
+        let delay = format!("0.{:03}", round * 4);
+        replace(
+            &exe,
+            format!(
+                "#!/bin/sh\nif [ -n \"$PREFORKD_TRIAL\" ]; then {real} \"$@\"; rc=$?; (sleep {delay}; kill -TERM {pid}) & exit $rc; fi\nexec {real} \"$@\"\n",
+                real = real.display()
+            )
+            .as_bytes(),
+        );
+        demo.signal(USR2);
+        let code = demo.wait_exit(Duration::from_secs(10));
+        assert_eq!(code, Some(0), "round {round}: TERM lost\n{}", demo.log());
+        for c in children {
+            assert!(
+                wait_for(Duration::from_secs(5), || !alive(c)),
+                "round {round}: child {c} outlived the parent"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_stop_during_the_trial_ends_the_trial_with_the_parent() {
+    let dir = tempdir("upgrade-trial-stop");
+    let exe = installed(&dir);
+    let mut demo = start(&exe, &[]);
+    let real = dir.join("demo.real");
+    std::fs::copy(demo_binary(), &real).unwrap();
+    let trial_pid = dir.join("trial.pid");
+    replace(
+        &exe,
+        format!(
+            "#!/bin/sh\nif [ -n \"$PREFORKD_TRIAL\" ]; then echo $$ > {p}; exec sleep 25; fi\nexec {real} \"$@\"\n",
+            p = trial_pid.display(),
+            real = real.display()
+        )
+        .as_bytes(),
+    );
+    demo.signal(USR2);
+    let read_pid = || {
+        std::fs::read_to_string(&trial_pid)
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok())
+    };
+    assert!(wait_for(Duration::from_secs(10), || read_pid().is_some()));
+    let trial = read_pid().unwrap();
+    demo.signal(libc::SIGTERM);
+    assert_eq!(
+        demo.wait_exit(Duration::from_secs(10)),
+        Some(0),
+        "{}",
+        demo.log()
+    );
+    assert!(
+        wait_for(Duration::from_secs(3), || !alive(trial)),
+        "the trial (pid {trial}) outlived the parent"
+    );
+}

@@ -47,6 +47,14 @@ impl<T: 'static> Parent<T> {
             credentials,
         } = supervision;
         os::ignore_sigpipe().map_err(io_err("ignoring SIGPIPE"))?;
+        // The helper threads start with the parent's signals blocked (they inherit
+        // the mask), so the signals reach the main thread only, and stay pending
+        // while it holds them back across a re-exec. (After an upgrade's exec they
+        // are held already.)
+        os::hold_signals(&PARENT_SIGNALS).map_err(|e| RunError::Io {
+            what: "holding signals back".into(),
+            source: e,
+        })?;
 
         // Signal handling is in place before the first fork: for each signal a flag,
         // then a byte down a self-pipe we own (so children can close it), read by a
@@ -78,6 +86,12 @@ impl<T: 'static> Parent<T> {
         }
         drop(sig_write);
         let (sig_tx, signals) = unbounded();
+        let gate = std::sync::Arc::new(std::sync::Mutex::new(()));
+        let pending = super::signals::Pending {
+            gate: std::sync::Arc::clone(&gate),
+            flags: flags.clone(),
+            forwarded: signals.clone(),
+        };
         std::thread::Builder::new()
             .name("preforkd-signals".into())
             .spawn(move || {
@@ -90,6 +104,9 @@ impl<T: 'static> Parent<T> {
                         Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                         Err(_) => break,
                     }
+                    // Flag to channel under the gate: a re-exec sees each signal
+                    // in one or the other (see `Pending`).
+                    let _gate = gate.lock().unwrap_or_else(|e| e.into_inner());
                     for (sig, flag) in &flags {
                         if flag.swap(false, std::sync::atomic::Ordering::AcqRel)
                             && sig_tx.send(*sig).is_err()
@@ -103,12 +120,6 @@ impl<T: 'static> Parent<T> {
                 what: "starting the signal thread".into(),
                 source: e,
             })?;
-
-        // After an upgrade's exec the parent's signals were held back until now.
-        os::release_signals(&PARENT_SIGNALS).map_err(|e| RunError::Io {
-            what: "letting signals in".into(),
-            source: e,
-        })?;
 
         // Children write a byte here when the pool saturates or a child is ready
         // (after an upgrade, the pipe the adopted children write to).
@@ -158,6 +169,11 @@ impl<T: 'static> Parent<T> {
                 what: "starting the wake-up thread".into(),
                 source: e,
             })?;
+        // Both helper threads run with them blocked: let them in on this thread.
+        os::release_signals(&PARENT_SIGNALS).map_err(|e| RunError::Io {
+            what: "letting signals in".into(),
+            source: e,
+        })?;
 
         let (board, board_file) = match handed.as_mut() {
             Some(h) => {
@@ -220,7 +236,7 @@ impl<T: 'static> Parent<T> {
         // The executable an upgrade runs: the one this daemon was started from.
         let exe = match handed.as_ref() {
             Some(h) => h.exe.clone(),
-            None => std::env::current_exe().ok(),
+            None => upgrade::started_from(),
         };
         let mut watched: Vec<PathBuf> = exe.iter().cloned().collect();
         let watch_executable = !watched.is_empty();
@@ -281,6 +297,8 @@ impl<T: 'static> Parent<T> {
             trial: None,
             probe_result: None,
             service_vars: service.pass_on,
+            candidate: None,
+            pending,
         };
         Ok(Parent {
             machine,
@@ -299,6 +317,7 @@ impl<T: 'static> Parent<T> {
     /// that the daemon is up is told to the launcher.
     pub(super) fn run(mut self) -> Result<i32, RunError> {
         let result = self.serve();
+        self.sys.end_trial_now();
         if let Some(r) = self.sys.reporter.as_mut() {
             match &result {
                 Err(e) => r.fail(&e.to_string()),

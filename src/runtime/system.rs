@@ -74,6 +74,11 @@ pub(super) struct System<T> {
     pub(super) probe_result: Option<bool>,
     /// The service manager's variables to set again for the next image.
     pub(super) service_vars: Vec<(std::ffi::OsString, std::ffi::OsString)>,
+    /// The executable being upgraded to, opened once when its trial starts: the
+    /// re-exec runs this very file, the one tried.
+    pub(super) candidate: Option<std::fs::File>,
+    /// The signals received but not yet handled, for the re-exec to pass on.
+    pub(super) pending: super::signals::Pending,
 }
 
 impl<T: 'static> Effects for System<T> {

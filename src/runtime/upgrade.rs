@@ -82,6 +82,10 @@ struct Carried {
     /// why, for the image taking them back to log.
     #[serde(default)]
     returned: Option<String>,
+    /// The executable this image was run from, left open by the exec (a script
+    /// needs it open for its interpreter): closed at the start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    image: Option<RawFd>,
 }
 
 /// A handoff received at the start, its descriptors owned.
@@ -167,6 +171,10 @@ pub(super) fn take_start() -> Result<Start, RunError> {
     doc.read_to_string(&mut text)
         .map_err(io("its memory file"))?;
     let carried = read_carried(&text)?;
+    if let Some(fd) = carried.image {
+        // Nothing of it is needed any more (`/proc/self/exe` names the image).
+        drop(os::adopt_fd(fd));
+    }
     if let Some(dir) = &carried.cwd {
         *START_DIR.lock().unwrap_or_else(|e| e.into_inner()) = Some(dir.clone());
     }
@@ -447,6 +455,7 @@ impl<T: 'static> System<T> {
             exe: self.exe.clone(),
             cwd: start_dir(),
             returned: None,
+            image: None,
         }
     }
 
@@ -475,7 +484,14 @@ impl<T: 'static> System<T> {
         if let Some(why) = stray_listener() {
             return Err(std::io::Error::other(why));
         }
-        let doc = self.handoff_file(&self.carried(handoff.clone(), Image::New, None))?;
+        // Opened once: the trial runs this file, and so does the exec if it passes,
+        // whatever lands at the path meanwhile.
+        let image = File::open(&exe)?;
+        let image_fd = image.as_raw_fd();
+        let doc = self.handoff_file(&Carried {
+            image: Some(image_fd),
+            ..self.carried(handoff.clone(), Image::New, None)
+        })?;
         // The read end never blocks: a process the trial left behind may hold the
         // write end open after the trial is reaped.
         let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
@@ -483,7 +499,7 @@ impl<T: 'static> System<T> {
             &read,
             nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
         )?;
-        let mut cmd = std::process::Command::new(&exe);
+        let mut cmd = std::process::Command::new(format!("/proc/self/fd/{image_fd}"));
         let mut args = std::env::args_os();
         if let Some(arg0) = args.next() {
             std::os::unix::process::CommandExt::arg0(&mut cmd, arg0);
@@ -492,7 +508,8 @@ impl<T: 'static> System<T> {
             .env(HANDOFF_ENV, doc.as_raw_fd().to_string())
             .env(TRIAL_ENV, write.as_raw_fd().to_string())
             .stdin(std::process::Stdio::null());
-        let keep = [doc.as_raw_fd(), write.as_raw_fd()];
+        // The image stays open in the trial too: a script's interpreter opens it.
+        let keep = [doc.as_raw_fd(), write.as_raw_fd(), image_fd];
         // A file just written may still be open for writing in some process for
         // an instant (ETXTBSY): a few short retries, not a failed upgrade.
         let mut tries = 0;
@@ -514,7 +531,18 @@ impl<T: 'static> System<T> {
             child.id()
         );
         self.trial = Some((child.id() as i32, File::from(read)));
+        self.candidate = Some(image);
         Ok(())
+    }
+
+    /// Ends a trial still running (the parent stops): it must not outlive it.
+    pub(super) fn end_trial_now(&mut self) {
+        if let Some((pid, _)) = self.trial.take() {
+            let pid = nix::unistd::Pid::from_raw(pid);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::wait::waitpid(pid, None);
+        }
+        self.candidate = None;
     }
 
     /// Whether `pid` is the trial; if so, its outcome is noted.
@@ -542,6 +570,9 @@ impl<T: 'static> System<T> {
                 self.logger,
                 "upgrade: the new executable failed its trial: {why}"
             );
+        }
+        if !ok {
+            self.candidate = None;
         }
         self.probe_result = Some(ok);
         true
@@ -572,7 +603,16 @@ impl<T: 'static> System<T> {
             Image::New => handoff.with_previous(previous.is_some()),
             Image::Previous => handoff.with_previous(false).returning(),
         };
-        let carried = self.carried(handoff, image, previous);
+        // The new image is the file tried (see `spawn_probe`), left open for a
+        // script's interpreter, closed by the new image at its start.
+        let candidate = match image {
+            Image::New => self.candidate.as_ref().map(AsRawFd::as_raw_fd),
+            Image::Previous => None,
+        };
+        let carried = Carried {
+            image: candidate,
+            ..self.carried(handoff, image, previous)
+        };
         let doc = match self.handoff_file(&carried) {
             Ok(f) => f,
             Err(e) => return e,
@@ -589,6 +629,7 @@ impl<T: 'static> System<T> {
         keep.extend(carried.activated.iter().map(|(fd, _)| *fd));
         keep.extend(carried.previous);
         keep.extend(carried.logs.iter().map(|(_, fd)| *fd));
+        keep.extend(candidate);
         let mut cleared = Vec::new();
         let mut error = None;
         for &fd in &keep {
@@ -611,22 +652,24 @@ impl<T: 'static> System<T> {
             .filter_map(|a| CString::new(a).ok())
             .collect();
             let held = os::hold_signals(&PARENT_SIGNALS);
-            let errno = match (image, &self.exe, &self.previous) {
-                (Image::New, Some(exe), _) => match CString::new(exe.as_os_str().as_bytes()) {
-                    Ok(path) => nix::unistd::execve(&path, &argv, &env).err(),
-                    Err(_) => Some(nix::errno::Errno::EINVAL),
-                },
+            // Signals told and not yet handled are raised again, held back: the
+            // new image finds them pending (the helper threads block them).
+            let pending = self.pending.clone();
+            let gate = pending.raise_again();
+            let errno = match (image, &self.candidate, &self.previous) {
+                (Image::New, Some(new), _) => nix::unistd::fexecve(new.as_fd(), &argv, &env).err(),
                 (Image::Previous, _, Some(prev)) => {
                     nix::unistd::fexecve(prev.as_fd(), &argv, &env).err()
                 }
                 _ => Some(nix::errno::Errno::ENOENT),
             };
+            drop(gate);
             if held.is_ok() {
                 let _ = os::release_signals(&PARENT_SIGNALS);
             }
             error = Some(match (image, errno) {
-                (Image::New, Some(e)) if self.exe.is_none() => {
-                    std::io::Error::other(format!("the executable's path is unknown ({e})"))
+                (Image::New, Some(e)) if self.candidate.is_none() => {
+                    std::io::Error::other(format!("no executable was tried ({e})"))
                 }
                 (Image::Previous, Some(_)) if self.previous.is_none() => {
                     std::io::Error::other("no previous image to return to")
@@ -741,6 +784,7 @@ fn arm_fallback(carried: &Carried) -> std::io::Result<()> {
         exe: carried.exe.clone(),
         cwd: carried.cwd.clone(),
         returned: None,
+        image: None,
     };
     let image = os::dup_handed(image)?;
     *FALLBACK.lock().unwrap_or_else(|e| e.into_inner()) = Some(Fallback {
@@ -813,6 +857,40 @@ fn exec_back(
     };
     let _ = os::release_signals(&PARENT_SIGNALS);
     e
+}
+
+/// The executable an upgrade runs: the path this process was started from, made
+/// absolute against the start directory, symlinks kept (a deployment that flips
+/// a `current` link upgrades to the new release), found in `PATH` as a shell
+/// does when it has no slash; `/proc/self/exe` (symlinks resolved) when that
+/// path does not name the running file.
+pub(super) fn started_from() -> Option<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let running = std::fs::metadata("/proc/self/exe").ok();
+    let same = |p: &std::path::Path| {
+        let (Some(r), Ok(m)) = (&running, std::fs::metadata(p)) else {
+            return false;
+        };
+        r.dev() == m.dev() && r.ino() == m.ino()
+    };
+    let arg0 = PathBuf::from(std::env::args_os().next().unwrap_or_default());
+    let found = if arg0.as_os_str().as_bytes().contains(&b'/') {
+        let p = match start_dir() {
+            Some(dir) if arg0.is_relative() => dir.join(&arg0),
+            _ => arg0,
+        };
+        std::path::absolute(p).ok().filter(|p| same(p))
+    } else if arg0.as_os_str().is_empty() {
+        None
+    } else {
+        std::env::var_os("PATH").and_then(|path| {
+            std::env::split_paths(&path)
+                .filter(|d| d.is_absolute())
+                .map(|d| d.join(&arg0))
+                .find(|p| same(p))
+        })
+    };
+    found.or_else(|| std::env::current_exe().ok())
 }
 
 /// Opens the running image (`/proc/self/exe`) so that an upgrade can come back
