@@ -82,6 +82,58 @@ fn rolled_over(demo: &Demo, old: &BTreeSet<i32>, n: usize) -> bool {
     })
 }
 
+/// Replaces `exe` by a script that runs `trial` (shell) first when it is the
+/// upgrade's trial, then execs `real` with its arguments.
+fn trial_script(exe: &Path, trial: &str, real: &Path) {
+    replace(
+        exe,
+        format!(
+            "#!/bin/sh\nif [ -n \"$PREFORKD_TRIAL\" ]; then {trial}; fi\nexec {} \"$@\"\n",
+            real.display()
+        )
+        .as_bytes(),
+    );
+}
+
+/// Starts a daemonizing demo with `cmd` and reads its pid from `pid_file`: the
+/// pid, and a guard that KILLs it whatever happens next.
+fn daemon(cmd: Command, pid_file: &Path) -> (i32, KillOnDrop) {
+    let (status, err) = run_bounded(cmd, Duration::from_secs(15)).expect("the launcher returns");
+    assert!(status.success(), "{err}");
+    let pid: i32 = std::fs::read_to_string(pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    (pid, KillOnDrop(pid))
+}
+
+/// KILLs a pid when dropped.
+struct KillOnDrop(i32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        send_signal(self.0, 9);
+    }
+}
+
+/// Waits (10 s at most) until the demo's log holds `needle` `n` times.
+fn logged(demo: &Demo, needle: &str, n: usize) {
+    assert!(
+        wait_for(Duration::from_secs(10), || demo.log_count(needle) == n),
+        "{needle:?} not logged {n} times:\n{}",
+        demo.log()
+    );
+}
+
+/// The way back: the previous image took the children (`before`) back, rolled
+/// them over itself, and says so (not "upgraded in place").
+fn came_back(demo: &Demo, before: &BTreeSet<i32>) {
+    assert!(rolled_over(demo, before, 3), "{}", demo.log());
+    logged(demo, "back from a failed upgrade", 1);
+    assert_eq!(demo.log_count("upgraded in place"), 0, "{}", demo.log());
+}
+
 #[test]
 fn three_upgrades_under_load_keep_the_pid_and_lose_no_request() {
     let dir = tempdir("upgrade");
@@ -153,15 +205,11 @@ fn a_broken_executable_leaves_the_old_code_serving_and_a_good_one_upgrades_later
     // One that exits at once, one that refuses its configuration.
     replace(&exe, b"#!/bin/sh\nexit 3\n");
     demo.signal(USR2);
-    assert!(wait_for(Duration::from_secs(10), || demo
-        .log_count("upgrade abandoned")
-        == 1));
+    logged(&demo, "upgrade abandoned", 1);
     assert!(demo.log().contains("exit code 3"), "{}", demo.log());
     wrap(&exe, &dir, "--no-such-flag");
     demo.signal(USR2);
-    assert!(wait_for(Duration::from_secs(10), || demo
-        .log_count("upgrade abandoned")
-        == 2));
+    logged(&demo, "upgrade abandoned", 2);
     // Nothing moved: the same children serve.
     assert_eq!(set(demo.children()), before);
     assert_eq!(get(demo.addr, "/").unwrap().0, 200);
@@ -191,23 +239,10 @@ fn a_new_image_whose_after_init_fails_hands_the_children_back() {
         &format!("--listen 127.0.0.1:{port} --prefork 3"),
     );
     demo.signal(USR2);
-    assert!(
-        wait_for(Duration::from_secs(10), || demo
-            .log_count("handing the children back")
-            == 1),
-        "{}",
-        demo.log()
-    );
+    logged(&demo, "handing the children back", 1);
     // The previous image took them back, with its own arguments, on its socket,
     // and rolled them over itself.
-    assert!(rolled_over(&demo, &before, 3), "{}", demo.log());
-    assert_eq!(
-        demo.log_count("back from a failed upgrade"),
-        1,
-        "{}",
-        demo.log()
-    );
-    assert_eq!(demo.log_count("upgraded in place"), 0, "{}", demo.log());
+    came_back(&demo, &before);
     assert!(alive(pid));
     assert_eq!(get(demo.addr, "/").unwrap().0, 200);
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
@@ -296,21 +331,7 @@ fn a_daemon_upgrades_with_the_same_mainpid_and_tells_its_service_manager() {
         .arg(dir.join("access.log"))
         .env("NOTIFY_SOCKET", &manager.path)
         .env("WATCHDOG_USEC", "400000");
-    let (status, err) = run_bounded(cmd, Duration::from_secs(15)).expect("the launcher returns");
-    assert!(status.success(), "{err}");
-    let pid: i32 = std::fs::read_to_string(&pid_file)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    // Stopped by pid whatever happens below.
-    struct Kill(i32);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            send_signal(self.0, 9);
-        }
-    }
-    let _kill = Kill(pid);
+    let (pid, _kill) = daemon(cmd, &pid_file);
     assert!(wait_for(Duration::from_secs(10), || manager
         .all()
         .contains(&"READY=1".to_string())));
@@ -470,9 +491,7 @@ fn replacing_the_executable_upgrades_once_with_auto_reload() {
     // A broken one: one failed trial, not one per check; the old code serves.
     let serving = set(demo.children());
     replace(&exe, b"#!/bin/sh\nexit 3\n");
-    assert!(wait_for(Duration::from_secs(10), || demo
-        .log_count("upgrade abandoned")
-        == 1));
+    logged(&demo, "upgrade abandoned", 1);
     std::thread::sleep(Duration::from_millis(1_500));
     assert_eq!(demo.log_count("upgrade abandoned"), 1, "{}", demo.log());
     assert_eq!(set(demo.children()), serving);
@@ -578,13 +597,7 @@ fn a_new_image_with_another_max_children_is_refused_by_its_trial() {
     // Its own arguments, then a different max_children.
     wrap(&exe, &dir, "\"$@\" --max-children 12");
     demo.signal(USR2);
-    assert!(
-        wait_for(Duration::from_secs(10), || demo
-            .log_count("upgrade abandoned")
-            == 1),
-        "{}",
-        demo.log()
-    );
+    logged(&demo, "upgrade abandoned", 1);
     assert!(demo.log().contains("keeps max_children"), "{}", demo.log());
     assert_eq!(set(demo.children()), before, "nothing moved");
     assert_eq!(get(demo.addr, "/").unwrap().0, 200);
@@ -622,22 +635,9 @@ fn a_new_image_that_cannot_start_goes_back_to_the_previous_one() {
         "--error-log /nonexistent-preforkd-dir/error.log",
     );
     demo.signal(USR2);
-    assert!(
-        wait_for(Duration::from_secs(10), || demo
-            .log_count("could not start")
-            == 1),
-        "{}",
-        demo.log()
-    );
+    logged(&demo, "could not start", 1);
     // The previous image took the children back and rolled them over itself.
-    assert!(rolled_over(&demo, &before, 3), "{}", demo.log());
-    assert_eq!(
-        demo.log_count("back from a failed upgrade"),
-        1,
-        "{}",
-        demo.log()
-    );
-    assert_eq!(demo.log_count("upgraded in place"), 0, "{}", demo.log());
+    came_back(&demo, &before);
     assert!(alive(pid));
     assert_eq!(version(&demo), v1);
     assert!(
@@ -670,21 +670,8 @@ fn a_daemon_started_with_relative_paths_keeps_them_across_an_upgrade() {
         .args(["--daemonize", "--listen", "127.0.0.1:0", "--prefork", "2"])
         .args(["--pid-file", "demo.pid", "--error-log", "error.log"])
         .args(["--access-log", "access.log"]);
-    let (status, err) = run_bounded(cmd, Duration::from_secs(15)).expect("the launcher returns");
-    assert!(status.success(), "{err}");
     let pid_file = dir.join("demo.pid");
-    let pid: i32 = std::fs::read_to_string(&pid_file)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    struct Kill(i32);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            send_signal(self.0, 9);
-        }
-    }
-    let _kill = Kill(pid);
+    let (pid, _kill) = daemon(cmd, &pid_file);
     let log = || std::fs::read_to_string(dir.join("error.log")).unwrap_or_default();
     assert!(wait_for(Duration::from_secs(10), || children_of(pid).len() == 2));
     let before = set(children_of(pid));
@@ -729,13 +716,7 @@ fn a_new_configuration_without_the_pid_file_is_refused_and_the_lock_kept() {
     // instance could start beside the running one.
     wrap(&exe, &dir, "--listen 127.0.0.1:0 --prefork 3");
     demo.signal(USR2);
-    assert!(
-        wait_for(Duration::from_secs(10), || demo
-            .log_count("upgrade abandoned")
-            == 1),
-        "{}",
-        demo.log()
-    );
+    logged(&demo, "upgrade abandoned", 1);
     assert!(demo.log().contains("pid_path"), "{}", demo.log());
     assert_eq!(set(demo.children()), before);
     assert_eq!(
@@ -753,13 +734,7 @@ fn a_listener_the_runtime_cannot_hand_over_refuses_the_upgrade_and_keeps_serving
     let before = set(demo.children());
     rebuild(&exe, "stray");
     demo.signal(USR2);
-    assert!(
-        wait_for(Duration::from_secs(10), || demo
-            .log_count("upgrade abandoned")
-            == 1),
-        "{}",
-        demo.log()
-    );
+    logged(&demo, "upgrade abandoned", 1);
     // The log names the socket; nothing moved.
     assert!(
         demo.log().contains(&demo.addr.to_string()),
@@ -860,13 +835,7 @@ fn a_socket_activated_daemon_whose_new_image_fails_goes_back_on_the_same_socket(
     // once it has taken the socket.
     wrap(&exe, &dir, "\"$@\" --fail-init");
     demo.signal(USR2);
-    assert!(
-        wait_for(Duration::from_secs(10), || demo
-            .log_count("handing the children back")
-            == 1),
-        "{}",
-        demo.log()
-    );
+    logged(&demo, "handing the children back", 1);
     assert!(demo.log().contains("--fail-init"), "{}", demo.log());
     // The previous image took the children back, on the passed socket, and
     // rolled them over itself.
@@ -903,13 +872,7 @@ fn a_new_image_whose_after_init_fails_after_taking_its_listener_hands_it_back() 
     // listener; then its after_init fails.
     wrap(&exe, &dir, "\"$@\" --fail-init");
     demo.signal(USR2);
-    assert!(
-        wait_for(Duration::from_secs(10), || demo
-            .log_count("handing the children back")
-            == 1),
-        "{}",
-        demo.log()
-    );
+    logged(&demo, "handing the children back", 1);
     assert!(rolled_over(&demo, &before, 3), "{}", demo.log());
     assert!(alive(pid), "{}", demo.log());
     // The previous image serves on the very listener it handed over, not on a
@@ -967,15 +930,7 @@ fn the_executable_tried_is_the_one_executed_even_if_replaced_meanwhile() {
     // A release whose trial takes a moment (and says when it runs).
     let real = dir.join("demo.real");
     rebuild(&real, "the tried one");
-    replace(
-        &exe,
-        format!(
-            "#!/bin/sh\nif [ -n \"$PREFORKD_TRIAL\" ]; then touch {tried}; sleep 1; fi\nexec {real} \"$@\"\n",
-            tried = tried.display(),
-            real = real.display()
-        )
-        .as_bytes(),
-    );
+    trial_script(&exe, &format!("touch {}; sleep 1", tried.display()), &real);
     demo.signal(USR2);
     assert!(wait_for(Duration::from_secs(10), || tried.exists()));
     // A second deployment lands during the trial: it was never tried.
@@ -983,13 +938,6 @@ fn the_executable_tried_is_the_one_executed_even_if_replaced_meanwhile() {
     assert!(rolled_over(&demo, &old, 3), "{}", demo.log());
     let v2 = version(&demo);
     assert_ne!(v2, v1);
-    let never = {
-        let mut bytes = std::fs::read(demo_binary()).unwrap();
-        bytes.extend_from_slice(b"never tried");
-        bytes
-    };
-    let tried_bytes = std::fs::read(&real).unwrap();
-    assert_ne!(never, tried_bytes);
     assert!(
         running_image(demo.pid()).starts_with(&real.display().to_string()),
         "the parent runs {} (the tried release is {})",
@@ -1011,14 +959,11 @@ fn a_stop_around_the_exec_is_never_lost() {
         let real = dir.join("demo.real");
         rebuild(&real, &format!("round {round}"));
         let delay = format!("0.{:03}", round * 4);
-        replace(
-            &exe,
-            format!(
-                "#!/bin/sh\nif [ -n \"$PREFORKD_TRIAL\" ]; then {real} \"$@\"; rc=$?; (sleep {delay}; kill -TERM {pid}) & exit $rc; fi\nexec {real} \"$@\"\n",
-                real = real.display()
-            )
-            .as_bytes(),
+        let trial = format!(
+            "{} \"$@\"; rc=$?; (sleep {delay}; kill -TERM {pid}) & exit $rc",
+            real.display()
         );
+        trial_script(&exe, &trial, &real);
         demo.signal(USR2);
         let code = demo.wait_exit(Duration::from_secs(10));
         assert_eq!(code, Some(0), "round {round}: TERM lost\n{}", demo.log());
@@ -1039,15 +984,8 @@ fn a_stop_during_the_trial_ends_the_trial_with_the_parent() {
     let real = dir.join("demo.real");
     std::fs::copy(demo_binary(), &real).unwrap();
     let trial_pid = dir.join("trial.pid");
-    replace(
-        &exe,
-        format!(
-            "#!/bin/sh\nif [ -n \"$PREFORKD_TRIAL\" ]; then echo $$ > {p}; exec sleep 25; fi\nexec {real} \"$@\"\n",
-            p = trial_pid.display(),
-            real = real.display()
-        )
-        .as_bytes(),
-    );
+    let trial = format!("echo $$ > {}; exec sleep 25", trial_pid.display());
+    trial_script(&exe, &trial, &real);
     demo.signal(USR2);
     let read_pid = || {
         std::fs::read_to_string(&trial_pid)
