@@ -34,6 +34,7 @@ use std::fs::File;
 use std::io::{Read, Seek, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::Mutex;
 
@@ -486,7 +487,11 @@ impl<T: 'static> System<T> {
         }
         // Opened once: the trial runs this file, and so does the exec if it passes,
         // whatever lands at the path meanwhile.
-        let image = File::open(&exe)?;
+        // O_PATH: an executable the daemon may run but not read is opened too.
+        let image = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH)
+            .open(&exe)?;
         let image_fd = image.as_raw_fd();
         let doc = self.handoff_file(&Carried {
             image: Some(image_fd),
