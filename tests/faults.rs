@@ -337,7 +337,16 @@ fn the_demo_busy_timeout_stops_a_request_that_holds_a_child() {
 /// its job. (The client that really closes is reported: tests/runtime.rs.)
 #[test]
 fn a_half_closed_client_is_not_reported_as_hung_up() {
-    let d = Demo::start(&["--prefork", "1", "--max-children", "2"]);
+    for probe in ["pidfd", "proc"] {
+        half_closed_client_not_reported(probe);
+    }
+}
+
+fn half_closed_client_not_reported(probe: &str) {
+    let d = Demo::start_with_env(
+        &["--prefork", "1", "--max-children", "2"],
+        &[("PREFORKD_DISCONNECT_PROBE", probe)],
+    );
     assert!(wait_for(Duration::from_secs(5), || d.children().len() == 1));
     let mut s = TcpStream::connect(d.addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -353,7 +362,7 @@ fn a_half_closed_client_is_not_reported_as_hung_up() {
     assert!(reply.ends_with("slept 2500 ms\n"), "{reply:?}");
     assert!(
         !d.log().contains("hung up on child"),
-        "a half-closed client was reported:\n{}",
+        "{probe}: a half-closed client was reported:\n{}",
         d.log()
     );
 }

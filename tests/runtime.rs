@@ -293,7 +293,21 @@ fn hup_rolls_every_child_over_without_losing_a_request() {
 
 #[test]
 fn a_client_hanging_up_on_a_busy_child_reaches_on_client_disconnect_once() {
-    let d = Demo::start(&["--prefork", "2", "--max-children", "4"]);
+    hang_up_reported_once("pidfd", "Pidfd");
+}
+
+#[test]
+fn a_hang_up_is_found_in_the_hosts_tables_where_pidfd_is_not_used() {
+    hang_up_reported_once("proc", "Proc");
+}
+
+/// A client hangs up on a busy child; the demo looks with `probe`
+/// (`PREFORKD_DISCONNECT_PROBE`), and says so (`said`).
+fn hang_up_reported_once(probe: &str, said: &str) {
+    let d = Demo::start_with_env(
+        &["--prefork", "2", "--max-children", "4"],
+        &[("PREFORKD_DISCONNECT_PROBE", probe)],
+    );
     assert!(wait_for(Duration::from_secs(5), || d.children().len() == 2));
     let mut s = TcpStream::connect(d.addr).unwrap();
     write!(
@@ -309,6 +323,12 @@ fn a_client_hanging_up_on_a_busy_child_reaches_on_client_disconnect_once() {
     assert!(
         wait_for(Duration::from_secs(4), || d.log().contains(&needle)),
         "no disconnect reported; log:\n{}",
+        d.log()
+    );
+    assert!(
+        d.log()
+            .contains(&format!("looked for with the {said} probe")),
+        "{}",
         d.log()
     );
     // It lingers until the child finishes, yet is reported once.

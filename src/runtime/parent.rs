@@ -299,6 +299,7 @@ impl<T: 'static> Parent<T> {
             service_vars: service.pass_on,
             candidate: None,
             pending,
+            disconnect_probe: None,
         };
         Ok(Parent {
             machine,

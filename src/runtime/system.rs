@@ -79,6 +79,8 @@ pub(super) struct System<T> {
     pub(super) candidate: Option<std::fs::File>,
     /// The signals received but not yet handled, for the re-exec to pass on.
     pub(super) pending: super::signals::Pending,
+    /// How client disconnects are looked for, once the first look chose.
+    pub(super) disconnect_probe: Option<netstat::Probe>,
 }
 
 impl<T: 'static> Effects for System<T> {
@@ -190,7 +192,29 @@ impl<T: 'static> Effects for System<T> {
 
     fn connections(&mut self, children: &[Pid]) -> Vec<Connection> {
         let pids: Vec<i32> = children.iter().map(|p| p.0).collect();
-        netstat::closed_connections(&pids)
+        let probe = match self.disconnect_probe {
+            Some(p) => p,
+            None => {
+                let p = netstat::forced_probe().unwrap_or(netstat::Probe::Pidfd);
+                slog::info!(
+                    self.logger,
+                    "client disconnects: looked for with the {p:?} probe"
+                );
+                self.disconnect_probe = Some(p);
+                p
+            }
+        };
+        match netstat::gone_connections(&pids, probe) {
+            Ok(c) => c,
+            Err(e) => {
+                slog::warn!(
+                    self.logger,
+                    "client disconnects: pidfd_getfd is refused here ({e}): reading the host's TCP tables instead"
+                );
+                self.disconnect_probe = Some(netstat::Probe::Proc);
+                netstat::closed_connections(&pids)
+            }
+        }
     }
 
     fn notify(&mut self, n: Notify) {

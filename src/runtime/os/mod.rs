@@ -13,6 +13,8 @@
 //! - `exec.rs`: what the in-place upgrade needs: memory files, descriptors kept
 //!   across the exec, the trial process, signals held back across the exec;
 //! - `fds.rs`: borrowing, closing and adopting raw descriptors;
+//! - `peek.rs`: a copy of a child's descriptor (`pidfd_getfd`), a socket's TCP
+//!   state, one socket of this host found by its addresses (`sock_diag`);
 //! - `sockets.rs`: a listener's queue length, and descriptors received over a
 //!   socket (`SCM_RIGHTS`).
 // Inherited by the files below: nowhere else in the crate is `unsafe` allowed.
@@ -20,6 +22,7 @@
 
 mod exec;
 mod fds;
+mod peek;
 mod process;
 mod shared_memory;
 mod signal_handlers;
@@ -29,6 +32,7 @@ pub(crate) use exec::{
     adopt_fd, dup_handed, hold_signals, memfd, release_signals, set_cloexec, spawn_trial,
 };
 pub(crate) use fds::{adopt_socket, borrow_fd, close_inherited, NotAdopted};
+pub(crate) use peek::{pidfd_getfd, pidfd_open, tcp_socket, tcp_state};
 pub(crate) use process::{exit_now, fork_child, fork_for_daemon, Side};
 pub(crate) use shared_memory::{map_board, shared_flag};
 pub(crate) use signal_handlers::{
