@@ -5,8 +5,15 @@
 //!     [--max-children N] [--scoreboard PATH] [--pid-file PATH]
 //!     [--spawn-in-init CMD]
 //!     [--max-child-memory BYTES] [--crash-at-start FILE]
-//!     [--auto-reload-every DURATION] [--watch PATH]... [--std-bind] [--fail-init]
+//!     [--auto-reload-every DURATION] [--watch PATH]... [--std-bind]
+//!     [--fail-init] [--disconnect-every-ms N] [--disconnect-kill]
 //! ```
+//!
+//! `--disconnect-every-ms N` sets how often clients that hung up on a busy
+//! child are looked for (default 1000, at least 50); by default each is printed
+//! (`hello_http: client HOST:PORT hung up on child PID (HOST:PORT)`), and with
+//! `--disconnect-kill` the child is stopped instead, cancelling its job (the pool
+//! replaces it).
 //!
 //! `--spawn-in-init CMD` starts `sh -c CMD` from `after_init` and leaves it
 //! running (it prints `hello_http: spawned pid N`): a stand-in for a helper
@@ -72,6 +79,8 @@ struct Args {
     watch: Vec<PathBuf>,
     std_bind: bool,
     fail_init: bool,
+    disconnect_every: Duration,
+    disconnect_kill: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -98,6 +107,8 @@ fn parse_args() -> Result<Args, String> {
         watch: Vec::new(),
         std_bind: false,
         fail_init: false,
+        disconnect_every: Duration::from_millis(1000),
+        disconnect_kill: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -149,6 +160,14 @@ fn parse_args() -> Result<Args, String> {
             // upgrade cannot hand over.
             "--std-bind" => a.std_bind = true,
             "--fail-init" => a.fail_init = true,
+            "--disconnect-every-ms" => {
+                let ms = number(value()?, "--disconnect-every-ms")?;
+                if ms < 50 {
+                    return Err(format!("--disconnect-every-ms: {ms} is below 50"));
+                }
+                a.disconnect_every = Duration::from_millis(ms as u64);
+            }
+            "--disconnect-kill" => a.disconnect_kill = true,
             "-h" | "--help" => {
                 println!(
                     "usage: hello_http [--listen ADDR] [--prefork N] [--max-children N] \
@@ -156,7 +175,8 @@ fn parse_args() -> Result<Args, String> {
                      [--access-log PATH] [--json-log] [--require-root] [--daemonize] [--user NAME] [--group NAME] \
                      [--graceful-timeout DURATION] [--busy-timeout DURATION] [--request-timeout DURATION] \
                      [--spawn-in-init CMD] [--max-child-memory BYTES] [--crash-at-start FILE] \
-                     [--auto-reload-every DURATION] [--watch PATH]... [--std-bind] [--fail-init]"
+                     [--auto-reload-every DURATION] [--watch PATH]... [--std-bind] [--fail-init] \
+                     [--disconnect-every-ms N] [--disconnect-kill]"
                 );
                 std::process::exit(0);
             }
@@ -253,6 +273,10 @@ fn main() {
             d.local_port
         );
     });
+    daemon = daemon.disconnect_check_every(args.disconnect_every);
+    if args.disconnect_kill {
+        daemon = daemon.disconnect_policy(preforkd::policy::TerminateChild);
+    }
     if let Some(p) = &args.scoreboard {
         daemon = daemon.scoreboard_path(p);
     }

@@ -465,6 +465,29 @@ mod tests {
     }
 
     #[test]
+    fn a_child_gone_before_or_during_the_scan_is_skipped() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (mut server, peer) = l.accept().unwrap();
+        drop(client);
+        let mut buf = [0u8; 1];
+        assert_eq!(server.read(&mut buf).unwrap(), 0);
+        // A process that has exited (and been reaped): its pid names nothing now.
+        let mut gone_child = std::process::Command::new("true").spawn().unwrap();
+        let gone_pid = gone_child.id() as i32;
+        gone_child.wait().unwrap();
+        let me = std::process::id() as i32;
+        for probe in PROBES {
+            let found = gone_connections(&[gone_pid, me, gone_pid], probe).unwrap();
+            assert!(
+                found.iter().all(|c| c.conn.pid == Pid(me)),
+                "{probe:?}: {found:?}"
+            );
+            assert!(found.iter().any(|c| c.conn.foreign_port == peer.port()));
+        }
+    }
+
+    #[test]
     fn a_socket_is_found_by_its_addresses_and_its_holder_seen() {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let client = TcpStream::connect(l.local_addr().unwrap()).unwrap();

@@ -1,0 +1,138 @@
+//! Client disconnects on the demo, with real clients on 127.0.0.1 and ::1: a
+//! client that hangs up on a busy child is reported once, with that child's pid
+//! and the client's port; with `--disconnect-kill` the child is stopped and its
+//! job never completes; clients still there are never reported.
+// Real processes need real time.
+#![allow(clippy::disallowed_methods)]
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+use support::*;
+
+/// Asks the demo for `/sleep?ms={ms}` and returns the connection, open.
+fn sleeper(addr: SocketAddr, ms: u64) -> TcpStream {
+    let mut s = TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "GET /sleep?ms={ms} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    s
+}
+
+fn hang_up_is_reported(listen: &str, probe: &str) {
+    let mut cmd = std::process::Command::new(demo_binary());
+    cmd.env("PREFORKD_DISCONNECT_PROBE", probe)
+        .args(["--listen", listen, "--prefork", "1", "--max-children", "4"])
+        .args(["--disconnect-every-ms", "50"]);
+    let d = Demo::start_command(cmd);
+    assert!(wait_for(Duration::from_secs(5), || d.children().len() == 1));
+    let serving = d.children()[0];
+    let s = sleeper(d.addr, 10_000);
+    let local = s.local_addr().unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    drop(s);
+    let needle = format!(
+        "client {}:{} hung up on child {serving} ",
+        local.ip(),
+        local.port()
+    );
+    assert!(
+        wait_for(Duration::from_secs(5), || d.log().contains(&needle)),
+        "{probe} on {listen}: not reported as {needle:?}\n{}",
+        d.log()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(d.log().matches(&needle).count(), 1, "{}", d.log());
+}
+
+#[test]
+fn a_client_that_hangs_up_is_reported_with_the_childs_pid_and_its_port() {
+    hang_up_is_reported("127.0.0.1:0", "pidfd");
+}
+
+#[test]
+fn on_ipv6_too() {
+    hang_up_is_reported("[::1]:0", "pidfd");
+}
+
+#[test]
+fn and_through_the_hosts_tables_where_pidfd_is_not_used() {
+    hang_up_is_reported("127.0.0.1:0", "proc");
+    hang_up_is_reported("[::1]:0", "proc");
+}
+
+#[test]
+fn with_the_kill_policy_the_child_is_replaced_and_its_job_never_completes() {
+    let dir = tempdir("disconnect-kill");
+    let access = dir.join("access.log");
+    let d = Demo::start(&[
+        "--prefork",
+        "2",
+        "--max-children",
+        "4",
+        "--disconnect-every-ms",
+        "50",
+        "--disconnect-kill",
+        "--access-log",
+        access.to_str().unwrap(),
+    ]);
+    assert!(wait_for(Duration::from_secs(5), || d.children().len() == 2));
+    let before = d.children();
+    // TERM first, then KILL after kill_grace (5 s): a 10 s job is cut short.
+    let started = std::time::Instant::now();
+    let s = sleeper(d.addr, 10_000);
+    std::thread::sleep(Duration::from_millis(200));
+    drop(s);
+    // Some child is stopped and replaced: the pool is back to 2 without it.
+    assert!(
+        wait_for(Duration::from_secs(5), || {
+            let now = d.children();
+            now.len() == 2 && before.iter().any(|c| !now.contains(c))
+        }),
+        "no child was replaced\n{}",
+        d.log()
+    );
+    assert!(
+        d.log().contains("stopped after its client disconnected"),
+        "{}",
+        d.log()
+    );
+    // Past the job's end: it never completed (no access line for it).
+    std::thread::sleep(Duration::from_millis(10_500).saturating_sub(started.elapsed()));
+    let log = std::fs::read_to_string(&access).unwrap_or_default();
+    assert!(!log.contains("/sleep?ms=10000"), "the job completed: {log}");
+    assert!(!d.log().contains("hung up on child"), "{}", d.log());
+    assert_eq!(get(d.addr, "/").unwrap().0, 200);
+}
+
+#[test]
+fn a_client_that_stays_is_never_reported_and_gets_its_answer() {
+    for probe in ["pidfd", "proc"] {
+        let d = Demo::start_with_env(
+            &[
+                "--prefork",
+                "1",
+                "--max-children",
+                "2",
+                "--disconnect-every-ms",
+                "50",
+            ],
+            &[("PREFORKD_DISCONNECT_PROBE", probe)],
+        );
+        assert!(wait_for(Duration::from_secs(5), || d.children().len() == 1));
+        let mut s = sleeper(d.addr, 1_000);
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut reply = String::new();
+        s.read_to_string(&mut reply).unwrap();
+        assert!(reply.ends_with("slept 1000 ms\n"), "{reply:?}");
+        assert!(
+            !d.log().contains("hung up on child"),
+            "{probe}: {}",
+            d.log()
+        );
+    }
+}
