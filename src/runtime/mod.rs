@@ -69,6 +69,7 @@ pub(crate) mod os;
 mod parent;
 pub mod pidfile;
 mod prefork;
+mod scanner;
 mod scoreboard;
 mod signals;
 mod system;

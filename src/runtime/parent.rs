@@ -300,6 +300,7 @@ impl<T: 'static> Parent<T> {
             candidate: None,
             pending,
             disconnect_probe: None,
+            scanner: None,
         };
         Ok(Parent {
             machine,
@@ -359,6 +360,10 @@ impl<T: 'static> Parent<T> {
                 Some(t) => after(t.saturating_since(self.sys.clock.now())),
                 None => never(),
             };
+            let looks = match &self.sys.scanner {
+                Some(s) => s.found.clone(),
+                None => never(),
+            };
             select! {
                 recv(self.signals) -> sig => match sig {
                     Ok(sig) => self.on_signal(sig),
@@ -374,6 +379,11 @@ impl<T: 'static> Parent<T> {
                     self.tick();
                 },
                 recv(timer) -> _ => self.tick(),
+                recv(looks) -> found => {
+                    if let Ok((probe, verdict)) = found {
+                        self.on_look(probe, verdict);
+                    }
+                },
             }
         }
     }
@@ -387,6 +397,32 @@ impl<T: 'static> Parent<T> {
             let now = self.sys.clock.now();
             self.machine.handle(now, Event::Signal(s));
         }
+    }
+
+    /// A look for client disconnects is back (see [`super::scanner`]). A probe
+    /// refused here is replaced for the next look, which the machine asks for at
+    /// its next check.
+    fn on_look(
+        &mut self,
+        probe: super::netstat::Probe,
+        verdict: std::io::Result<Vec<crate::Connection>>,
+    ) {
+        if let Some(s) = self.sys.scanner.as_mut() {
+            s.busy = false;
+        }
+        if verdict.is_err() {
+            self.sys.disconnect_probe = Some(super::netstat::Probe::Proc);
+        }
+        let Ok(conns) = verdict else {
+            let e = verdict.err().map(|e| e.to_string()).unwrap_or_default();
+            slog::warn!(
+                self.sys.logger,
+                "client disconnects: the {probe:?} probe is refused here ({e}): reading the host's TCP tables from the next look"
+            );
+            return;
+        };
+        let now = self.sys.clock.now();
+        self.machine.handle(now, Event::Netstat(&conns));
     }
 
     /// Reaps every child that has exited, the scoreboard read first (see

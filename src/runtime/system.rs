@@ -81,6 +81,8 @@ pub(super) struct System<T> {
     pub(super) pending: super::signals::Pending,
     /// How client disconnects are looked for, once the first look chose.
     pub(super) disconnect_probe: Option<netstat::Probe>,
+    /// The thread that looks for client disconnects, once started.
+    pub(super) scanner: Option<super::scanner::Scanner>,
 }
 
 impl<T: 'static> Effects for System<T> {
@@ -190,7 +192,7 @@ impl<T: 'static> Effects for System<T> {
         self.exec_image(image, handoff);
     }
 
-    fn connections(&mut self, children: &[Pid]) -> Vec<Connection> {
+    fn connections(&mut self, children: &[Pid]) -> Option<Vec<Connection>> {
         let pids: Vec<i32> = children.iter().map(|p| p.0).collect();
         let probe = match self.disconnect_probe {
             Some(p) => p,
@@ -204,17 +206,25 @@ impl<T: 'static> Effects for System<T> {
                 p
             }
         };
-        match netstat::gone_connections(&pids, probe) {
-            Ok(c) => c,
-            Err(e) => {
-                slog::warn!(
-                    self.logger,
-                    "client disconnects: pidfd_getfd is refused here ({e}): reading the host's TCP tables instead"
-                );
-                self.disconnect_probe = Some(netstat::Probe::Proc);
-                netstat::closed_connections(&pids)
+        if self.scanner.is_none() {
+            match super::scanner::Scanner::start() {
+                Ok(s) => self.scanner = Some(s),
+                Err(e) => {
+                    // Without the thread the look is made here: it only takes
+                    // longer.
+                    slog::warn!(
+                        self.logger,
+                        "client disconnects: cannot start the looking thread ({e}): looking on the main thread"
+                    );
+                    let verdict = netstat::gone_connections(&pids, probe);
+                    return Some(self.found(probe, verdict, &pids));
+                }
             }
         }
+        if let Some(s) = self.scanner.as_mut() {
+            s.ask(pids, probe);
+        }
+        None
     }
 
     fn notify(&mut self, n: Notify) {
@@ -241,6 +251,29 @@ impl<T: 'static> Effects for System<T> {
             Level::Warning => slog::warn!(self.logger, "{message}"),
             Level::Info => slog::info!(self.logger, "{message}"),
             Level::Debug => slog::debug!(self.logger, "{message}"),
+        }
+    }
+}
+
+impl<T: 'static> System<T> {
+    /// A look's verdict (`probe` used): the connections, or, where that probe is
+    /// refused, a look at the host's tables instead, and from now on.
+    pub(super) fn found(
+        &mut self,
+        probe: netstat::Probe,
+        verdict: std::io::Result<Vec<Connection>>,
+        pids: &[i32],
+    ) -> Vec<Connection> {
+        match verdict {
+            Ok(c) => c,
+            Err(e) => {
+                slog::warn!(
+                    self.logger,
+                    "client disconnects: the {probe:?} probe is refused here ({e}): reading the host's TCP tables instead"
+                );
+                self.disconnect_probe = Some(netstat::Probe::Proc);
+                netstat::closed_connections(pids)
+            }
         }
     }
 }

@@ -378,8 +378,8 @@ impl Effects for Sim {
 
     fn reexec(&mut self, _image: Image, _handoff: Handoff) {}
 
-    fn connections(&mut self, _children: &[Pid]) -> Vec<Connection> {
-        Vec::new()
+    fn connections(&mut self, _children: &[Pid]) -> Option<Vec<Connection>> {
+        Some(Vec::new())
     }
 
     fn notify(&mut self, _notify: Notify) {}

@@ -119,8 +119,9 @@ pub trait Effects {
     /// if that could not be done (said in the log).
     fn reexec(&mut self, image: Image, handoff: Handoff);
     /// The connections of these children that the disconnect policy may want to
-    /// hear of.
-    fn connections(&mut self, children: &[Pid]) -> Vec<Connection>;
+    /// hear of; `None` when they are looked at elsewhere and arrive later, as an
+    /// [`Event::Netstat`] of their own (the parent's loop must not wait for them).
+    fn connections(&mut self, children: &[Pid]) -> Option<Vec<Connection>>;
     /// Tells the service manager.
     fn notify(&mut self, notify: Notify);
     /// Writes a line of the machine's to the log.
@@ -198,9 +199,10 @@ pub fn carry_out(d: &mut impl Drive, fx: &mut impl Effects, marked: &mut bool) -
             Action::ReExec(image) => reexec = Some(image),
             Action::CheckDisconnects => {
                 let children: Vec<Pid> = d.machine().pids().collect();
-                let conns = fx.connections(&children);
-                let now = fx.now();
-                d.handle(now, Event::Netstat(&conns));
+                if let Some(conns) = fx.connections(&children) {
+                    let now = fx.now();
+                    d.handle(now, Event::Netstat(&conns));
+                }
             }
             Action::Notify(n) => fx.notify(n),
             Action::Log { level, message } => fx.log(level, message),

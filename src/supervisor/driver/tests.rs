@@ -107,9 +107,9 @@ impl Effects for Fake {
             handoff.pids().count()
         ));
     }
-    fn connections(&mut self, children: &[Pid]) -> Vec<Connection> {
+    fn connections(&mut self, children: &[Pid]) -> Option<Vec<Connection>> {
         self.log.push(format!("connections of {}", children.len()));
-        Vec::new()
+        Some(Vec::new())
     }
     fn notify(&mut self, notify: Notify) {
         self.log.push(format!("notify {notify:?}"));

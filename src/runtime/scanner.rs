@@ -1,0 +1,62 @@
+//! Looking for clients that hung up, off the parent's main thread: the loop hands
+//! the busy children's pids to a thread of the parent and goes on; the verdict
+//! comes back on a channel, and the loop gives it to the machine as its
+//! `Event::Netstat`. One look at a time: a check asked while one is under way is
+//! skipped (the machine asks again at its next check).
+
+use super::netstat::{self, Probe};
+use super::os;
+use super::signals::PARENT_SIGNALS;
+use crate::Connection;
+use crossbeam_channel::{unbounded, Receiver, Sender};
+
+/// What a look found, with the probe it used; `Err` when that probe is refused
+/// here (the parent falls back to [`Probe::Proc`]).
+pub(super) type Found = (Probe, std::io::Result<Vec<Connection>>);
+
+/// The thread, and the channels to it and back.
+pub(super) struct Scanner {
+    ask: Sender<(Vec<i32>, Probe)>,
+    /// Where the verdicts arrive (the parent's loop waits on it too).
+    pub(super) found: Receiver<Found>,
+    /// A look is under way.
+    pub(super) busy: bool,
+}
+
+impl Scanner {
+    /// Starts the thread, with the parent's signals blocked in it (they are the
+    /// main thread's business, and must stay pending across a re-exec).
+    pub(super) fn start() -> std::io::Result<Scanner> {
+        let (ask, asked) = unbounded::<(Vec<i32>, Probe)>();
+        let (tell, found) = unbounded();
+        os::hold_signals(&PARENT_SIGNALS)?;
+        let started = std::thread::Builder::new()
+            .name("preforkd-disconnects".into())
+            .spawn(move || {
+                for (pids, probe) in asked {
+                    let verdict = netstat::gone_connections(&pids, probe);
+                    if tell.send((probe, verdict)).is_err() {
+                        return;
+                    }
+                }
+            });
+        let released = os::release_signals(&PARENT_SIGNALS);
+        started?;
+        released?;
+        Ok(Scanner {
+            ask,
+            found,
+            busy: false,
+        })
+    }
+
+    /// Asks for a look at `pids` with `probe`, unless one is under way. Returns
+    /// whether it was asked.
+    pub(super) fn ask(&mut self, pids: Vec<i32>, probe: Probe) -> bool {
+        if self.busy {
+            return false;
+        }
+        self.busy = self.ask.send((pids, probe)).is_ok();
+        self.busy
+    }
+}
