@@ -34,6 +34,16 @@ pub struct Demo {
 impl Demo {
     /// Starts `bin` on an ephemeral loopback port and waits until it listens.
     pub fn start(bin: &Path, args: &[&str]) -> Demo {
+        Demo::start_with_lines(bin, args, |_| {})
+    }
+
+    /// As [`start`](Self::start), handing every later line of its stderr to
+    /// `line` (on a thread), as it comes.
+    pub fn start_with_lines(
+        bin: &Path,
+        args: &[&str],
+        mut line_seen: impl FnMut(&str) + Send + 'static,
+    ) -> Demo {
         let mut child = Command::new(bin)
             .args(["--listen", "127.0.0.1:0"])
             .args(args)
@@ -56,7 +66,11 @@ impl Demo {
         };
         // Keep draining its log so it never blocks on a full pipe.
         std::thread::spawn(move || {
-            let _ = std::io::copy(&mut r, &mut std::io::sink());
+            let mut line = String::new();
+            while r.read_line(&mut line).unwrap_or(0) > 0 {
+                line_seen(&line);
+                line.clear();
+            }
         });
         Demo { child, addr }
     }

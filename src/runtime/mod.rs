@@ -70,6 +70,21 @@ mod parent;
 pub mod pidfile;
 mod prefork;
 mod scanner;
+
+/// One look for client disconnects at `pids` with `probe` (`"pidfd"` or
+/// `"proc"`): how many connections it found gone. For the disconnect benchmark;
+/// not API.
+#[doc(hidden)]
+pub fn disconnect_scan(pids: &[i32], probe: &str) -> std::io::Result<usize> {
+    let probe = match probe {
+        "pidfd" => netstat::Probe::Pidfd,
+        "proc" => netstat::Probe::Proc,
+        other => {
+            return Err(std::io::Error::other(format!("no probe {other:?}")));
+        }
+    };
+    netstat::gone_connections(pids, probe).map(|c| c.len())
+}
 mod scoreboard;
 mod signals;
 mod system;

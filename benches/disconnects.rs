@@ -1,0 +1,185 @@
+//! Client-disconnect detection, printed (no pass/fail: these machines are shared
+//! and noisy; compare medians of one run).
+//!
+//! ```text
+//! cargo bench --bench disconnects
+//! ```
+//!
+//! The host gets 10,000 open loopback sockets (5,000 connections held by this
+//! bench); the release demo runs 150 children, each busy with a client asking
+//! `/sleep`. Printed: the time of one look at the 150 children with the pidfd
+//! probe (the default), with the `/proc/net/tcp*` probe, and of one `netstat -anp`
+//! run (what the original ran), medians of 15 each, and their ratios; then the
+//! detection latency at `--disconnect-every-ms 50`: from a client's close to the
+//! demo's "hung up" line, for 40 clients closed one by one (median, p90, max).
+// A benchmark measures real time and sleeps on purpose.
+#![allow(clippy::disallowed_methods)]
+
+mod common;
+
+use common::{build_demo, Demo};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::{TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const CHILDREN: usize = 150;
+const HOST_CONNECTIONS: usize = 5_000;
+const SAMPLES: usize = 15;
+const CLOSED: usize = 40;
+
+fn main() {
+    raise_open_file_limit();
+    let bin = build_demo();
+    // The host's other sockets: both ends of each connection are on this host.
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut held = Vec::with_capacity(2 * HOST_CONNECTIONS);
+    for _ in 0..HOST_CONNECTIONS {
+        held.push(TcpStream::connect(l.local_addr().unwrap()).unwrap());
+        held.push(l.accept().unwrap().0);
+    }
+    // When each client's hang-up was reported, by its port.
+    let reported: Arc<Mutex<BTreeMap<u16, Instant>>> = Arc::default();
+    let sink = Arc::clone(&reported);
+    let n = CHILDREN.to_string();
+    let demo = Demo::start_with_lines(
+        &bin,
+        &[
+            "--prefork",
+            &n,
+            "--max-children",
+            &n,
+            "--disconnect-every-ms",
+            "50",
+        ],
+        move |line| {
+            // "hello_http: client 127.0.0.1:PORT hung up on child ..."
+            let port = line
+                .strip_prefix("hello_http: client ")
+                .and_then(|r| r.split(' ').next())
+                .and_then(|a| a.rsplit(':').next())
+                .and_then(|p| p.parse().ok());
+            if let Some(port) = port {
+                sink.lock()
+                    .unwrap()
+                    .entry(port)
+                    .or_insert_with(Instant::now);
+            }
+        },
+    );
+    let until = Instant::now() + Duration::from_secs(30);
+    while children(demo.pid()).len() < CHILDREN && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut clients = Vec::new();
+    for _ in 0..CHILDREN {
+        let mut s = TcpStream::connect(demo.addr).unwrap();
+        write!(
+            s,
+            "GET /sleep?ms=60000 HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        clients.push(s);
+    }
+    // Every child busy before timing (each holds its client's connection).
+    std::thread::sleep(Duration::from_secs(2));
+    let pids = children(demo.pid());
+    let look = |probe: &str| {
+        median_ms(|| {
+            preforkd::runtime::disconnect_scan(&pids, probe).expect("the probe works here");
+        })
+    };
+    let pidfd = look("pidfd");
+    let proc_tables = look("proc");
+    let netstat = std::process::Command::new("netstat")
+        .arg("--version")
+        .output()
+        .is_ok()
+        .then(|| {
+            median_ms(|| {
+                let out = std::process::Command::new("netstat")
+                    .arg("-anp")
+                    .output()
+                    .expect("netstat runs");
+                assert!(out.status.success());
+            })
+        });
+    println!(
+        "disconnects: one look at {} busy children with {} loopback sockets open on the host",
+        pids.len(),
+        2 * HOST_CONNECTIONS
+    );
+    println!("disconnects: pidfd probe {pidfd:.2} ms, /proc/net/tcp probe {proc_tables:.2} ms (ratio {:.1}x)", proc_tables / pidfd);
+    match netstat {
+        Some(n) => println!(
+            "disconnects: netstat -anp {n:.2} ms (ratio {:.1}x)",
+            n / pidfd
+        ),
+        None => {
+            println!("disconnects: netstat -anp: not installed (Debian's net-tools), not compared")
+        }
+    }
+    // Detection latency at 50 ms: clients close one by one.
+    let mut latencies = Vec::new();
+    for s in clients.drain(..).take(CLOSED) {
+        let port = s.local_addr().unwrap().port();
+        let closed = Instant::now();
+        drop(s);
+        let until = closed + Duration::from_secs(5);
+        let at = loop {
+            if let Some(at) = reported.lock().unwrap().get(&port) {
+                break Some(*at);
+            }
+            if Instant::now() > until {
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        match at {
+            Some(at) => latencies.push(at.saturating_duration_since(closed).as_secs_f64() * 1e3),
+            None => println!("disconnects: client port {port} was not reported within 5 s"),
+        }
+    }
+    latencies.sort_by(f64::total_cmp);
+    if let (Some(max), false) = (latencies.last(), latencies.is_empty()) {
+        let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q).round() as usize];
+        println!(
+            "disconnects: detection at 50 ms intervals, {} clients: median {:.1} ms, p90 {:.1} ms, max {max:.1} ms",
+            latencies.len(),
+            at(0.5),
+            at(0.9)
+        );
+    }
+    drop(held);
+    drop(demo);
+}
+
+/// The median wall time of `f` over [`SAMPLES`] runs, in milliseconds.
+fn median_ms(mut f: impl FnMut()) -> f64 {
+    let mut t: Vec<f64> = (0..SAMPLES)
+        .map(|_| {
+            let start = Instant::now();
+            f();
+            start.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    t.sort_by(f64::total_cmp);
+    t[t.len() / 2]
+}
+
+fn children(pid: i32) -> Vec<i32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+/// 10,000 sockets need more descriptors than the usual soft limit of 1,024.
+fn raise_open_file_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
+}
