@@ -8,8 +8,11 @@
 //! The host gets 10,000 open loopback sockets (5,000 connections held by this
 //! bench); the release demo runs 150 children, each busy with a client asking
 //! `/sleep`. Printed: the time of one look at the 150 children with the pidfd
-//! probe (the default), with the `/proc/net/tcp*` probe, and of one `netstat -anp`
-//! run (what the original ran), medians of 15 each, and their ratios; then the
+//! probe (the default) at the connection each child said in its scoreboard slot,
+//! the same probe at every socket of each child's `/proc/PID/fd` (a child that
+//! does not say), the `sock_diag` and `/proc/net/tcp*` fallbacks, and one
+//! `netstat -anp` run (what the original ran), medians of 15 each, and their
+//! ratios against the first; then the
 //! detection latency at `--disconnect-every-ms 50`: from a client's close to the
 //! demo's "hung up" line, for 40 clients closed one by one (median, p90, max).
 // A benchmark measures real time and sleeps on purpose.
@@ -20,7 +23,7 @@ mod common;
 use common::{build_demo, Demo};
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::net::{TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -43,6 +46,10 @@ fn main() {
     let reported: Arc<Mutex<BTreeMap<u16, Instant>>> = Arc::default();
     let sink = Arc::clone(&reported);
     let n = CHILDREN.to_string();
+    let dir =
+        std::env::temp_dir().join(format!("preforkd-bench-disconnects-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let board = dir.join("scoreboard");
     let demo = Demo::start_with_lines(
         &bin,
         &[
@@ -52,6 +59,8 @@ fn main() {
             &n,
             "--disconnect-every-ms",
             "50",
+            "--scoreboard",
+            board.to_str().unwrap(),
         ],
         move |line| {
             // "hello_http: client 127.0.0.1:PORT hung up on child ..."
@@ -84,14 +93,19 @@ fn main() {
     }
     // Every child busy before timing (each holds its client's connection).
     std::thread::sleep(Duration::from_secs(2));
-    let pids = children(demo.pid());
-    let look = |probe: &str| {
+    let said = busy_slots(&board);
+    let listening = [demo.addr];
+    let anonymous: Vec<_> = said.iter().map(|&(pid, _)| (pid, None)).collect();
+    let look = |children: &[(i32, Option<(i32, SocketAddr)>)], probe: &str| {
         median_ms(|| {
-            preforkd::runtime::disconnect_scan(&pids, probe).expect("the probe works here");
+            preforkd::runtime::disconnect_scan(children, &listening, probe)
+                .expect("the probe works here");
         })
     };
-    let pidfd = look("pidfd");
-    let proc_tables = look("proc");
+    let slot = look(&said, "pidfd");
+    let fds = look(&anonymous, "pidfd");
+    let diag = look(&said, "diag");
+    let proc_tables = look(&said, "proc");
     let netstat = std::process::Command::new("netstat")
         .arg("--version")
         .output()
@@ -106,15 +120,28 @@ fn main() {
             })
         });
     println!(
-        "disconnects: one look at {} busy children with {} loopback sockets open on the host",
-        pids.len(),
+        "disconnects: one look at {} busy children ({} said their connection in the scoreboard) with {} loopback sockets open on the host, medians of {SAMPLES}",
+        said.len(),
+        said.iter().filter(|c| c.1.is_some()).count(),
         2 * HOST_CONNECTIONS
     );
-    println!("disconnects: pidfd probe {pidfd:.2} ms, /proc/net/tcp probe {proc_tables:.2} ms (ratio {:.1}x)", proc_tables / pidfd);
+    println!("disconnects: pidfd probe, the connection each child said: {slot:.3} ms");
+    println!(
+        "disconnects: pidfd probe, every socket in /proc/PID/fd: {fds:.3} ms (ratio {:.1}x)",
+        fds / slot
+    );
+    println!(
+        "disconnects: sock_diag probe (CLOSE_WAIT dump): {diag:.3} ms (ratio {:.1}x)",
+        diag / slot
+    );
+    println!(
+        "disconnects: /proc/net/tcp probe: {proc_tables:.3} ms (ratio {:.1}x)",
+        proc_tables / slot
+    );
     match netstat {
         Some(n) => println!(
             "disconnects: netstat -anp {n:.2} ms (ratio {:.1}x)",
-            n / pidfd
+            n / slot
         ),
         None => {
             println!("disconnects: netstat -anp: not installed (Debian's net-tools), not compared")
@@ -153,6 +180,39 @@ fn main() {
     }
     drop(held);
     drop(demo);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The busy children in the scoreboard file, each with the connection it said
+/// it serves (the layout documented in the crate's scoreboard module: slot `i`
+/// at 64 * (i + 1); pid `i32` at 0, state `u8` at 4 (3: busy), descriptor plus
+/// one `i32` at 40, port and family `u32` at 44, address at 48).
+fn busy_slots(board: &std::path::Path) -> Vec<(i32, Option<(i32, SocketAddr)>)> {
+    let bytes = std::fs::read(board).expect("the scoreboard file is readable");
+    let i32_at = |o: usize| i32::from_ne_bytes(bytes[o..o + 4].try_into().unwrap());
+    let u32_at = |o: usize| u32::from_ne_bytes(bytes[o..o + 4].try_into().unwrap());
+    bytes
+        .chunks_exact(64)
+        .enumerate()
+        .skip(1)
+        .map(|(i, _)| 64 * i)
+        .filter(|&at| bytes[at + 4] == 3)
+        .map(|at| {
+            let conn = i32_at(at + 40);
+            let port = u32_at(at + 44);
+            let ip: [u8; 16] = bytes[at + 48..at + 64].try_into().unwrap();
+            let peer = match port >> 16 {
+                4 => Some(SocketAddr::from((
+                    [ip[0], ip[1], ip[2], ip[3]],
+                    port as u16,
+                ))),
+                6 => Some(SocketAddr::from((ip, port as u16))),
+                _ => None,
+            };
+            let said = (conn > 0).then_some(()).and(peer).map(|p| (conn - 1, p));
+            (i32_at(at), said)
+        })
+        .collect()
 }
 
 /// The median wall time of `f` over [`SAMPLES`] runs, in milliseconds.

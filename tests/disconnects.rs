@@ -60,9 +60,53 @@ fn on_ipv6_too() {
 }
 
 #[test]
-fn and_through_the_hosts_tables_where_pidfd_is_not_used() {
-    hang_up_is_reported("127.0.0.1:0", "proc");
-    hang_up_is_reported("[::1]:0", "proc");
+fn and_through_the_fallbacks_where_pidfd_is_not_used() {
+    for probe in ["diag", "proc"] {
+        hang_up_is_reported("127.0.0.1:0", probe);
+        hang_up_is_reported("[::1]:0", probe);
+    }
+}
+
+/// A client that resets its connection (SO_LINGER 0, or closing with unread
+/// data) leaves the child's socket closed, not in CLOSE_WAIT, and the kernel
+/// forgets its peer: the client the child wrote in its slot names it.
+#[test]
+fn a_client_that_resets_is_reported_too() {
+    let d = Demo::start(&[
+        "--prefork",
+        "1",
+        "--max-children",
+        "2",
+        "--disconnect-every-ms",
+        "50",
+    ]);
+    assert!(wait_for(Duration::from_secs(5), || d.children().len() == 1));
+    let serving = d.children()[0];
+    let s = sleeper(d.addr, 10_000);
+    let local = s.local_addr().unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    nix::sys::socket::setsockopt(
+        &s,
+        nix::sys::socket::sockopt::Linger,
+        &libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        },
+    )
+    .unwrap();
+    drop(s);
+    let needle = format!(
+        "client {}:{} hung up on child {serving} ",
+        local.ip(),
+        local.port()
+    );
+    assert!(
+        wait_for(Duration::from_secs(5), || d.log().contains(&needle)),
+        "not reported as {needle:?}\n{}",
+        d.log()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(d.log().matches(&needle).count(), 1, "{}", d.log());
 }
 
 #[test]
@@ -111,7 +155,7 @@ fn with_the_kill_policy_the_child_is_replaced_and_its_job_never_completes() {
 
 #[test]
 fn a_client_that_stays_is_never_reported_and_gets_its_answer() {
-    for probe in ["pidfd", "proc"] {
+    for probe in ["pidfd", "diag", "proc"] {
         let d = Demo::start_with_env(
             &[
                 "--prefork",

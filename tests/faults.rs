@@ -337,7 +337,7 @@ fn the_demo_busy_timeout_stops_a_request_that_holds_a_child() {
 /// its job. (The client that really closes is reported: tests/runtime.rs.)
 #[test]
 fn a_half_closed_client_is_not_reported_as_hung_up() {
-    for probe in ["pidfd", "proc"] {
+    for probe in ["pidfd", "diag", "proc"] {
         half_closed_client_not_reported(probe);
     }
 }

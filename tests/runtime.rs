@@ -301,6 +301,11 @@ fn a_hang_up_is_found_in_the_hosts_tables_where_pidfd_is_not_used() {
     hang_up_reported_once("proc", "Proc");
 }
 
+#[test]
+fn a_hang_up_is_found_with_a_sock_diag_dump_where_pidfd_is_not_used() {
+    hang_up_reported_once("diag", "Diag");
+}
+
 /// A client hangs up on a busy child; the demo looks with `probe`
 /// (`PREFORKD_DISCONNECT_PROBE`), and says so (`said`).
 fn hang_up_reported_once(probe: &str, said: &str) {

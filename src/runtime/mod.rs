@@ -71,19 +71,34 @@ pub mod pidfile;
 mod prefork;
 mod scanner;
 
-/// One look for client disconnects at `pids` with `probe` (`"pidfd"` or
-/// `"proc"`): how many connections it found gone. For the disconnect benchmark;
-/// not API.
+/// One look for client disconnects with `probe` (`"pidfd"`, `"diag"` or
+/// `"proc"`) at `children`: each a pid and the connection it serves (descriptor
+/// and client) if it said, the connections accepted on `listening`; how many it
+/// found gone. For the disconnect benchmark; not API.
 #[doc(hidden)]
-pub fn disconnect_scan(pids: &[i32], probe: &str) -> std::io::Result<usize> {
+pub fn disconnect_scan(
+    children: &[(i32, Option<(i32, std::net::SocketAddr)>)],
+    listening: &[std::net::SocketAddr],
+    probe: &str,
+) -> std::io::Result<usize> {
     let probe = match probe {
         "pidfd" => netstat::Probe::Pidfd,
+        "diag" => netstat::Probe::Diag,
         "proc" => netstat::Probe::Proc,
         other => {
             return Err(std::io::Error::other(format!("no probe {other:?}")));
         }
     };
-    netstat::gone_connections(pids, probe).map(|c| c.len())
+    let children: Vec<netstat::Child> = children
+        .iter()
+        .map(|&(pid, conn)| netstat::Child {
+            pid,
+            conn: conn.map(|c| c.0),
+            peer: conn.map(|c| c.1),
+        })
+        .collect();
+    let ours = netstat::Ours::new(listening.to_vec());
+    netstat::gone_connections(&children, &ours, probe).map(|c| c.len())
 }
 mod scoreboard;
 mod signals;

@@ -1,14 +1,18 @@
 //! Finding the connections whose client has gone: TCP sockets held by a child
 //! whose peer can no longer receive.
 //!
-//! Two probes (see [`Probe`]; `PREFORKD_DISCONNECT_PROBE=pidfd|proc` forces one,
-//! and the parent logs once which is in use). The default asks about our own
-//! children's sockets only: each socket descriptor of a child (from
-//! `/proc/PID/fd`) is copied with `pidfd_getfd` and asked its TCP state, and for
-//! one in CLOSE_WAIT with a peer on this host, that peer's socket is asked of the
-//! kernel by its addresses (`sock_diag`), so the cost grows with our children's
-//! descriptors, not with the host's sockets. Where `pidfd_getfd` is refused (an
-//! old kernel, seccomp), the host's tables (`/proc/net/tcp*`) are read instead.
+//! Three probes (see [`Probe`]; `PREFORKD_DISCONNECT_PROBE=pidfd|diag|proc`
+//! forces one, and the parent logs once which is in use). The default asks about
+//! our own children's sockets only: the connection a child said it serves (its
+//! scoreboard slot, written by `Worker::accept`), or else each socket descriptor
+//! in its `/proc/PID/fd`, is copied with `pidfd_getfd` and asked its TCP state,
+//! and for one in CLOSE_WAIT with a peer on this host, that peer's socket is
+//! asked of the kernel by its addresses (`sock_diag`), so the cost grows with our
+//! children, not with the host's sockets. Where `pidfd_getfd` is refused (an old
+//! kernel, seccomp), the kernel is asked for the host's CLOSE_WAIT sockets alone
+//! (a `sock_diag` dump filtered by state), matched to the children by inode;
+//! where netlink is refused too, the host's tables (`/proc/net/tcp*`) are read.
+//! Only connections accepted on our listeners count (see [`Ours`]).
 //!
 //! The rule. A socket in CLOSE_WAIT has received the client's FIN: the client
 //! will send nothing more, but it may still read (a half-close,
@@ -32,6 +36,7 @@ use procfs::net::{TcpNetEntry, TcpState};
 use procfs::process::{FDTarget, Process};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::RawFd;
 
 /// An address with IPv4-mapped IPv6 addresses written as IPv4, so both ends of a
 /// connection match whichever table each is in.
@@ -46,13 +51,28 @@ pub(crate) enum Probe {
     /// a local peer found by its addresses (`sock_diag`): a cost that grows with
     /// our children's descriptors, not with the host's sockets.
     Pidfd,
+    /// The host's CLOSE_WAIT sockets asked of the kernel (a `sock_diag` dump
+    /// filtered by state), then matched to the children's sockets by inode: where
+    /// `pidfd_getfd` is refused.
+    Diag,
     /// The host's TCP tables (`/proc/net/tcp*`), then the children's descriptors
-    /// when some socket is in CLOSE_WAIT: where `pidfd_getfd` is refused.
+    /// when some socket is in CLOSE_WAIT: where netlink is refused too.
     Proc,
 }
 
-/// The variable that forces a probe (`pidfd` or `proc`), for tests and for
-/// hosts where the first one misbehaves.
+impl Probe {
+    /// The probe to use where this one is refused.
+    pub(crate) fn fallback(self) -> Option<Probe> {
+        match self {
+            Probe::Pidfd => Some(Probe::Diag),
+            Probe::Diag => Some(Probe::Proc),
+            Probe::Proc => None,
+        }
+    }
+}
+
+/// The variable that forces a probe (`pidfd`, `diag` or `proc`), for tests and
+/// for hosts where the first one misbehaves.
 pub(crate) const PROBE_ENV: &str = "PREFORKD_DISCONNECT_PROBE";
 
 /// The probe asked for by [`PROBE_ENV`], if any (an unknown value is `None`:
@@ -60,83 +80,330 @@ pub(crate) const PROBE_ENV: &str = "PREFORKD_DISCONNECT_PROBE";
 pub(crate) fn forced_probe() -> Option<Probe> {
     match std::env::var(PROBE_ENV).ok()?.as_str() {
         "pidfd" => Some(Probe::Pidfd),
+        "diag" => Some(Probe::Diag),
         "proc" => Some(Probe::Proc),
         _ => None,
     }
 }
 
-/// The connections of `children` whose peer is gone, looked at with `probe`;
-/// `Err` when that probe is refused here (`pidfd_getfd` unsupported or denied):
-/// the caller falls back to [`Probe::Proc`].
-pub(crate) fn gone_connections(children: &[i32], probe: Probe) -> std::io::Result<Vec<Connection>> {
-    match probe {
-        Probe::Proc => Ok(closed_connections(children)),
-        Probe::Pidfd => own_closed_connections(children),
+/// A child to look at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Child {
+    pub(crate) pid: i32,
+    /// The connection it said it is serving (its scoreboard slot, written by
+    /// `Worker::accept`): then that descriptor alone is looked at, not every
+    /// descriptor in `/proc/PID/fd`.
+    pub(crate) conn: Option<RawFd>,
+    /// That connection's client, as the child wrote it: how a reset connection
+    /// (whose peer the kernel forgets) is reported, and how a descriptor number
+    /// reused for another socket is told apart.
+    pub(crate) peer: Option<SocketAddr>,
+}
+
+impl Child {
+    /// A child that did not say which connection it serves.
+    #[cfg(test)]
+    pub(crate) fn any(pid: i32) -> Child {
+        Child {
+            pid,
+            conn: None,
+            peer: None,
+        }
     }
 }
 
-/// [`Probe::Pidfd`]: the module's rule applied to each child's own sockets.
-fn own_closed_connections(children: &[i32]) -> std::io::Result<Vec<Connection>> {
-    use std::os::fd::AsFd;
-    // The kernel's TCP_CLOSE_WAIT.
-    const CLOSE_WAIT: u8 = 8;
+/// Where our clients connect: the addresses our listening sockets are bound to.
+/// Only connections accepted there are a client's (a child's own connection to
+/// a database on this host that the database closed is none of the policy's
+/// business). Empty: every TCP connection of a child counts (a parent that holds
+/// no listener, whose children listen on their own).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Ours(Vec<SocketAddr>);
+
+impl Ours {
+    pub(crate) fn new(listening: Vec<SocketAddr>) -> Ours {
+        Ours(listening.into_iter().map(canonical).collect())
+    }
+
+    /// The TCP listeners this process holds (the children inherit them).
+    pub(crate) fn of_this_process() -> Ours {
+        use nix::sys::socket::{getsockname, SockaddrStorage};
+        Ours::new(
+            os::listening_sockets()
+                .into_iter()
+                .filter_map(|fd| socket_addr(&getsockname::<SockaddrStorage>(fd).ok()?))
+                .collect(),
+        )
+    }
+
+    /// Whether a connection whose own end is `local` was accepted by one of ours.
+    fn accepted(&self, local: SocketAddr) -> bool {
+        let local = canonical(local);
+        self.0.is_empty()
+            || self.0.iter().any(|l| {
+                l.port() == local.port() && (l.ip().is_unspecified() || l.ip() == local.ip())
+            })
+    }
+}
+
+/// The connections of `children` accepted by `ours` whose peer is gone, looked
+/// at with `probe`; `Err` when that probe is refused here (`pidfd_getfd` or
+/// netlink unsupported or denied): the caller falls back to the next one
+/// ([`Probe::fallback`]).
+pub(crate) fn gone_connections(
+    children: &[Child],
+    ours: &Ours,
+    probe: Probe,
+) -> std::io::Result<Vec<Connection>> {
     let addrs = std::cell::OnceCell::new();
     let on_this_host = |ip: IpAddr| {
         let ip = ip.to_canonical();
         ip.is_loopback() || addrs.get_or_init(host_addresses).contains(&ip)
     };
+    match probe {
+        Probe::Pidfd => own_closed_connections(children, ours, &on_this_host),
+        Probe::Diag => diag_closed_connections(children, ours, &on_this_host),
+        Probe::Proc => Ok(closed_connections(children, ours, &on_this_host)),
+    }
+}
+
+/// One look's outcome: the probe that answered, what it found, and the probes
+/// refused on the way (each with why; the caller logs them and starts from
+/// `used` next time).
+#[derive(Debug)]
+pub(crate) struct Look {
+    pub(crate) used: Probe,
+    pub(crate) found: Vec<Connection>,
+    pub(crate) refused: Vec<(Probe, std::io::Error)>,
+}
+
+/// [`gone_connections`] with `probe`, then with each fallback it is refused.
+pub(crate) fn look(children: &[Child], ours: &Ours, probe: Probe) -> Look {
+    let mut refused = Vec::new();
+    let mut used = probe;
+    loop {
+        match gone_connections(children, ours, used) {
+            Ok(found) => {
+                return Look {
+                    used,
+                    found,
+                    refused,
+                }
+            }
+            Err(e) => {
+                refused.push((used, e));
+                match used.fallback() {
+                    Some(next) => used = next,
+                    // The last probe is never refused: it reads files.
+                    None => {
+                        return Look {
+                            used,
+                            found: Vec::new(),
+                            refused,
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The kernel's TCP_CLOSE_WAIT.
+const CLOSE_WAIT: u8 = 8;
+
+fn connection(pid: i32, local: SocketAddr, remote: SocketAddr) -> Connection {
+    Connection {
+        conn: Disconnect {
+            pid: Pid(pid),
+            proto: if local.is_ipv4() {
+                Proto::Tcp
+            } else {
+                Proto::Tcp6
+            },
+            local_host: local.ip(),
+            local_port: local.port(),
+            foreign_host: remote.ip(),
+            foreign_port: remote.port(),
+        },
+        state: ConnState::CloseWait,
+    }
+}
+
+/// The descriptors of `pid` that are sockets, with their inodes (empty if the
+/// child is gone).
+fn socket_fds(pid: i32) -> Vec<(RawFd, u64)> {
+    let Ok(fds) = Process::new(pid).and_then(|p| p.fd()) else {
+        return Vec::new();
+    };
+    fds.flatten()
+        .filter_map(|fd| match fd.target {
+            FDTarget::Socket(inode) => Some((fd.fd, inode)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The socket inodes of `child` (empty if it is gone). All of them, even when
+/// it said which connection it serves: looked for only when some connection of
+/// ours is gone, and that number may name another socket by now.
+fn socket_inodes(child: &Child) -> Vec<u64> {
+    socket_fds(child.pid).into_iter().map(|(_, i)| i).collect()
+}
+
+/// What one socket of a child is, to [`Probe::Pidfd`].
+enum Seen {
+    /// Its client is gone.
+    Gone(Connection),
+    /// Still connected, or not a client's connection.
+    Fine,
+    /// Not the connection the child said (its descriptor number was reused).
+    Other,
+}
+
+/// The kernel's TCP_CLOSE: what a connection becomes when its peer resets it.
+const CLOSED: u8 = 7;
+
+/// The module's rule applied to one socket of `child` (a copy of its descriptor);
+/// `said`: the client the child recorded for it, if it did.
+fn judge(
+    pid: i32,
+    sock: std::os::fd::BorrowedFd<'_>,
+    said: Option<SocketAddr>,
+    ours: &Ours,
+    on_this_host: &dyn Fn(IpAddr) -> bool,
+) -> Seen {
+    use nix::sys::socket::{getpeername, getsockname, SockaddrStorage};
+    use std::os::fd::AsRawFd;
+    let state = os::tcp_state(sock);
+    let interesting = state == Some(CLOSE_WAIT) || state == Some(CLOSED);
+    let remote = || {
+        getpeername::<SockaddrStorage>(sock.as_raw_fd())
+            .ok()
+            .and_then(|a| socket_addr(&a))
+    };
+    if !interesting {
+        // The connection the child said, unless the number names another socket.
+        return match (said, state) {
+            (Some(p), Some(_)) if remote().map(canonical) == Some(canonical(p)) => Seen::Fine,
+            (Some(_), _) => Seen::Other,
+            (None, _) => Seen::Fine,
+        };
+    }
+    let Some(local) = getsockname::<SockaddrStorage>(sock.as_raw_fd())
+        .ok()
+        .and_then(|a| socket_addr(&a))
+    else {
+        return Seen::Fine;
+    };
+    if !ours.accepted(local) || local.port() == 0 {
+        return Seen::Other;
+    }
+    if state == Some(CLOSED) {
+        // Reset by the client (or aborted): it can receive nothing, wherever it
+        // is. The kernel has forgotten the peer; only the child's word names it.
+        return match said {
+            Some(remote) => Seen::Gone(connection(pid, local, remote)),
+            None => Seen::Fine,
+        };
+    }
+    let Some(remote) = remote() else {
+        return Seen::Fine;
+    };
+    if said.is_some_and(|p| canonical(p) != canonical(remote)) {
+        return Seen::Other;
+    }
+    if on_this_host(remote.ip()) && peer_gone(local, remote) {
+        Seen::Gone(connection(pid, local, remote))
+    } else {
+        Seen::Fine
+    }
+}
+
+/// [`Probe::Pidfd`]: the module's rule applied to each child's own sockets: the
+/// one it said it serves, or all of them (also when that one turns out to be
+/// another socket now).
+fn own_closed_connections(
+    children: &[Child],
+    ours: &Ours,
+    on_this_host: &dyn Fn(IpAddr) -> bool,
+) -> std::io::Result<Vec<Connection>> {
+    use std::os::fd::AsFd;
     let mut out = Vec::new();
-    for &pid in children {
+    for child in children {
         // A child that exited meanwhile is skipped: the pidfd names it or fails.
-        let pidfd = match os::pidfd_open(pid) {
+        let pidfd = match os::pidfd_open(child.pid) {
             Ok(fd) => fd,
             Err(e) if refused(&e) => return Err(e),
             Err(_) => continue,
         };
-        let Ok(fds) = Process::new(pid).and_then(|p| p.fd()) else {
-            continue;
-        };
-        for fd in fds.flatten() {
-            if !matches!(fd.target, FDTarget::Socket(_)) {
+        if let Some(fd) = child.conn {
+            match os::pidfd_getfd(pidfd.as_fd(), fd) {
+                Ok(sock) => match judge(child.pid, sock.as_fd(), child.peer, ours, on_this_host) {
+                    Seen::Gone(c) => {
+                        out.push(c);
+                        continue;
+                    }
+                    Seen::Fine => continue,
+                    Seen::Other => {}
+                },
+                Err(e) if refused(&e) => return Err(e),
+                // Closed since: the child may serve another connection of its own.
+                Err(_) => {}
+            }
+        }
+        for (fd, _) in socket_fds(child.pid) {
+            if Some(fd) == child.conn {
                 continue;
             }
-            let sock = match os::pidfd_getfd(pidfd.as_fd(), fd.fd) {
+            let sock = match os::pidfd_getfd(pidfd.as_fd(), fd) {
                 Ok(s) => s,
                 Err(e) if refused(&e) => return Err(e),
                 // Closed meanwhile, or the child is gone.
                 Err(_) => continue,
             };
-            if os::tcp_state(sock.as_fd()) != Some(CLOSE_WAIT) {
-                continue;
+            if let Seen::Gone(c) = judge(child.pid, sock.as_fd(), None, ours, on_this_host) {
+                out.push(c);
             }
-            use nix::sys::socket::{getpeername, getsockname, SockaddrStorage};
-            let (Ok(local), Ok(remote)) = (
-                getsockname::<SockaddrStorage>(std::os::fd::AsRawFd::as_raw_fd(&sock)),
-                getpeername::<SockaddrStorage>(std::os::fd::AsRawFd::as_raw_fd(&sock)),
-            ) else {
-                continue;
-            };
-            let (Some(local), Some(remote)) = (socket_addr(&local), socket_addr(&remote)) else {
-                continue;
-            };
-            if !on_this_host(remote.ip()) || !peer_gone(local, remote) {
-                continue;
+        }
+    }
+    Ok(out)
+}
+
+/// [`Probe::Diag`]: the host's CLOSE_WAIT sockets from the kernel, judged by the
+/// module's rule, then found among the children's sockets by inode (looked for
+/// only when some socket is gone).
+fn diag_closed_connections(
+    children: &[Child],
+    ours: &Ours,
+    on_this_host: &dyn Fn(IpAddr) -> bool,
+) -> std::io::Result<Vec<Connection>> {
+    let sockets = match os::tcp_sockets_in(1 << CLOSE_WAIT) {
+        Ok(s) => s,
+        Err(e) if diag_refused(&e) => return Err(e),
+        // Out of descriptors or memory: no verdict this time; the next look asks
+        // again.
+        Err(_) => return Ok(Vec::new()),
+    };
+    let gone: BTreeMap<u64, (SocketAddr, SocketAddr)> = sockets
+        .into_iter()
+        .filter(|s| {
+            s.state == CLOSE_WAIT
+                && s.inode != 0
+                && ours.accepted(s.local)
+                && on_this_host(s.remote.ip())
+                && peer_gone(s.local, s.remote)
+        })
+        .map(|s| (u64::from(s.inode), (s.local, s.remote)))
+        .collect();
+    if gone.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::new();
+    for child in children {
+        for inode in socket_inodes(child) {
+            if let Some((local, remote)) = gone.get(&inode) {
+                out.push(connection(child.pid, *local, *remote));
             }
-            out.push(Connection {
-                conn: Disconnect {
-                    pid: Pid(pid),
-                    proto: if local.is_ipv4() {
-                        Proto::Tcp
-                    } else {
-                        Proto::Tcp6
-                    },
-                    local_host: local.ip(),
-                    local_port: local.port(),
-                    foreign_host: remote.ip(),
-                    foreign_port: remote.port(),
-                },
-                state: ConnState::CloseWait,
-            });
         }
     }
     Ok(out)
@@ -149,6 +416,21 @@ fn refused(e: &std::io::Error) -> bool {
     matches!(
         e.raw_os_error(),
         Some(libc::ENOSYS) | Some(libc::EPERM) | Some(libc::EACCES)
+    )
+}
+
+/// Whether a `sock_diag` error means netlink cannot answer here (no such
+/// protocol or family, a seccomp filter, a request the kernel does not know),
+/// rather than a passing shortage.
+fn diag_refused(e: &std::io::Error) -> bool {
+    !matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE)
+            | Some(libc::ENFILE)
+            | Some(libc::ENOMEM)
+            | Some(libc::ENOBUFS)
+            | Some(libc::EINTR)
+            | Some(libc::EAGAIN)
     )
 }
 
@@ -188,10 +470,15 @@ fn peer_gone(local: SocketAddr, remote: SocketAddr) -> bool {
     }
 }
 
-/// The CLOSE_WAIT sockets of `children` whose peer is gone (see the module docs).
-/// Cheap when nobody hung up: the per-child descriptor scan happens only if the
-/// kernel's tables list some CLOSE_WAIT socket.
-pub(crate) fn closed_connections(children: &[i32]) -> Vec<Connection> {
+/// [`Probe::Proc`]: the CLOSE_WAIT sockets of `children` whose peer is gone (see
+/// the module docs), from the host's tables. Cheap when nobody hung up: the
+/// per-child descriptor scan happens only if the tables list some CLOSE_WAIT
+/// socket.
+fn closed_connections(
+    children: &[Child],
+    ours: &Ours,
+    on_this_host: &dyn Fn(IpAddr) -> bool,
+) -> Vec<Connection> {
     let mut tables = Vec::new();
     for (proto, path) in [
         (Proto::Tcp, "/proc/net/tcp"),
@@ -206,37 +493,16 @@ pub(crate) fn closed_connections(children: &[i32]) -> Vec<Connection> {
             parse_tcp_table(&table).into_iter().flatten().collect(),
         ));
     }
-    // This host's addresses, asked for only when some socket is in CLOSE_WAIT.
-    let addrs = std::cell::OnceCell::new();
-    let on_this_host = |ip: IpAddr| {
-        let ip = ip.to_canonical();
-        ip.is_loopback() || addrs.get_or_init(host_addresses).contains(&ip)
-    };
-    let closed = gone_sockets(&tables, &on_this_host);
+    let mut closed = gone_sockets(&tables, on_this_host);
+    closed.retain(|_, (_, e)| ours.accepted(e.local_address));
     if closed.is_empty() {
         return Vec::new();
     }
     let mut out = Vec::new();
-    for &pid in children {
-        // A child that just exited has no /proc entry: nothing to report for it.
-        let Ok(fds) = Process::new(pid).and_then(|p| p.fd()) else {
-            continue;
-        };
-        for fd in fds.flatten() {
-            if let FDTarget::Socket(inode) = fd.target {
-                if let Some((proto, e)) = closed.get(&inode) {
-                    out.push(Connection {
-                        conn: Disconnect {
-                            pid: Pid(pid),
-                            proto: *proto,
-                            local_host: e.local_address.ip(),
-                            local_port: e.local_address.port(),
-                            foreign_host: e.remote_address.ip(),
-                            foreign_port: e.remote_address.port(),
-                        },
-                        state: ConnState::CloseWait,
-                    });
-                }
+    for child in children {
+        for inode in socket_inodes(child) {
+            if let Some((_, e)) = closed.get(&inode) {
+                out.push(connection(child.pid, e.local_address, e.remote_address));
             }
         }
     }
@@ -377,10 +643,11 @@ mod tests {
         assert!(judged(&[line(ours, client, ESTABLISHED, 17)]).is_empty());
     }
 
-    const PROBES: [Probe; 2] = [Probe::Pidfd, Probe::Proc];
+    const PROBES: [Probe; 3] = [Probe::Pidfd, Probe::Diag, Probe::Proc];
 
     fn gone(me: i32, probe: Probe) -> Vec<Connection> {
-        gone_connections(&[me], probe).expect("pidfd_getfd works on this host")
+        gone_connections(&[Child::any(me)], &Ours::default(), probe)
+            .expect("pidfd_getfd and sock_diag work on this host")
     }
 
     #[test]
@@ -411,7 +678,7 @@ mod tests {
     }
 
     #[test]
-    fn an_ipv6_peer_that_hung_up_is_found_by_the_pidfd_probe() {
+    fn an_ipv6_peer_that_hung_up_is_found_by_each_probe() {
         let Ok(l) = TcpListener::bind("[::1]:0") else {
             panic!("::1 is not configured on this host");
         };
@@ -421,13 +688,141 @@ mod tests {
         drop(client);
         let mut buf = [0u8; 1];
         assert_eq!(server.read(&mut buf).unwrap(), 0);
-        let found = gone(me, Probe::Pidfd);
-        let c = found
+        for probe in PROBES {
+            let found = gone(me, probe);
+            let c = found
+                .iter()
+                .find(|c| c.conn.foreign_port == peer.port())
+                .unwrap_or_else(|| panic!("{probe:?}: the hung-up connection is listed"));
+            assert_eq!(c.conn.proto, Proto::Tcp6);
+            assert_eq!(c.conn.foreign_host, peer.ip());
+            assert_eq!(c.conn.local_port, l.local_addr().unwrap().port());
+        }
+    }
+
+    /// A hung-up connection of this process: the listener, our end (read to
+    /// EOF: in CLOSE_WAIT) and the client's address.
+    fn hung_up() -> (TcpListener, TcpStream, SocketAddr) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (mut server, peer) = l.accept().unwrap();
+        drop(client);
+        let mut buf = [0u8; 1];
+        assert_eq!(server.read(&mut buf).unwrap(), 0);
+        (l, server, peer)
+    }
+
+    #[test]
+    fn only_connections_accepted_on_our_listeners_count() {
+        let (l, _server, peer) = hung_up();
+        let me = [Child::any(std::process::id() as i32)];
+        let here = l.local_addr().unwrap();
+        let elsewhere = SocketAddr::from(([127, 0, 0, 1], here.port().wrapping_add(1).max(1)));
+        let wildcard = SocketAddr::from(([0, 0, 0, 0], here.port()));
+        let other_ip = SocketAddr::from(([127, 0, 0, 2], here.port()));
+        for probe in PROBES {
+            let listed = |listening: Vec<SocketAddr>| {
+                gone_connections(&me, &Ours::new(listening), probe)
+                    .unwrap()
+                    .iter()
+                    .any(|c| c.conn.foreign_port == peer.port())
+            };
+            assert!(listed(vec![here]), "{probe:?}: on our listener");
+            assert!(listed(vec![elsewhere, wildcard]), "{probe:?}: on 0.0.0.0");
+            assert!(
+                !listed(vec![elsewhere]),
+                "{probe:?}: another port's connection taken for a client's"
+            );
+            assert!(
+                !listed(vec![other_ip]),
+                "{probe:?}: another address's connection taken for a client's"
+            );
+        }
+    }
+
+    #[test]
+    fn a_child_that_said_its_connection_is_looked_at_there() {
+        use std::os::fd::AsRawFd;
+        let (l, server, peer) = hung_up();
+        // Another connection of ours, still up, on a lower or higher descriptor.
+        let up = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (up_server, up_peer) = l.accept().unwrap();
+        let me = std::process::id() as i32;
+        let ours = Ours::new(vec![l.local_addr().unwrap()]);
+        let said = |fd, peer| Child {
+            pid: me,
+            conn: Some(fd),
+            peer: Some(peer),
+        };
+        let found = |child| {
+            own_closed_connections(&[child], &ours, &|ip: IpAddr| ip.is_loopback()).unwrap()
+        };
+        // Its connection, hung up: found there.
+        let f = found(said(server.as_raw_fd(), peer));
+        assert_eq!(f.len(), 1);
+        assert_eq!(f[0].conn.foreign_port, peer.port());
+        // Its connection is up: the other sockets are not looked at.
+        assert!(found(said(up_server.as_raw_fd(), up_peer)).is_empty());
+        // The number names another client's socket now: every socket is looked at.
+        let f = found(said(up_server.as_raw_fd(), peer));
+        assert_eq!(f.len(), 1);
+        assert_eq!(f[0].conn.foreign_port, peer.port());
+        // Closed since: the same.
+        let f = found(said(9999, up_peer));
+        assert_eq!(f.len(), 1);
+        drop((up, up_server));
+    }
+
+    #[test]
+    fn a_reset_connection_is_found_where_the_child_named_its_client() {
+        use std::os::fd::AsRawFd;
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (mut server, peer) = l.accept().unwrap();
+        // SO_LINGER 0: the close sends a reset.
+        nix::sys::socket::setsockopt(
+            &client,
+            nix::sys::socket::sockopt::Linger,
+            &libc::linger {
+                l_onoff: 1,
+                l_linger: 0,
+            },
+        )
+        .unwrap();
+        drop(client);
+        let mut buf = [0u8; 1];
+        assert!(server.read(&mut buf).is_err(), "the reset arrived");
+        let me = std::process::id() as i32;
+        let ours = Ours::new(vec![l.local_addr().unwrap()]);
+        let here = |ip: IpAddr| ip.is_loopback();
+        let said = Child {
+            pid: me,
+            conn: Some(server.as_raw_fd()),
+            peer: Some(peer),
+        };
+        let f = own_closed_connections(&[said], &ours, &here).unwrap();
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert_eq!(f[0].conn.foreign_port, peer.port());
+        assert_eq!(f[0].conn.local_port, l.local_addr().unwrap().port());
+        // The kernel forgot the peer: a child that did not say is not reported.
+        let f = own_closed_connections(&[Child::any(me)], &ours, &here).unwrap();
+        assert!(f.iter().all(|c| c.conn.foreign_port != peer.port()));
+    }
+
+    #[test]
+    fn the_kernel_lists_the_close_wait_sockets_alone() {
+        let (_l, server, peer) = hung_up();
+        let up = TcpListener::bind("127.0.0.1:0").unwrap();
+        let _a = TcpStream::connect(up.local_addr().unwrap()).unwrap();
+        let all = os::tcp_sockets_in(1 << CLOSE_WAIT).unwrap();
+        assert!(all.iter().all(|s| s.state == CLOSE_WAIT), "{all:?}");
+        let ours = all
             .iter()
-            .find(|c| c.conn.foreign_port == peer.port())
-            .expect("the hung-up connection is listed");
-        assert_eq!(c.conn.proto, Proto::Tcp6);
-        assert_eq!(c.conn.foreign_host, peer.ip());
+            .find(|s| s.remote == peer)
+            .expect("our CLOSE_WAIT socket is listed");
+        assert_eq!(ours.local, server.local_addr().unwrap());
+        assert_ne!(ours.inode, 0);
+        assert!(all.iter().all(|s| s.local != up.local_addr().unwrap()));
     }
 
     #[test]
@@ -478,7 +873,8 @@ mod tests {
         gone_child.wait().unwrap();
         let me = std::process::id() as i32;
         for probe in PROBES {
-            let found = gone_connections(&[gone_pid, me, gone_pid], probe).unwrap();
+            let children = [Child::any(gone_pid), Child::any(me), Child::any(gone_pid)];
+            let found = gone_connections(&children, &Ours::default(), probe).unwrap();
             assert!(
                 found.iter().all(|c| c.conn.pid == Pid(me)),
                 "{probe:?}: {found:?}"

@@ -380,8 +380,8 @@ impl<T: 'static> Parent<T> {
                 },
                 recv(timer) -> _ => self.tick(),
                 recv(looks) -> found => {
-                    if let Ok((probe, verdict)) = found {
-                        self.on_look(probe, verdict);
+                    if let Ok(look) = found {
+                        self.on_look(look);
                     }
                 },
             }
@@ -399,28 +399,14 @@ impl<T: 'static> Parent<T> {
         }
     }
 
-    /// A look for client disconnects is back (see [`super::scanner`]). A probe
-    /// refused here is replaced for the next look, which the machine asks for at
-    /// its next check.
-    fn on_look(
-        &mut self,
-        probe: super::netstat::Probe,
-        verdict: std::io::Result<Vec<crate::Connection>>,
-    ) {
+    /// A look for client disconnects is back (see [`super::scanner`]): its
+    /// verdict goes to the machine, and the probe that answered is the one used
+    /// from now on.
+    fn on_look(&mut self, look: super::netstat::Look) {
         if let Some(s) = self.sys.scanner.as_mut() {
             s.busy = false;
         }
-        if verdict.is_err() {
-            self.sys.disconnect_probe = Some(super::netstat::Probe::Proc);
-        }
-        let Ok(conns) = verdict else {
-            let e = verdict.err().map(|e| e.to_string()).unwrap_or_default();
-            slog::warn!(
-                self.sys.logger,
-                "client disconnects: the {probe:?} probe is refused here ({e}): reading the host's TCP tables from the next look"
-            );
-            return;
-        };
+        let conns = self.sys.looked(look);
         let now = self.sys.clock.now();
         self.machine.handle(now, Event::Netstat(&conns));
     }

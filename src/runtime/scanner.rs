@@ -1,22 +1,20 @@
 //! Looking for clients that hung up, off the parent's main thread: the loop hands
-//! the busy children's pids to a thread of the parent and goes on; the verdict
+//! the busy children (and the connection each said it serves) to a thread of the parent and goes on; the verdict
 //! comes back on a channel, and the loop gives it to the machine as its
 //! `Event::Netstat`. One look at a time: a check asked while one is under way is
 //! skipped (the machine asks again at its next check).
 
-use super::netstat::{self, Probe};
+use super::netstat::{self, Child, Ours, Probe};
 use super::os;
 use super::signals::PARENT_SIGNALS;
-use crate::Connection;
 use crossbeam_channel::{unbounded, Receiver, Sender};
 
-/// What a look found, with the probe it used; `Err` when that probe is refused
-/// here (the parent falls back to [`Probe::Proc`]).
-pub(super) type Found = (Probe, std::io::Result<Vec<Connection>>);
+/// What a look found (see [`netstat::Look`]).
+pub(super) type Found = netstat::Look;
 
 /// The thread, and the channels to it and back.
 pub(super) struct Scanner {
-    ask: Sender<(Vec<i32>, Probe)>,
+    ask: Sender<(Vec<Child>, Probe)>,
     /// Where the verdicts arrive (the parent's loop waits on it too).
     pub(super) found: Receiver<Found>,
     /// A look is under way.
@@ -27,15 +25,16 @@ impl Scanner {
     /// Starts the thread, with the parent's signals blocked in it (they are the
     /// main thread's business, and must stay pending across a re-exec).
     pub(super) fn start() -> std::io::Result<Scanner> {
-        let (ask, asked) = unbounded::<(Vec<i32>, Probe)>();
+        let (ask, asked) = unbounded::<(Vec<Child>, Probe)>();
         let (tell, found) = unbounded();
         os::hold_signals(&PARENT_SIGNALS)?;
         let started = std::thread::Builder::new()
             .name("preforkd-disconnects".into())
             .spawn(move || {
-                for (pids, probe) in asked {
-                    let verdict = netstat::gone_connections(&pids, probe);
-                    if tell.send((probe, verdict)).is_err() {
+                // The listeners are made before the first look and kept.
+                let ours = Ours::of_this_process();
+                for (children, probe) in asked {
+                    if tell.send(netstat::look(&children, &ours, probe)).is_err() {
                         return;
                     }
                 }
@@ -50,13 +49,13 @@ impl Scanner {
         })
     }
 
-    /// Asks for a look at `pids` with `probe`, unless one is under way. Returns
-    /// whether it was asked.
-    pub(super) fn ask(&mut self, pids: Vec<i32>, probe: Probe) -> bool {
+    /// Asks for a look at `children` with `probe`, unless one is under way.
+    /// Returns whether it was asked.
+    pub(super) fn ask(&mut self, children: Vec<Child>, probe: Probe) -> bool {
         if self.busy {
             return false;
         }
-        self.busy = self.ask.send((pids, probe)).is_ok();
+        self.busy = self.ask.send((children, probe)).is_ok();
         self.busy
     }
 }

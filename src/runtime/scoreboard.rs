@@ -22,7 +22,13 @@
 //! 1 starting, 2 idle, 3 busy, 4 retiring), retired alone `u8` at 5 (1: the parent
 //! retires this child by itself, its TERM is no shutdown), generation `u64` at 8, requests `u64`
 //! at 16, current request start `u64` at 24 and last heartbeat `u64` at 32, both in
-//! nanoseconds of `CLOCK_MONOTONIC`.
+//! nanoseconds of `CLOCK_MONOTONIC`, then the connection it accepted last
+//! ([`Worker::accept`] sets it, and the parent looks there for a client that hung
+//! up): its descriptor plus one `i32` at 40 (0: none known), its client's port
+//! plus 4 or 6 (the address family) times 65536 `u32` at 44, and the client's
+//! address, 16 bytes in network order at 48 (IPv4 in the first four).
+//!
+//! [`Worker::accept`]: crate::Worker::accept
 //!
 //! A scoreboard file is created or reused only under an exclusive `flock(2)`,
 //! taken without blocking and held by the parent for its whole life: a second
@@ -40,6 +46,7 @@ use nix::sys::stat::Mode;
 use nix::time::{clock_gettime, ClockId};
 use std::fs::File;
 use std::io;
+use std::net::SocketAddr;
 use std::os::fd::RawFd;
 use std::path::Path;
 use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, AtomicU8, Ordering};
@@ -87,6 +94,14 @@ pub(crate) struct Slot {
     requests: AtomicU64,
     request_start: AtomicU64,
     heartbeat: AtomicU64,
+    /// The descriptor of the connection the child accepted last, plus one (0:
+    /// none known): where the parent looks for a client that hung up.
+    conn: AtomicI32,
+    /// That connection's client: its port, and 4 or 6 (the family) times 2^16;
+    /// 0: none known.
+    peer_port: AtomicU32,
+    /// The client's address (IPv4 in the first four bytes), in network order.
+    peer_ip: [AtomicU64; 2],
 }
 
 const _: () = assert!(std::mem::size_of::<Header>() == RECORD);
@@ -205,7 +220,49 @@ impl Board {
         s.requests.store(0, Ordering::Relaxed);
         s.request_start.store(0, Ordering::Relaxed);
         s.heartbeat.store(coarse_now_ns(), Ordering::Relaxed);
+        s.conn.store(0, Ordering::Relaxed);
+        s.peer_port.store(0, Ordering::Relaxed);
         s.state.store(STARTING, Ordering::Release);
+    }
+
+    /// Parent: whether the child in `slot` is busy (`None`: not), and then the
+    /// connection it accepted last, if it said: its descriptor, and its client's
+    /// address when that was read whole (not while the child was writing the
+    /// next one).
+    pub(crate) fn busy_with(&self, slot: usize) -> Option<Option<(RawFd, Option<SocketAddr>)>> {
+        let s = self.slots.get(slot)?;
+        if s.state.load(Ordering::Acquire) != BUSY {
+            return None;
+        }
+        Some(Self::conn_in(s))
+    }
+
+    fn conn_in(s: &Slot) -> Option<(RawFd, Option<SocketAddr>)> {
+        let before = s.conn.load(Ordering::Acquire);
+        if before <= 0 {
+            return None;
+        }
+        let port = s.peer_port.load(Ordering::Relaxed);
+        let ip = [
+            s.peer_ip[0].load(Ordering::Relaxed).to_ne_bytes(),
+            s.peer_ip[1].load(Ordering::Relaxed).to_ne_bytes(),
+        ];
+        // The child clears `conn` before it writes a new client, and sets it
+        // after: the same value on both sides means the client read is its.
+        std::sync::atomic::fence(Ordering::Acquire);
+        let whole = s.conn.load(Ordering::Relaxed) == before;
+        let mut octets = [0u8; 16];
+        octets[..8].copy_from_slice(&ip[0]);
+        octets[8..].copy_from_slice(&ip[1]);
+        let peer = match (whole, port >> 16) {
+            (true, 4) => Some(SocketAddr::from((
+                [octets[0], octets[1], octets[2], octets[3]],
+                port as u16,
+            ))),
+            (true, 6) => Some(SocketAddr::from((octets, port as u16))),
+            _ => None,
+        };
+        Some((before - 1, peer))
     }
 
     /// Parent, after the fork (the child writes the same pid).
@@ -471,6 +528,33 @@ impl WorkerSlot {
         }
     }
 
+    /// Child: the connection it just accepted (see [`Board::conn_of`]).
+    pub(crate) fn set_conn(&self, fd: RawFd, peer: SocketAddr) {
+        let s = self.slot;
+        s.conn.store(0, Ordering::Relaxed);
+        let (family, octets) = match peer.ip() {
+            std::net::IpAddr::V4(v4) => {
+                let mut o = [0u8; 16];
+                o[..4].copy_from_slice(&v4.octets());
+                (4u32, o)
+            }
+            std::net::IpAddr::V6(v6) => (6u32, v6.octets()),
+        };
+        let (a, b) = octets.split_at(8);
+        s.peer_port
+            .store(family << 16 | u32::from(peer.port()), Ordering::Relaxed);
+        s.peer_ip[0].store(
+            u64::from_ne_bytes(a.try_into().unwrap_or_default()),
+            Ordering::Relaxed,
+        );
+        s.peer_ip[1].store(
+            u64::from_ne_bytes(b.try_into().unwrap_or_default()),
+            Ordering::Relaxed,
+        );
+        // Published last (see `Board::conn_of`).
+        s.conn.store(fd.saturating_add(1), Ordering::Release);
+    }
+
     /// Busy → idle, one more request served.
     pub(crate) fn end(&self) {
         let n = self.slot.requests.load(Ordering::Relaxed);
@@ -617,4 +701,56 @@ pub fn parse_scoreboard(data: &[u8]) -> io::Result<Vec<SlotInfo>> {
             }
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_busy_childs_connection_is_read_back_at_its_documented_place() {
+        let dir = std::env::temp_dir().join(format!("preforkd-sb-conn-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("board");
+        let (board, _file) = Board::create(Some(&path), 2, -1).unwrap();
+        board.prepare(1, 1);
+        let me = board.worker_slot(1);
+        me.claim(4242);
+        me.ready();
+        assert_eq!(board.busy_with(1), None, "idle: not looked at");
+        me.begin();
+        assert_eq!(board.busy_with(1), Some(None), "busy, no connection said");
+        let v4 = SocketAddr::from(([127, 0, 0, 9], 40001));
+        me.set_conn(7, v4);
+        assert_eq!(board.busy_with(1), Some(Some((7, Some(v4)))));
+        // The documented layout: slot 1 at 128; descriptor + 1 at 40, port and
+        // family at 44, address at 48.
+        let bytes = std::fs::read(&path).unwrap();
+        let at = |o: usize, n: usize| bytes[128 + o..128 + o + n].to_vec();
+        assert_eq!(at(40, 4), 8i32.to_ne_bytes());
+        assert_eq!(at(44, 4), (4u32 << 16 | 40001).to_ne_bytes());
+        assert_eq!(at(48, 4), [127, 0, 0, 9]);
+        let v6: SocketAddr = "[2001:db8::5]:443".parse().unwrap();
+        me.set_conn(12, v6);
+        assert_eq!(board.busy_with(1), Some(Some((12, Some(v6)))));
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(
+            bytes[128 + 48..128 + 64],
+            "2001:db8::5"
+                .parse::<std::net::Ipv6Addr>()
+                .unwrap()
+                .octets()
+        );
+        me.end();
+        assert_eq!(board.busy_with(1), None);
+        // A new child in the slot starts with no connection.
+        board.prepare(1, 2);
+        let next = board.worker_slot(1);
+        next.claim(4243);
+        next.ready();
+        next.begin();
+        assert_eq!(board.busy_with(1), Some(None));
+        assert_eq!(board.busy_with(5), None, "no such slot");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

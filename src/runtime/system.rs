@@ -5,6 +5,7 @@
 use super::clock::Clock;
 use super::credentials::Credentials;
 use super::error::BoxError;
+use super::netstat::Child;
 use super::prefork::{Logs, Prefork};
 use super::scoreboard::Board;
 use super::signals::to_os_signal;
@@ -193,7 +194,23 @@ impl<T: 'static> Effects for System<T> {
     }
 
     fn connections(&mut self, children: &[Pid]) -> Option<Vec<Connection>> {
-        let pids: Vec<i32> = children.iter().map(|p| p.0).collect();
+        // Only a busy child has a job to cancel; one that said which connection
+        // it serves is looked at there alone.
+        let children: Vec<Child> = children
+            .iter()
+            .filter_map(|&Pid(pid)| {
+                let slot = self.board.slot_of(pid)?;
+                let conn = self.board.busy_with(slot)?;
+                Some(Child {
+                    pid,
+                    conn: conn.map(|c| c.0),
+                    peer: conn.and_then(|c| c.1),
+                })
+            })
+            .collect();
+        if children.is_empty() {
+            return Some(Vec::new());
+        }
         let probe = match self.disconnect_probe {
             Some(p) => p,
             None => {
@@ -216,15 +233,20 @@ impl<T: 'static> Effects for System<T> {
                         self.logger,
                         "client disconnects: cannot start the looking thread ({e}): looking on the main thread"
                     );
-                    let verdict = netstat::gone_connections(&pids, probe);
-                    return Some(self.found(probe, verdict, &pids));
                 }
             }
         }
-        if let Some(s) = self.scanner.as_mut() {
-            s.ask(pids, probe);
+        match self.scanner.as_mut() {
+            Some(s) => {
+                s.ask(children, probe);
+                None
+            }
+            None => {
+                let ours = netstat::Ours::of_this_process();
+                let look = netstat::look(&children, &ours, probe);
+                Some(self.looked(look))
+            }
         }
-        None
     }
 
     fn notify(&mut self, n: Notify) {
@@ -256,24 +278,17 @@ impl<T: 'static> Effects for System<T> {
 }
 
 impl<T: 'static> System<T> {
-    /// A look's verdict (`probe` used): the connections, or, where that probe is
-    /// refused, a look at the host's tables instead, and from now on.
-    pub(super) fn found(
-        &mut self,
-        probe: netstat::Probe,
-        verdict: std::io::Result<Vec<Connection>>,
-        pids: &[i32],
-    ) -> Vec<Connection> {
-        match verdict {
-            Ok(c) => c,
-            Err(e) => {
-                slog::warn!(
-                    self.logger,
-                    "client disconnects: the {probe:?} probe is refused here ({e}): reading the host's TCP tables instead"
-                );
-                self.disconnect_probe = Some(netstat::Probe::Proc);
-                netstat::closed_connections(pids)
-            }
+    /// A look's verdict: the connections; a probe refused on the way is logged
+    /// once, and the one that answered is used from now on.
+    pub(super) fn looked(&mut self, look: netstat::Look) -> Vec<Connection> {
+        for (probe, e) in &look.refused {
+            slog::warn!(
+                self.logger,
+                "client disconnects: the {probe:?} probe is refused here ({e}): the {:?} probe from now on",
+                look.used
+            );
         }
+        self.disconnect_probe = Some(look.used);
+        look.found
     }
 }

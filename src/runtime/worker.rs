@@ -281,6 +281,10 @@ impl Worker {
     /// The listener is put in non-blocking mode (shared by every child) and watched
     /// with `EPOLLEXCLUSIVE`, so a new connection wakes one waiting child rather than
     /// all of them. A signal wakes the wait at once, whenever it arrives.
+    ///
+    /// The accepted connection's descriptor is written in this child's
+    /// scoreboard slot, so the parent can tell whether its client hung up by
+    /// looking at that one socket (see [`crate::Prefork::on_client_disconnect`]).
     pub fn accept(&self, listener: &TcpListener) -> Option<(TcpStream, SocketAddr)> {
         let mut guard = self.poller.lock().unwrap_or_else(|e| e.into_inner());
         if guard.as_ref().map(|p| p.listener) != Some(listener.as_raw_fd()) {
@@ -330,7 +334,7 @@ impl Worker {
                 }
                 loop {
                     match listener.accept() {
-                        Ok(conn) => return Some(conn),
+                        Ok(conn) => return Some(self.noted(conn)),
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                         // Nothing queued any more (or the client gave up): done.
                         Err(_) => return None,
@@ -339,7 +343,7 @@ impl Worker {
             }
             match listener.accept() {
                 // Linux: an accepted socket is blocking, whatever the listener's mode.
-                Ok(conn) => return Some(conn),
+                Ok(conn) => return Some(self.noted(conn)),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     // EINTR, a connection or a signal's poke: look again.
                     let n = poller
@@ -352,7 +356,7 @@ impl Worker {
                         // it even if a stop arrived with it (one more request), or it
                         // waits until the next connection wakes another child.
                         if let Ok(conn) = listener.accept() {
-                            return Some(conn);
+                            return Some(self.noted(conn));
                         }
                     }
                 }
@@ -368,6 +372,13 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// `conn`, its descriptor written in this child's slot: where the parent
+    /// looks for a client that hung up (no scan of the child's descriptors).
+    fn noted(&self, conn: (TcpStream, SocketAddr)) -> (TcpStream, SocketAddr) {
+        self.slot.set_conn(conn.0.as_raw_fd(), conn.1);
+        conn
     }
 
     /// Waits until `conn` has something to read (a kept-alive connection's next

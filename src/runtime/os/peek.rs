@@ -108,16 +108,20 @@ fn words(ip: IpAddr) -> [u32; 4] {
     }
 }
 
-/// The TCP socket of this host bound to `local` and connected to `remote`, asked
-/// of the kernel by exactly those addresses: its state and inode (0: no process
-/// holds it any more), or `None` if there is no such socket. Both addresses of one
-/// family (an IPv4-mapped address counts as IPv6, as the kernel files it).
-pub(crate) fn tcp_socket(local: SocketAddr, remote: SocketAddr) -> io::Result<Option<(u8, u32)>> {
-    let family = match (local, remote) {
-        (SocketAddr::V4(_), SocketAddr::V4(_)) => libc::AF_INET,
-        (SocketAddr::V6(_), SocketAddr::V6(_)) => libc::AF_INET6,
-        _ => return Err(io::Error::from(io::ErrorKind::InvalidInput)),
-    };
+/// One TCP socket of this host as `sock_diag` describes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct DiagSocket {
+    /// The kernel's `TCP_*` state.
+    pub(crate) state: u8,
+    pub(crate) local: SocketAddr,
+    pub(crate) remote: SocketAddr,
+    /// 0: no process holds it any more.
+    pub(crate) inode: u32,
+}
+
+/// A `sock_diag` netlink socket with `req` sent on it (`dump`: every socket that
+/// matches the request's states, rather than the one its addresses name).
+fn diag_ask(req: DiagReq, dump: bool) -> io::Result<OwnedFd> {
     // SAFETY: socket() returns a new descriptor or -1.
     let raw = unsafe {
         libc::socket(
@@ -136,15 +140,178 @@ pub(crate) fn tcp_socket(local: SocketAddr, remote: SocketAddr) -> io::Result<Op
         header: libc::nlmsghdr,
         req: DiagReq,
     }
+    let flags = libc::NLM_F_REQUEST | if dump { libc::NLM_F_DUMP } else { 0 };
     let request = Request {
         header: libc::nlmsghdr {
             nlmsg_len: std::mem::size_of::<Request>() as u32,
             nlmsg_type: SOCK_DIAG_BY_FAMILY,
-            nlmsg_flags: libc::NLM_F_REQUEST as u16,
+            nlmsg_flags: flags as u16,
             nlmsg_seq: 1,
             nlmsg_pid: 0,
         },
-        req: DiagReq {
+        req,
+    };
+    // SAFETY: `request` is a plain repr(C) value, readable for its size; send()
+    // reads exactly that many bytes.
+    let sent = unsafe {
+        libc::send(
+            sock.as_raw_fd(),
+            std::ptr::from_ref(&request).cast(),
+            std::mem::size_of::<Request>(),
+            0,
+        )
+    };
+    if sent < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(sock)
+}
+
+/// What one netlink message of an answer says.
+enum Said {
+    Socket(DiagMsg),
+    /// NLMSG_DONE, or an error message with code 0 / ENOENT (none such).
+    Done,
+    Failed(io::Error),
+    /// Another message type: skipped.
+    Other,
+}
+
+/// The messages in the first `n` bytes of `buf`, in order.
+fn messages(buf: &[u64], n: usize) -> Vec<Said> {
+    let header_len = std::mem::size_of::<libc::nlmsghdr>();
+    let base = buf.as_ptr().cast::<u8>();
+    let mut out = Vec::new();
+    let mut at = 0usize;
+    while at + header_len <= n {
+        // SAFETY: a whole header is within the `n` bytes received (checked); any
+        // bytes are a valid `nlmsghdr` (plain integers).
+        let header: libc::nlmsghdr = unsafe { std::ptr::read_unaligned(base.add(at).cast()) };
+        let len = header.nlmsg_len as usize;
+        if len < header_len || at + len > n {
+            out.push(Said::Failed(io::Error::from(io::ErrorKind::InvalidData)));
+            break;
+        }
+        let body = at + header_len;
+        let said = match header.nlmsg_type {
+            t if t == libc::NLMSG_DONE as u16 => Said::Done,
+            t if t == libc::NLMSG_ERROR as u16 => {
+                if body + std::mem::size_of::<i32>() > at + len {
+                    Said::Failed(io::Error::from(io::ErrorKind::UnexpectedEof))
+                } else {
+                    // SAFETY: the error code (an i32) is within this message
+                    // (checked).
+                    let code: i32 = unsafe { std::ptr::read_unaligned(base.add(body).cast()) };
+                    match -code {
+                        0 | libc::ENOENT => Said::Done,
+                        e => Said::Failed(io::Error::from_raw_os_error(e)),
+                    }
+                }
+            }
+            SOCK_DIAG_BY_FAMILY if body + std::mem::size_of::<DiagMsg>() <= at + len => {
+                // SAFETY: a whole `inet_diag_msg` is within this message (checked);
+                // any bytes are a valid one (plain integers).
+                Said::Socket(unsafe { std::ptr::read_unaligned(base.add(body).cast()) })
+            }
+            _ => Said::Other,
+        };
+        out.push(said);
+        // Messages are 4-aligned (NLMSG_ALIGN).
+        at += (len + 3) & !3;
+    }
+    out
+}
+
+/// Receives into `buf`: the byte count.
+fn diag_recv(sock: &OwnedFd, buf: &mut [u64]) -> io::Result<usize> {
+    // SAFETY: `buf` is writable for its size in bytes, which recv() is told.
+    let n = unsafe {
+        libc::recv(
+            sock.as_raw_fd(),
+            buf.as_mut_ptr().cast(),
+            std::mem::size_of_val(buf),
+            0,
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
+fn addr(family: u8, ip: [u32; 4], port: u16) -> SocketAddr {
+    let port = u16::from_be(port);
+    if i32::from(family) == libc::AF_INET {
+        SocketAddr::from((ip[0].to_ne_bytes(), port))
+    } else {
+        let mut o = [0u8; 16];
+        for (i, w) in ip.iter().enumerate() {
+            o[4 * i..4 * i + 4].copy_from_slice(&w.to_ne_bytes());
+        }
+        SocketAddr::from((o, port))
+    }
+}
+
+/// The TCP sockets of this host (IPv4 and IPv6) in one of `states` (a bit per
+/// `TCP_*` state), asked of the kernel, which filters them: the cost grows with
+/// the sockets in those states, not with all the host's.
+pub(crate) fn tcp_sockets_in(states: u32) -> io::Result<Vec<DiagSocket>> {
+    let mut out = Vec::new();
+    for family in [libc::AF_INET, libc::AF_INET6] {
+        let sock = diag_ask(
+            DiagReq {
+                family: family as u8,
+                protocol: libc::IPPROTO_TCP as u8,
+                ext: 0,
+                pad: 0,
+                states,
+                id: SockId {
+                    sport: 0,
+                    dport: 0,
+                    src: [0; 4],
+                    dst: [0; 4],
+                    interface: 0,
+                    cookie: [!0, !0],
+                },
+            },
+            true,
+        )?;
+        let mut buf = vec![0u64; 4096];
+        'answer: loop {
+            let n = diag_recv(&sock, &mut buf)?;
+            if n == 0 {
+                break;
+            }
+            for said in messages(&buf, n) {
+                match said {
+                    Said::Socket(m) => out.push(DiagSocket {
+                        state: m.state,
+                        local: addr(m.family, m.id.src, m.id.sport),
+                        remote: addr(m.family, m.id.dst, m.id.dport),
+                        inode: m.inode,
+                    }),
+                    Said::Done => break 'answer,
+                    Said::Failed(e) => return Err(e),
+                    Said::Other => {}
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The TCP socket of this host bound to `local` and connected to `remote`, asked
+/// of the kernel by exactly those addresses: its state and inode (0: no process
+/// holds it any more), or `None` if there is no such socket. Both addresses of one
+/// family (an IPv4-mapped address counts as IPv6, as the kernel files it).
+pub(crate) fn tcp_socket(local: SocketAddr, remote: SocketAddr) -> io::Result<Option<(u8, u32)>> {
+    let family = match (local, remote) {
+        (SocketAddr::V4(_), SocketAddr::V4(_)) => libc::AF_INET,
+        (SocketAddr::V6(_), SocketAddr::V6(_)) => libc::AF_INET6,
+        _ => return Err(io::Error::from(io::ErrorKind::InvalidInput)),
+    };
+    let sock = diag_ask(
+        DiagReq {
             family: family as u8,
             protocol: libc::IPPROTO_TCP as u8,
             ext: 0,
@@ -160,62 +327,15 @@ pub(crate) fn tcp_socket(local: SocketAddr, remote: SocketAddr) -> io::Result<Op
                 cookie: [!0, !0],
             },
         },
-    };
-    // SAFETY: `request` is a plain repr(C) value, readable for its size; send()
-    // reads exactly that many bytes.
-    let sent = unsafe {
-        libc::send(
-            sock.as_raw_fd(),
-            std::ptr::from_ref(&request).cast(),
-            std::mem::size_of::<Request>(),
-            0,
-        )
-    };
-    if sent < 0 {
-        return Err(io::Error::last_os_error());
-    }
+        false,
+    )?;
     // One answer: the socket, or an error message (ENOENT: there is none).
     let mut buf = [0u64; 128];
-    // SAFETY: `buf` is writable for its size in bytes, which recv() is told.
-    let n = unsafe {
-        libc::recv(
-            sock.as_raw_fd(),
-            buf.as_mut_ptr().cast(),
-            std::mem::size_of_val(&buf),
-            0,
-        )
-    };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
+    let n = diag_recv(&sock, &mut buf)?;
+    match messages(&buf, n).into_iter().next() {
+        Some(Said::Socket(m)) => Ok(Some((m.state, m.inode))),
+        Some(Said::Done) => Ok(None),
+        Some(Said::Failed(e)) => Err(e),
+        Some(Said::Other) | None => Err(io::Error::from(io::ErrorKind::InvalidData)),
     }
-    let n = n as usize;
-    let header_len = std::mem::size_of::<libc::nlmsghdr>();
-    if n < header_len {
-        return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
-    }
-    // SAFETY: `buf` holds at least a header's bytes (checked), is 8-aligned, and
-    // any bytes are a valid `nlmsghdr` (plain integers).
-    let header: libc::nlmsghdr = unsafe { std::ptr::read(buf.as_ptr().cast()) };
-    let body = header_len;
-    if header.nlmsg_type == libc::NLMSG_ERROR as u16 {
-        if n < body + std::mem::size_of::<i32>() {
-            return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
-        }
-        // SAFETY: the error code (an i32) is within the bytes received (checked),
-        // at a 4-aligned offset of an 8-aligned buffer.
-        let code: i32 = unsafe { std::ptr::read(buf.as_ptr().cast::<u8>().add(body).cast()) };
-        return match -code {
-            libc::ENOENT => Ok(None),
-            0 => Ok(None),
-            e => Err(io::Error::from_raw_os_error(e)),
-        };
-    }
-    if header.nlmsg_type != SOCK_DIAG_BY_FAMILY || n < body + std::mem::size_of::<DiagMsg>() {
-        return Err(io::Error::from(io::ErrorKind::InvalidData));
-    }
-    // SAFETY: a whole `inet_diag_msg` is within the bytes received (checked), at a
-    // 4-aligned offset; any bytes are a valid one (plain integers).
-    let msg: DiagMsg =
-        unsafe { std::ptr::read_unaligned(buf.as_ptr().cast::<u8>().add(body).cast()) };
-    Ok(Some((msg.state, msg.inode)))
 }
