@@ -183,15 +183,19 @@ impl<T: 'static> Prefork<T> {
         self
     }
 
-    /// Runs in the parent for each client that hung up on a child, once per
+    /// Runs in the parent for each client that hung up on a busy child, once per
     /// connection however long it lingers. Hung up means the client can no longer
-    /// receive: the child's socket is in CLOSE_WAIT and the client's own socket,
-    /// on this host, is closed too; a client that only half-closed
-    /// (`shutdown(SHUT_WR)`) and still reads is not reported. A client on another
-    /// host shows only its FIN, which cannot be told from a half-close, so it is
-    /// not reported (a job is never cancelled for a client still waiting). TCP over
-    /// IPv4 and IPv6; connections are looked at every `disconnect_check_every` while
-    /// some child is busy (an idle pool is never scanned).
+    /// receive: it reset the connection, or the child's socket is in CLOSE_WAIT
+    /// and the client's own socket, on this host, is closed too; a client that
+    /// only half-closed (`shutdown(SHUT_WR)`) and still reads is not reported. A
+    /// client on another host shows only its FIN, which cannot be told from a
+    /// half-close, so it is not reported (a job is never cancelled for a client
+    /// still waiting). Only connections accepted on the parent's listeners count;
+    /// TCP over IPv4 and IPv6 (Unix-domain sockets are not looked at). The look
+    /// runs on a thread of the parent every `disconnect_check_every` while some
+    /// child is busy (an idle pool is never looked at); a child that accepts with
+    /// [`Worker::accept`](crate::Worker::accept) has the one connection it serves
+    /// looked at. See `docs/disconnects.md`.
     pub fn on_client_disconnect(mut self, f: impl FnMut(&Disconnect) + 'static) -> Self {
         self.on_client_disconnect = Some(Box::new(f));
         self
