@@ -339,3 +339,44 @@ pub(crate) fn tcp_socket(local: SocketAddr, remote: SocketAddr) -> io::Result<Op
         Some(Said::Other) | None => Err(io::Error::from(io::ErrorKind::InvalidData)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A netlink answer that lies about its lengths ends the reading with an
+    /// error; it never loops or reads past what was received.
+    #[test]
+    fn a_malformed_answer_is_an_error_not_a_panic() {
+        let header = std::mem::size_of::<libc::nlmsghdr>();
+        for (len, n) in [(0u32, 64usize), (8, 64), (4096, 64), (16, 15), (20, 64)] {
+            let mut buf = [0u64; 16];
+            // nlmsg_len first, then the type: SOCK_DIAG_BY_FAMILY, too short for
+            // a whole message.
+            buf[0] = u64::from(len) | u64::from(SOCK_DIAG_BY_FAMILY) << 32;
+            let said = messages(&buf, n);
+            assert!(said.len() <= n / header + 1, "{len} {n}");
+            if len < header as u32 || len as usize > n {
+                assert!(matches!(said.last(), Some(Said::Failed(_)) | None));
+            }
+        }
+        // Nothing received: nothing said.
+        assert!(messages(&[0u64; 4], 0).is_empty());
+    }
+
+    #[test]
+    fn a_dump_lists_an_established_pair_both_ways() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (s, _) = l.accept().unwrap();
+        // 1 << 1: ESTABLISHED.
+        let all = tcp_sockets_in(1 << 1).unwrap();
+        let ends = |local, remote| {
+            all.iter()
+                .any(|d| d.local == local && d.remote == remote && d.state == 1)
+        };
+        assert!(ends(c.local_addr().unwrap(), s.local_addr().unwrap()));
+        assert!(ends(s.local_addr().unwrap(), c.local_addr().unwrap()));
+        assert!(all.iter().all(|d| d.state == 1));
+    }
+}
