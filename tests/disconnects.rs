@@ -180,3 +180,79 @@ fn a_client_that_stays_is_never_reported_and_gets_its_answer() {
         );
     }
 }
+
+/// The socket inodes process `pid` holds.
+fn socket_inodes(pid: i32) -> std::collections::BTreeSet<u64> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| {
+                    let t = std::fs::read_link(e.path()).ok()?;
+                    t.to_str()?
+                        .strip_prefix("socket:[")?
+                        .strip_suffix(']')?
+                        .parse()
+                        .ok()
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The parent copies a busy child's connection (`pidfd_getfd`) to look at it,
+/// on a thread of its own, while the main thread forks: a child forked then
+/// must not inherit the copy, or the connection outlives the child serving it
+/// and its client never sees the end of the answer.
+#[test]
+fn no_child_inherits_a_connection_the_parent_is_looking_at() {
+    const BUSY: usize = 60;
+    let d = Demo::start(&[
+        "--prefork",
+        "60",
+        "--max-children",
+        "150",
+        "--disconnect-every-ms",
+        "50",
+    ]);
+    assert!(wait_for(Duration::from_secs(10), || d.children().len() == BUSY));
+    let old = d.children();
+    let before: Vec<_> = old.iter().map(|&c| socket_inodes(c)).collect();
+    let clients: Vec<TcpStream> = (0..BUSY).map(|_| sleeper(d.addr, 30_000)).collect();
+    // Each child's new socket is its client's connection.
+    let new_sockets = || -> Vec<Vec<u64>> {
+        old.iter()
+            .zip(&before)
+            .map(|(&c, b)| socket_inodes(c).difference(b).copied().collect())
+            .collect()
+    };
+    assert!(
+        wait_for(Duration::from_secs(10), || new_sockets()
+            .iter()
+            .all(|n| n.len() == 1)),
+        "not every child busy with one connection: {:?}",
+        new_sockets()
+    );
+    let connections: std::collections::BTreeSet<u64> =
+        new_sockets().into_iter().flatten().collect();
+    assert_eq!(connections.len(), BUSY);
+    // Each HUP forks a new pool while the old children stay busy (and looked at).
+    let mut leaked = Vec::new();
+    for _ in 0..12 {
+        d.signal(1);
+        std::thread::sleep(Duration::from_millis(250));
+        for c in d.children().into_iter().filter(|c| !old.contains(c)) {
+            let held: Vec<u64> = socket_inodes(c)
+                .intersection(&connections)
+                .copied()
+                .collect();
+            if !held.is_empty() {
+                leaked.push((c, held));
+            }
+        }
+    }
+    assert!(
+        leaked.is_empty(),
+        "new children hold busy children's connections: {leaked:?}"
+    );
+    drop(clients);
+}

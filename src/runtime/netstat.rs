@@ -321,52 +321,65 @@ fn judge(
 
 /// [`Probe::Pidfd`]: the module's rule applied to each child's own sockets: the
 /// one it said it serves, or all of them (also when that one turns out to be
-/// another socket now).
+/// another socket now). Each child is looked at with no fork under way
+/// ([`os::without_forks`]): a child forked while a copy of a connection is open
+/// here would hold that connection open for good.
 fn own_closed_connections(
     children: &[Child],
     ours: &Ours,
     on_this_host: &dyn Fn(IpAddr) -> bool,
 ) -> std::io::Result<Vec<Connection>> {
-    use std::os::fd::AsFd;
     let mut out = Vec::new();
     for child in children {
-        // A child that exited meanwhile is skipped: the pidfd names it or fails.
-        let pidfd = match os::pidfd_open(child.pid) {
-            Ok(fd) => fd,
-            Err(e) if refused(&e) => return Err(e),
-            Err(_) => continue,
-        };
-        if let Some(fd) = child.conn {
-            match os::pidfd_getfd(pidfd.as_fd(), fd) {
-                Ok(sock) => match judge(child.pid, sock.as_fd(), child.peer, ours, on_this_host) {
-                    Seen::Gone(c) => {
-                        out.push(c);
-                        continue;
-                    }
-                    Seen::Fine => continue,
-                    Seen::Other => {}
-                },
-                Err(e) if refused(&e) => return Err(e),
-                // Closed since: the child may serve another connection of its own.
-                Err(_) => {}
-            }
-        }
-        for (fd, _) in socket_fds(child.pid) {
-            if Some(fd) == child.conn {
-                continue;
-            }
-            let sock = match os::pidfd_getfd(pidfd.as_fd(), fd) {
-                Ok(s) => s,
-                Err(e) if refused(&e) => return Err(e),
-                // Closed meanwhile, or the child is gone.
-                Err(_) => continue,
-            };
-            if let Seen::Gone(c) = judge(child.pid, sock.as_fd(), None, ours, on_this_host) {
-                out.push(c);
-            }
-        }
+        os::without_forks(|| look_at_child(child, ours, on_this_host, &mut out))?;
     }
     Ok(out)
+}
+
+/// One child, for [`own_closed_connections`]: what it finds gone goes to `out`.
+fn look_at_child(
+    child: &Child,
+    ours: &Ours,
+    on_this_host: &dyn Fn(IpAddr) -> bool,
+    out: &mut Vec<Connection>,
+) -> std::io::Result<()> {
+    use std::os::fd::AsFd;
+    // A child that exited meanwhile is skipped: the pidfd names it or fails.
+    let pidfd = match os::pidfd_open(child.pid) {
+        Ok(fd) => fd,
+        Err(e) if refused(&e) => return Err(e),
+        Err(_) => return Ok(()),
+    };
+    if let Some(fd) = child.conn {
+        match os::pidfd_getfd(pidfd.as_fd(), fd) {
+            Ok(sock) => match judge(child.pid, sock.as_fd(), child.peer, ours, on_this_host) {
+                Seen::Gone(c) => {
+                    out.push(c);
+                    return Ok(());
+                }
+                Seen::Fine => return Ok(()),
+                Seen::Other => {}
+            },
+            Err(e) if refused(&e) => return Err(e),
+            // Closed since: the child may serve another connection of its own.
+            Err(_) => {}
+        }
+    }
+    for (fd, _) in socket_fds(child.pid) {
+        if Some(fd) == child.conn {
+            continue;
+        }
+        let sock = match os::pidfd_getfd(pidfd.as_fd(), fd) {
+            Ok(s) => s,
+            Err(e) if refused(&e) => return Err(e),
+            // Closed meanwhile, or the child is gone.
+            Err(_) => continue,
+        };
+        if let Seen::Gone(c) = judge(child.pid, sock.as_fd(), None, ours, on_this_host) {
+            out.push(c);
+        }
+    }
+    Ok(())
 }
 
 /// [`Probe::Diag`]: the host's CLOSE_WAIT sockets from the kernel, judged by the

@@ -33,7 +33,7 @@ pub(crate) use exec::{
 };
 pub(crate) use fds::{adopt_socket, borrow_fd, close_inherited, NotAdopted};
 pub(crate) use peek::{pidfd_getfd, pidfd_open, tcp_socket, tcp_sockets_in, tcp_state};
-pub(crate) use process::{exit_now, fork_child, fork_for_daemon, Side};
+pub(crate) use process::{exit_now, fork_child, fork_for_daemon, without_forks, Side};
 pub(crate) use shared_memory::{map_board, shared_flag};
 pub(crate) use signal_handlers::{
     ignore_sigpipe, install_worker_handlers, watch_stops, SignalGate, REOPEN_REQUESTED,

@@ -6,6 +6,20 @@ use nix::sys::signal::{self, SaFlags, SigAction, SigHandler, SigSet, SigmaskHow}
 use nix::unistd::{self, ForkResult, Pid};
 use std::ffi::c_int;
 
+/// Held by a thread of the parent while it holds descriptors that must not
+/// reach a child (a copy of a child's connection, taken to look at it), and by
+/// [`fork_child`] around the fork: a child forked while such a copy is open
+/// would keep that connection open after the child serving it closed it, and
+/// its client would wait for the end of the answer forever.
+static NOT_FOR_CHILDREN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Runs `f` with no [`fork_child`] under way, none starting before it returns.
+/// Keep `f` short: the parent's loop waits for it to fork.
+pub(crate) fn without_forks<R>(f: impl FnOnce() -> R) -> R {
+    let _held = NOT_FOR_CHILDREN.lock().unwrap_or_else(|e| e.into_inner());
+    f()
+}
+
 /// Forks. In the child, runs `child` with every handled signal reset to its
 /// default and every signal still blocked (the child unblocks them by handing the
 /// gate to [`install_worker_handlers`](super::install_worker_handlers)), then
@@ -16,6 +30,8 @@ pub(crate) fn fork_child(
     reset: &[c_int],
     child: impl FnOnce(SignalGate) -> i32,
 ) -> nix::Result<Pid> {
+    // No copy of a child's connection open in this process while it forks.
+    let _no_copies = NOT_FOR_CHILDREN.lock().unwrap_or_else(|e| e.into_inner());
     let all = SigSet::all();
     let mut old = SigSet::empty();
     // Block everything so no handler of the parent runs in the child between the
@@ -24,8 +40,10 @@ pub(crate) fn fork_child(
     signal::pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&all), Some(&mut old))?;
     // SAFETY: the child only resets signal dispositions (async-signal-safe), then
     // runs code that takes no lock another parent thread could hold: the parent's
-    // other threads only wait on a pipe and on signals, and hold no lock while they
-    // wait; the allocator is fork-safe (glibc's atfork handlers).
+    // other threads wait on pipes and signals holding no lock, or look at
+    // connections (netstat) taking none the child uses (`NOT_FOR_CHILDREN`,
+    // held here, is never touched in the child); the allocator is fork-safe
+    // (glibc's atfork handlers).
     let r = unsafe { unistd::fork() };
     match r {
         Ok(ForkResult::Child) => {
@@ -103,6 +121,39 @@ mod tests {
 
     fn exit_of(pid: Pid) -> WaitStatus {
         waitpid(pid, None).expect("waitpid")
+    }
+
+    #[test]
+    fn a_fork_waits_until_no_copy_meant_for_the_parent_alone_is_open() {
+        use std::os::fd::AsRawFd;
+        let (copy_open, go) = std::sync::mpsc::channel();
+        let (fd_tx, fd_rx) = std::sync::mpsc::channel();
+        let holder = std::thread::spawn(move || {
+            without_forks(|| {
+                let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                fd_tx.send(l.as_raw_fd()).unwrap();
+                copy_open.send(()).unwrap();
+                // The fork below starts meanwhile: it must wait.
+                std::thread::sleep(std::time::Duration::from_millis(200));
+                drop(l);
+            })
+        });
+        let fd = fd_rx.recv().unwrap();
+        go.recv().unwrap();
+        // The child only asks whether that descriptor is open (async-signal-safe).
+        let pid = fork_child(&[], move |_| {
+            // SAFETY: fcntl F_GETFD on any number only reads its flags or fails;
+            // `_exit` ends the child without the stdio locks another test's
+            // thread may have held at the fork.
+            unsafe { libc::_exit(i32::from(libc::fcntl(fd, libc::F_GETFD) != -1)) }
+        })
+        .expect("fork");
+        assert_eq!(
+            exit_of(pid),
+            WaitStatus::Exited(pid, 0),
+            "the child inherited the copy"
+        );
+        holder.join().unwrap();
     }
 
     #[test]
