@@ -124,6 +124,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::disallowed_methods)] // a thread that holds a copy for a while
     fn a_fork_waits_until_no_copy_meant_for_the_parent_alone_is_open() {
         use std::os::fd::AsRawFd;
         let (copy_open, go) = std::sync::mpsc::channel();
