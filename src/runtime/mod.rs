@@ -95,6 +95,7 @@ pub fn disconnect_scan(
             pid,
             conn: conn.map(|c| c.0),
             peer: conn.map(|c| c.1),
+            requests: 0,
         })
         .collect();
     let ours = netstat::Ours::new(listening.to_vec());

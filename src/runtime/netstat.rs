@@ -33,7 +33,6 @@ use super::os;
 use crate::policy::{Disconnect, Proto};
 use crate::{ConnState, Connection, Pid};
 use procfs::net::{TcpNetEntry, TcpState};
-use procfs::process::{FDTarget, Process};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::RawFd;
@@ -98,6 +97,9 @@ pub(crate) struct Child {
     /// (whose peer the kernel forgets) is reported, and how a descriptor number
     /// reused for another socket is told apart.
     pub(crate) peer: Option<SocketAddr>,
+    /// Its requests served when the look was asked for: a verdict for it counts
+    /// only while it is still on that request.
+    pub(crate) requests: u64,
 }
 
 impl Child {
@@ -108,41 +110,58 @@ impl Child {
             pid,
             conn: None,
             peer: None,
+            requests: 0,
         }
     }
 }
 
-/// Where our clients connect: the addresses our listening sockets are bound to.
-/// Only connections accepted there are a client's (a child's own connection to
-/// a database on this host that the database closed is none of the policy's
-/// business). Empty: every TCP connection of a child counts (a parent that holds
-/// no listener, whose children listen on their own).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct Ours(Vec<SocketAddr>);
+/// Where our clients connect. Only connections accepted on our listeners are a
+/// client's: a child's own connection to a database on this host that the
+/// database closed is none of the policy's business.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Ours {
+    /// The TCP addresses the parent's listening sockets are bound to (empty if
+    /// it listens on Unix-domain sockets only: then no TCP connection is a
+    /// client's).
+    Listening(Vec<SocketAddr>),
+    /// The parent holds no listening socket, or they could not be listed: only
+    /// the connection a child said it serves (`Worker::accept`) counts.
+    Unknown,
+    /// Every TCP connection counts (tests of the rule).
+    #[cfg_attr(not(test), allow(dead_code))]
+    Any,
+}
 
 impl Ours {
     pub(crate) fn new(listening: Vec<SocketAddr>) -> Ours {
-        Ours(listening.into_iter().map(canonical).collect())
+        Ours::Listening(listening.into_iter().map(canonical).collect())
     }
 
-    /// The TCP listeners this process holds (the children inherit them).
+    /// The listeners this process holds (the children inherit them).
     pub(crate) fn of_this_process() -> Ours {
         use nix::sys::socket::{getsockname, SockaddrStorage};
+        let fds = os::listening_sockets();
+        if fds.is_empty() {
+            return Ours::Unknown;
+        }
         Ours::new(
-            os::listening_sockets()
-                .into_iter()
+            fds.into_iter()
                 .filter_map(|fd| socket_addr(&getsockname::<SockaddrStorage>(fd).ok()?))
                 .collect(),
         )
     }
 
-    /// Whether a connection whose own end is `local` was accepted by one of ours.
-    fn accepted(&self, local: SocketAddr) -> bool {
+    /// Whether a connection whose own end is `local` is a client's; `said`: it
+    /// is the connection the child said it serves.
+    fn accepted(&self, local: SocketAddr, said: bool) -> bool {
         let local = canonical(local);
-        self.0.is_empty()
-            || self.0.iter().any(|l| {
+        match self {
+            Ours::Any => true,
+            Ours::Unknown => said,
+            Ours::Listening(l) => l.iter().any(|l| {
                 l.port() == local.port() && (l.ip().is_unspecified() || l.ip() == local.ip())
-            })
+            }),
+        }
     }
 }
 
@@ -175,19 +194,39 @@ pub(crate) struct Look {
     pub(crate) used: Probe,
     pub(crate) found: Vec<Connection>,
     pub(crate) refused: Vec<(Probe, std::io::Error)>,
+    /// The children looked at, as they were when the look was asked for.
+    pub(crate) children: Vec<Child>,
+    /// A child whose descriptors could not be read (see [`UNREADABLE`]).
+    pub(crate) unreadable: Option<(i32, String)>,
+}
+
+impl Look {
+    /// A look that found nothing (it could not be made).
+    pub(crate) fn empty(children: Vec<Child>, probe: Probe) -> Look {
+        Look {
+            used: probe,
+            found: Vec::new(),
+            refused: Vec::new(),
+            children,
+            unreadable: None,
+        }
+    }
 }
 
 /// [`gone_connections`] with `probe`, then with each fallback it is refused.
-pub(crate) fn look(children: &[Child], ours: &Ours, probe: Probe) -> Look {
+pub(crate) fn look(children: Vec<Child>, ours: &Ours, probe: Probe) -> Look {
     let mut refused = Vec::new();
     let mut used = probe;
+    let unreadable = || UNREADABLE.lock().unwrap_or_else(|e| e.into_inner()).take();
     loop {
-        match gone_connections(children, ours, used) {
+        match gone_connections(&children, ours, used) {
             Ok(found) => {
                 return Look {
                     used,
                     found,
                     refused,
+                    children,
+                    unreadable: unreadable(),
                 }
             }
             Err(e) => {
@@ -200,6 +239,8 @@ pub(crate) fn look(children: &[Child], ours: &Ours, probe: Probe) -> Look {
                             used,
                             found: Vec::new(),
                             refused,
+                            children,
+                            unreadable: unreadable(),
                         }
                     }
                 }
@@ -229,59 +270,98 @@ fn connection(pid: i32, local: SocketAddr, remote: SocketAddr) -> Connection {
     }
 }
 
-/// The descriptors of `pid` that are sockets, with their inodes (empty if the
-/// child is gone).
-fn socket_fds(pid: i32) -> Vec<(RawFd, u64)> {
-    let Ok(fds) = Process::new(pid).and_then(|p| p.fd()) else {
-        return Vec::new();
-    };
-    fds.flatten()
-        .filter_map(|fd| match fd.target {
-            FDTarget::Socket(inode) => Some((fd.fd, inode)),
-            _ => None,
-        })
-        .collect()
-}
+/// A child whose descriptors could not be read for lack of permission since the
+/// last [`look`] (its pid and why): its clients' hang-ups go unseen, which the
+/// parent says.
+static UNREADABLE: std::sync::Mutex<Option<(i32, String)>> = std::sync::Mutex::new(None);
 
-/// The socket inodes of `child` (empty if it is gone). All of them, even when
-/// it said which connection it serves: looked for only when some connection of
-/// ours is gone, and that number may name another socket by now.
-fn socket_inodes(child: &Child) -> Vec<u64> {
-    socket_fds(child.pid).into_iter().map(|(_, i)| i).collect()
+/// The descriptors of `pid` that are sockets, with their inodes (empty if the
+/// child is gone, or they cannot be read: see [`UNREADABLE`]).
+fn socket_fds(pid: i32) -> Vec<(RawFd, u64)> {
+    use std::io::ErrorKind::PermissionDenied;
+    let denied = |e: std::io::Error| {
+        let why = format!("/proc/{pid}/fd: {e}");
+        *UNREADABLE.lock().unwrap_or_else(|e| e.into_inner()) = Some((pid, why));
+    };
+    let dir = format!("/proc/{pid}/fd");
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(d) => d,
+        Err(e) if e.kind() == PermissionDenied => {
+            denied(e);
+            return Vec::new();
+        }
+        // Gone.
+        Err(_) => return Vec::new(),
+    };
+    let mut out = Vec::new();
+    for entry in entries.flatten() {
+        let Some(fd) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+            continue;
+        };
+        match std::fs::read_link(entry.path()) {
+            Ok(target) => {
+                let inode = target
+                    .to_str()
+                    .and_then(|t| t.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok());
+                if let Some(inode) = inode {
+                    out.push((fd, inode));
+                }
+            }
+            // The directory lists, but each link is the child's (another user's,
+            // not dumpable) to show.
+            Err(e) if e.kind() == PermissionDenied => {
+                denied(e);
+                break;
+            }
+            // Closed meanwhile.
+            Err(_) => {}
+        }
+    }
+    out
 }
 
 /// What one socket of a child is, to [`Probe::Pidfd`].
 enum Seen {
-    /// Its client is gone.
-    Gone(Connection),
+    /// It may be gone: the rule decides once the copy is closed (it may read
+    /// the host's tables, which must not hold up a fork).
+    Check(Candidate),
     /// Still connected, or not a client's connection.
     Fine,
     /// Not the connection the child said (its descriptor number was reused).
     Other,
 }
 
-/// The kernel's TCP_CLOSE: what a connection becomes when its peer resets it.
+/// A connection of ours that may be gone, and why.
+#[derive(Debug, Clone, Copy)]
+struct Candidate {
+    pid: i32,
+    local: SocketAddr,
+    remote: SocketAddr,
+    /// Closed (a reset, or an orderly end) rather than in CLOSE_WAIT.
+    closed: bool,
+}
+
+/// The kernel's TCP_CLOSE: what a connection becomes when its peer resets it,
+/// and also once both sides have closed in order.
 const CLOSED: u8 = 7;
 
-/// The module's rule applied to one socket of `child` (a copy of its descriptor);
-/// `said`: the client the child recorded for it, if it did.
+/// One socket of a child (a copy of its descriptor); `said`: the client the
+/// child recorded for it, if it did.
 fn judge(
     pid: i32,
     sock: std::os::fd::BorrowedFd<'_>,
     said: Option<SocketAddr>,
     ours: &Ours,
-    on_this_host: &dyn Fn(IpAddr) -> bool,
 ) -> Seen {
     use nix::sys::socket::{getpeername, getsockname, SockaddrStorage};
     use std::os::fd::AsRawFd;
     let state = os::tcp_state(sock);
-    let interesting = state == Some(CLOSE_WAIT) || state == Some(CLOSED);
     let remote = || {
         getpeername::<SockaddrStorage>(sock.as_raw_fd())
             .ok()
             .and_then(|a| socket_addr(&a))
     };
-    if !interesting {
+    if state != Some(CLOSE_WAIT) && state != Some(CLOSED) {
         // The connection the child said, unless the number names another socket.
         return match (said, state) {
             (Some(p), Some(_)) if remote().map(canonical) == Some(canonical(p)) => Seen::Fine,
@@ -295,54 +375,83 @@ fn judge(
     else {
         return Seen::Fine;
     };
-    if !ours.accepted(local) || local.port() == 0 {
+    if local.port() == 0 {
         return Seen::Other;
     }
     if state == Some(CLOSED) {
-        // Reset by the client (or aborted): it can receive nothing, wherever it
-        // is. The kernel has forgotten the peer; only the child's word names it.
+        // The kernel has forgotten the peer; only the child's word names it (it
+        // cannot be checked against the socket: a reused number naming another
+        // closed connection is told apart by the listener's address).
         return match said {
-            Some(remote) => Seen::Gone(connection(pid, local, remote)),
+            Some(remote) if ours.accepted(local, true) => Seen::Check(Candidate {
+                pid,
+                local,
+                remote,
+                closed: true,
+            }),
+            Some(_) => Seen::Other,
             None => Seen::Fine,
         };
     }
     let Some(remote) = remote() else {
         return Seen::Fine;
     };
-    if said.is_some_and(|p| canonical(p) != canonical(remote)) {
-        return Seen::Other;
+    let is_said = match said {
+        Some(p) if canonical(p) != canonical(remote) => return Seen::Other,
+        Some(_) => true,
+        None => false,
+    };
+    if !ours.accepted(local, is_said) {
+        return if is_said { Seen::Other } else { Seen::Fine };
     }
-    if on_this_host(remote.ip()) && peer_gone(local, remote) {
-        Seen::Gone(connection(pid, local, remote))
+    Seen::Check(Candidate {
+        pid,
+        local,
+        remote,
+        closed: false,
+    })
+}
+
+/// The rule, for a candidate found by [`judge`].
+fn verdict(c: &Candidate, on_this_host: &dyn Fn(IpAddr) -> bool) -> Option<Connection> {
+    let gone = if c.closed {
+        // A reset leaves nothing of the connection on either side; an orderly
+        // end leaves a TIME_WAIT behind on the side that closed first: ours
+        // (the child shut down its side, then the client closed), or the
+        // client's when it is on this host (it half-closed, the child answered
+        // and shut down). A client elsewhere that half-closed first cannot be
+        // told from a reset (docs/disconnects.md).
+        find_socket(c.local, c.remote).is_none()
+            && !(on_this_host(c.remote.ip()) && find_socket(c.remote, c.local).is_some())
     } else {
-        Seen::Fine
-    }
+        on_this_host(c.remote.ip()) && peer_gone(c.local, c.remote)
+    };
+    gone.then(|| connection(c.pid, c.local, c.remote))
 }
 
 /// [`Probe::Pidfd`]: the module's rule applied to each child's own sockets: the
 /// one it said it serves, or all of them (also when that one turns out to be
-/// another socket now). Each child is looked at with no fork under way
-/// ([`os::without_forks`]): a child forked while a copy of a connection is open
-/// here would hold that connection open for good.
+/// another socket now). Each child's sockets are copied and looked at with no
+/// fork under way ([`os::without_forks`]): a child forked while a copy of a
+/// connection is open here would hold that connection open for good. The rule
+/// is applied after, with the copies closed.
 fn own_closed_connections(
     children: &[Child],
     ours: &Ours,
     on_this_host: &dyn Fn(IpAddr) -> bool,
 ) -> std::io::Result<Vec<Connection>> {
-    let mut out = Vec::new();
+    let mut candidates = Vec::new();
     for child in children {
-        os::without_forks(|| look_at_child(child, ours, on_this_host, &mut out))?;
+        os::without_forks(|| look_at_child(child, ours, &mut candidates))?;
     }
-    Ok(out)
+    Ok(candidates
+        .iter()
+        .filter_map(|c| verdict(c, on_this_host))
+        .collect())
 }
 
-/// One child, for [`own_closed_connections`]: what it finds gone goes to `out`.
-fn look_at_child(
-    child: &Child,
-    ours: &Ours,
-    on_this_host: &dyn Fn(IpAddr) -> bool,
-    out: &mut Vec<Connection>,
-) -> std::io::Result<()> {
+/// One child, for [`own_closed_connections`]: what may be gone goes to `out`.
+fn look_at_child(child: &Child, ours: &Ours, out: &mut Vec<Candidate>) -> std::io::Result<()> {
     use std::os::fd::AsFd;
     // A child that exited meanwhile is skipped: the pidfd names it or fails.
     let pidfd = match os::pidfd_open(child.pid) {
@@ -350,15 +459,17 @@ fn look_at_child(
         Err(e) if refused(&e) => return Err(e),
         Err(_) => return Ok(()),
     };
+    let mut other = None;
     if let Some(fd) = child.conn {
         match os::pidfd_getfd(pidfd.as_fd(), fd) {
-            Ok(sock) => match judge(child.pid, sock.as_fd(), child.peer, ours, on_this_host) {
-                Seen::Gone(c) => {
+            Ok(sock) => match judge(child.pid, sock.as_fd(), child.peer, ours) {
+                Seen::Check(c) => {
                     out.push(c);
                     return Ok(());
                 }
                 Seen::Fine => return Ok(()),
-                Seen::Other => {}
+                // Another socket now: looked at below like any other.
+                Seen::Other => other = Some(fd),
             },
             Err(e) if refused(&e) => return Err(e),
             // Closed since: the child may serve another connection of its own.
@@ -366,7 +477,7 @@ fn look_at_child(
         }
     }
     for (fd, _) in socket_fds(child.pid) {
-        if Some(fd) == child.conn {
+        if Some(fd) == child.conn && other.is_none() {
             continue;
         }
         let sock = match os::pidfd_getfd(pidfd.as_fd(), fd) {
@@ -375,7 +486,7 @@ fn look_at_child(
             // Closed meanwhile, or the child is gone.
             Err(_) => continue,
         };
-        if let Seen::Gone(c) = judge(child.pid, sock.as_fd(), None, ours, on_this_host) {
+        if let Seen::Check(c) = judge(child.pid, sock.as_fd(), None, ours) {
             out.push(c);
         }
     }
@@ -402,24 +513,35 @@ fn diag_closed_connections(
         .filter(|s| {
             s.state == CLOSE_WAIT
                 && s.inode != 0
-                && ours.accepted(s.local)
                 && on_this_host(s.remote.ip())
                 && peer_gone(s.local, s.remote)
         })
         .map(|s| (u64::from(s.inode), (s.local, s.remote)))
         .collect();
-    if gone.is_empty() {
-        return Ok(Vec::new());
-    }
+    Ok(held_by_children(children, ours, &gone))
+}
+
+/// The connections in `gone` (by inode: our end, the client) that a child
+/// holds and that are a client's ([`Ours`]).
+fn held_by_children(
+    children: &[Child],
+    ours: &Ours,
+    gone: &BTreeMap<u64, (SocketAddr, SocketAddr)>,
+) -> Vec<Connection> {
     let mut out = Vec::new();
+    if gone.is_empty() {
+        return out;
+    }
     for child in children {
-        for inode in socket_inodes(child) {
+        for (fd, inode) in socket_fds(child.pid) {
             if let Some((local, remote)) = gone.get(&inode) {
-                out.push(connection(child.pid, *local, *remote));
+                if ours.accepted(*local, Some(fd) == child.conn) {
+                    out.push(connection(child.pid, *local, *remote));
+                }
             }
         }
     }
-    Ok(out)
+    out
 }
 
 /// Whether a `pidfd_*` error means the call is not available here (an old
@@ -436,15 +558,17 @@ fn refused(e: &std::io::Error) -> bool {
 /// protocol or family, a seccomp filter, a request the kernel does not know),
 /// rather than a passing shortage.
 fn diag_refused(e: &std::io::Error) -> bool {
-    !matches!(
-        e.raw_os_error(),
-        Some(libc::EMFILE)
-            | Some(libc::ENFILE)
-            | Some(libc::ENOMEM)
-            | Some(libc::ENOBUFS)
-            | Some(libc::EINTR)
-            | Some(libc::EAGAIN)
-    )
+    // An answer that does not parse (no OS error) is a passing oddity too.
+    e.raw_os_error().is_some()
+        && !matches!(
+            e.raw_os_error(),
+            Some(libc::EMFILE)
+                | Some(libc::ENFILE)
+                | Some(libc::ENOMEM)
+                | Some(libc::ENOBUFS)
+                | Some(libc::EINTR)
+                | Some(libc::EAGAIN)
+        )
 }
 
 fn socket_addr(a: &nix::sys::socket::SockaddrStorage) -> Option<SocketAddr> {
@@ -456,31 +580,57 @@ fn socket_addr(a: &nix::sys::socket::SockaddrStorage) -> Option<SocketAddr> {
 }
 
 /// The module's rule for a connection of ours (`local`) in CLOSE_WAIT whose peer
-/// (`remote`) is on this host: gone unless the peer's own socket is still held by
-/// a process (a half-close). Asked of the kernel for that one socket; if it cannot
-/// be asked, the host's tables say.
+/// (`remote`) is on this host: gone only if the peer's own socket is there and no
+/// process holds it any more (orphaned: the client closed it or died; it stays
+/// so for `tcp_fin_timeout`). A peer socket still held is a half-close; one not
+/// found at all proves nothing (the client's addresses may differ from what we
+/// see, behind a REDIRECT or NAT): not gone.
 fn peer_gone(local: SocketAddr, remote: SocketAddr) -> bool {
-    match os::tcp_socket(remote, local) {
-        // Gone already, or orphaned (no process holds it): the client closed.
-        Ok(None) => true,
-        Ok(Some((_, inode))) => inode == 0,
-        Err(_) => {
-            let held = [
-                ("/proc/net/tcp", remote.is_ipv4()),
-                ("/proc/net/tcp6", remote.is_ipv6()),
-            ]
-            .into_iter()
-            .filter(|(_, fits)| *fits)
-            .filter_map(|(path, _)| std::fs::read(path).ok())
-            .flat_map(|t| parse_tcp_table(&t).unwrap_or_default())
-            .any(|e| {
-                e.inode != 0
-                    && canonical(e.local_address) == canonical(remote)
-                    && canonical(e.remote_address) == canonical(local)
-            });
-            !held
+    find_socket(remote, local).is_some_and(|(_, inode)| inode == 0)
+}
+
+/// The TCP socket of this host bound to `local` and connected to `remote`: its
+/// state and inode, asked of the kernel (`sock_diag`) where that is known to
+/// answer, else found in the host's tables.
+fn find_socket(local: SocketAddr, remote: SocketAddr) -> Option<(u8, u64)> {
+    if diag_answers() {
+        if let Ok(found) = os::tcp_socket(local, remote) {
+            return found.map(|(state, inode)| (state, u64::from(inode)));
         }
     }
+    [
+        ("/proc/net/tcp", remote.is_ipv4()),
+        ("/proc/net/tcp6", true),
+    ]
+    .into_iter()
+    .filter(|(_, fits)| *fits)
+    .filter_map(|(path, _)| std::fs::read(path).ok())
+    .flat_map(|t| parse_tcp_table(&t).unwrap_or_default())
+    .find(|e| {
+        e.state != TcpState::Listen
+            && canonical(e.local_address) == canonical(local)
+            && canonical(e.remote_address) == canonical(remote)
+    })
+    .map(|e| (e.state.to_u8(), e.inode))
+}
+
+/// Whether this kernel answers exact `sock_diag` lookups: asked once, of a
+/// connection made for the purpose (a kernel without the TCP diag handler says
+/// "no such socket" of every socket, which must not be read as "closed").
+fn diag_answers() -> bool {
+    static ANSWERS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ANSWERS.get_or_init(|| {
+        let Ok(l) = std::net::TcpListener::bind("127.0.0.1:0") else {
+            return false;
+        };
+        let Ok(c) = l.local_addr().and_then(std::net::TcpStream::connect) else {
+            return false;
+        };
+        let (Ok(local), Ok(remote)) = (c.local_addr(), c.peer_addr()) else {
+            return false;
+        };
+        matches!(os::tcp_socket(local, remote), Ok(Some(_)))
+    })
 }
 
 /// [`Probe::Proc`]: the CLOSE_WAIT sockets of `children` whose peer is gone (see
@@ -506,20 +656,11 @@ fn closed_connections(
             parse_tcp_table(&table).into_iter().flatten().collect(),
         ));
     }
-    let mut closed = gone_sockets(&tables, on_this_host);
-    closed.retain(|_, (_, e)| ours.accepted(e.local_address));
-    if closed.is_empty() {
-        return Vec::new();
-    }
-    let mut out = Vec::new();
-    for child in children {
-        for inode in socket_inodes(child) {
-            if let Some((_, e)) = closed.get(&inode) {
-                out.push(connection(child.pid, e.local_address, e.remote_address));
-            }
-        }
-    }
-    out
+    let gone = gone_sockets(&tables, on_this_host)
+        .into_iter()
+        .map(|(inode, (_, e))| (inode, (e.local_address, e.remote_address)))
+        .collect();
+    held_by_children(children, ours, &gone)
 }
 
 /// The addresses of this host's interfaces (empty if they cannot be listed: then
@@ -565,16 +706,18 @@ fn gone_sockets(
         .values()
         .map(|(_, e)| (canonical(e.remote_address), canonical(e.local_address)))
         .collect();
-    // Those still held by a process: a client that only half-closed.
-    let held: BTreeSet<(SocketAddr, SocketAddr)> = tables
+    // Those no process holds any more: a client that closed (or died). One
+    // still held only half-closed; one not listed at all proves nothing (see
+    // `peer_gone`).
+    let orphaned: BTreeSet<(SocketAddr, SocketAddr)> = tables
         .iter()
         .flat_map(|(_, t)| t)
-        .filter(|e| e.inode != 0 && e.state != TcpState::Listen)
+        .filter(|e| e.inode == 0 && e.state != TcpState::Listen)
         .map(|e| (canonical(e.local_address), canonical(e.remote_address)))
         .filter(|k| peers.contains(k))
         .collect();
     closed.retain(|_, (_, e)| {
-        !held.contains(&(canonical(e.remote_address), canonical(e.local_address)))
+        orphaned.contains(&(canonical(e.remote_address), canonical(e.local_address)))
     });
     closed
 }
@@ -589,7 +732,7 @@ pub(crate) fn parse_tcp_table(table: &[u8]) -> procfs::ProcResult<Vec<TcpNetEntr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Read;
+    use std::io::{Read, Write};
     use std::net::{TcpListener, TcpStream};
 
     #[test]
@@ -624,6 +767,7 @@ mod tests {
         const CLOSE_WAIT: u8 = 8;
         const FIN_WAIT2: u8 = 5;
         const ESTABLISHED: u8 = 1;
+        const TIME_WAIT: u8 = 6;
         let (ours, client) = ("0100007F:1F90", "0100007F:D431");
         // The local client closed: its socket is orphaned (inode 0) in FIN_WAIT2.
         assert_eq!(
@@ -633,8 +777,10 @@ mod tests {
             ]),
             [11]
         );
-        // The local client's socket is gone already (it died, or the timeout passed).
-        assert_eq!(judged(&[line(ours, client, CLOSE_WAIT, 12)]), [12]);
+        // The client's socket is not listed at all: it may be gone (past
+        // tcp_fin_timeout), or its addresses are not what we see (a REDIRECT,
+        // NAT): nothing proves it closed, so it is not taken for gone.
+        assert!(judged(&[line(ours, client, CLOSE_WAIT, 12)]).is_empty());
         // The local client only half-closed: it still holds its socket.
         assert!(judged(&[
             line(ours, client, CLOSE_WAIT, 13),
@@ -648,7 +794,13 @@ mod tests {
             line(client, ours, FIN_WAIT2, 98)
         ])
         .is_empty());
-        assert_eq!(judged(&[line(ours, client, CLOSE_WAIT, 15)]), [15]);
+        assert_eq!(
+            judged(&[
+                line(ours, client, CLOSE_WAIT, 15),
+                line(client, ours, TIME_WAIT, 0)
+            ]),
+            [15]
+        );
         // A client on another host: a FIN alone cannot be told from a half-close,
         // so it is not taken for gone.
         assert!(judged(&[line(ours, "077100CB:D431", CLOSE_WAIT, 16)]).is_empty());
@@ -659,7 +811,7 @@ mod tests {
     const PROBES: [Probe; 3] = [Probe::Pidfd, Probe::Diag, Probe::Proc];
 
     fn gone(me: i32, probe: Probe) -> Vec<Connection> {
-        gone_connections(&[Child::any(me)], &Ours::default(), probe)
+        gone_connections(&[Child::any(me)], &Ours::Any, probe)
             .expect("pidfd_getfd and sock_diag work on this host")
     }
 
@@ -766,6 +918,7 @@ mod tests {
             pid: me,
             conn: Some(fd),
             peer: Some(peer),
+            requests: 0,
         };
         let found = |child| {
             own_closed_connections(&[child], &ours, &|ip: IpAddr| ip.is_loopback()).unwrap()
@@ -812,6 +965,7 @@ mod tests {
             pid: me,
             conn: Some(server.as_raw_fd()),
             peer: Some(peer),
+            requests: 0,
         };
         let f = own_closed_connections(&[said], &ours, &here).unwrap();
         assert_eq!(f.len(), 1, "{f:?}");
@@ -820,6 +974,102 @@ mod tests {
         // The kernel forgot the peer: a child that did not say is not reported.
         let f = own_closed_connections(&[Child::any(me)], &ours, &here).unwrap();
         assert!(f.iter().all(|c| c.conn.foreign_port != peer.port()));
+    }
+
+    #[test]
+    #[allow(clippy::disallowed_methods)] // waits for the kernel's last ACK
+    fn a_connection_that_ended_in_order_is_not_taken_for_a_reset() {
+        use std::os::fd::AsRawFd;
+        let me = std::process::id() as i32;
+        let here = |ip: IpAddr| ip.is_loopback();
+        // The child answered and shut down its side, then the client closed:
+        // our socket is closed too, with a TIME_WAIT of ours behind.
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let ours = Ours::new(vec![l.local_addr().unwrap()]);
+        let mut client = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (server, peer) = l.accept().unwrap();
+        server.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).unwrap();
+        drop(client);
+        let said = |s: &TcpStream, peer| Child {
+            pid: me,
+            conn: Some(s.as_raw_fd()),
+            peer: Some(peer),
+            requests: 0,
+        };
+        let closed = (0..100).any(|_| {
+            let c = os::tcp_state(std::os::fd::AsFd::as_fd(&server)) == Some(CLOSED);
+            if !c {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            c
+        });
+        assert!(closed, "our end closed");
+        let f = own_closed_connections(&[said(&server, peer)], &ours, &here).unwrap();
+        assert!(f.is_empty(), "an orderly end taken for a reset: {f:?}");
+        // The client half-closed, the child answered and shut down, the client
+        // read it all and closed: the client's TIME_WAIT is behind.
+        let mut client = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (mut server, peer) = l.accept().unwrap();
+        client.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut buf = [0u8; 1];
+        assert_eq!(server.read(&mut buf).unwrap(), 0);
+        server.write_all(b"answer").unwrap();
+        server.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).unwrap();
+        drop(client);
+        let closed = (0..100).any(|_| {
+            let c = os::tcp_state(std::os::fd::AsFd::as_fd(&server)) == Some(CLOSED);
+            if !c {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            c
+        });
+        assert!(closed, "our end closed");
+        let f = own_closed_connections(&[said(&server, peer)], &ours, &here).unwrap();
+        assert!(f.is_empty(), "an orderly end taken for a reset: {f:?}");
+    }
+
+    #[test]
+    fn a_lookup_never_answers_with_a_listener() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let nobody = SocketAddr::from(([127, 0, 0, 1], 9));
+        assert_eq!(
+            os::tcp_socket(l.local_addr().unwrap(), nobody).unwrap(),
+            None
+        );
+        assert_eq!(find_socket(l.local_addr().unwrap(), nobody), None);
+    }
+
+    #[test]
+    fn only_the_connection_a_child_said_counts_where_our_listeners_are_unknown() {
+        use std::os::fd::AsRawFd;
+        let (_l, server, peer) = hung_up();
+        let (_l2, _other, other_peer) = hung_up();
+        let me = std::process::id() as i32;
+        let said = Child {
+            pid: me,
+            conn: Some(server.as_raw_fd()),
+            peer: Some(peer),
+            requests: 0,
+        };
+        for probe in PROBES {
+            let f = gone_connections(&[said], &Ours::Unknown, probe).unwrap();
+            assert!(
+                f.iter().any(|c| c.conn.foreign_port == peer.port()),
+                "{probe:?}: {f:?}"
+            );
+            assert!(
+                f.iter().all(|c| c.conn.foreign_port != other_peer.port()),
+                "{probe:?}: {f:?}"
+            );
+            // A parent listening on Unix-domain sockets alone: no TCP connection
+            // is a client's.
+            let f = gone_connections(&[said], &Ours::new(Vec::new()), probe).unwrap();
+            assert!(f.is_empty(), "{probe:?}: {f:?}");
+        }
     }
 
     #[test]
@@ -887,7 +1137,7 @@ mod tests {
         let me = std::process::id() as i32;
         for probe in PROBES {
             let children = [Child::any(gone_pid), Child::any(me), Child::any(gone_pid)];
-            let found = gone_connections(&children, &Ours::default(), probe).unwrap();
+            let found = gone_connections(&children, &Ours::Any, probe).unwrap();
             assert!(
                 found.iter().all(|c| c.conn.pid == Pid(me)),
                 "{probe:?}: {found:?}"

@@ -300,6 +300,7 @@ impl<T: 'static> Parent<T> {
             candidate: None,
             pending,
             disconnect_probe: None,
+            unreadable_logged: false,
             scanner: None,
         };
         Ok(Parent {
@@ -379,9 +380,17 @@ impl<T: 'static> Parent<T> {
                     self.tick();
                 },
                 recv(timer) -> _ => self.tick(),
-                recv(looks) -> found => {
-                    if let Ok(look) = found {
-                        self.on_look(look);
+                recv(looks) -> found => match found {
+                    Ok(look) => self.on_look(look),
+                    Err(_) => {
+                        // The looking thread ended (it panicked): without this the
+                        // closed channel would wake the loop at once, for ever.
+                        // The next check starts another.
+                        slog::error!(
+                            self.sys.logger,
+                            "client disconnects: the looking thread stopped; starting another at the next check"
+                        );
+                        self.sys.scanner = None;
                     }
                 },
             }

@@ -34,7 +34,13 @@ impl Scanner {
                 // The listeners are made before the first look and kept.
                 let ours = Ours::of_this_process();
                 for (children, probe) in asked {
-                    if tell.send(netstat::look(&children, &ours, probe)).is_err() {
+                    // A panic in a look costs that look, not the thread: the
+                    // loop waits for its answer.
+                    let look = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        netstat::look(children.clone(), &ours, probe)
+                    }))
+                    .unwrap_or_else(|_| netstat::Look::empty(children, probe));
+                    if tell.send(look).is_err() {
                         return;
                     }
                 }

@@ -24,9 +24,10 @@
 //! at 16, current request start `u64` at 24 and last heartbeat `u64` at 32, both in
 //! nanoseconds of `CLOCK_MONOTONIC`, then the connection it accepted last
 //! ([`Worker::accept`] sets it, and the parent looks there for a client that hung
-//! up): its descriptor plus one `i32` at 40 (0: none known), its client's port
-//! plus 4 or 6 (the address family) times 65536 `u32` at 44, and the client's
-//! address, 16 bytes in network order at 48 (IPv4 in the first four).
+//! up): a `u64` at 40 holding its descriptor plus one in bits 0-31 (0: none
+//! known), its client's port in bits 32-47, the address family (4 or 6) in bits
+//! 48-51 and a count of writes in bits 52-63; and the client's address, 16
+//! bytes in network order at 48 (IPv4 in the first four).
 //!
 //! [`Worker::accept`]: crate::Worker::accept
 //!
@@ -94,13 +95,14 @@ pub(crate) struct Slot {
     requests: AtomicU64,
     request_start: AtomicU64,
     heartbeat: AtomicU64,
-    /// The descriptor of the connection the child accepted last, plus one (0:
-    /// none known): where the parent looks for a client that hung up.
-    conn: AtomicI32,
-    /// That connection's client: its port, and 4 or 6 (the family) times 2^16;
-    /// 0: none known.
-    peer_port: AtomicU32,
-    /// The client's address (IPv4 in the first four bytes), in network order.
+    /// The connection the child accepted last, in one word so that it is read
+    /// whole: its descriptor plus one (bits 0-31; 0: none known, or being
+    /// written), its client's port (32-47) and address family (48-51: 4 or 6),
+    /// and a count of the writes (52-63) that tells a reader the address below
+    /// was rewritten meanwhile. Where the parent looks for a client that hung up.
+    conn: AtomicU64,
+    /// That connection's client's address (IPv4 in the first four bytes), in
+    /// network order.
     peer_ip: [AtomicU64; 2],
 }
 
@@ -221,48 +223,53 @@ impl Board {
         s.request_start.store(0, Ordering::Relaxed);
         s.heartbeat.store(coarse_now_ns(), Ordering::Relaxed);
         s.conn.store(0, Ordering::Relaxed);
-        s.peer_port.store(0, Ordering::Relaxed);
         s.state.store(STARTING, Ordering::Release);
     }
 
-    /// Parent: whether the child in `slot` is busy (`None`: not), and then the
-    /// connection it accepted last, if it said: its descriptor, and its client's
-    /// address when that was read whole (not while the child was writing the
-    /// next one).
-    pub(crate) fn busy_with(&self, slot: usize) -> Option<Option<(RawFd, Option<SocketAddr>)>> {
+    /// Parent: whether the child in `slot` is busy (`None`: not), and then its
+    /// requests served so far (a look's verdict is kept only if they have not
+    /// changed: the child is still on the same request) and the connection it
+    /// accepted last, if it said: its descriptor and its client's address.
+    pub(crate) fn busy_with(&self, slot: usize) -> Option<(u64, Option<(RawFd, SocketAddr)>)> {
         let s = self.slots.get(slot)?;
         if s.state.load(Ordering::Acquire) != BUSY {
             return None;
         }
-        Some(Self::conn_in(s))
+        Some((s.requests.load(Ordering::Relaxed), Self::conn_in(s)))
     }
 
-    fn conn_in(s: &Slot) -> Option<(RawFd, Option<SocketAddr>)> {
+    /// The connection word and the address, read whole (`None` if none is
+    /// known, or the child was writing the next one).
+    fn conn_in(s: &Slot) -> Option<(RawFd, SocketAddr)> {
         let before = s.conn.load(Ordering::Acquire);
-        if before <= 0 {
-            return None;
-        }
-        let port = s.peer_port.load(Ordering::Relaxed);
+        let fd = (before as u32).checked_sub(1)?;
         let ip = [
             s.peer_ip[0].load(Ordering::Relaxed).to_ne_bytes(),
             s.peer_ip[1].load(Ordering::Relaxed).to_ne_bytes(),
         ];
-        // The child clears `conn` before it writes a new client, and sets it
-        // after: the same value on both sides means the client read is its.
+        // The child clears the descriptor and counts a write before it writes
+        // the address, and sets both after (see `WorkerSlot::set_conn`): the same
+        // word on both sides means the address read is that connection's.
         std::sync::atomic::fence(Ordering::Acquire);
-        let whole = s.conn.load(Ordering::Relaxed) == before;
+        if s.conn.load(Ordering::Relaxed) != before {
+            return None;
+        }
         let mut octets = [0u8; 16];
         octets[..8].copy_from_slice(&ip[0]);
         octets[8..].copy_from_slice(&ip[1]);
-        let peer = match (whole, port >> 16) {
-            (true, 4) => Some(SocketAddr::from((
-                [octets[0], octets[1], octets[2], octets[3]],
-                port as u16,
-            ))),
-            (true, 6) => Some(SocketAddr::from((octets, port as u16))),
-            _ => None,
+        let port = (before >> 32) as u16;
+        let peer = match (before >> 48) & 0xf {
+            4 => SocketAddr::from(([octets[0], octets[1], octets[2], octets[3]], port)),
+            6 => SocketAddr::from((octets, port)),
+            _ => return None,
         };
-        Some((before - 1, peer))
+        Some((RawFd::try_from(fd).ok()?, peer))
+    }
+
+    /// Parent: requests served by the child in `slot` while it is busy (see
+    /// [`Board::busy_with`]).
+    pub(crate) fn busy_requests(&self, slot: usize) -> Option<u64> {
+        self.busy_with(slot).map(|b| b.0)
     }
 
     /// Parent, after the fork (the child writes the same pid).
@@ -528,31 +535,35 @@ impl WorkerSlot {
         }
     }
 
-    /// Child: the connection it just accepted (see [`Board::conn_of`]).
+    /// Child: the connection it just accepted (see [`Board::busy_with`]).
     pub(crate) fn set_conn(&self, fd: RawFd, peer: SocketAddr) {
         let s = self.slot;
-        s.conn.store(0, Ordering::Relaxed);
+        let Ok(fd) = u32::try_from(fd) else {
+            return;
+        };
         let (family, octets) = match peer.ip() {
             std::net::IpAddr::V4(v4) => {
                 let mut o = [0u8; 16];
                 o[..4].copy_from_slice(&v4.octets());
-                (4u32, o)
+                (4u64, o)
             }
-            std::net::IpAddr::V6(v6) => (6u32, v6.octets()),
+            std::net::IpAddr::V6(v6) => (6u64, v6.octets()),
         };
+        let writes = s.conn.load(Ordering::Relaxed) >> 52;
+        // Being written: no descriptor, one more write counted.
+        s.conn
+            .store((writes.wrapping_add(1) & 0xfff) << 52, Ordering::Relaxed);
+        std::sync::atomic::fence(Ordering::Release);
         let (a, b) = octets.split_at(8);
-        s.peer_port
-            .store(family << 16 | u32::from(peer.port()), Ordering::Relaxed);
-        s.peer_ip[0].store(
-            u64::from_ne_bytes(a.try_into().unwrap_or_default()),
-            Ordering::Relaxed,
-        );
-        s.peer_ip[1].store(
-            u64::from_ne_bytes(b.try_into().unwrap_or_default()),
-            Ordering::Relaxed,
-        );
-        // Published last (see `Board::conn_of`).
-        s.conn.store(fd.saturating_add(1), Ordering::Release);
+        let word = |h: &[u8]| u64::from_ne_bytes(h.try_into().unwrap_or_default());
+        s.peer_ip[0].store(word(a), Ordering::Relaxed);
+        s.peer_ip[1].store(word(b), Ordering::Relaxed);
+        let conn = (writes.wrapping_add(2) & 0xfff) << 52
+            | family << 48
+            | u64::from(peer.port()) << 32
+            | u64::from(fd.wrapping_add(1));
+        // Published last.
+        s.conn.store(conn, Ordering::Release);
     }
 
     /// Busy → idle, one more request served.
@@ -719,20 +730,26 @@ mod tests {
         me.ready();
         assert_eq!(board.busy_with(1), None, "idle: not looked at");
         me.begin();
-        assert_eq!(board.busy_with(1), Some(None), "busy, no connection said");
+        assert_eq!(
+            board.busy_with(1),
+            Some((0, None)),
+            "busy, no connection said"
+        );
         let v4 = SocketAddr::from(([127, 0, 0, 9], 40001));
         me.set_conn(7, v4);
-        assert_eq!(board.busy_with(1), Some(Some((7, Some(v4)))));
-        // The documented layout: slot 1 at 128; descriptor + 1 at 40, port and
-        // family at 44, address at 48.
+        assert_eq!(board.busy_with(1), Some((0, Some((7, v4)))));
+        // The documented layout: slot 1 at 128; the connection word at 40
+        // (descriptor + 1, port, family, writes), the address at 48.
         let bytes = std::fs::read(&path).unwrap();
-        let at = |o: usize, n: usize| bytes[128 + o..128 + o + n].to_vec();
-        assert_eq!(at(40, 4), 8i32.to_ne_bytes());
-        assert_eq!(at(44, 4), (4u32 << 16 | 40001).to_ne_bytes());
-        assert_eq!(at(48, 4), [127, 0, 0, 9]);
+        let word = u64::from_ne_bytes(bytes[128 + 40..128 + 48].try_into().unwrap());
+        assert_eq!(word as u32, 8);
+        assert_eq!((word >> 32) as u16, 40001);
+        assert_eq!((word >> 48) & 0xf, 4);
+        assert_eq!(word >> 52, 2, "two writes counted");
+        assert_eq!(bytes[128 + 48..128 + 52], [127, 0, 0, 9]);
         let v6: SocketAddr = "[2001:db8::5]:443".parse().unwrap();
         me.set_conn(12, v6);
-        assert_eq!(board.busy_with(1), Some(Some((12, Some(v6)))));
+        assert_eq!(board.busy_with(1), Some((0, Some((12, v6)))));
         let bytes = std::fs::read(&path).unwrap();
         assert_eq!(
             bytes[128 + 48..128 + 64],
@@ -741,6 +758,16 @@ mod tests {
                 .unwrap()
                 .octets()
         );
+        // The same descriptor for the next client: still told apart by the count.
+        let before = u64::from_ne_bytes(bytes[128 + 40..128 + 48].try_into().unwrap());
+        me.set_conn(12, v4);
+        let after = u64::from_ne_bytes(
+            std::fs::read(&path).unwrap()[128 + 40..128 + 48]
+                .try_into()
+                .unwrap(),
+        );
+        assert_ne!(before, after);
+        assert_eq!(board.busy_with(1), Some((0, Some((12, v4)))));
         me.end();
         assert_eq!(board.busy_with(1), None);
         // A new child in the slot starts with no connection.
@@ -749,7 +776,7 @@ mod tests {
         next.claim(4243);
         next.ready();
         next.begin();
-        assert_eq!(board.busy_with(1), Some(None));
+        assert_eq!(board.busy_with(1), Some((0, None)));
         assert_eq!(board.busy_with(5), None, "no such slot");
         std::fs::remove_dir_all(&dir).unwrap();
     }

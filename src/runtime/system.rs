@@ -82,6 +82,8 @@ pub(super) struct System<T> {
     pub(super) pending: super::signals::Pending,
     /// How client disconnects are looked for, once the first look chose.
     pub(super) disconnect_probe: Option<netstat::Probe>,
+    /// Said once: some child's descriptors cannot be read.
+    pub(super) unreadable_logged: bool,
     /// The thread that looks for client disconnects, once started.
     pub(super) scanner: Option<super::scanner::Scanner>,
 }
@@ -200,11 +202,12 @@ impl<T: 'static> Effects for System<T> {
             .iter()
             .filter_map(|&Pid(pid)| {
                 let slot = self.board.slot_of(pid)?;
-                let conn = self.board.busy_with(slot)?;
+                let (requests, conn) = self.board.busy_with(slot)?;
                 Some(Child {
                     pid,
                     conn: conn.map(|c| c.0),
-                    peer: conn.and_then(|c| c.1),
+                    peer: conn.map(|c| c.1),
+                    requests,
                 })
             })
             .collect();
@@ -243,7 +246,7 @@ impl<T: 'static> Effects for System<T> {
             }
             None => {
                 let ours = netstat::Ours::of_this_process();
-                let look = netstat::look(&children, &ours, probe);
+                let look = netstat::look(children, &ours, probe);
                 Some(self.looked(look))
             }
         }
@@ -289,6 +292,28 @@ impl<T: 'static> System<T> {
             );
         }
         self.disconnect_probe = Some(look.used);
+        if let (Some((pid, why)), false) = (&look.unreadable, self.unreadable_logged) {
+            self.unreadable_logged = true;
+            slog::warn!(
+                self.logger,
+                "client disconnects: cannot read the descriptors of child {pid} ({why}): its clients' hang-ups go unseen (children running as another user need a parent with CAP_SYS_PTRACE)"
+            );
+        }
+        // A child that finished that request meanwhile (and may be on the next
+        // one, whose client is there) is not judged by what was seen of the last.
+        let board = &self.board;
+        let still = |pid: i32| {
+            look.children.iter().any(|c| {
+                c.pid == pid
+                    && board
+                        .slot_of(pid)
+                        .and_then(|slot| board.busy_requests(slot))
+                        == Some(c.requests)
+            })
+        };
         look.found
+            .into_iter()
+            .filter(|c| still(c.conn.pid.0))
+            .collect()
     }
 }

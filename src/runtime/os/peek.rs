@@ -170,15 +170,16 @@ fn diag_ask(req: DiagReq, dump: bool) -> io::Result<OwnedFd> {
 /// What one netlink message of an answer says.
 enum Said {
     Socket(DiagMsg),
-    /// NLMSG_DONE, or an error message with code 0 / ENOENT (none such).
+    /// NLMSG_DONE, or an error message with code 0.
     Done,
     Failed(io::Error),
     /// Another message type: skipped.
     Other,
 }
 
-/// The messages in the first `n` bytes of `buf`, in order.
+/// The messages in the first `n` bytes of `buf` (at most all of it), in order.
 fn messages(buf: &[u64], n: usize) -> Vec<Said> {
+    let n = n.min(std::mem::size_of_val(buf));
     let header_len = std::mem::size_of::<libc::nlmsghdr>();
     let base = buf.as_ptr().cast::<u8>();
     let mut out = Vec::new();
@@ -193,21 +194,26 @@ fn messages(buf: &[u64], n: usize) -> Vec<Said> {
             break;
         }
         let body = at + header_len;
+        // The error code an NLMSG_ERROR carries, and an NLMSG_DONE too (a dump
+        // that failed part-way ends with its error), when there is one.
+        let code = || -> Option<i32> {
+            (body + std::mem::size_of::<i32>() <= at + len).then(|| {
+                // SAFETY: an i32 is within this message (checked).
+                unsafe { std::ptr::read_unaligned::<i32>(base.add(body).cast()) }
+            })
+        };
         let said = match header.nlmsg_type {
-            t if t == libc::NLMSG_DONE as u16 => Said::Done,
-            t if t == libc::NLMSG_ERROR as u16 => {
-                if body + std::mem::size_of::<i32>() > at + len {
-                    Said::Failed(io::Error::from(io::ErrorKind::UnexpectedEof))
-                } else {
-                    // SAFETY: the error code (an i32) is within this message
-                    // (checked).
-                    let code: i32 = unsafe { std::ptr::read_unaligned(base.add(body).cast()) };
-                    match -code {
-                        0 | libc::ENOENT => Said::Done,
-                        e => Said::Failed(io::Error::from_raw_os_error(e)),
-                    }
-                }
-            }
+            t if t == libc::NLMSG_DONE as u16 => match code().unwrap_or(0) {
+                0 => Said::Done,
+                c => Said::Failed(io::Error::from_raw_os_error(c.wrapping_neg())),
+            },
+            t if t == libc::NLMSG_ERROR as u16 => match code() {
+                None => Said::Failed(io::Error::from(io::ErrorKind::UnexpectedEof)),
+                Some(0) => Said::Done,
+                // ENOENT too: no such socket, or no diag handler in this kernel
+                // (the caller tells which it can bear).
+                Some(c) => Said::Failed(io::Error::from_raw_os_error(c.wrapping_neg())),
+            },
             SOCK_DIAG_BY_FAMILY if body + std::mem::size_of::<DiagMsg>() <= at + len => {
                 // SAFETY: a whole `inet_diag_msg` is within this message (checked);
                 // any bytes are a valid one (plain integers).
@@ -254,7 +260,8 @@ fn addr(family: u8, ip: [u32; 4], port: u16) -> SocketAddr {
 
 /// The TCP sockets of this host (IPv4 and IPv6) in one of `states` (a bit per
 /// `TCP_*` state), asked of the kernel, which filters them: the cost grows with
-/// the sockets in those states, not with all the host's.
+/// the sockets in those states, not with all the host's. `ENOENT`: this kernel
+/// has no TCP diag handler (an empty list is `Ok`).
 pub(crate) fn tcp_sockets_in(states: u32) -> io::Result<Vec<DiagSocket>> {
     let mut out = Vec::new();
     for family in [libc::AF_INET, libc::AF_INET6] {
@@ -300,9 +307,24 @@ pub(crate) fn tcp_sockets_in(states: u32) -> io::Result<Vec<DiagSocket>> {
     Ok(out)
 }
 
+/// The kernel's TCP_LISTEN.
+const TCP_LISTEN: u8 = 10;
+
+/// `a` as the kernel writes it in a message of `family` (an IPv4 address in an
+/// IPv6 message is IPv4-mapped).
+fn local_as(family: u8, a: SocketAddr) -> SocketAddr {
+    match (i32::from(family), a) {
+        (libc::AF_INET6, SocketAddr::V4(v4)) => {
+            SocketAddr::from((v4.ip().to_ipv6_mapped(), v4.port()))
+        }
+        _ => a,
+    }
+}
+
 /// The TCP socket of this host bound to `local` and connected to `remote`, asked
 /// of the kernel by exactly those addresses: its state and inode (0: no process
-/// holds it any more), or `None` if there is no such socket. Both addresses of one
+/// holds it any more), or `None` if none is known (no such socket, or a kernel
+/// without the TCP diag handler: a caller must not read it as "closed"). Both addresses of one
 /// family (an IPv4-mapped address counts as IPv6, as the kernel files it).
 pub(crate) fn tcp_socket(local: SocketAddr, remote: SocketAddr) -> io::Result<Option<(u8, u32)>> {
     let family = match (local, remote) {
@@ -333,8 +355,19 @@ pub(crate) fn tcp_socket(local: SocketAddr, remote: SocketAddr) -> io::Result<Op
     let mut buf = [0u64; 128];
     let n = diag_recv(&sock, &mut buf)?;
     match messages(&buf, n).into_iter().next() {
+        // The kernel's lookup falls back to a listener bound to `local`: that is
+        // not the connection asked about.
+        Some(Said::Socket(m))
+            if m.state == TCP_LISTEN
+                || addr(m.family, m.id.src, m.id.sport) != local_as(m.family, local)
+                || addr(m.family, m.id.dst, m.id.dport) != local_as(m.family, remote) =>
+        {
+            Ok(None)
+        }
         Some(Said::Socket(m)) => Ok(Some((m.state, m.inode))),
         Some(Said::Done) => Ok(None),
+        // No such socket, or no handler: either way nothing is known of it.
+        Some(Said::Failed(e)) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
         Some(Said::Failed(e)) => Err(e),
         Some(Said::Other) | None => Err(io::Error::from(io::ErrorKind::InvalidData)),
     }

@@ -20,6 +20,25 @@ pub(crate) fn without_forks<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
+/// [`NOT_FOR_CHILDREN`] for a fork, waited for 50 ms at most: a look holds it for
+/// microseconds, but closing a copy can take as long as the child's `SO_LINGER`
+/// when the child closed its own descriptor meanwhile. Past that the fork goes
+/// on without it (a child may then inherit that one copy) rather than leave the
+/// pool unreplenished.
+#[allow(clippy::disallowed_methods)] // a bounded wait, 50 ms at most
+fn hold_copies_back() -> Option<std::sync::MutexGuard<'static, ()>> {
+    for _ in 0..500 {
+        match NOT_FOR_CHILDREN.try_lock() {
+            Ok(g) => return Some(g),
+            Err(std::sync::TryLockError::Poisoned(e)) => return Some(e.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => {
+                std::thread::sleep(std::time::Duration::from_micros(100));
+            }
+        }
+    }
+    None
+}
+
 /// Forks. In the child, runs `child` with every handled signal reset to its
 /// default and every signal still blocked (the child unblocks them by handing the
 /// gate to [`install_worker_handlers`](super::install_worker_handlers)), then
@@ -31,7 +50,7 @@ pub(crate) fn fork_child(
     child: impl FnOnce(SignalGate) -> i32,
 ) -> nix::Result<Pid> {
     // No copy of a child's connection open in this process while it forks.
-    let _no_copies = NOT_FOR_CHILDREN.lock().unwrap_or_else(|e| e.into_inner());
+    let _no_copies = hold_copies_back();
     let all = SigSet::all();
     let mut old = SigSet::empty();
     // Block everything so no handler of the parent runs in the child between the
@@ -123,38 +142,66 @@ mod tests {
         waitpid(pid, None).expect("waitpid")
     }
 
-    #[test]
+    /// Forks while another thread holds a descriptor under `without_forks` for
+    /// `hold` after the fork is asked for; returns whether the child saw it open.
     #[allow(clippy::disallowed_methods)] // a thread that holds a copy for a while
-    fn a_fork_waits_until_no_copy_meant_for_the_parent_alone_is_open() {
+    fn fork_while_holding(hold: std::time::Duration) -> bool {
         use std::os::fd::AsRawFd;
-        let (copy_open, go) = std::sync::mpsc::channel();
         let (fd_tx, fd_rx) = std::sync::mpsc::channel();
+        let (forking_tx, forking) = std::sync::mpsc::channel::<()>();
         let holder = std::thread::spawn(move || {
             without_forks(|| {
                 let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
                 fd_tx.send(l.as_raw_fd()).unwrap();
-                copy_open.send(()).unwrap();
-                // The fork below starts meanwhile: it must wait.
-                std::thread::sleep(std::time::Duration::from_millis(200));
+                forking.recv().unwrap();
+                std::thread::sleep(hold);
                 drop(l);
             })
         });
         let fd = fd_rx.recv().unwrap();
-        go.recv().unwrap();
-        // The child only asks whether that descriptor is open (async-signal-safe).
+        // Its identity: another test's thread may reuse the number once closed.
+        // SAFETY: all-zero bytes are a valid `stat`; fstat only fills it (the
+        // holder keeps `fd` open until it hears of the fork below).
+        let ino = unsafe {
+            let mut st: libc::stat = std::mem::zeroed();
+            libc::fstat(fd, &mut st);
+            st.st_ino
+        };
+        forking_tx.send(()).unwrap();
+        // The child only asks whether that socket is open there (fstat is
+        // async-signal-safe).
         let pid = fork_child(&[], move |_| {
-            // SAFETY: fcntl F_GETFD on any number only reads its flags or fails;
-            // `_exit` ends the child without the stdio locks another test's
-            // thread may have held at the fork.
-            unsafe { libc::_exit(i32::from(libc::fcntl(fd, libc::F_GETFD) != -1)) }
+            // SAFETY: all-zero bytes are a valid `stat`; fstat on any number only
+            // fills it or fails; `_exit` ends the child without the stdio locks
+            // another test's thread may have held at the fork.
+            unsafe {
+                let mut st: libc::stat = std::mem::zeroed();
+                let same = libc::fstat(fd, &mut st) == 0 && st.st_ino == ino;
+                libc::_exit(i32::from(same))
+            }
         })
         .expect("fork");
-        assert_eq!(
-            exit_of(pid),
-            WaitStatus::Exited(pid, 0),
-            "the child inherited the copy"
-        );
+        let saw = match exit_of(pid) {
+            WaitStatus::Exited(_, code) => code == 1,
+            other => panic!("{other:?}"),
+        };
         holder.join().unwrap();
+        saw
+    }
+
+    #[test]
+    fn a_fork_waits_until_no_copy_meant_for_the_parent_alone_is_open() {
+        let held = fork_while_holding(std::time::Duration::from_millis(1));
+        assert!(!held, "the child inherited the copy");
+    }
+
+    #[test]
+    fn a_copy_held_too_long_does_not_hold_the_fork_back() {
+        // A copy whose close lingers (the child's SO_LINGER) must not stop the
+        // pool from being replenished: the fork goes on, and that child holds
+        // the copy.
+        let held = fork_while_holding(std::time::Duration::from_secs(2));
+        assert!(held, "the fork waited for the copy's end");
     }
 
     #[test]
