@@ -185,12 +185,13 @@ fn main() {
 
 /// The busy children in the scoreboard file, each with the connection it said
 /// it serves (the layout documented in the crate's scoreboard module: slot `i`
-/// at 64 * (i + 1); pid `i32` at 0, state `u8` at 4 (3: busy), descriptor plus
-/// one `i32` at 40, port and family `u32` at 44, address at 48).
+/// at 64 * (i + 1); pid `i32` at 0, state `u8` at 4 (3: busy), the connection
+/// word `u64` at 40: descriptor plus one in bits 0-31, port in 32-47, family in
+/// 48-51; the client's address at 48).
 fn busy_slots(board: &std::path::Path) -> Vec<(i32, Option<(i32, SocketAddr)>)> {
     let bytes = std::fs::read(board).expect("the scoreboard file is readable");
     let i32_at = |o: usize| i32::from_ne_bytes(bytes[o..o + 4].try_into().unwrap());
-    let u32_at = |o: usize| u32::from_ne_bytes(bytes[o..o + 4].try_into().unwrap());
+    let u64_at = |o: usize| u64::from_ne_bytes(bytes[o..o + 8].try_into().unwrap());
     bytes
         .chunks_exact(64)
         .enumerate()
@@ -198,19 +199,16 @@ fn busy_slots(board: &std::path::Path) -> Vec<(i32, Option<(i32, SocketAddr)>)> 
         .map(|(i, _)| 64 * i)
         .filter(|&at| bytes[at + 4] == 3)
         .map(|at| {
-            let conn = i32_at(at + 40);
-            let port = u32_at(at + 44);
+            let word = u64_at(at + 40);
             let ip: [u8; 16] = bytes[at + 48..at + 64].try_into().unwrap();
-            let peer = match port >> 16 {
-                4 => Some(SocketAddr::from((
-                    [ip[0], ip[1], ip[2], ip[3]],
-                    port as u16,
-                ))),
-                6 => Some(SocketAddr::from((ip, port as u16))),
+            let port = (word >> 32) as u16;
+            let peer = match (word >> 48) & 0xf {
+                4 => Some(SocketAddr::from(([ip[0], ip[1], ip[2], ip[3]], port))),
+                6 => Some(SocketAddr::from((ip, port))),
                 _ => None,
             };
-            let said = (conn > 0).then_some(()).and(peer).map(|p| (conn - 1, p));
-            (i32_at(at), said)
+            let fd = (word as u32).checked_sub(1).map(|fd| fd as i32);
+            (i32_at(at), fd.zip(peer))
         })
         .collect()
 }

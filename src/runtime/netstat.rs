@@ -20,8 +20,10 @@
 //! CLOSE_WAIT alone does not mean gone:
 //! - when the client's own socket is on this host (its end appears in the same
 //!   tables, local and remote swapped), it is gone only if that socket is orphaned
-//!   (no process holds it any more: the client closed it or died) or already gone;
-//!   a client that only half-closed still holds its socket and is not reported;
+//!   (no process holds it any more: the client closed it or died); a client that
+//!   only half-closed still holds its socket and is not reported, and one whose
+//!   socket is not found proves nothing (a REDIRECT or NAT shows us other
+//!   addresses than its own) and is not reported either;
 //! - when the client is on another host (its address is none of this host's
 //!   interfaces), TCP shows nothing more than the FIN until the child writes, so
 //!   a remote half-close cannot be told from a close: such a connection is not

@@ -186,8 +186,9 @@ impl<T: 'static> Prefork<T> {
     /// Runs in the parent for each client that hung up on a busy child, once per
     /// connection however long it lingers. Hung up means the client can no longer
     /// receive: it reset the connection, or the child's socket is in CLOSE_WAIT
-    /// and the client's own socket, on this host, is closed too; a client that
-    /// only half-closed (`shutdown(SHUT_WR)`) and still reads is not reported. A
+    /// and the client's own socket, on this host, is orphaned (closed, no process
+    /// holds it); a client that only half-closed (`shutdown(SHUT_WR)`) and still
+    /// reads is not reported. A
     /// client on another host shows only its FIN, which cannot be told from a
     /// half-close, so it is not reported (a job is never cancelled for a client
     /// still waiting). Only connections accepted on the parent's listeners count;

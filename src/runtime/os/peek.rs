@@ -1,7 +1,9 @@
 //! Looking at our own children's connections without reading the host's tables:
-//! a copy of a child's descriptor (`pidfd_getfd`, Linux 5.6, its parent needs no
-//! privilege), the TCP state of a socket (`TCP_INFO`), and one socket of this host
-//! found by its addresses (a `sock_diag` netlink query for exactly that socket).
+//! a copy of a child's descriptor (`pidfd_getfd`, Linux 5.6: ptrace rights over
+//! the child, which a parent has over children of its own user), the TCP state
+//! of a socket (`TCP_INFO`), one socket of this host found by its addresses (a
+//! `sock_diag` netlink query for exactly that socket), and the sockets in some
+//! states (a `sock_diag` dump).
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
