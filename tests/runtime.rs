@@ -336,6 +336,8 @@ fn hang_up_reported_once(probe: &str, said: &str) {
         "{}",
         d.log()
     );
+    // And that probe did the looking (no fallback took over).
+    assert!(!d.log().contains("refused here"), "{}", d.log());
     // It lingers until the child finishes, yet is reported once.
     thread::sleep(Duration::from_millis(2500));
     assert_eq!(d.log().matches(&needle).count(), 1, "{}", d.log());

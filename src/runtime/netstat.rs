@@ -72,8 +72,9 @@ impl Probe {
     }
 }
 
-/// The variable that forces a probe (`pidfd`, `diag` or `proc`), for tests and
-/// for hosts where the first one misbehaves.
+/// The variable that picks the first probe tried (`pidfd`, `diag` or `proc`;
+/// a refused one still falls back), for tests and for hosts where the first one
+/// misbehaves.
 pub(crate) const PROBE_ENV: &str = "PREFORKD_DISCONNECT_PROBE";
 
 /// The probe asked for by [`PROBE_ENV`], if any (an unknown value is `None`:
@@ -497,7 +498,9 @@ fn look_at_child(child: &Child, ours: &Ours, out: &mut Vec<Candidate>) -> std::i
 
 /// [`Probe::Diag`]: the host's CLOSE_WAIT sockets from the kernel, judged by the
 /// module's rule, then found among the children's sockets by inode (looked for
-/// only when some socket is gone).
+/// only when some socket is gone). No copy of a child's descriptor is made, so
+/// no fork waits for it (a child forked meanwhile may inherit the netlink socket
+/// or a `/proc` directory of this look: a descriptor, never a connection).
 fn diag_closed_connections(
     children: &[Child],
     ours: &Ours,
