@@ -7,21 +7,10 @@
 
 mod support;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::Read;
+use std::net::TcpStream;
 use std::time::Duration;
 use support::*;
-
-/// Asks the demo for `/sleep?ms={ms}` and returns the connection, open.
-fn sleeper(addr: SocketAddr, ms: u64) -> TcpStream {
-    let mut s = TcpStream::connect(addr).unwrap();
-    write!(
-        s,
-        "GET /sleep?ms={ms} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    s
-}
 
 fn hang_up_is_reported(listen: &str, probe: &str) {
     let mut cmd = std::process::Command::new(demo_binary());
@@ -29,24 +18,8 @@ fn hang_up_is_reported(listen: &str, probe: &str) {
         .args(["--listen", listen, "--prefork", "1", "--max-children", "4"])
         .args(["--disconnect-every-ms", "50"]);
     let d = Demo::start_command(cmd);
-    assert!(wait_for(Duration::from_secs(5), || d.children().len() == 1));
-    let serving = d.children()[0];
-    let s = sleeper(d.addr, 10_000);
-    let local = s.local_addr().unwrap();
-    std::thread::sleep(Duration::from_millis(200));
-    drop(s);
-    let needle = format!(
-        "client {}:{} hung up on child {serving} ",
-        local.ip(),
-        local.port()
-    );
-    assert!(
-        wait_for(Duration::from_secs(5), || d.log().contains(&needle)),
-        "{probe} on {listen}: not reported as {needle:?}\n{}",
-        d.log()
-    );
-    std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(d.log().matches(&needle).count(), 1, "{}", d.log());
+    let (needle, _) = hang_up_on(&d, HangUp::Close);
+    logged_once(&d, &needle, &format!("{probe} on {listen}"));
 }
 
 #[test]
@@ -80,33 +53,8 @@ fn a_client_that_resets_is_reported_too() {
         "--disconnect-every-ms",
         "50",
     ]);
-    assert!(wait_for(Duration::from_secs(5), || d.children().len() == 1));
-    let serving = d.children()[0];
-    let s = sleeper(d.addr, 10_000);
-    let local = s.local_addr().unwrap();
-    std::thread::sleep(Duration::from_millis(200));
-    nix::sys::socket::setsockopt(
-        &s,
-        nix::sys::socket::sockopt::Linger,
-        &libc::linger {
-            l_onoff: 1,
-            l_linger: 0,
-        },
-    )
-    .unwrap();
-    drop(s);
-    let needle = format!(
-        "client {}:{} hung up on child {serving} ",
-        local.ip(),
-        local.port()
-    );
-    assert!(
-        wait_for(Duration::from_secs(5), || d.log().contains(&needle)),
-        "not reported as {needle:?}\n{}",
-        d.log()
-    );
-    std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(d.log().matches(&needle).count(), 1, "{}", d.log());
+    let (needle, _) = hang_up_on(&d, HangUp::Reset);
+    logged_once(&d, &needle, "a reset");
 }
 
 #[test]

@@ -10,35 +10,9 @@
 
 mod support;
 
-use std::io::Write;
-use std::net::TcpStream;
 use std::process::Command;
 use std::time::Duration;
 use support::*;
-
-/// A client asks `/sleep` for 10 s and hangs up after 200 ms; returns the line
-/// the demo logs when it sees that, and the child that served it.
-fn hang_up(d: &Demo) -> (String, i32) {
-    assert!(wait_for(Duration::from_secs(10), || d.children().len() == 1));
-    let serving = d.children()[0];
-    let mut s = TcpStream::connect(d.addr).unwrap();
-    write!(
-        s,
-        "GET /sleep?ms=10000 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let local = s.local_addr().unwrap();
-    std::thread::sleep(Duration::from_millis(200));
-    drop(s);
-    (
-        format!(
-            "client {}:{} hung up on child {serving} ",
-            local.ip(),
-            local.port()
-        ),
-        serving,
-    )
-}
 
 const ARGS: [&str; 7] = [
     "--prefork",
@@ -56,12 +30,8 @@ fn children_running_as_nobody_are_looked_at_by_a_root_parent() {
     let mut args = ARGS.to_vec();
     args.push("nobody");
     let d = Demo::start(&args);
-    let (needle, _) = hang_up(&d);
-    assert!(
-        wait_for(Duration::from_secs(5), || d.log().contains(&needle)),
-        "not reported as {needle:?}\n{}",
-        d.log()
-    );
+    let (needle, _) = hang_up_on(&d, HangUp::Close);
+    logged_once(&d, &needle, "children as nobody");
     assert!(!d.log().contains("refused here"), "{}", d.log());
 }
 
@@ -76,7 +46,7 @@ fn a_parent_that_cannot_look_at_its_childrens_descriptors_says_so() {
     let mut args = ARGS.to_vec();
     args.push("nobody");
     let d = Demo::start_cmd(cmd, &args);
-    let (needle, serving) = hang_up(&d);
+    let (needle, serving) = hang_up_on(&d, HangUp::Close);
     assert!(
         wait_for(Duration::from_secs(5), || d.log().contains(&format!(
             "cannot read the descriptors of child {serving} "

@@ -981,8 +981,20 @@ mod tests {
         assert!(f.iter().all(|c| c.conn.foreign_port != peer.port()));
     }
 
-    #[test]
+    /// Waits (1 s at most) until `s`, ours, is closed (TCP_CLOSE).
     #[allow(clippy::disallowed_methods)] // waits for the kernel's last ACK
+    fn wait_closed(s: &TcpStream) {
+        let closed = (0..100).any(|_| {
+            let c = os::tcp_state(std::os::fd::AsFd::as_fd(s)) == Some(CLOSED);
+            if !c {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            c
+        });
+        assert!(closed, "our end closed");
+    }
+
+    #[test]
     fn a_connection_that_ended_in_order_is_not_taken_for_a_reset() {
         use std::os::fd::AsRawFd;
         let me = std::process::id() as i32;
@@ -1003,14 +1015,7 @@ mod tests {
             peer: Some(peer),
             requests: 0,
         };
-        let closed = (0..100).any(|_| {
-            let c = os::tcp_state(std::os::fd::AsFd::as_fd(&server)) == Some(CLOSED);
-            if !c {
-                std::thread::sleep(std::time::Duration::from_millis(10));
-            }
-            c
-        });
-        assert!(closed, "our end closed");
+        wait_closed(&server);
         let f = own_closed_connections(&[said(&server, peer)], &ours, &here).unwrap();
         assert!(f.is_empty(), "an orderly end taken for a reset: {f:?}");
         // The client half-closed, the child answered and shut down, the client
@@ -1025,14 +1030,7 @@ mod tests {
         let mut rest = Vec::new();
         client.read_to_end(&mut rest).unwrap();
         drop(client);
-        let closed = (0..100).any(|_| {
-            let c = os::tcp_state(std::os::fd::AsFd::as_fd(&server)) == Some(CLOSED);
-            if !c {
-                std::thread::sleep(std::time::Duration::from_millis(10));
-            }
-            c
-        });
-        assert!(closed, "our end closed");
+        wait_closed(&server);
         let f = own_closed_connections(&[said(&server, peer)], &ours, &here).unwrap();
         assert!(f.is_empty(), "an orderly end taken for a reset: {f:?}");
     }

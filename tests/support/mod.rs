@@ -519,3 +519,64 @@ pub fn socket_activated(
     }
     cmd
 }
+
+/// Asks the demo for `/sleep?ms={ms}` and returns the connection, open.
+pub fn sleeper(addr: SocketAddr, ms: u64) -> TcpStream {
+    let mut s = TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "GET /sleep?ms={ms} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    s
+}
+
+/// How a client ends its connection in [`hang_up_on`].
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum HangUp {
+    /// `close`: a FIN.
+    Close,
+    /// `SO_LINGER` 0, then `close`: a reset.
+    Reset,
+}
+
+/// The demo's only child is asked for a 10 s job whose client hangs up after
+/// 200 ms (`how`); returns the line the demo logs when it sees that, and the
+/// child.
+pub fn hang_up_on(d: &Demo, how: HangUp) -> (String, i32) {
+    assert!(wait_for(Duration::from_secs(10), || d.children().len() == 1));
+    let serving = d.children()[0];
+    let s = sleeper(d.addr, 10_000);
+    let local = s.local_addr().unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    if how == HangUp::Reset {
+        nix::sys::socket::setsockopt(
+            &s,
+            nix::sys::socket::sockopt::Linger,
+            &libc::linger {
+                l_onoff: 1,
+                l_linger: 0,
+            },
+        )
+        .unwrap();
+    }
+    drop(s);
+    let needle = format!(
+        "client {}:{} hung up on child {serving} ",
+        local.ip(),
+        local.port()
+    );
+    (needle, serving)
+}
+
+/// `needle` shows in the demo's log within 5 s, and once only (half a second
+/// later).
+pub fn logged_once(d: &Demo, needle: &str, what: &str) {
+    assert!(
+        wait_for(Duration::from_secs(5), || d.log().contains(needle)),
+        "{what}: not reported as {needle:?}\n{}",
+        d.log()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(d.log().matches(needle).count(), 1, "{what}: {}", d.log());
+}

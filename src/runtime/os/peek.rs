@@ -260,6 +260,36 @@ fn addr(family: u8, ip: [u32; 4], port: u16) -> SocketAddr {
     }
 }
 
+/// A request for the TCP sockets of `family` in `states`: those bound to and
+/// connected to `exact` (local, remote), or all of them.
+fn tcp_request(family: i32, states: u32, exact: Option<(SocketAddr, SocketAddr)>) -> DiagReq {
+    let (sport, dport, src, dst) = match exact {
+        Some((l, r)) => (
+            l.port().to_be(),
+            r.port().to_be(),
+            words(l.ip()),
+            words(r.ip()),
+        ),
+        None => (0, 0, [0; 4], [0; 4]),
+    };
+    DiagReq {
+        family: family as u8,
+        protocol: libc::IPPROTO_TCP as u8,
+        ext: 0,
+        pad: 0,
+        states,
+        id: SockId {
+            sport,
+            dport,
+            src,
+            dst,
+            interface: 0,
+            // INET_DIAG_NOCOOKIE: found by addresses (or state), not by cookie.
+            cookie: [!0, !0],
+        },
+    }
+}
+
 /// The TCP sockets of this host (IPv4 and IPv6) in one of `states` (a bit per
 /// `TCP_*` state), asked of the kernel, which filters them: the cost grows with
 /// the sockets in those states, not with all the host's. `ENOENT`: this kernel
@@ -267,24 +297,7 @@ fn addr(family: u8, ip: [u32; 4], port: u16) -> SocketAddr {
 pub(crate) fn tcp_sockets_in(states: u32) -> io::Result<Vec<DiagSocket>> {
     let mut out = Vec::new();
     for family in [libc::AF_INET, libc::AF_INET6] {
-        let sock = diag_ask(
-            DiagReq {
-                family: family as u8,
-                protocol: libc::IPPROTO_TCP as u8,
-                ext: 0,
-                pad: 0,
-                states,
-                id: SockId {
-                    sport: 0,
-                    dport: 0,
-                    src: [0; 4],
-                    dst: [0; 4],
-                    interface: 0,
-                    cookie: [!0, !0],
-                },
-            },
-            true,
-        )?;
+        let sock = diag_ask(tcp_request(family, states, None), true)?;
         let mut buf = vec![0u64; 4096];
         'answer: loop {
             let n = diag_recv(&sock, &mut buf)?;
@@ -334,25 +347,7 @@ pub(crate) fn tcp_socket(local: SocketAddr, remote: SocketAddr) -> io::Result<Op
         (SocketAddr::V6(_), SocketAddr::V6(_)) => libc::AF_INET6,
         _ => return Err(io::Error::from(io::ErrorKind::InvalidInput)),
     };
-    let sock = diag_ask(
-        DiagReq {
-            family: family as u8,
-            protocol: libc::IPPROTO_TCP as u8,
-            ext: 0,
-            pad: 0,
-            states: !0,
-            id: SockId {
-                sport: local.port().to_be(),
-                dport: remote.port().to_be(),
-                src: words(local.ip()),
-                dst: words(remote.ip()),
-                interface: 0,
-                // INET_DIAG_NOCOOKIE: find it by its addresses.
-                cookie: [!0, !0],
-            },
-        },
-        false,
-    )?;
+    let sock = diag_ask(tcp_request(family, !0, Some((local, remote))), false)?;
     // One answer: the socket, or an error message (ENOENT: there is none).
     let mut buf = [0u64; 128];
     let n = diag_recv(&sock, &mut buf)?;
