@@ -12,6 +12,16 @@ use std::net::TcpStream;
 use std::time::Duration;
 use support::*;
 
+/// One child (room for another), looking every 50 ms.
+const ONE_CHILD: [&str; 6] = [
+    "--prefork",
+    "1",
+    "--max-children",
+    "2",
+    "--disconnect-every-ms",
+    "50",
+];
+
 fn hang_up_is_reported(listen: &str, probe: &str) {
     let mut cmd = std::process::Command::new(demo_binary());
     cmd.env("PREFORKD_DISCONNECT_PROBE", probe)
@@ -45,14 +55,7 @@ fn and_through_the_fallbacks_where_pidfd_is_not_used() {
 /// forgets its peer: the client the child wrote in its slot names it.
 #[test]
 fn a_client_that_resets_is_reported_too() {
-    let d = Demo::start(&[
-        "--prefork",
-        "1",
-        "--max-children",
-        "2",
-        "--disconnect-every-ms",
-        "50",
-    ]);
+    let d = Demo::start(&ONE_CHILD);
     let (needle, _) = hang_up_on(&d, HangUp::Reset);
     logged_once(&d, &needle, "a reset");
 }
@@ -104,17 +107,7 @@ fn with_the_kill_policy_the_child_is_replaced_and_its_job_never_completes() {
 #[test]
 fn a_client_that_stays_is_never_reported_and_gets_its_answer() {
     for probe in ["pidfd", "diag", "proc"] {
-        let d = Demo::start_with_env(
-            &[
-                "--prefork",
-                "1",
-                "--max-children",
-                "2",
-                "--disconnect-every-ms",
-                "50",
-            ],
-            &[("PREFORKD_DISCONNECT_PROBE", probe)],
-        );
+        let d = Demo::start_with_env(&ONE_CHILD, &[("PREFORKD_DISCONNECT_PROBE", probe)]);
         assert!(wait_for(Duration::from_secs(5), || d.children().len() == 1));
         let mut s = sleeper(d.addr, 1_000);
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();

@@ -1127,12 +1127,7 @@ mod tests {
 
     #[test]
     fn a_child_gone_before_or_during_the_scan_is_skipped() {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let client = TcpStream::connect(l.local_addr().unwrap()).unwrap();
-        let (mut server, peer) = l.accept().unwrap();
-        drop(client);
-        let mut buf = [0u8; 1];
-        assert_eq!(server.read(&mut buf).unwrap(), 0);
+        let (_l, _server, peer) = hung_up();
         // A process that has exited (and been reaped): its pid names nothing now.
         let mut gone_child = std::process::Command::new("true").spawn().unwrap();
         let gone_pid = gone_child.id() as i32;
