@@ -50,6 +50,24 @@ fn and_through_the_fallbacks_where_pidfd_is_not_used() {
     }
 }
 
+/// A dual-stack listener (`[::]`, Linux's default) and a client on 127.0.0.1:
+/// our end has IPv4-mapped addresses, the client's socket is an IPv4 one.
+#[test]
+fn an_ipv4_client_of_a_dual_stack_listener_is_reported() {
+    for probe in ["pidfd", "diag", "proc"] {
+        let mut cmd = std::process::Command::new(demo_binary());
+        cmd.env("PREFORKD_DISCONNECT_PROBE", probe)
+            .args(["--listen", "[::]:0"])
+            .args(ONE_CHILD);
+        let d = Demo::start_command(cmd);
+        let v4 = std::net::SocketAddr::from(([127, 0, 0, 1], d.addr.port()));
+        let (needle, _) = hang_up_at(&d, v4, HangUp::Close);
+        // Reported as the kernel names it: tcp6, ::ffff:127.0.0.1.
+        let needle = needle.replacen("client 127.0.0.1:", "client ::ffff:127.0.0.1:", 1);
+        logged_once(&d, &needle, probe);
+    }
+}
+
 /// A client that resets its connection (SO_LINGER 0, or closing with unread
 /// data) leaves the child's socket closed, not in CLOSE_WAIT, and the kernel
 /// forgets its peer: the client the child wrote in its slot names it.

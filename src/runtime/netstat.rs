@@ -124,11 +124,12 @@ impl Child {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Ours {
     /// The TCP addresses the parent's listening sockets are bound to (empty if
-    /// it listens on Unix-domain sockets only: then no TCP connection is a
-    /// client's).
+    /// it listens on Unix-domain sockets only: then only the connection a child
+    /// said it serves is a client's).
     Listening(Vec<SocketAddr>),
     /// The parent holds no listening socket, or they could not be listed: only
-    /// the connection a child said it serves (`Worker::accept`) counts.
+    /// the connection a child said it serves (`Worker::accept`), checked by its
+    /// peer, counts.
     Unknown,
     /// Every TCP connection counts (tests of the rule).
     #[cfg_attr(not(test), allow(dead_code))]
@@ -155,12 +156,13 @@ impl Ours {
     }
 
     /// Whether a connection whose own end is `local` is a client's; `said`: it
-    /// is the connection the child said it serves.
+    /// is, checked by its peer, the connection the child said it serves (which
+    /// `Worker::accept` returned: a client's whatever listener it came from).
     fn accepted(&self, local: SocketAddr, said: bool) -> bool {
         let local = canonical(local);
-        match self {
+        said || match self {
             Ours::Any => true,
-            Ours::Unknown => said,
+            Ours::Unknown => false,
             Ours::Listening(l) => l.iter().any(|l| {
                 l.port() == local.port() && (l.ip().is_unspecified() || l.ip() == local.ip())
             }),
@@ -326,7 +328,7 @@ fn socket_fds(pid: i32) -> Vec<(RawFd, u64)> {
 /// What one socket of a child is, to [`Probe::Pidfd`].
 enum Seen {
     /// It may be gone: the rule decides once the copy is closed (it may read
-    /// the host's tables, which must not hold up a fork).
+    /// the host's tables, which must not hold up a fork). A reset is gone.
     Check(Candidate),
     /// Still connected, or not a client's connection.
     Fine,
@@ -340,12 +342,14 @@ struct Candidate {
     pid: i32,
     local: SocketAddr,
     remote: SocketAddr,
-    /// Closed (a reset, or an orderly end) rather than in CLOSE_WAIT.
+    /// Reset (closed, with an error waiting for the child) rather than in
+    /// CLOSE_WAIT.
     closed: bool,
 }
 
-/// The kernel's TCP_CLOSE: what a connection becomes when its peer resets it,
-/// and also once both sides have closed in order.
+/// The kernel's TCP_CLOSE: what a connection becomes when its peer resets it
+/// (an error then waits for its holder), and also once both sides have closed
+/// in order (no error).
 const CLOSED: u8 = 7;
 
 /// One socket of a child (a copy of its descriptor); `said`: the client the
@@ -382,16 +386,23 @@ fn judge(
         return Seen::Other;
     }
     if state == Some(CLOSED) {
-        // The kernel has forgotten the peer; only the child's word names it (it
-        // cannot be checked against the socket: a reused number naming another
-        // closed connection is told apart by the listener's address).
+        // Reset: an error waits for the child (an orderly end leaves none). The
+        // kernel has forgotten the peer; only the child's word names it, and it
+        // cannot be checked against the socket, so a reused number naming
+        // another connection is told apart by our listener's address alone.
         return match said {
-            Some(remote) if ours.accepted(local, true) => Seen::Check(Candidate {
-                pid,
-                local,
-                remote,
-                closed: true,
-            }),
+            Some(remote) if ours.accepted(local, false) => {
+                if os::error_pending(sock) {
+                    Seen::Check(Candidate {
+                        pid,
+                        local,
+                        remote,
+                        closed: true,
+                    })
+                } else {
+                    Seen::Fine
+                }
+            }
             Some(_) => Seen::Other,
             None => Seen::Fine,
         };
@@ -415,29 +426,19 @@ fn judge(
     })
 }
 
-/// The rule, for a candidate found by [`judge`].
+/// The rule, for a candidate found by [`judge`]: a reset is gone; a CLOSE_WAIT
+/// is gone when its client, on this host, has closed its socket.
 fn verdict(c: &Candidate, on_this_host: &dyn Fn(IpAddr) -> bool) -> Option<Connection> {
-    let gone = if c.closed {
-        // A reset leaves nothing of the connection on either side; an orderly
-        // end leaves a TIME_WAIT behind on the side that closed first: ours
-        // (the child shut down its side, then the client closed), or the
-        // client's when it is on this host (it half-closed, the child answered
-        // and shut down). A client elsewhere that half-closed first cannot be
-        // told from a reset (docs/disconnects.md).
-        find_socket(c.local, c.remote).is_none()
-            && !(on_this_host(c.remote.ip()) && find_socket(c.remote, c.local).is_some())
-    } else {
-        on_this_host(c.remote.ip()) && peer_gone(c.local, c.remote)
-    };
+    let gone = c.closed || (on_this_host(c.remote.ip()) && peer_gone(c.local, c.remote));
     gone.then(|| connection(c.pid, c.local, c.remote))
 }
 
 /// [`Probe::Pidfd`]: the module's rule applied to each child's own sockets: the
 /// one it said it serves, or all of them (also when that one turns out to be
-/// another socket now). Each child's sockets are copied and looked at with no
-/// fork under way ([`os::without_forks`]): a child forked while a copy of a
-/// connection is open here would hold that connection open for good. The rule
-/// is applied after, with the copies closed.
+/// another socket now). Each copy of a child's socket is made, looked at and
+/// closed with no fork under way ([`os::without_forks`]): a child forked while
+/// a copy of a connection is open here would hold that connection open for
+/// good. The rule is applied after, with the copies closed.
 fn own_closed_connections(
     children: &[Child],
     ours: &Ours,
@@ -445,7 +446,7 @@ fn own_closed_connections(
 ) -> std::io::Result<Vec<Connection>> {
     let mut candidates = Vec::new();
     for child in children {
-        os::without_forks(|| look_at_child(child, ours, &mut candidates))?;
+        look_at_child(child, ours, &mut candidates)?;
     }
     Ok(candidates
         .iter()
@@ -462,34 +463,37 @@ fn look_at_child(child: &Child, ours: &Ours, out: &mut Vec<Candidate>) -> std::i
         Err(e) if refused(&e) => return Err(e),
         Err(_) => return Ok(()),
     };
+    // One socket of the child, copied and judged; `None`: no such descriptor
+    // (closed meanwhile, or the child is gone).
+    let seen = |fd: RawFd, said: Option<SocketAddr>| -> std::io::Result<Option<Seen>> {
+        os::without_forks(|| match os::pidfd_getfd(pidfd.as_fd(), fd) {
+            Ok(sock) => {
+                let _marked = os::copy_open(&sock);
+                Ok(Some(judge(child.pid, sock.as_fd(), said, ours)))
+            }
+            Err(e) if refused(&e) => Err(e),
+            Err(_) => Ok(None),
+        })
+    };
     let mut other = None;
     if let Some(fd) = child.conn {
-        match os::pidfd_getfd(pidfd.as_fd(), fd) {
-            Ok(sock) => match judge(child.pid, sock.as_fd(), child.peer, ours) {
-                Seen::Check(c) => {
-                    out.push(c);
-                    return Ok(());
-                }
-                Seen::Fine => return Ok(()),
-                // Another socket now: looked at below like any other.
-                Seen::Other => other = Some(fd),
-            },
-            Err(e) if refused(&e) => return Err(e),
+        match seen(fd, child.peer)? {
+            Some(Seen::Check(c)) => {
+                out.push(c);
+                return Ok(());
+            }
+            Some(Seen::Fine) => return Ok(()),
+            // Another socket now: looked at below like any other.
+            Some(Seen::Other) => other = Some(fd),
             // Closed since: the child may serve another connection of its own.
-            Err(_) => {}
+            None => {}
         }
     }
     for (fd, _) in socket_fds(child.pid) {
         if Some(fd) == child.conn && other.is_none() {
             continue;
         }
-        let sock = match os::pidfd_getfd(pidfd.as_fd(), fd) {
-            Ok(s) => s,
-            Err(e) if refused(&e) => return Err(e),
-            // Closed meanwhile, or the child is gone.
-            Err(_) => continue,
-        };
-        if let Seen::Check(c) = judge(child.pid, sock.as_fd(), None, ours) {
+        if let Some(Seen::Check(c)) = seen(fd, None)? {
             out.push(c);
         }
     }
@@ -540,7 +544,11 @@ fn held_by_children(
     for child in children {
         for (fd, inode) in socket_fds(child.pid) {
             if let Some((local, remote)) = gone.get(&inode) {
-                if ours.accepted(*local, Some(fd) == child.conn) {
+                // The connection the child said, if the client matches too (the
+                // number may name another socket by now).
+                let said =
+                    Some(fd) == child.conn && child.peer.map(canonical) == Some(canonical(*remote));
+                if ours.accepted(*local, said) {
                     out.push(connection(child.pid, *local, *remote));
                 }
             }
@@ -603,39 +611,36 @@ fn find_socket(local: SocketAddr, remote: SocketAddr) -> Option<(u8, u64)> {
             return found.map(|(state, inode)| (state, u64::from(inode)));
         }
     }
-    [
-        ("/proc/net/tcp", remote.is_ipv4()),
-        ("/proc/net/tcp6", true),
-    ]
-    .into_iter()
-    .filter(|(_, fits)| *fits)
-    .filter_map(|(path, _)| std::fs::read(path).ok())
-    .flat_map(|t| parse_tcp_table(&t).unwrap_or_default())
-    .find(|e| {
-        e.state != TcpState::Listen
-            && canonical(e.local_address) == canonical(local)
-            && canonical(e.remote_address) == canonical(remote)
-    })
-    .map(|e| (e.state.to_u8(), e.inode))
+    // Both tables: an IPv4 connection may be filed in either (with mapped
+    // addresses in tcp6, for a dual-stack socket).
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .into_iter()
+        .filter_map(|path| std::fs::read(path).ok())
+        .flat_map(|t| parse_tcp_table(&t).unwrap_or_default())
+        .find(|e| {
+            e.state != TcpState::Listen
+                && canonical(e.local_address) == canonical(local)
+                && canonical(e.remote_address) == canonical(remote)
+        })
+        .map(|e| (e.state.to_u8(), e.inode))
 }
 
-/// Whether this kernel answers exact `sock_diag` lookups: asked once, of a
-/// connection made for the purpose (a kernel without the TCP diag handler says
-/// "no such socket" of every socket, which must not be read as "closed").
+/// Whether this kernel answers exact `sock_diag` lookups (a kernel without the
+/// TCP diag handler says "no such socket" of every socket, which must not be
+/// read as "closed"): a dump of the listening sockets (a few) answers, or is
+/// refused with ENOENT. Asked until it answers one way or the other.
 fn diag_answers() -> bool {
+    const LISTEN: u8 = 10;
     static ANSWERS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ANSWERS.get_or_init(|| {
-        let Ok(l) = std::net::TcpListener::bind("127.0.0.1:0") else {
-            return false;
-        };
-        let Ok(c) = l.local_addr().and_then(std::net::TcpStream::connect) else {
-            return false;
-        };
-        let (Ok(local), Ok(remote)) = (c.local_addr(), c.peer_addr()) else {
-            return false;
-        };
-        matches!(os::tcp_socket(local, remote), Ok(Some(_)))
-    })
+    if let Some(&known) = ANSWERS.get() {
+        return known;
+    }
+    match os::tcp_sockets_in(1 << LISTEN) {
+        Ok(_) => *ANSWERS.get_or_init(|| true),
+        Err(e) if diag_refused(&e) => *ANSWERS.get_or_init(|| false),
+        // A passing shortage: ask again next time.
+        Err(_) => false,
+    }
 }
 
 /// [`Probe::Proc`]: the CLOSE_WAIT sockets of `children` whose peer is gone (see
@@ -961,8 +966,8 @@ mod tests {
         )
         .unwrap();
         drop(client);
-        let mut buf = [0u8; 1];
-        assert!(server.read(&mut buf).is_err(), "the reset arrived");
+        // The reset arrives; the child has not read it yet.
+        wait_closed(&server);
         let me = std::process::id() as i32;
         let ours = Ours::new(vec![l.local_addr().unwrap()]);
         let here = |ip: IpAddr| ip.is_loopback();
@@ -979,6 +984,15 @@ mod tests {
         // The kernel forgot the peer: a child that did not say is not reported.
         let f = own_closed_connections(&[Child::any(me)], &ours, &here).unwrap();
         assert!(f.iter().all(|c| c.conn.foreign_port != peer.port()));
+        // Looking took nothing from the child: it still reads the reset.
+        let mut buf = [0u8; 1];
+        let e = server
+            .read(&mut buf)
+            .expect_err("the reset is the child's to read");
+        assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset);
+        // Once it has, it knows: nothing is reported for it any more.
+        let f = own_closed_connections(&[said], &ours, &here).unwrap();
+        assert!(f.is_empty(), "{f:?}");
     }
 
     /// Waits (1 s at most) until `s`, ours, is closed (TCP_CLOSE).
@@ -1035,6 +1049,61 @@ mod tests {
         assert!(f.is_empty(), "an orderly end taken for a reset: {f:?}");
     }
 
+    /// A dual-stack listener (`[::]`) and a client on 127.0.0.1: our end has
+    /// IPv4-mapped addresses, the client's socket is an IPv4 one.
+    #[test]
+    fn an_ipv4_client_of_a_dual_stack_listener_is_judged_like_any() {
+        use std::os::fd::AsRawFd;
+        let l = TcpListener::bind("[::]:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let ours = Ours::new(vec![l.local_addr().unwrap()]);
+        let me = std::process::id() as i32;
+        let here = |ip: IpAddr| ip.to_canonical().is_loopback();
+        let said = |s: &TcpStream, peer| Child {
+            pid: me,
+            conn: Some(s.as_raw_fd()),
+            peer: Some(peer),
+            requests: 0,
+        };
+        // Hung up: found by each probe.
+        let client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let (mut server, peer) = l.accept().unwrap();
+        assert!(peer.is_ipv6(), "{peer}: mapped");
+        drop(client);
+        let mut buf = [0u8; 1];
+        assert_eq!(server.read(&mut buf).unwrap(), 0);
+        for probe in PROBES {
+            let f = gone_connections(&[Child::any(me)], &ours, probe).unwrap();
+            assert!(
+                f.iter().any(|c| c.conn.foreign_port == peer.port()),
+                "{probe:?}: {f:?}"
+            );
+        }
+        // Only half-closed: not gone.
+        let client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let (mut half, half_peer) = l.accept().unwrap();
+        client.shutdown(std::net::Shutdown::Write).unwrap();
+        assert_eq!(half.read(&mut buf).unwrap(), 0);
+        for probe in PROBES {
+            let f = gone_connections(&[Child::any(me)], &ours, probe).unwrap();
+            assert!(
+                f.iter().all(|c| c.conn.foreign_port != half_peer.port()),
+                "{probe:?}: a half-close taken for a hang-up: {f:?}"
+            );
+        }
+        // An orderly end after the child's answer: no reset.
+        half.write_all(b"answer").unwrap();
+        half.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut client = client;
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).unwrap();
+        drop(client);
+        wait_closed(&half);
+        let f = own_closed_connections(&[said(&half, half_peer)], &ours, &here).unwrap();
+        assert!(f.is_empty(), "an orderly end taken for a reset: {f:?}");
+        drop(server);
+    }
+
     #[test]
     fn a_lookup_never_answers_with_a_listener() {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -1047,7 +1116,7 @@ mod tests {
     }
 
     #[test]
-    fn only_the_connection_a_child_said_counts_where_our_listeners_are_unknown() {
+    fn only_the_connection_a_child_said_counts_where_our_listeners_are_unknown_or_unix() {
         use std::os::fd::AsRawFd;
         let (_l, server, peer) = hung_up();
         let (_l2, _other, other_peer) = hung_up();
@@ -1068,9 +1137,23 @@ mod tests {
                 f.iter().all(|c| c.conn.foreign_port != other_peer.port()),
                 "{probe:?}: {f:?}"
             );
-            // A parent listening on Unix-domain sockets alone: no TCP connection
-            // is a client's.
+            // A parent listening on Unix-domain sockets alone: the same.
             let f = gone_connections(&[said], &Ours::new(Vec::new()), probe).unwrap();
+            assert!(
+                f.iter().any(|c| c.conn.foreign_port == peer.port()),
+                "{probe:?}: {f:?}"
+            );
+            assert!(
+                f.iter().all(|c| c.conn.foreign_port != other_peer.port()),
+                "{probe:?}: {f:?}"
+            );
+            // The number said names another client's socket now: it is not
+            // taken for the one said.
+            let stale = Child {
+                peer: Some(other_peer),
+                ..said
+            };
+            let f = gone_connections(&[stale], &Ours::Unknown, probe).unwrap();
             assert!(f.is_empty(), "{probe:?}: {f:?}");
         }
     }

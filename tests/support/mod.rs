@@ -544,9 +544,15 @@ pub enum HangUp {
 /// 200 ms (`how`); returns the line the demo logs when it sees that, and the
 /// child.
 pub fn hang_up_on(d: &Demo, how: HangUp) -> (String, i32) {
+    hang_up_at(d, d.addr, how)
+}
+
+/// [`hang_up_on`], the client connecting to `addr` (another address the demo
+/// listens on).
+pub fn hang_up_at(d: &Demo, addr: SocketAddr, how: HangUp) -> (String, i32) {
     assert!(wait_for(Duration::from_secs(10), || d.children().len() == 1));
     let serving = d.children()[0];
-    let s = sleeper(d.addr, 10_000);
+    let s = sleeper(addr, 10_000);
     let local = s.local_addr().unwrap();
     std::thread::sleep(Duration::from_millis(200));
     if how == HangUp::Reset {

@@ -32,8 +32,10 @@ pub(crate) use exec::{
     adopt_fd, dup_handed, hold_signals, memfd, release_signals, set_cloexec, spawn_trial,
 };
 pub(crate) use fds::{adopt_socket, borrow_fd, close_inherited, NotAdopted};
-pub(crate) use peek::{pidfd_getfd, pidfd_open, tcp_socket, tcp_sockets_in, tcp_state};
-pub(crate) use process::{exit_now, fork_child, fork_for_daemon, without_forks, Side};
+pub(crate) use peek::{
+    error_pending, pidfd_getfd, pidfd_open, tcp_socket, tcp_sockets_in, tcp_state,
+};
+pub(crate) use process::{copy_open, exit_now, fork_child, fork_for_daemon, without_forks, Side};
 pub(crate) use shared_memory::{map_board, shared_flag};
 pub(crate) use signal_handlers::{
     ignore_sigpipe, install_worker_handlers, watch_stops, SignalGate, REOPEN_REQUESTED,

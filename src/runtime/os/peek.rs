@@ -54,6 +54,18 @@ pub(crate) fn tcp_state(sock: BorrowedFd<'_>) -> Option<u8> {
     (r == 0 && len > 0).then_some(info.tcpi_state)
 }
 
+/// Whether a socket has an error pending (POLLERR), without taking it: a
+/// connection the peer reset has one until its holder reads it (`SO_ERROR` or
+/// `recv` would clear it, and the child would never learn of the reset).
+pub(crate) fn error_pending(sock: BorrowedFd<'_>) -> bool {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let mut fds = [PollFd::new(sock, PollFlags::empty())];
+    matches!(poll(&mut fds, PollTimeout::ZERO), Ok(1))
+        && fds[0]
+            .revents()
+            .is_some_and(|r| r.contains(PollFlags::POLLERR))
+}
+
 /// `struct inet_diag_sockid` (linux/inet_diag.h): ports and addresses in network
 /// order.
 #[repr(C)]
@@ -325,15 +337,12 @@ pub(crate) fn tcp_sockets_in(states: u32) -> io::Result<Vec<DiagSocket>> {
 /// The kernel's TCP_LISTEN.
 const TCP_LISTEN: u8 = 10;
 
-/// `a` as the kernel writes it in a message of `family` (an IPv4 address in an
-/// IPv6 message is IPv4-mapped).
-fn local_as(family: u8, a: SocketAddr) -> SocketAddr {
-    match (i32::from(family), a) {
-        (libc::AF_INET6, SocketAddr::V4(v4)) => {
-            SocketAddr::from((v4.ip().to_ipv6_mapped(), v4.port()))
-        }
-        _ => a,
-    }
+/// `a` with an IPv4-mapped IPv6 address written as IPv4: the kernel answers
+/// about an IPv4 socket in either form (a dual-stack listener's connection from
+/// an IPv4 client is asked about with mapped addresses, and its client's socket
+/// is an IPv4 one).
+fn plain(a: SocketAddr) -> SocketAddr {
+    SocketAddr::new(a.ip().to_canonical(), a.port())
 }
 
 /// The TCP socket of this host bound to `local` and connected to `remote`, asked
@@ -356,8 +365,8 @@ pub(crate) fn tcp_socket(local: SocketAddr, remote: SocketAddr) -> io::Result<Op
         // not the connection asked about.
         Some(Said::Socket(m))
             if m.state == TCP_LISTEN
-                || addr(m.family, m.id.src, m.id.sport) != local_as(m.family, local)
-                || addr(m.family, m.id.dst, m.id.dport) != local_as(m.family, remote) =>
+                || plain(addr(m.family, m.id.src, m.id.sport)) != plain(local)
+                || plain(addr(m.family, m.id.dst, m.id.dport)) != plain(remote) =>
         {
             Ok(None)
         }

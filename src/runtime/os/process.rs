@@ -13,6 +13,26 @@ use std::ffi::c_int;
 /// its client would wait for the end of the answer forever.
 static NOT_FOR_CHILDREN: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+/// The copy of a child's descriptor open in this process, if any (-1: none):
+/// a fork that could not wait for [`NOT_FOR_CHILDREN`] closes it in the child.
+static OPEN_COPY: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+
+/// Marks `copy` open (see [`OPEN_COPY`]) until the mark is dropped: drop it
+/// before the copy.
+pub(crate) fn copy_open(copy: &impl std::os::fd::AsRawFd) -> CopyMark {
+    OPEN_COPY.store(copy.as_raw_fd(), std::sync::atomic::Ordering::SeqCst);
+    CopyMark
+}
+
+/// See [`copy_open`].
+pub(crate) struct CopyMark;
+
+impl Drop for CopyMark {
+    fn drop(&mut self) {
+        OPEN_COPY.store(-1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 /// Runs `f` with no [`fork_child`] under way, none starting before it returns.
 /// Keep `f` short: the parent's loop waits for it to fork.
 pub(crate) fn without_forks<R>(f: impl FnOnce() -> R) -> R {
@@ -20,11 +40,11 @@ pub(crate) fn without_forks<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
-/// [`NOT_FOR_CHILDREN`] for a fork, waited for 50 ms at most: a look holds it for
-/// microseconds, but closing a copy can take as long as the child's `SO_LINGER`
-/// when the child closed its own descriptor meanwhile. Past that the fork goes
-/// on without it (a child may then inherit that one copy) rather than leave the
-/// pool unreplenished.
+/// [`NOT_FOR_CHILDREN`] for a fork, waited for about 50 ms (timer slack may
+/// stretch it): a look holds it for microseconds, unless its thread is
+/// descheduled or throttled meanwhile. Past that the fork goes on without it
+/// rather than leave the pool unreplenished, and the child closes the copy
+/// marked open ([`OPEN_COPY`]).
 #[allow(clippy::disallowed_methods)] // a bounded wait, 50 ms at most
 fn hold_copies_back() -> Option<std::sync::MutexGuard<'static, ()>> {
     for _ in 0..500 {
@@ -50,7 +70,11 @@ pub(crate) fn fork_child(
     child: impl FnOnce(SignalGate) -> i32,
 ) -> nix::Result<Pid> {
     // No copy of a child's connection open in this process while it forks.
-    let _no_copies = hold_copies_back();
+    let no_copies = hold_copies_back();
+    let open_copy = match no_copies {
+        Some(_) => -1,
+        None => OPEN_COPY.load(std::sync::atomic::Ordering::SeqCst),
+    };
     let all = SigSet::all();
     let mut old = SigSet::empty();
     // Block everything so no handler of the parent runs in the child between the
@@ -66,6 +90,12 @@ pub(crate) fn fork_child(
     let r = unsafe { unistd::fork() };
     match r {
         Ok(ForkResult::Child) => {
+            if open_copy >= 0 {
+                // SAFETY: close is async-signal-safe; that number is the parent's
+                // copy of another child's socket, inherited, and nothing here
+                // owns it.
+                unsafe { libc::close(open_copy) };
+            }
             for &sig in reset {
                 if let Ok(s) = signal::Signal::try_from(sig) {
                     // SAFETY: SIG_DFL is always a valid disposition.
@@ -145,16 +175,18 @@ mod tests {
     /// Forks while another thread holds a descriptor under `without_forks` for
     /// `hold` after the fork is asked for; returns whether the child saw it open.
     #[allow(clippy::disallowed_methods)] // a thread that holds a copy for a while
-    fn fork_while_holding(hold: std::time::Duration) -> bool {
+    fn fork_while_holding(hold: std::time::Duration, marked: bool) -> bool {
         use std::os::fd::AsRawFd;
         let (fd_tx, fd_rx) = std::sync::mpsc::channel();
         let (forking_tx, forking) = std::sync::mpsc::channel::<()>();
         let holder = std::thread::spawn(move || {
             without_forks(|| {
                 let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                let mark = marked.then(|| copy_open(&l));
                 fd_tx.send(l.as_raw_fd()).unwrap();
                 forking.recv().unwrap();
                 std::thread::sleep(hold);
+                drop(mark);
                 drop(l);
             })
         });
@@ -191,17 +223,24 @@ mod tests {
 
     #[test]
     fn a_fork_waits_until_no_copy_meant_for_the_parent_alone_is_open() {
-        let held = fork_while_holding(std::time::Duration::from_millis(1));
+        let held = fork_while_holding(std::time::Duration::from_millis(1), false);
         assert!(!held, "the child inherited the copy");
     }
 
     #[test]
-    fn a_copy_held_too_long_does_not_hold_the_fork_back() {
-        // A copy whose close lingers (the child's SO_LINGER) must not stop the
-        // pool from being replenished: the fork goes on, and that child holds
-        // the copy.
-        let held = fork_while_holding(std::time::Duration::from_secs(2));
-        assert!(held, "the fork waited for the copy's end");
+    fn a_look_held_up_does_not_hold_the_fork_back_nor_give_it_the_copy() {
+        // A look whose thread is held up must not stop the pool from being
+        // replenished: the fork goes on without the lock (the unmarked
+        // descriptor shows it did), and the child closes the copy marked open.
+        let started = std::time::Duration::from_secs(2);
+        assert!(
+            fork_while_holding(started, false),
+            "the fork waited for the look's end"
+        );
+        assert!(
+            !fork_while_holding(started, true),
+            "the child inherited the marked copy"
+        );
     }
 
     #[test]
