@@ -100,9 +100,12 @@ fn with_the_kill_policy_the_child_is_replaced_and_its_job_never_completes() {
     let s = sleeper(d.addr, 10_000);
     std::thread::sleep(Duration::from_millis(200));
     drop(s);
-    // Some child is stopped and replaced: the pool is back to 2 without it.
+    // Some child is stopped and replaced: the pool is back to 2 without it. The
+    // child sleeps through its TERM: it goes at the KILL, kill_grace (5 s) after
+    // the hang-up was seen, which the wait must outlast (it ends before the job
+    // would have, at 10 s).
     assert!(
-        wait_for(Duration::from_secs(5), || {
+        wait_for(Duration::from_secs(9), || {
             let now = d.children();
             now.len() == 2 && before.iter().any(|c| !now.contains(c))
         }),
