@@ -1,7 +1,7 @@
 //! Looking for clients that hung up, off the parent's main thread: the loop hands
-//! the busy children (and the connection each said it serves) to a thread of the parent and goes on; the verdict
-//! comes back on a channel, and the loop gives it to the machine as its
-//! `Event::Netstat`. One look at a time: a check asked while one is under way is
+//! the busy children (and the connection each said it serves) to a thread of the
+//! parent and goes on; the verdict comes back on a channel, and the loop gives it
+//! to the machine as its `Event::Netstat`. One look at a time: a check asked while one is under way is
 //! skipped (the machine asks again at its next check).
 
 use super::netstat::{self, Child, Ours, Probe};

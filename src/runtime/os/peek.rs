@@ -348,8 +348,9 @@ fn plain(a: SocketAddr) -> SocketAddr {
 /// The TCP socket of this host bound to `local` and connected to `remote`, asked
 /// of the kernel by exactly those addresses: its state and inode (0: no process
 /// holds it any more), or `None` if none is known (no such socket, or a kernel
-/// without the TCP diag handler: a caller must not read it as "closed"). Both addresses of one
-/// family (an IPv4-mapped address counts as IPv6, as the kernel files it).
+/// without the TCP diag handler: a caller must not read it as "closed"). Both
+/// addresses of one family (an IPv4-mapped address counts as IPv6, as the
+/// kernel files it; the answer may name an IPv4 socket).
 pub(crate) fn tcp_socket(local: SocketAddr, remote: SocketAddr) -> io::Result<Option<(u8, u32)>> {
     let family = match (local, remote) {
         (SocketAddr::V4(_), SocketAddr::V4(_)) => libc::AF_INET,
