@@ -416,7 +416,7 @@ fn judge(
         None => false,
     };
     if !ours.accepted(local, is_said) {
-        return if is_said { Seen::Other } else { Seen::Fine };
+        return Seen::Fine;
     }
     Seen::Check(Candidate {
         pid,
