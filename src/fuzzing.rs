@@ -5,9 +5,10 @@
 //! (`tests/fuzz_corpus.rs`) both call [`run`]; it is an ordinary function, so a
 //! crashing input can be replayed and debugged on the stable toolchain.
 //!
-//! The other fuzz targets (`scoreboard`, `options`, `systemd_env`, `proc_net`)
-//! check the parsers of outside input: see [`scoreboard`], [`options`],
-//! [`systemd_env`] and [`proc_net_tcp`], each the whole body of its target.
+//! The other fuzz targets (`scoreboard`, `options`, `systemd_env`, `proc_net`,
+//! `sock_diag`) check the parsers of outside input: see [`scoreboard`],
+//! [`options`], [`systemd_env`], [`proc_net_tcp`] and [`sock_diag`], each the
+//! whole body of its target.
 //!
 //! ## Input layout
 //! The first [`HEADER_LEN`] bytes describe the setup ([`Setup::decode`]; missing bytes
@@ -497,4 +498,19 @@ pub fn proc_net_tcp(data: &[u8]) {
         // One entry a line after the header, at most.
         assert!(entries.len() <= data.split(|&b| b == b'\n').count());
     }
+}
+
+/// The `sock_diag` target: the netlink answer parser the disconnect look uses
+/// (the kernel's `sock_diag` messages) on any bytes lists sockets, at most one
+/// a 16-byte header, and never reads past what it was given. Panics (a
+/// finding) otherwise.
+///
+/// ```
+/// // NLMSG_DONE, code 0.
+/// let done = [20, 0, 0, 0, 3, 0, 2, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+/// preforkd::fuzzing::sock_diag(&done);
+/// ```
+pub fn sock_diag(data: &[u8]) {
+    let (sockets, _ends) = crate::runtime::os::diag_answer(data);
+    assert!(sockets.len() <= data.len() / 16);
 }

@@ -6,9 +6,9 @@
 //! checks every invariant of the oracle at every step and that two runs agree. A
 //! failure names the file and the violation (or the panic).
 //!
-//! The parser targets (`scoreboard`, `options`, `systemd_env`, `proc_net`) replay
-//! `fuzz/corpus/<target>/` and `fuzz/seeds/<target>/` through the same functions
-//! their fuzz targets call (see `preforkd::fuzzing`).
+//! The parser targets (`scoreboard`, `options`, `systemd_env`, `proc_net`,
+//! `sock_diag`) replay `fuzz/corpus/<target>/` and `fuzz/seeds/<target>/`
+//! through the same functions their fuzz targets call (see `preforkd::fuzzing`).
 //!
 //! The hand-written seeds are defined below, readable; `seeds_are_current` checks
 //! the files match, and rewrites them with `PREFORKD_WRITE_SEEDS=1`.
@@ -416,7 +416,7 @@ fn seeds_are_current() {
     }
 }
 
-// --- the parser targets: scoreboard, options, systemd_env, proc_net ---
+// --- the parser targets: scoreboard, options, systemd_env, proc_net, sock_diag ---
 
 /// Fewer corpus files than this for a parser target and the test fails.
 const MIN_PARSER_CORPUS_FILES: usize = 5;
@@ -484,6 +484,11 @@ fn systemd_env_corpus_replays_clean() {
 #[test]
 fn proc_net_corpus_replays_clean() {
     replay_parser("proc_net", fuzzing::proc_net_tcp);
+}
+
+#[test]
+fn sock_diag_corpus_replays_clean() {
+    replay_parser("sock_diag", fuzzing::sock_diag);
 }
 
 /// The parser targets' checks are not vacuous: each rejects what it must.

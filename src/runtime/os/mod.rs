@@ -33,7 +33,7 @@ pub(crate) use exec::{
 };
 pub(crate) use fds::{adopt_socket, borrow_fd, close_inherited, NotAdopted};
 pub(crate) use peek::{
-    error_pending, pidfd_getfd, pidfd_open, tcp_socket, tcp_sockets_in, tcp_state,
+    diag_answer, error_pending, pidfd_getfd, pidfd_open, tcp_socket, tcp_sockets_in, tcp_state,
 };
 pub(crate) use process::{copy_open, exit_now, fork_child, fork_for_daemon, without_forks, Side};
 pub(crate) use shared_memory::{map_board, shared_flag};

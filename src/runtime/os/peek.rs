@@ -242,6 +242,33 @@ fn messages(buf: &[u64], n: usize) -> Vec<Said> {
     out
 }
 
+/// For the fuzz target: one netlink answer of `bytes` read as [`tcp_sockets_in`]
+/// reads it: the sockets it lists (their addresses decoded), and whether it ends
+/// (done, or an error).
+pub(crate) fn diag_answer(bytes: &[u8]) -> (Vec<DiagSocket>, bool) {
+    let mut buf = vec![0u64; bytes.len().div_ceil(8)];
+    for (i, chunk) in bytes.chunks(8).enumerate() {
+        let mut word = [0u8; 8];
+        word[..chunk.len()].copy_from_slice(chunk);
+        buf[i] = u64::from_ne_bytes(word);
+    }
+    let mut sockets = Vec::new();
+    let mut ends = false;
+    for said in messages(&buf, bytes.len()) {
+        match said {
+            Said::Socket(m) => sockets.push(DiagSocket {
+                state: m.state,
+                local: addr(m.family, m.id.src, m.id.sport),
+                remote: addr(m.family, m.id.dst, m.id.dport),
+                inode: m.inode,
+            }),
+            Said::Done | Said::Failed(_) => ends = true,
+            Said::Other => {}
+        }
+    }
+    (sockets, ends)
+}
+
 /// Receives into `buf`: the byte count.
 fn diag_recv(sock: &OwnedFd, buf: &mut [u64]) -> io::Result<usize> {
     // SAFETY: `buf` is writable for its size in bytes, which recv() is told.
