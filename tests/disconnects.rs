@@ -12,16 +12,6 @@ use std::net::TcpStream;
 use std::time::Duration;
 use support::*;
 
-/// One child (room for another), looking every 50 ms.
-const ONE_CHILD: [&str; 6] = [
-    "--prefork",
-    "1",
-    "--max-children",
-    "2",
-    "--disconnect-every-ms",
-    "50",
-];
-
 fn hang_up_is_reported(listen: &str, probe: &str) {
     let mut cmd = std::process::Command::new(demo_binary());
     cmd.env("PREFORKD_DISCONNECT_PROBE", probe)

@@ -14,22 +14,15 @@ use std::process::Command;
 use std::time::Duration;
 use support::*;
 
-const ARGS: [&str; 7] = [
-    "--prefork",
-    "1",
-    "--max-children",
-    "2",
-    "--disconnect-every-ms",
-    "50",
-    "--user",
-];
+/// [`ONE_CHILD`], its children running as nobody.
+fn as_nobody() -> Vec<&'static str> {
+    [&ONE_CHILD[..], &["--user", "nobody"]].concat()
+}
 
 #[test]
 fn children_running_as_nobody_are_looked_at_by_a_root_parent() {
     assert!(nix::unistd::geteuid().is_root(), "run as root");
-    let mut args = ARGS.to_vec();
-    args.push("nobody");
-    let d = Demo::start(&args);
+    let d = Demo::start(&as_nobody());
     let (needle, _) = hang_up_on(&d, HangUp::Close);
     logged_once(&d, &needle, "children as nobody");
     assert!(!d.log().contains("refused here"), "{}", d.log());
@@ -43,9 +36,7 @@ fn a_parent_that_cannot_look_at_its_childrens_descriptors_says_so() {
     let mut cmd = Command::new(program("setpriv"));
     cmd.args(["--bounding-set", "-sys_ptrace", "--inh-caps", "-sys_ptrace"])
         .arg(demo_binary());
-    let mut args = ARGS.to_vec();
-    args.push("nobody");
-    let d = Demo::start_cmd(cmd, &args);
+    let d = Demo::start_cmd(cmd, &as_nobody());
     let (needle, serving) = hang_up_on(&d, HangUp::Close);
     assert!(
         wait_for(Duration::from_secs(5), || d.log().contains(&format!(

@@ -820,6 +820,28 @@ mod tests {
 
     const PROBES: [Probe; 3] = [Probe::Pidfd, Probe::Diag, Probe::Proc];
 
+    /// This process as a child that said it serves descriptor `fd`, whose
+    /// client is `peer`.
+    fn said(fd: std::os::fd::RawFd, peer: SocketAddr) -> Child {
+        Child {
+            pid: std::process::id() as i32,
+            conn: Some(fd),
+            peer: Some(peer),
+            requests: 0,
+        }
+    }
+
+    /// The child sends `answer` and shuts down its side; the client reads it
+    /// all and closes: our end, `server`, ends closed in order (no error waits).
+    fn end_in_order(server: &mut TcpStream, mut client: TcpStream, answer: &[u8]) {
+        server.write_all(answer).unwrap();
+        server.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).unwrap();
+        drop(client);
+        wait_closed(server);
+    }
+
     fn gone(me: i32, probe: Probe) -> Vec<Connection> {
         gone_connections(&[Child::any(me)], &Ours::Any, probe)
             .expect("pidfd_getfd and sock_diag work on this host")
@@ -922,14 +944,7 @@ mod tests {
         // Another connection of ours, still up, on a lower or higher descriptor.
         let up = TcpStream::connect(l.local_addr().unwrap()).unwrap();
         let (up_server, up_peer) = l.accept().unwrap();
-        let me = std::process::id() as i32;
         let ours = Ours::new(vec![l.local_addr().unwrap()]);
-        let said = |fd, peer| Child {
-            pid: me,
-            conn: Some(fd),
-            peer: Some(peer),
-            requests: 0,
-        };
         let found = |child| {
             own_closed_connections(&[child], &ours, &|ip: IpAddr| ip.is_loopback()).unwrap()
         };
@@ -971,12 +986,7 @@ mod tests {
         let me = std::process::id() as i32;
         let ours = Ours::new(vec![l.local_addr().unwrap()]);
         let here = |ip: IpAddr| ip.is_loopback();
-        let said = Child {
-            pid: me,
-            conn: Some(server.as_raw_fd()),
-            peer: Some(peer),
-            requests: 0,
-        };
+        let said = said(server.as_raw_fd(), peer);
         let f = own_closed_connections(&[said], &ours, &here).unwrap();
         assert_eq!(f.len(), 1, "{f:?}");
         assert_eq!(f[0].conn.foreign_port, peer.port());
@@ -1011,41 +1021,24 @@ mod tests {
     #[test]
     fn a_connection_that_ended_in_order_is_not_taken_for_a_reset() {
         use std::os::fd::AsRawFd;
-        let me = std::process::id() as i32;
         let here = |ip: IpAddr| ip.is_loopback();
-        // The child answered and shut down its side, then the client closed:
-        // our socket is closed too, with a TIME_WAIT of ours behind.
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let ours = Ours::new(vec![l.local_addr().unwrap()]);
-        let mut client = TcpStream::connect(l.local_addr().unwrap()).unwrap();
-        let (server, peer) = l.accept().unwrap();
-        server.shutdown(std::net::Shutdown::Write).unwrap();
-        let mut rest = Vec::new();
-        client.read_to_end(&mut rest).unwrap();
-        drop(client);
-        let said = |s: &TcpStream, peer| Child {
-            pid: me,
-            conn: Some(s.as_raw_fd()),
-            peer: Some(peer),
-            requests: 0,
-        };
-        wait_closed(&server);
-        let f = own_closed_connections(&[said(&server, peer)], &ours, &here).unwrap();
+        // The child answered and shut down its side, then the client closed.
+        let client = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (mut server, peer) = l.accept().unwrap();
+        end_in_order(&mut server, client, b"");
+        let f = own_closed_connections(&[said(server.as_raw_fd(), peer)], &ours, &here).unwrap();
         assert!(f.is_empty(), "an orderly end taken for a reset: {f:?}");
         // The client half-closed, the child answered and shut down, the client
-        // read it all and closed: the client's TIME_WAIT is behind.
-        let mut client = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        // read it all and closed.
+        let client = TcpStream::connect(l.local_addr().unwrap()).unwrap();
         let (mut server, peer) = l.accept().unwrap();
         client.shutdown(std::net::Shutdown::Write).unwrap();
         let mut buf = [0u8; 1];
         assert_eq!(server.read(&mut buf).unwrap(), 0);
-        server.write_all(b"answer").unwrap();
-        server.shutdown(std::net::Shutdown::Write).unwrap();
-        let mut rest = Vec::new();
-        client.read_to_end(&mut rest).unwrap();
-        drop(client);
-        wait_closed(&server);
-        let f = own_closed_connections(&[said(&server, peer)], &ours, &here).unwrap();
+        end_in_order(&mut server, client, b"answer");
+        let f = own_closed_connections(&[said(server.as_raw_fd(), peer)], &ours, &here).unwrap();
         assert!(f.is_empty(), "an orderly end taken for a reset: {f:?}");
     }
 
@@ -1059,12 +1052,6 @@ mod tests {
         let ours = Ours::new(vec![l.local_addr().unwrap()]);
         let me = std::process::id() as i32;
         let here = |ip: IpAddr| ip.to_canonical().is_loopback();
-        let said = |s: &TcpStream, peer| Child {
-            pid: me,
-            conn: Some(s.as_raw_fd()),
-            peer: Some(peer),
-            requests: 0,
-        };
         // Hung up: found by each probe.
         let client = TcpStream::connect(("127.0.0.1", port)).unwrap();
         let (mut server, peer) = l.accept().unwrap();
@@ -1092,14 +1079,8 @@ mod tests {
             );
         }
         // An orderly end after the child's answer: no reset.
-        half.write_all(b"answer").unwrap();
-        half.shutdown(std::net::Shutdown::Write).unwrap();
-        let mut client = client;
-        let mut rest = Vec::new();
-        client.read_to_end(&mut rest).unwrap();
-        drop(client);
-        wait_closed(&half);
-        let f = own_closed_connections(&[said(&half, half_peer)], &ours, &here).unwrap();
+        end_in_order(&mut half, client, b"answer");
+        let f = own_closed_connections(&[said(half.as_raw_fd(), half_peer)], &ours, &here).unwrap();
         assert!(f.is_empty(), "an orderly end taken for a reset: {f:?}");
         drop(server);
     }
@@ -1120,13 +1101,7 @@ mod tests {
         use std::os::fd::AsRawFd;
         let (_l, server, peer) = hung_up();
         let (_l2, _other, other_peer) = hung_up();
-        let me = std::process::id() as i32;
-        let said = Child {
-            pid: me,
-            conn: Some(server.as_raw_fd()),
-            peer: Some(peer),
-            requests: 0,
-        };
+        let said = said(server.as_raw_fd(), peer);
         for probe in PROBES {
             // No listener known, or a parent listening on Unix-domain sockets
             // alone: the one said, only.

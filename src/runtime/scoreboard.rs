@@ -266,12 +266,6 @@ impl Board {
         Some((RawFd::try_from(fd).ok()?, peer))
     }
 
-    /// Parent: requests served by the child in `slot` while it is busy (see
-    /// [`Board::busy_with`]).
-    pub(crate) fn busy_requests(&self, slot: usize) -> Option<u64> {
-        self.busy_with(slot).map(|b| b.0)
-    }
-
     /// Parent, after the fork (the child writes the same pid).
     pub(crate) fn assign(&self, slot: usize, pid: i32) {
         self.slots[slot].pid.store(pid, Ordering::Release);

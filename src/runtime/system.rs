@@ -307,7 +307,8 @@ impl<T: 'static> System<T> {
                 c.pid == pid
                     && board
                         .slot_of(pid)
-                        .and_then(|slot| board.busy_requests(slot))
+                        .and_then(|slot| board.busy_with(slot))
+                        .map(|(requests, _)| requests)
                         == Some(c.requests)
             })
         };

@@ -531,6 +531,17 @@ pub fn sleeper(addr: SocketAddr, ms: u64) -> TcpStream {
     s
 }
 
+/// The demo with one child (room for another), looking for hung-up clients
+/// every 50 ms.
+pub const ONE_CHILD: [&str; 6] = [
+    "--prefork",
+    "1",
+    "--max-children",
+    "2",
+    "--disconnect-every-ms",
+    "50",
+];
+
 /// How a client ends its connection in [`hang_up_on`].
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum HangUp {
