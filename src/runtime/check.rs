@@ -76,6 +76,12 @@ impl<T: 'static> Prefork<T> {
         // The seed's `prefork = 0` asks for in-process mode; with a scaling policy
         // of your own `prefork` is not read (no more "0 to please the validator").
         let in_process = self.in_process || (self.options.prefork == 0 && self.scaling.is_none());
+        if in_process && self.command.is_some() {
+            return Err(invalid(
+                "prefork",
+                "is 0, but a command runs in children: at least 1 (the pool grows from there)",
+            ));
+        }
         if in_process {
             // No child to scale, reload, cancel or run as another user: such an
             // option would be silently ignored.

@@ -8,7 +8,7 @@ use super::scoreboard::Board;
 use super::worker::Worker;
 use nix::sys::signal::Signal as NSig;
 use nix::unistd;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 pub(super) struct ChildStart<'a, T> {
@@ -29,10 +29,18 @@ pub(super) struct ChildStart<'a, T> {
     pub(super) log_channel: Option<OwnedFd>,
     /// Forked during a crash streak: a failing main_loop logs at debug level.
     pub(super) quiet_failure: bool,
+    /// A command's child: its stdout and stderr (the parent captures them).
+    pub(super) stdio: Option<(OwnedFd, OwnedFd)>,
 }
 
 /// The child's whole life, from just after the fork; returns its exit code.
 pub(super) fn child_main<T>(c: ChildStart<'_, T>) -> i32 {
+    // First, so that whatever this child says from here on is captured.
+    if let Some((out, err)) = &c.stdio {
+        if os::redirect_stdio(out.as_raw_fd(), err.as_raw_fd()).is_err() {
+            return 1;
+        }
+    }
     // Drop privileges first: a credential change clears PDEATHSIG.
     if let Some(creds) = c.credentials {
         if let Err(e) = creds.apply() {

@@ -19,13 +19,33 @@ impl<T: 'static> System<T> {
             max_requests,
             quiet_failure,
         } = spawn;
+        if self.cfg.command.is_some() && !self.command_started {
+            self.start_command_threads();
+        }
+        // A command's output pipes, made before the fork.
+        let pipes = match (&self.cfg.command, &self.capture) {
+            (Some(_), Some(_)) => match super::command::capture::Pipes::new() {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    // Like a failed fork: counted, backed off, retried.
+                    self.fork_failed(nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(0)), "making the child's output pipes");
+                    return None;
+                }
+            },
+            _ => None,
+        };
+        let (stdio_read, stdio) = match pipes {
+            Some(p) => (Some(p.read), Some(p.write)),
+            None => (None, None),
+        };
         let Some(state) = self.state.as_ref() else {
             // No after_init value: cannot happen (the machine spawns only after it).
             slog::error!(self.logger, "no after_init value to fork slot {slot} with");
             return None;
         };
-        // The channel the reopened logs will come down (only with log files).
-        let (parent_end, child_end) = if self.logs.all().is_empty() {
+        // The channel the reopened logs will come down (only with log files; a
+        // command's children write through the parent instead).
+        let (parent_end, child_end) = if self.logs.all().is_empty() || self.cfg.command.is_some() {
             (None, None)
         } else {
             match log_channel() {
@@ -80,10 +100,20 @@ impl<T: 'static> System<T> {
                 credentials,
                 log_channel: child_end,
                 quiet_failure,
+                stdio,
             })
         });
         match result {
             Ok(pid) => {
+                if self.cfg.command.is_some() {
+                    super::os::set_group_of(pid.as_raw());
+                    if let Some(k) = &self.keeper {
+                        super::os::tell_keeper(k, pid.as_raw());
+                    }
+                }
+                if let (Some(c), Some(read)) = (&self.capture, stdio_read) {
+                    c.add(pid.as_raw(), read);
+                }
                 if let Some(p) = parent_end {
                     self.log_channels.insert(pid.as_raw(), p);
                 }
@@ -94,21 +124,70 @@ impl<T: 'static> System<T> {
                 Some(Pid(pid.as_raw()))
             }
             Err(e) => {
-                // Once per streak of failures (or when the error changes); the
-                // machine counts them and backs off.
-                match &mut self.fork_failing {
-                    Some((last, n)) if *last == e => *n += 1,
-                    _ => {
-                        slog::error!(
-                            self.logger,
-                            "fork failed: {e}; serving with the children there are"
-                        );
-                        self.fork_failing = Some((e, 1));
-                    }
-                }
+                self.fork_failed(e, "fork");
                 self.board.release(slot);
                 None
             }
+        }
+    }
+
+    /// A fork that failed (or could not be tried): logged once per streak of
+    /// failures (or when the error changes); the machine counts them and backs off.
+    fn fork_failed(&mut self, e: nix::errno::Errno, what: &str) {
+        match &mut self.fork_failing {
+            Some((last, n)) if *last == e => *n += 1,
+            _ => {
+                slog::error!(
+                    self.logger,
+                    "{what} failed: {e}; serving with the children there are"
+                );
+                self.fork_failing = Some((e, 1));
+            }
+        }
+    }
+
+    /// Before the first command child: the output capture, the cooperative
+    /// command's scoreboard descriptor, the busy observer.
+    fn start_command_threads(&mut self) {
+        self.command_started = true;
+        let Some(cmd) = self.cfg.command.clone() else {
+            return;
+        };
+        match super::command::Capture::start(self.logger.clone(), self.logs.access.clone()) {
+            Ok(c) => self.capture = Some(c),
+            Err(e) => slog::error!(
+                self.logger,
+                "cannot start capturing the children's output ({e}): they write where the parent does"
+            ),
+        }
+        // Slots for every child, and as many again for those retiring.
+        match super::os::fork_keeper(self.cfg.options.max_children.saturating_mul(2) + 16) {
+            Ok((_, pipe)) => self.keeper = Some(pipe),
+            Err(e) => slog::error!(
+                self.logger,
+                "cannot fork the keeper ({e}): if preforkd is KILLed, the children's own children may outlive it"
+            ),
+        }
+        if cmd.cooperative {
+            // A description of its own: a child's copy must not share the
+            // parent's lock on the file.
+            let own = format!("/proc/self/fd/{}", self.board_file.as_raw_fd());
+            match std::fs::OpenOptions::new().read(true).write(true).open(&own) {
+                Ok(f) => {
+                    let _ = cmd.board_fd.set(f.as_raw_fd());
+                    self.command_board = Some(f);
+                }
+                Err(e) => slog::error!(
+                    self.logger,
+                    "cannot open the scoreboard for the children ({e}): they cannot report"
+                ),
+            }
+        }
+        if let Err(e) = super::command::observe::start(self.board, cmd) {
+            slog::error!(
+                self.logger,
+                "cannot start the busy observer ({e}): the pool will not grow with the load"
+            );
         }
     }
 }

@@ -56,6 +56,7 @@
 mod check;
 mod child;
 mod clock;
+pub mod command;
 mod credentials;
 mod daemon;
 mod error;

@@ -282,7 +282,7 @@ static UNREADABLE: std::sync::Mutex<Option<(i32, String)>> = std::sync::Mutex::n
 
 /// The descriptors of `pid` that are sockets, with their inodes (empty if the
 /// child is gone, or they cannot be read: see [`UNREADABLE`]).
-fn socket_fds(pid: i32) -> Vec<(RawFd, u64)> {
+pub(crate) fn socket_fds(pid: i32) -> Vec<(RawFd, u64)> {
     use std::io::ErrorKind::PermissionDenied;
     let denied = |e: std::io::Error| {
         let why = format!("/proc/{pid}/fd: {e}");

@@ -302,6 +302,11 @@ impl<T: 'static> Parent<T> {
             disconnect_probe: None,
             unreadable_logged: false,
             scanner: None,
+            capture: None,
+            command_started: false,
+            command_board: None,
+            tree_of: Default::default(),
+            keeper: None,
         };
         Ok(Parent {
             machine,

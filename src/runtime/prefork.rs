@@ -52,6 +52,8 @@ pub struct Prefork<T> {
     pub(super) scaling: Option<Box<dyn ScalingPolicy>>,
     pub(super) reload: Option<Box<dyn ReloadPolicy>>,
     pub(super) disconnect: Option<Box<dyn DisconnectPolicy>>,
+    /// Children run a command (see [`super::command`]).
+    pub(super) command: Option<Arc<super::command::Supervised>>,
 }
 
 impl<T> std::fmt::Debug for Prefork<T> {
@@ -95,6 +97,7 @@ impl<T: 'static> Prefork<T> {
             scaling: None,
             reload: None,
             disconnect: None,
+            command: None,
         }
     }
 
@@ -472,6 +475,23 @@ impl<T: 'static> Prefork<T> {
                 std::panic::resume_unwind(panic)
             }
         }
+    }
+
+    /// Checks the configuration as [`run`](Self::run) would before it opens or
+    /// forks anything (options, policies, user and group), and nothing else: for
+    /// `preforkd run --check-config`.
+    ///
+    /// # Errors
+    /// The [`RunError::Config`] naming the option at fault.
+    pub fn check_config(mut self) -> Result<(), RunError> {
+        self.make_paths_absolute()?;
+        let service = systemd::ServiceEnv {
+            notify_socket: None,
+            watchdog: None,
+            notes: Vec::new(),
+            pass_on: Vec::new(),
+        };
+        self.check(&service, None).map(|_| ())
     }
 
     /// Every configured path made absolute against the directory the daemon was

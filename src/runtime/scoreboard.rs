@@ -281,6 +281,60 @@ impl Board {
         s.pid.store(0, Ordering::Release);
     }
 
+    /// The parent's observer of children that do not report for themselves
+    /// (`preforkd run`): marks the child `pid` in `slot` busy or idle, as its
+    /// connections say, as the child would (request start, requests served, the
+    /// idle count, the saturation wake-up). Only between idle and busy, and only
+    /// while the slot is that child's: a slot emptied, starting or retiring
+    /// meanwhile is left alone (a compare-and-swap on its state).
+    pub(crate) fn observed(&self, slot: usize, pid: i32, busy: bool) {
+        let Some(s) = self.slots.get(slot) else {
+            return;
+        };
+        if s.pid.load(Ordering::Acquire) != pid {
+            return;
+        }
+        let (from, to) = if busy { (IDLE, BUSY) } else { (BUSY, IDLE) };
+        if busy {
+            let now = coarse_now_ns();
+            s.request_start.store(now, Ordering::Relaxed);
+            s.heartbeat.store(now, Ordering::Relaxed);
+        }
+        if s
+            .state
+            .compare_exchange(from, to, Ordering::AcqRel, Ordering::Relaxed)
+            .is_err()
+        {
+            return;
+        }
+        let h = &self.header;
+        if busy {
+            let saturated = h.idle.fetch_sub(1, Ordering::AcqRel) == 1
+                && h.can_grow.load(Ordering::Relaxed) != 0;
+            let watched = h.watch_busy.load(Ordering::Relaxed) != 0
+                && h.watch_busy.swap(0, Ordering::AcqRel) != 0;
+            if saturated || watched {
+                self.wake_parent();
+            }
+        } else {
+            s.requests.fetch_add(1, Ordering::Relaxed);
+            h.idle.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    /// The observer: connections wait in a listener's queue. Wakes the parent
+    /// if the pool can grow (a full pool has nothing to do about it).
+    pub(crate) fn queue_waiting(&self) {
+        if self.header.can_grow.load(Ordering::Relaxed) != 0 {
+            self.wake_parent();
+        }
+    }
+
+    /// Every slot's pid (0: none).
+    pub(crate) fn pids(&self) -> impl Iterator<Item = i32> + '_ {
+        self.slots.iter().map(|s| s.pid.load(Ordering::Acquire))
+    }
+
     /// Parent, before it TERMs the child in `slot` by itself (not a shutdown).
     pub(crate) fn mark_retired_alone(&self, slot: usize) {
         self.slots[slot].retired_alone.store(1, Ordering::SeqCst);

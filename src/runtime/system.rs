@@ -86,6 +86,18 @@ pub(super) struct System<T> {
     pub(super) unreadable_logged: bool,
     /// The thread that looks for client disconnects, once started.
     pub(super) scanner: Option<super::scanner::Scanner>,
+    /// Children running a command: the thread capturing their output, once
+    /// started (`None` after it could not start: they write where the parent does).
+    pub(super) capture: Option<super::command::Capture>,
+    /// The command's threads were started (or tried).
+    pub(super) command_started: bool,
+    /// A cooperative command's own descriptor of the scoreboard.
+    pub(super) command_board: Option<std::fs::File>,
+    /// During a disconnect look at command children: each looked-at process of
+    /// a child's tree, and the child it belongs to.
+    pub(super) tree_of: BTreeMap<i32, i32>,
+    /// The keeper's pipe (see `os::fork_keeper`): the command children's groups.
+    pub(super) keeper: Option<OwnedFd>,
 }
 
 impl<T: 'static> Effects for System<T> {
@@ -125,13 +137,34 @@ impl<T: 'static> Effects for System<T> {
             .read_into(self.clock.origin_ns(), &mut into.slots);
         if self.cfg.options.max_child_memory.is_some() {
             for s in into.slots.iter_mut().filter(|s| s.pid.0 > 0) {
-                s.memory = memory::rss_bytes(s.pid.0);
+                s.memory = if self.cfg.command.is_some() {
+                    // A command's memory is its whole process tree's.
+                    let tree = super::command::observe::process_tree(s.pid.0);
+                    memory::rss_bytes(s.pid.0).map(|own| {
+                        tree[1..]
+                            .iter()
+                            .filter_map(|&p| memory::rss_bytes(p))
+                            .fold(own, u64::saturating_add)
+                    })
+                } else {
+                    memory::rss_bytes(s.pid.0)
+                };
             }
         }
     }
 
     fn release(&mut self, pid: Pid) {
         self.log_channels.remove(&pid.0);
+        let ours = self.board.slot_of(pid.0).is_some();
+        if self.cfg.command.is_some() && ours {
+            // What is left of its process group (its leader is gone) is an orphan.
+            if let Err(e) = super::os::signal_group(pid.0, nix::libc::SIGKILL) {
+                slog::warn!(self.logger, "killing what is left of child {pid}'s process group: {e}");
+            }
+            if let Some(k) = &self.keeper {
+                super::os::tell_keeper(k, -pid.0);
+            }
+        }
         if let Some(slot) = self.board.slot_of(pid.0) {
             self.board.release(slot);
         }
@@ -143,7 +176,22 @@ impl<T: 'static> Effects for System<T> {
                 self.board.mark_retired_alone(slot);
             }
         }
-        match nsig::kill(unistd::Pid::from_raw(pid.0), to_os_signal(signal)) {
+        let mut sig = to_os_signal(signal);
+        if let Some(cmd) = &self.cfg.command {
+            match signal {
+                // Its output goes through the parent: there is no log of its to
+                // reopen, and USR1 may mean anything to it.
+                ChildSignal::Usr1 => return,
+                ChildSignal::Term => sig = cmd.stop_signal,
+                // The whole process tree, however it spread in its group.
+                ChildSignal::Kill => {
+                    if let Err(e) = super::os::signal_group(pid.0, nix::libc::SIGKILL) {
+                        slog::error!(self.logger, "kill(-{pid}, KILL) failed: {e}");
+                    }
+                }
+            }
+        }
+        match nsig::kill(unistd::Pid::from_raw(pid.0), sig) {
             Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
             Err(e) => slog::error!(self.logger, "kill({pid}, {}) failed: {e}", signal.name()),
         }
@@ -214,6 +262,27 @@ impl<T: 'static> Effects for System<T> {
         if children.is_empty() {
             return Some(Vec::new());
         }
+        // A command's connections may be held anywhere in its process tree
+        // (gunicorn's worker is the child's child): every process is looked at,
+        // and what is found counts for the child.
+        let children = if self.cfg.command.is_some() {
+            self.tree_of.clear();
+            let mut all = Vec::new();
+            for c in children {
+                for p in super::command::observe::process_tree(c.pid) {
+                    self.tree_of.insert(p, c.pid);
+                    all.push(Child {
+                        pid: p,
+                        conn: None,
+                        peer: None,
+                        requests: c.requests,
+                    });
+                }
+            }
+            all
+        } else {
+            children
+        };
         let probe = match self.disconnect_probe {
             Some(p) => p,
             None => {
@@ -301,6 +370,17 @@ impl<T: 'static> System<T> {
         }
         // A child that finished that request meanwhile (and may be on the next
         // one, whose client is there) is not judged by what was seen of the last.
+        let mut look = look;
+        for c in &mut look.found {
+            if let Some(&leader) = self.tree_of.get(&c.conn.pid.0) {
+                c.conn.pid = Pid(leader);
+            }
+        }
+        for c in &mut look.children {
+            if let Some(&leader) = self.tree_of.get(&c.pid) {
+                c.pid = leader;
+            }
+        }
         let board = &self.board;
         let still = |pid: i32| {
             look.children.iter().any(|c| {

@@ -363,6 +363,27 @@ pub(super) fn claim_listener(
     Ok(Some(std::net::TcpListener::from(copy)))
 }
 
+/// A copy of the handed-over Unix-domain listener bound at `path`, now
+/// claimed; `None` if there is none.
+pub(super) fn claim_unix_listener(path: &std::path::Path) -> std::io::Result<Option<OwnedFd>> {
+    let mut inherited = INHERITED_LISTENERS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let found = inherited.iter_mut().find(|(fd, claimed)| {
+        !*claimed
+            && nix::sys::socket::getsockname::<nix::sys::socket::UnixAddr>(fd.as_raw_fd())
+                .ok()
+                .and_then(|a| a.path().map(|p| p == path))
+                .unwrap_or(false)
+    });
+    let Some((fd, claimed)) = found else {
+        return Ok(None);
+    };
+    let copy = fd.try_clone()?;
+    *claimed = true;
+    Ok(Some(copy))
+}
+
 /// Closes this image's copies of the handed-over listeners once `after_init`
 /// succeeded: those it did not claim are strays (the old children hold their
 /// own copies, the new ones must not inherit them), and those it claimed it

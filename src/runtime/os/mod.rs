@@ -16,7 +16,9 @@
 //! - `peek.rs`: a copy of a child's descriptor (`pidfd_getfd`), a socket's TCP
 //!   state, one socket of this host found by its addresses (`sock_diag`);
 //! - `sockets.rs`: a listener's queue length, and descriptors received over a
-//!   socket (`SCM_RIGHTS`).
+//!   socket (`SCM_RIGHTS`);
+//! - `spawn.rs`: a child that runs a command: its vectors built before the
+//!   fork, its descriptors placed, its signals reset, `execve`; process groups.
 // Inherited by the files below: nowhere else in the crate is `unsafe` allowed.
 #![allow(unsafe_code)]
 
@@ -27,6 +29,7 @@ mod process;
 mod shared_memory;
 mod signal_handlers;
 mod sockets;
+mod spawn;
 
 pub(crate) use exec::{
     adopt_fd, dup_handed, hold_signals, memfd, release_signals, set_cloexec, spawn_trial,
@@ -42,3 +45,7 @@ pub(crate) use signal_handlers::{
     STOP_REQUESTED,
 };
 pub(crate) use sockets::{listen_queue_len, listening_sockets, recv_fds};
+pub(crate) use spawn::{
+    fork_keeper, redirect_stdio, say_exec_failed, set_group_of, signal_group, tell_keeper,
+    CommandImage,
+};

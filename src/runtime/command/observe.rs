@@ -1,0 +1,234 @@
+//! Busy children seen from the kernel, for commands that do not report: a
+//! thread of the parent stands in for each child's own scoreboard writes.
+//!
+//! Every `busy_check_every` (and at once when a listener's queue fills), it
+//! looks at:
+//! - the connections accepted on our listeners: TCP sockets in ESTABLISHED or
+//!   CLOSE_WAIT whose local address is a listener's (one `sock_diag` dump, the
+//!   kernel filtering by state), and Unix-domain sockets connected at a
+//!   listener's path (`/proc/net/unix`: an accepted socket carries its
+//!   listener's path);
+//! - each child's process tree (`/proc/PID/task/*/children`, recursively) and
+//!   the socket inodes its processes hold (`/proc/PID/fd`).
+//!
+//! A child whose tree holds one of those connections is busy, else idle; the
+//! slot changes as a child's own `Worker` would change it (see
+//! `Board::observed`), so scaling, busy timeouts and the disconnect checks work
+//! unchanged. A connection waiting in a listener's queue (`TCP_INFO` of the
+//! listening socket, or the listener readable) wakes the parent when the pool
+//! can grow. This is a sensor, like a child's own report: it decides nothing.
+
+use super::{ListenAddr, Supervised};
+use crate::runtime::os;
+use crate::runtime::scoreboard::Board;
+use crate::runtime::signals::PARENT_SIGNALS;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::os::fd::RawFd;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// More processes than this in one child's tree are not looked at (a fork bomb
+/// must not make the parent's observer slow).
+const MOST_PROCESSES: usize = 4096;
+
+/// Starts the observing thread (with the parent's signals blocked in it).
+pub(crate) fn start(board: Board, supervised: Arc<Supervised>) -> std::io::Result<()> {
+    os::hold_signals(&PARENT_SIGNALS)?;
+    let started = std::thread::Builder::new()
+        .name("preforkd-observer".into())
+        .spawn(move || {
+            let listening = supervised.listening.get().cloned().unwrap_or_default();
+            loop {
+                let queued = wait_for_queue(&listening, supervised.busy_check_every);
+                // A panic costs one look, not the thread.
+                let _ = std::panic::catch_unwind(|| {
+                    if !supervised.cooperative {
+                        look(&board, &listening);
+                    }
+                    if queued || queue_len(&listening) > 0 {
+                        board.queue_waiting();
+                    }
+                });
+                if queued {
+                    // The queue stays readable while the pool is full: no spin.
+                    std::thread::sleep(supervised.busy_check_every.min(Duration::from_millis(10)));
+                }
+            }
+        });
+    let released = os::release_signals(&PARENT_SIGNALS);
+    started?;
+    released
+}
+
+/// Waits up to `every` for a connection to wait in a listener's queue; whether
+/// one does.
+fn wait_for_queue(listening: &[(RawFd, ListenAddr)], every: Duration) -> bool {
+    let mut fds: Vec<PollFd> = listening
+        .iter()
+        .map(|(fd, _)| PollFd::new(os::borrow_fd(*fd), PollFlags::POLLIN))
+        .collect();
+    let ms = u16::try_from(every.as_millis()).unwrap_or(u16::MAX);
+    if fds.is_empty() {
+        std::thread::sleep(every);
+        return false;
+    }
+    matches!(poll(&mut fds, PollTimeout::from(ms)), Ok(n) if n > 0)
+}
+
+/// Connections waiting in the TCP listeners' queues.
+fn queue_len(listening: &[(RawFd, ListenAddr)]) -> u32 {
+    listening
+        .iter()
+        .filter(|(_, a)| matches!(a, ListenAddr::Tcp(_)))
+        .filter_map(|(fd, _)| os::listen_queue_len(os::borrow_fd(*fd)))
+        .sum()
+}
+
+/// One look: every child marked busy or idle.
+fn look(board: &Board, listening: &[(RawFd, ListenAddr)]) {
+    let accepted = accepted_connections(listening);
+    for (slot, pid) in board.pids().enumerate() {
+        if pid <= 0 {
+            continue;
+        }
+        let busy = !accepted.is_empty()
+            && process_tree(pid)
+                .into_iter()
+                .any(|p| crate::runtime::netstat::socket_fds(p).iter().any(|(_, i)| accepted.contains(i)));
+        board.observed(slot, pid, busy);
+    }
+}
+
+/// The inodes of the connections accepted on `listening`, open now.
+pub(crate) fn accepted_connections(listening: &[(RawFd, ListenAddr)]) -> HashSet<u64> {
+    let mut out = HashSet::new();
+    let tcp: Vec<SocketAddr> = listening
+        .iter()
+        .filter_map(|(_, a)| match a {
+            ListenAddr::Tcp(a) => Some(*a),
+            ListenAddr::Unix(_) => None,
+        })
+        .collect();
+    if !tcp.is_empty() {
+        const ESTABLISHED: u32 = 1;
+        const CLOSE_WAIT: u32 = 8;
+        if let Ok(sockets) = os::tcp_sockets_in(1 << ESTABLISHED | 1 << CLOSE_WAIT) {
+            for s in sockets {
+                let ours = tcp.iter().any(|l| {
+                    l.port() == s.local.port()
+                        && (l.ip().is_unspecified()
+                            || l.ip().to_canonical() == s.local.ip().to_canonical())
+                });
+                if ours && s.inode != 0 {
+                    out.insert(u64::from(s.inode));
+                }
+            }
+        }
+    }
+    let unix: Vec<&std::path::Path> = listening
+        .iter()
+        .filter_map(|(_, a)| match a {
+            ListenAddr::Unix(p) => Some(p.as_path()),
+            ListenAddr::Tcp(_) => None,
+        })
+        .collect();
+    if !unix.is_empty() {
+        if let Ok(table) = std::fs::read("/proc/net/unix") {
+            out.extend(unix_accepted(&table, &unix));
+        }
+    }
+    out
+}
+
+/// From `/proc/net/unix`: the connected, non-listening stream sockets bound at
+/// one of `paths` (an accepted socket carries its listener's path).
+fn unix_accepted(table: &[u8], paths: &[&std::path::Path]) -> Vec<u64> {
+    // Num RefCount Protocol Flags Type St Inode Path
+    const ACCEPTCON: u32 = 0x10000;
+    const STREAM: &str = "0001";
+    const CONNECTED: &str = "03";
+    String::from_utf8_lossy(table)
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (flags, ty, st, inode, path) = (f.get(3)?, f.get(4)?, f.get(5)?, f.get(6)?, f.get(7)?);
+            let flags = u32::from_str_radix(flags, 16).ok()?;
+            let ours = paths.iter().any(|p| p.as_os_str() == std::ffi::OsStr::new(path));
+            (ours && flags & ACCEPTCON == 0 && *ty == STREAM && *st == CONNECTED)
+                .then(|| inode.parse().ok())
+                .flatten()
+        })
+        .collect()
+}
+
+/// `pid` and its descendants (from `/proc/PID/task/*/children`), at most
+/// [`MOST_PROCESSES`].
+pub(crate) fn process_tree(pid: i32) -> Vec<i32> {
+    let mut tree = vec![pid];
+    let mut i = 0;
+    while i < tree.len() && tree.len() < MOST_PROCESSES {
+        let p = tree[i];
+        i += 1;
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) else {
+            continue;
+        };
+        for t in tasks.flatten() {
+            let Ok(kids) = std::fs::read_to_string(t.path().join("children")) else {
+                continue;
+            };
+            for k in kids.split_whitespace().filter_map(|k| k.parse::<i32>().ok()) {
+                if !tree.contains(&k) && tree.len() < MOST_PROCESSES {
+                    tree.push(k);
+                }
+            }
+        }
+    }
+    tree
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_accepted_unix_socket_is_found_by_its_listeners_path_and_nothing_else() {
+        let table = b"Num       RefCount Protocol Flags    Type St Inode Path
+0000000000000000: 00000002 00000000 00010000 0001 01 100 /run/app.sock
+0000000000000000: 00000003 00000000 00000000 0001 03 101 /run/app.sock
+0000000000000000: 00000003 00000000 00000000 0001 03 102
+0000000000000000: 00000003 00000000 00000000 0001 03 103 /run/other.sock
+0000000000000000: 00000003 00000000 00000000 0002 03 104 /run/app.sock
+0000000000000000: 00000003 00000000 00000000 0001 01 105 /run/app.sock
+";
+        let got = unix_accepted(table, &[std::path::Path::new("/run/app.sock")]);
+        assert_eq!(got, vec![101]);
+    }
+
+    #[test]
+    fn a_process_tree_holds_the_process_and_its_descendants() {
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "sleep 30 & wait"])
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        let mut tree = Vec::new();
+        for _ in 0..200 {
+            tree = process_tree(pid);
+            if tree.len() == 2 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let grandchild = tree.get(1).copied();
+        let _ = child.kill();
+        let _ = child.wait();
+        if let Some(g) = grandchild {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(g), nix::sys::signal::Signal::SIGKILL);
+        }
+        assert_eq!(tree.len(), 2, "{tree:?}");
+        assert_eq!(tree[0], pid);
+    }
+}
