@@ -17,6 +17,8 @@ use std::os::unix::net::UnixListener;
 use std::time::Duration;
 
 fn main() {
+    // Read before listen_fds, which unsets it.
+    let listen_pid = std::env::var("LISTEN_PID").unwrap_or_default();
     let sockets = match preforkd::runtime::systemd::listen_fds() {
         Ok(s) if !s.is_empty() => s,
         Ok(_) => {
@@ -30,7 +32,7 @@ fn main() {
     };
     let env = format!(
         "LISTEN_PID={} LISTEN_FDS={} LISTEN_FDNAMES={} pid={}\n",
-        std::env::var("LISTEN_PID").unwrap_or_default(),
+        listen_pid,
         sockets.len(),
         sockets
             .iter()
@@ -39,6 +41,15 @@ fn main() {
             .join(":"),
         std::process::id()
     );
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let _ = signal_hook::flag::register(signal_hook::consts::SIGTERM, std::sync::Arc::clone(&stop));
+    std::thread::spawn(move || loop {
+        if stop.load(std::sync::atomic::Ordering::Relaxed) {
+            STOP.store(true, std::sync::atomic::Ordering::Relaxed);
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    });
     // The first socket is served (a second, if any, on a thread).
     let mut threads = Vec::new();
     for s in sockets {
@@ -52,14 +63,10 @@ fn main() {
                 .is_ok();
             if tcp {
                 let l = std::net::TcpListener::from(fd);
-                for c in l.incoming().flatten() {
-                    serve(c, &env);
-                }
+                accept_loop(|| l.accept().map(|(c, _)| c), &l, &env, |c| c.set_nonblocking(false));
             } else {
                 let l = UnixListener::from(fd);
-                for c in l.incoming().flatten() {
-                    serve(c, &env);
-                }
+                accept_loop(|| l.accept().map(|(c, _)| c), &l, &env, |c| c.set_nonblocking(false));
             }
         }));
     }
@@ -67,6 +74,34 @@ fn main() {
         let _ = t.join();
     }
 }
+
+/// Accepts until TERM: the request in hand is finished first (a graceful stop,
+/// as preforkd's stop signal expects).
+fn accept_loop<L: std::os::fd::AsFd, C: Read + Write>(
+    accept: impl Fn() -> std::io::Result<C>,
+    listener: &L,
+    env: &str,
+    blocking: impl Fn(&C) -> std::io::Result<()>,
+) {
+    let fd = listener.as_fd();
+    let _ = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK));
+    while !STOP.load(std::sync::atomic::Ordering::Relaxed) {
+        match accept() {
+            Ok(c) => {
+                let _ = blocking(&c);
+                serve(c, env);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                let mut p = [nix::poll::PollFd::new(fd, nix::poll::PollFlags::POLLIN)];
+                let _ = nix::poll::poll(&mut p, nix::poll::PollTimeout::from(100u16));
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(10)),
+        }
+    }
+    std::process::exit(0);
+}
+
+static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 fn serve<S: Read + Write>(mut conn: S, env: &str) {
     let mut line = String::new();

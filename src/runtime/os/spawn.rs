@@ -109,7 +109,7 @@ impl CommandImage {
     }
 
     /// In the child, after the fork: puts `listeners` at descriptors 3, 4... (and
-    /// `extra` right after them), resets every signal to its default disposition
+    /// `extra` right after them), closes every other descriptor from 3 up, resets every signal to its default disposition
     /// and unblocks them all, makes the child the leader of its own process
     /// group, fills in `LISTEN_PID` and runs the program. Returns only if that
     /// failed, with the reason. Allocates nothing and takes no lock.
@@ -130,6 +130,14 @@ impl CommandImage {
             libc::setpgid(0, 0);
             if let Err(e) = place_fds(listeners, extra) {
                 return e;
+            }
+            // Nothing else reaches the command: not the descriptors the daemon
+            // was started with, nor any of its own left without close-on-exec.
+            let first = 3 + (listeners.len() + extra.len()) as u32;
+            if libc::syscall(libc::SYS_close_range, first, u32::MAX, 0u32) != 0 {
+                for fd in first..4096 {
+                    libc::close(fd as RawFd);
+                }
             }
             for sig in 1..libc::SIGRTMAX() {
                 if sig != libc::SIGKILL && sig != libc::SIGSTOP {
@@ -322,6 +330,8 @@ pub(crate) fn fork_keeper(capacity: usize) -> io::Result<(i32, std::os::fd::Owne
         libc::signal(libc::SIGCHLD, libc::SIG_DFL);
         libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
         libc::setpgid(0, 0);
+        // Told apart from the daemon in ps and top.
+        libc::prctl(libc::PR_SET_NAME, c"preforkd-keeper".as_ptr());
         // Only the pipe: no lock, listener or log of the daemon is held here.
         libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&read), 0);
         if libc::syscall(libc::SYS_close_range, 1u32, u32::MAX, 0u32) != 0 {
