@@ -12,6 +12,9 @@
 //! variables it got; `/fds` its open descriptors; `/say/TEXT` writes TEXT to
 //! stdout and stderr (as two lines each, in pieces); anything else its pid.
 
+// A stand-in server in its own process: threads and sleeps are its business.
+#![allow(clippy::disallowed_methods)]
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixListener;
 use std::time::Duration;
@@ -63,10 +66,20 @@ fn main() {
                 .is_ok();
             if tcp {
                 let l = std::net::TcpListener::from(fd);
-                accept_loop(|| l.accept().map(|(c, _)| c), &l, &env, |c| c.set_nonblocking(false));
+                accept_loop(
+                    || l.accept().map(|(c, _)| c),
+                    &l,
+                    &env,
+                    |c| c.set_nonblocking(false),
+                );
             } else {
                 let l = UnixListener::from(fd);
-                accept_loop(|| l.accept().map(|(c, _)| c), &l, &env, |c| c.set_nonblocking(false));
+                accept_loop(
+                    || l.accept().map(|(c, _)| c),
+                    &l,
+                    &env,
+                    |c| c.set_nonblocking(false),
+                );
             }
         }));
     }
@@ -84,7 +97,10 @@ fn accept_loop<L: std::os::fd::AsFd, C: Read + Write>(
     blocking: impl Fn(&C) -> std::io::Result<()>,
 ) {
     let fd = listener.as_fd();
-    let _ = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK));
+    let _ = nix::fcntl::fcntl(
+        fd,
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+    );
     while !STOP.load(std::sync::atomic::Ordering::Relaxed) {
         match accept() {
             Ok(c) => {
@@ -126,7 +142,10 @@ fn serve<S: Read + Write>(mut conn: S, env: &str) {
         env.to_string()
     } else if path == "/fds" {
         let mut fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")
-            .map(|d| d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect())
+            .map(|d| {
+                d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                    .collect()
+            })
             .unwrap_or_default();
         fds.sort();
         format!("{fds:?}\n")
@@ -134,7 +153,10 @@ fn serve<S: Read + Write>(mut conn: S, env: &str) {
         // In pieces, as a program's buffered output may come: the log must
         // still get whole lines.
         let (a, b) = text.split_at(text.len() / 2);
-        for mut out in [Box::new(std::io::stdout()) as Box<dyn Write>, Box::new(std::io::stderr())] {
+        for mut out in [
+            Box::new(std::io::stdout()) as Box<dyn Write>,
+            Box::new(std::io::stderr()),
+        ] {
             let _ = out.write_all(a.as_bytes());
             let _ = out.flush();
             std::thread::sleep(Duration::from_millis(20));

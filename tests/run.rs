@@ -8,143 +8,11 @@
 mod support;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+use support::run::{preforkd, server, sh, tree, Run};
 use support::{alive, children_of, get, send_signal, tempdir, wait_for};
-
-fn preforkd() -> &'static str {
-    env!("CARGO_BIN_EXE_preforkd")
-}
-
-fn server() -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
-    let bin = dir.join("examples").join("activated_http");
-    assert!(bin.exists(), "{} is missing: `cargo test` builds the examples", bin.display());
-    bin
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-/// A `preforkd run`, its stderr (the log) in a file; on drop every process it
-/// started is KILLed by pid (its children, their descendants, then itself).
-struct Run {
-    child: Child,
-    log: PathBuf,
-    addr: SocketAddr,
-    dir: PathBuf,
-}
-
-impl Run {
-    fn start(tag: &str, flags: &[&str], command: &[&str]) -> Run {
-        let dir = tempdir(tag);
-        let port = free_port();
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let log = dir.join("log");
-        let mut cmd = Command::new(preforkd());
-        cmd.arg("run")
-            .arg("--listen")
-            .arg(format!("tcp://{addr}"))
-            .args(flags)
-            .arg("--")
-            .args(command)
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(dir.join("stdout")).unwrap())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .process_group(0);
-        let child = support::spawn_retrying(&mut cmd).expect("start preforkd");
-        let r = Run {
-            child,
-            log,
-            addr,
-            dir,
-        };
-        assert!(
-            wait_for(Duration::from_secs(10), || TcpStream::connect(addr).is_ok()),
-            "not listening; log:\n{}",
-            r.log()
-        );
-        r
-    }
-
-    fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Its children (not the keeper: a process whose name says so).
-    fn workers(&self) -> Vec<i32> {
-        children_of(self.pid())
-            .into_iter()
-            .filter(|&p| !is_keeper(p))
-            .collect()
-    }
-
-    fn wait_log(&self, within: Duration, needle: &str) -> bool {
-        wait_for(within, || self.log().contains(needle))
-    }
-
-    /// Waits for it to exit; its status.
-    fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
-        let until = Instant::now() + within;
-        loop {
-            if let Some(s) = self.child.try_wait().expect("try_wait") {
-                return Some(s);
-            }
-            if Instant::now() > until {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Run {
-    fn drop(&mut self) {
-        let pid = self.pid();
-        let mut all = Vec::new();
-        for c in children_of(pid) {
-            all.extend(tree(c));
-        }
-        send_signal(pid, libc::SIGKILL);
-        for p in all {
-            send_signal(p, libc::SIGKILL);
-        }
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn is_keeper(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "preforkd-keeper")
-}
-
-/// `pid` and its descendants.
-fn tree(pid: i32) -> Vec<i32> {
-    let mut out = vec![pid];
-    let mut i = 0;
-    while i < out.len() {
-        let kids = children_of(out[i]);
-        out.extend(kids);
-        i += 1;
-    }
-    out
-}
-
-fn sh(script: &str) -> Vec<String> {
-    vec!["/bin/sh".into(), "-c".into(), script.into()]
-}
 
 #[test]
 fn a_command_gets_the_listeners_its_own_pid_and_no_other_descriptor() {
@@ -155,7 +23,9 @@ fn a_command_gets_the_listeners_its_own_pid_and_no_other_descriptor() {
     let worker = r.workers()[0];
     // LISTEN_PID is the child's own pid (the server checked it to adopt the socket).
     assert!(
-        env.starts_with(&format!("LISTEN_PID={worker} LISTEN_FDS=1 LISTEN_FDNAMES=unknown pid={worker}")),
+        env.starts_with(&format!(
+            "LISTEN_PID={worker} LISTEN_FDS=1 LISTEN_FDNAMES=unknown pid={worker}"
+        )),
         "{env}"
     );
     // 0-2, the listener, the connection and the directory being read: none of
@@ -171,7 +41,11 @@ fn the_commands_output_is_logged_in_whole_lines_once_with_the_childs_pid() {
     let worker = r.workers()[0];
     // Written in two pieces 20 ms apart on each stream.
     assert_eq!(get(r.addr, "/say/first-half-second-half").unwrap().0, 200);
-    assert!(r.wait_log(Duration::from_secs(5), "stream: stderr"), "{}", r.log());
+    assert!(
+        r.wait_log(Duration::from_secs(5), "stream: stderr"),
+        "{}",
+        r.log()
+    );
     let log = r.log();
     for stream in ["stdout", "stderr"] {
         let lines: Vec<&str> = log
@@ -180,7 +54,8 @@ fn the_commands_output_is_logged_in_whole_lines_once_with_the_childs_pid() {
             .collect();
         assert_eq!(lines.len(), 1, "{stream}: {log}");
         assert!(
-            lines[0].contains("first-half-second-half,") && lines[0].contains(&format!("child: {worker}")),
+            lines[0].contains("first-half-second-half,")
+                && lines[0].contains(&format!("child: {worker}")),
             "{}",
             lines[0]
         );
@@ -210,10 +85,17 @@ fn the_pool_grows_from_what_the_kernel_shows_and_shrinks_back() {
         })
         .max()
         .unwrap();
-    let codes: Vec<u16> = clients.into_iter().map(|c| c.join().unwrap().unwrap()).collect();
+    let codes: Vec<u16> = clients
+        .into_iter()
+        .map(|c| c.join().unwrap().unwrap())
+        .collect();
     let took = started.elapsed();
     assert!(codes.iter().all(|&c| c == 200), "{codes:?}");
-    assert!(most >= 10, "the pool grew to {most} children only:\n{}", r.log());
+    assert!(
+        most >= 10,
+        "the pool grew to {most} children only:\n{}",
+        r.log()
+    );
     eprintln!("30 one-second requests answered in {took:?}; {most} children at most");
     // Idle again: back to one.
     assert!(
@@ -235,7 +117,10 @@ fn a_command_that_exits_at_once_backs_off_and_says_why() {
         &sh(&script).iter().map(String::as_str).collect::<Vec<_>>(),
     );
     std::thread::sleep(Duration::from_secs(3));
-    let runs = std::fs::read_to_string(&forks).unwrap_or_default().lines().count();
+    let runs = std::fs::read_to_string(&forks)
+        .unwrap_or_default()
+        .lines()
+        .count();
     let log = r.log();
     assert!(log.contains("exited early (exit code 1)"), "{log}");
     // 200 ms doubling: 2 at the start, then a handful in 3 s; never a storm.
@@ -254,7 +139,11 @@ fn a_command_that_cannot_be_run_is_reported_with_the_reason_and_backed_off() {
     let script = dir.join("server");
     std::fs::write(&script, "#!/nonexistent/interpreter\n").unwrap();
     std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let r = Run::start("run-noexec", &["--prefork", "1"], &[script.to_str().unwrap()]);
+    let r = Run::start(
+        "run-noexec",
+        &["--prefork", "1"],
+        &[script.to_str().unwrap()],
+    );
     assert!(
         r.wait_log(Duration::from_secs(5), "cannot run"),
         "{}",
@@ -264,11 +153,16 @@ fn a_command_that_cannot_be_run_is_reported_with_the_reason_and_backed_off() {
     let log = r.log();
     let line = log.lines().find(|l| l.contains("cannot run")).unwrap();
     assert!(
-        line.contains(script.to_str().unwrap()) && line.contains("No such file or directory") && line.contains("child: "),
+        line.contains(script.to_str().unwrap())
+            && line.contains("No such file or directory")
+            && line.contains("child: "),
         "{line}"
     );
     assert!(log.contains("exited early (exit code 127)"), "{log}");
-    assert!(children_started(&log) <= 3, "logged once per streak:\n{log}");
+    assert!(
+        children_started(&log) <= 3,
+        "logged once per streak:\n{log}"
+    );
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -289,7 +183,9 @@ fn term_stops_every_worker_and_its_descendants() {
     let trees: Vec<i32> = r.workers().into_iter().flat_map(tree).collect();
     assert_eq!(get(r.addr, "/").unwrap().0, 200);
     send_signal(r.pid(), libc::SIGTERM);
-    let status = r.wait_exit(Duration::from_secs(10)).expect("preforkd stops");
+    let status = r
+        .wait_exit(Duration::from_secs(10))
+        .expect("preforkd stops");
     assert_eq!(status.code(), Some(0), "{}", r.log());
     assert!(
         wait_for(Duration::from_secs(3), || trees.iter().all(|&p| !alive(p))),
@@ -301,10 +197,16 @@ fn term_stops_every_worker_and_its_descendants() {
 #[test]
 fn the_stop_signal_asks_the_command_to_finish() {
     let script = "trap 'echo got-quit >&2; exit 0' QUIT; while :; do sleep 0.05; done";
-    let mut r = Run::start("run-quit", &["--prefork", "2", "--stop-signal", "QUIT"], &sh(script).iter().map(String::as_str).collect::<Vec<_>>());
+    let mut r = Run::start(
+        "run-quit",
+        &["--prefork", "2", "--stop-signal", "QUIT"],
+        &sh(script).iter().map(String::as_str).collect::<Vec<_>>(),
+    );
     assert!(wait_for(Duration::from_secs(5), || r.workers().len() == 2));
     send_signal(r.pid(), libc::SIGTERM);
-    let status = r.wait_exit(Duration::from_secs(10)).expect("preforkd stops");
+    let status = r
+        .wait_exit(Duration::from_secs(10))
+        .expect("preforkd stops");
     assert_eq!(status.code(), Some(0), "{}", r.log());
     let log = r.log();
     assert_eq!(log.matches("got-quit").count(), 2, "{log}");
@@ -315,7 +217,10 @@ fn the_stop_signal_asks_the_command_to_finish() {
 fn a_killed_preforkd_leaves_no_orphan() {
     let bin = server();
     // A descendant that ignores everything but KILL, in the worker's group.
-    let script = format!("(trap '' TERM HUP INT QUIT; exec sleep 1000) & exec {}", bin.display());
+    let script = format!(
+        "(trap '' TERM HUP INT QUIT; exec sleep 1000) & exec {}",
+        bin.display()
+    );
     let mut r = Run::start(
         "run-kill",
         &["--prefork", "2"],
@@ -354,14 +259,18 @@ fn a_unix_listener_gets_its_mode_and_is_served() {
     let ok = wait_for(Duration::from_secs(10), || {
         std::os::unix::net::UnixStream::connect(&path).is_ok()
     });
-    let mode = std::fs::metadata(&path).map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777);
+    let mode = std::fs::metadata(&path)
+        .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777);
     let mut body = String::new();
     if ok {
         let mut s = std::os::unix::net::UnixStream::connect(&path).unwrap();
         s.write_all(b"GET /env HTTP/1.1\r\n\r\n").unwrap();
         s.read_to_string(&mut body).unwrap();
     }
-    let kids: Vec<i32> = children_of(child.id() as i32).into_iter().flat_map(tree).collect();
+    let kids: Vec<i32> = children_of(child.id() as i32)
+        .into_iter()
+        .flat_map(tree)
+        .collect();
     send_signal(child.id() as i32, libc::SIGKILL);
     for k in kids {
         send_signal(k, libc::SIGKILL);
@@ -395,7 +304,10 @@ fn bad_configurations_are_refused_with_64_or_78_naming_the_problem() {
     // An unknown key: its name and line.
     let (code, err) = refused(&check, Some("prefork = 2\n\nmax_childs = 10\n"));
     assert_eq!(code, 78, "{err}");
-    assert!(err.contains("max_childs") && err.contains("line 3"), "{err}");
+    assert!(
+        err.contains("max_childs") && err.contains("line 3"),
+        "{err}"
+    );
     // A bad value.
     let (code, err) = refused(&check, Some("graceful_timeout = \"soon\"\n"));
     assert_eq!(code, 78, "{err}");
@@ -403,9 +315,21 @@ fn bad_configurations_are_refused_with_64_or_78_naming_the_problem() {
     // A value the supervisor refuses.
     let (code, err) = refused(&check, Some("prefork = 20\nmax_children = 10\n"));
     assert_eq!(code, 78, "{err}");
-    assert!(err.contains("max_children") || err.contains("prefork"), "{err}");
+    assert!(
+        err.contains("max_children") || err.contains("prefork"),
+        "{err}"
+    );
     // A listener that does not parse.
-    let (code, err) = refused(&["--listen", "tcp://nowhere", "--check-config", "--", "/bin/true"], None);
+    let (code, err) = refused(
+        &[
+            "--listen",
+            "tcp://nowhere",
+            "--check-config",
+            "--",
+            "/bin/true",
+        ],
+        None,
+    );
     assert_eq!(code, 78, "{err}");
     assert!(err.contains("tcp://nowhere"), "{err}");
     // No COMMAND.
@@ -415,7 +339,10 @@ fn bad_configurations_are_refused_with_64_or_78_naming_the_problem() {
     // A COMMAND that is not there.
     let (code, err) = refused(&["--check-config", "--", "no-such-server-here"], None);
     assert_eq!(code, 78, "{err}");
-    assert!(err.contains("no-such-server-here: not found in PATH"), "{err}");
+    assert!(
+        err.contains("no-such-server-here: not found in PATH"),
+        "{err}"
+    );
     // An unknown flag.
     let (code, err) = refused(&["--max-childs", "3", "--", "/bin/true"], None);
     assert_eq!(code, 64, "{err}");

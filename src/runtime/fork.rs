@@ -28,7 +28,10 @@ impl<T: 'static> System<T> {
                 Ok(p) => Some(p),
                 Err(e) => {
                     // Like a failed fork: counted, backed off, retried.
-                    self.fork_failed(nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(0)), "making the child's output pipes");
+                    self.fork_failed(
+                        nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(0)),
+                        "making the child's output pipes",
+                    );
                     return None;
                 }
             },
@@ -172,7 +175,11 @@ impl<T: 'static> System<T> {
             // A description of its own: a child's copy must not share the
             // parent's lock on the file.
             let own = format!("/proc/self/fd/{}", self.board_file.as_raw_fd());
-            match std::fs::OpenOptions::new().read(true).write(true).open(&own) {
+            match std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&own)
+            {
                 Ok(f) => {
                     let _ = cmd.board_fd.set(f.as_raw_fd());
                     self.command_board = Some(f);

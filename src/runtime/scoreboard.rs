@@ -300,8 +300,7 @@ impl Board {
             s.request_start.store(now, Ordering::Relaxed);
             s.heartbeat.store(now, Ordering::Relaxed);
         }
-        if s
-            .state
+        if s.state
             .compare_exchange(from, to, Ordering::AcqRel, Ordering::Relaxed)
             .is_err()
         {

@@ -159,7 +159,10 @@ impl<T: 'static> Effects for System<T> {
         if self.cfg.command.is_some() && ours {
             // What is left of its process group (its leader is gone) is an orphan.
             if let Err(e) = super::os::signal_group(pid.0, nix::libc::SIGKILL) {
-                slog::warn!(self.logger, "killing what is left of child {pid}'s process group: {e}");
+                slog::warn!(
+                    self.logger,
+                    "killing what is left of child {pid}'s process group: {e}"
+                );
             }
             if let Some(k) = &self.keeper {
                 super::os::tell_keeper(k, -pid.0);

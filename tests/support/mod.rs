@@ -3,6 +3,8 @@
 #![allow(clippy::disallowed_methods)]
 #![allow(dead_code)] // each test file uses its own subset
 
+pub mod run;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::process::CommandExt;

@@ -22,7 +22,11 @@ const EX_USAGE: i32 = 64;
 const EX_CONFIG: i32 = 78;
 
 #[derive(Debug, Parser)]
-#[command(name = "preforkd", version, about = "Preforking, autoscaling supervisor for any server")]
+#[command(
+    name = "preforkd",
+    version,
+    about = "Preforking, autoscaling supervisor for any server"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Sub,
@@ -122,10 +126,14 @@ fn build(
         .map_err(|e| format!("COMMAND: {e}"))?
         .args(rest);
     for l in &s.listen {
-        command = command.listen(l.parse::<ListenSpec>().map_err(|e| format!("listen: {e}"))?);
+        command = command.listen(
+            l.parse::<ListenSpec>()
+                .map_err(|e| format!("listen: {e}"))?,
+        );
     }
     if let Some(name) = &s.stop_signal {
-        command = command.stop_signal(settings::stop_signal(name).map_err(|e| format!("stop_signal: {e}"))?);
+        command = command
+            .stop_signal(settings::stop_signal(name).map_err(|e| format!("stop_signal: {e}"))?);
     }
     if let Some(every) = s.busy_check_every {
         if every.0.is_zero() {
@@ -143,7 +151,17 @@ fn build(
         ($($name:ident),*) => { $( if let Some(v) = s.$name { o.$name = v.0; } )* };
     }
     set!(prefork, max_children, max_requests_jitter, seed);
-    set_dur!(graceful_timeout, kill_wait, kill_grace, start_timeout, backoff_initial, backoff_max, min_healthy_uptime, busy_refresh, status_interval);
+    set_dur!(
+        graceful_timeout,
+        kill_wait,
+        kill_grace,
+        start_timeout,
+        backoff_initial,
+        backoff_max,
+        min_healthy_uptime,
+        busy_refresh,
+        status_interval
+    );
     o.auto_reload_check_every = s.auto_reload_check_every.map(|d| d.0);
     o.busy_timeout = s.busy_timeout.map(|d| d.0);
     o.max_requests_per_child = s.max_requests_per_child;

@@ -43,7 +43,9 @@ impl std::str::FromStr for Bytes {
             .ok()
             .and_then(|n| n.checked_mul(scale))
             .map(Bytes)
-            .ok_or_else(|| format!("{s:?} is not a size (expected e.g. 536870912, \"512M\", \"2G\")"))
+            .ok_or_else(|| {
+                format!("{s:?} is not a size (expected e.g. 536870912, \"512M\", \"2G\")")
+            })
     }
 }
 

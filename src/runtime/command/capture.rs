@@ -3,6 +3,9 @@
 //! with the child's pid (a line is never cut by another child's output). Into
 //! the error log; stdout into the access log instead when there is one.
 
+// The capture thread's one bounded sleep, after an impossible poll error.
+#![allow(clippy::disallowed_methods)]
+
 use crate::runtime::logs::LogFile;
 use crate::runtime::os;
 use crate::runtime::signals::PARENT_SIGNALS;
@@ -73,8 +76,8 @@ impl Capture {
     /// Starts the thread (with the parent's signals blocked in it).
     pub(crate) fn start(logger: slog::Logger, access: Option<Arc<LogFile>>) -> io::Result<Capture> {
         let (add, added) = unbounded();
-        let (poked, poke) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)
-            .map_err(io::Error::from)?;
+        let (poked, poke) =
+            nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK).map_err(io::Error::from)?;
         os::hold_signals(&PARENT_SIGNALS)?;
         let started = std::thread::Builder::new()
             .name("preforkd-capture".into())
@@ -186,7 +189,9 @@ fn emit_lines(logger: &slog::Logger, access: Option<&LogFile>, s: &mut Source, e
                 // A full disk drops the line; the log says so when it can again.
                 let _ = log.write_line(&format!("{text}{continued}"));
             }
-            _ => slog::info!(logger, "{text}{continued}"; "child" => s.pid, "stream" => s.stream.name()),
+            _ => {
+                slog::info!(logger, "{text}{continued}"; "child" => s.pid, "stream" => s.stream.name())
+            }
         }
         from += used;
     }

@@ -29,7 +29,8 @@ impl ListenAddr {
                 format!("listener (descriptor {}) {why}", fd.as_raw_fd()),
             )
         };
-        if getsockopt(&fd.as_fd(), sockopt::SockType).map_err(io::Error::from)? != SockType::Stream {
+        if getsockopt(&fd.as_fd(), sockopt::SockType).map_err(io::Error::from)? != SockType::Stream
+        {
             return Err(bad("is not a stream socket".into()));
         }
         if !getsockopt(&fd.as_fd(), sockopt::AcceptConn).map_err(io::Error::from)? {
@@ -109,12 +110,16 @@ impl FromStr for ListenSpec {
             port.parse::<u16>()
                 .map_err(|_| err(format!("{port:?} is not a port number")))?;
             if host.is_empty() {
-                return Err(err("no host (tcp://0.0.0.0:PORT listens on every address)".into()));
+                return Err(err(
+                    "no host (tcp://0.0.0.0:PORT listens on every address)".into()
+                ));
             }
             Target::Tcp(hp.to_string())
         } else if let Some(path) = head.strip_prefix("unix:") {
             if !path.starts_with('/') {
-                return Err(err("a Unix socket's path must be absolute (unix:/path)".into()));
+                return Err(err(
+                    "a Unix socket's path must be absolute (unix:/path)".into()
+                ));
             }
             if path.len() > 107 {
                 return Err(err("a Unix socket's path is limited to 107 bytes".into()));
@@ -149,11 +154,10 @@ impl FromStr for ListenSpec {
                     s.name = v.to_string();
                 }
                 "backlog" => {
-                    s.backlog = v
-                        .parse()
-                        .ok()
-                        .filter(|&b: &i32| b > 0)
-                        .ok_or_else(|| err(format!("backlog {v:?} is not a positive number")))?;
+                    s.backlog =
+                        v.parse().ok().filter(|&b: &i32| b > 0).ok_or_else(|| {
+                            err(format!("backlog {v:?} is not a positive number"))
+                        })?;
                 }
                 "mode" if unix => {
                     s.mode = Some(
@@ -252,7 +256,9 @@ impl ListenSpec {
                 Some(u) => Some(
                     nix::unistd::User::from_name(u)
                         .map_err(io::Error::from)?
-                        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("no user {u:?}")))?
+                        .ok_or_else(|| {
+                            io::Error::new(io::ErrorKind::NotFound, format!("no user {u:?}"))
+                        })?
                         .uid,
                 ),
                 None => None,
@@ -261,7 +267,9 @@ impl ListenSpec {
                 Some(g) => Some(
                     nix::unistd::Group::from_name(g)
                         .map_err(io::Error::from)?
-                        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("no group {g:?}")))?
+                        .ok_or_else(|| {
+                            io::Error::new(io::ErrorKind::NotFound, format!("no group {g:?}"))
+                        })?
                         .gid,
                 ),
                 None => None,

@@ -141,7 +141,10 @@ fn find_program(name: &OsStr) -> io::Result<PathBuf> {
         std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
     };
     if name.is_empty() {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "an empty COMMAND"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "an empty COMMAND",
+        ));
     }
     if name.as_bytes().contains(&b'/') {
         let p = std::path::absolute(Path::new(name))?;
@@ -213,7 +216,9 @@ impl Prepared {
                 listeners.push((s.fd, name, addr));
             }
             if listeners.is_empty() {
-                return Err("no listener: give --listen, or start preforkd by socket activation".into());
+                return Err(
+                    "no listener: give --listen, or start preforkd by socket activation".into(),
+                );
             }
         } else {
             for spec in &command.listen {
@@ -223,9 +228,12 @@ impl Prepared {
             }
         }
         let raw: Vec<RawFd> = listeners.iter().map(|(fd, _, _)| fd.as_raw_fd()).collect();
-        let _ = supervised
-            .listening
-            .set(listeners.iter().map(|(fd, _, a)| (fd.as_raw_fd(), a.clone())).collect());
+        let _ = supervised.listening.set(
+            listeners
+                .iter()
+                .map(|(fd, _, a)| (fd.as_raw_fd(), a.clone()))
+                .collect(),
+        );
         // The environment now: after the runtime took the service manager's
         // variables out of it.
         let mut env: Vec<OsString> = std::env::vars_os()

@@ -18,6 +18,9 @@
 //! listening socket, or the listener readable) wakes the parent when the pool
 //! can grow. This is a sensor, like a child's own report: it decides nothing.
 
+// A sensor thread's bounded waits between looks (never the machine's).
+#![allow(clippy::disallowed_methods)]
+
 use super::{ListenAddr, Supervised};
 use crate::runtime::os;
 use crate::runtime::scoreboard::Board;
@@ -94,9 +97,11 @@ fn look(board: &Board, listening: &[(RawFd, ListenAddr)]) {
             continue;
         }
         let busy = !accepted.is_empty()
-            && process_tree(pid)
-                .into_iter()
-                .any(|p| crate::runtime::netstat::socket_fds(p).iter().any(|(_, i)| accepted.contains(i)));
+            && process_tree(pid).into_iter().any(|p| {
+                crate::runtime::netstat::socket_fds(p)
+                    .iter()
+                    .any(|(_, i)| accepted.contains(i))
+            });
         board.observed(slot, pid, busy);
     }
 }
@@ -154,9 +159,12 @@ fn unix_accepted(table: &[u8], paths: &[&std::path::Path]) -> Vec<u64> {
         .skip(1)
         .filter_map(|line| {
             let f: Vec<&str> = line.split_whitespace().collect();
-            let (flags, ty, st, inode, path) = (f.get(3)?, f.get(4)?, f.get(5)?, f.get(6)?, f.get(7)?);
+            let (flags, ty, st, inode, path) =
+                (f.get(3)?, f.get(4)?, f.get(5)?, f.get(6)?, f.get(7)?);
             let flags = u32::from_str_radix(flags, 16).ok()?;
-            let ours = paths.iter().any(|p| p.as_os_str() == std::ffi::OsStr::new(path));
+            let ours = paths
+                .iter()
+                .any(|p| p.as_os_str() == std::ffi::OsStr::new(path));
             (ours && flags & ACCEPTCON == 0 && *ty == STREAM && *st == CONNECTED)
                 .then(|| inode.parse().ok())
                 .flatten()
@@ -179,7 +187,10 @@ pub(crate) fn process_tree(pid: i32) -> Vec<i32> {
             let Ok(kids) = std::fs::read_to_string(t.path().join("children")) else {
                 continue;
             };
-            for k in kids.split_whitespace().filter_map(|k| k.parse::<i32>().ok()) {
+            for k in kids
+                .split_whitespace()
+                .filter_map(|k| k.parse::<i32>().ok())
+            {
                 if !tree.contains(&k) && tree.len() < MOST_PROCESSES {
                     tree.push(k);
                 }
@@ -226,7 +237,10 @@ mod tests {
         let _ = child.kill();
         let _ = child.wait();
         if let Some(g) = grandchild {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(g), nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(g),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
         assert_eq!(tree.len(), 2, "{tree:?}");
         assert_eq!(tree[0], pid);

@@ -89,7 +89,7 @@ impl CommandImage {
         argv_ptrs.push(std::ptr::null());
         let mut env_ptrs: Vec<*const c_char> = env
             .iter()
-            .filter(|e| slot_var.is_none_or(|n| !e.as_bytes().starts_with(n.as_bytes())))
+            .filter(|e| slot_var.map_or(true, |n| !e.as_bytes().starts_with(n.as_bytes())))
             .map(|e| e.as_ptr())
             .collect();
         env_ptrs.push(listen_pid_cell.get().cast::<c_char>().cast_const());
@@ -120,7 +120,11 @@ impl CommandImage {
         // memory is this process's own copy, written by this thread alone.
         unsafe {
             let pid = libc::getpid();
-            write_number(&mut *self.listen_pid.get(), PID_PREFIX.len(), pid.unsigned_abs());
+            write_number(
+                &mut *self.listen_pid.get(),
+                PID_PREFIX.len(),
+                pid.unsigned_abs(),
+            );
             if let Some(cell) = &self.slot {
                 let entry = &mut *cell.get();
                 let at = entry.iter().position(|&b| b == b'=').map_or(0, |i| i + 1);
@@ -214,7 +218,10 @@ unsafe fn place_fds(first: &[RawFd], then: &[RawFd]) -> io::Result<()> {
 /// write, no allocation (an exec path).
 pub(crate) fn say_exec_failed(program: &[u8], e: &io::Error) {
     let mut buf = [0u8; 768];
-    let mut w = Cursor { buf: &mut buf, at: 0 };
+    let mut w = Cursor {
+        buf: &mut buf,
+        at: 0,
+    };
     w.put(b"preforkd: cannot run ");
     w.put(program);
     w.put(b": ");
