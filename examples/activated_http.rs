@@ -10,7 +10,8 @@
 //!
 //! Paths: `/sleep/MS` answers after MS milliseconds; `/env` the three
 //! variables it got; `/fds` its open descriptors; `/say/TEXT` writes TEXT to
-//! stdout and stderr (as two lines each, in pieces); anything else its pid.
+//! stdout and stderr (a line each, in two pieces) and answers with its pid;
+//! anything else its pid.
 
 // A stand-in server in its own process: threads and sleeps are its business.
 #![allow(clippy::disallowed_methods)]
@@ -163,7 +164,7 @@ fn serve<S: Read + Write>(mut conn: S, env: &str) {
             let _ = out.write_all(format!("{b}\n").as_bytes());
             let _ = out.flush();
         }
-        "said\n".to_string()
+        format!("said by {}\n", std::process::id())
     } else {
         format!("pid {}\n", std::process::id())
     };

@@ -38,9 +38,10 @@ fn a_command_gets_the_listeners_its_own_pid_and_no_other_descriptor() {
 fn the_commands_output_is_logged_in_whole_lines_once_with_the_childs_pid() {
     let bin = server();
     let r = Run::start("run-out", &["--prefork", "1"], &[bin.to_str().unwrap()]);
-    let worker = r.workers()[0];
     // Written in two pieces 20 ms apart on each stream.
-    assert_eq!(get(r.addr, "/say/first-half-second-half").unwrap().0, 200);
+    let (code, said) = get(r.addr, "/say/first-half-second-half").unwrap();
+    assert_eq!(code, 200);
+    let worker: i32 = said.trim().trim_start_matches("said by ").parse().unwrap();
     assert!(
         r.wait_log(Duration::from_secs(5), "stream: stderr"),
         "{}",

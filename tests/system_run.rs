@@ -66,10 +66,10 @@ fn gunicorn_grows_with_the_load_without_cooperating_then_shrinks_back() {
     eprintln!("30 one-second requests through gunicorn -w 1: all answered in {last:?}; {most} children at most");
     assert!(answers.iter().all(|(c, _)| *c == 200));
     assert!(most >= 10, "the pool grew to {most} only:\n{}", r.log());
-    // Issue 11 asks for 3 s; measured 3.8-3.9 s here: a booting gunicorn shows
-    // as idle capacity to the policy (see docs/run.md, "Limits"). This bound
-    // holds the growth to what it does now; tightening it to 3 s is the open item.
-    assert!(last < Duration::from_secs(6), "took {last:?}:\n{}", r.log());
+    // Issue 11 asks for 3 s. On this 2-core machine each new gunicorn costs
+    // ~0.3 s of CPU to boot, and the pool must boot ~15 of them: measured
+    // 3.6-3.7 s (docs/run.md, "Limits"). This bound holds what it does now.
+    assert!(last < Duration::from_secs(5), "took {last:?}:\n{}", r.log());
     assert!(
         wait_for(Duration::from_secs(90), || r.workers().len() == 2),
         "still {} children",
@@ -124,9 +124,11 @@ fn a_cooperative_python_worker_is_counted_exactly() {
         wait_for(Duration::from_secs(5), || count(preforkd::SlotState::Busy)
             == 3
             && count(preforkd::SlotState::Idle) == 1),
-        "busy {} idle {}",
+        "busy {} idle {}: {:?}\n{}",
         count(preforkd::SlotState::Busy),
-        count(preforkd::SlotState::Idle)
+        count(preforkd::SlotState::Idle),
+        preforkd::runtime::read_scoreboard_file(&board),
+        r.log()
     );
     let answers: Vec<String> = clients
         .into_iter()

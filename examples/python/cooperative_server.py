@@ -14,7 +14,13 @@ served = 0
 while True:
     conn, _ = listener.accept()
     slot.busy()
-    head = conn.recv(65536).decode("latin-1")
+    head = b""
+    while b"\r\n\r\n" not in head and len(head) < 65536:
+        more = conn.recv(65536)
+        if not more:
+            break
+        head += more
+    head = head.decode("latin-1")
     path = head.split(" ")[1] if " " in head else "/"
     if path.startswith("/sleep/"):
         time.sleep(int(path[7:]) / 1000)

@@ -29,7 +29,9 @@ pub(super) struct ChildStart<'a, T> {
     pub(super) log_channel: Option<OwnedFd>,
     /// Forked during a crash streak: a failing main_loop logs at debug level.
     pub(super) quiet_failure: bool,
-    /// A command's child: its stdout and stderr (the parent captures them).
+    /// A command's child: its stdout and stderr (the parent captures them). Its
+    /// slot stays starting: the command is not ready when it is exec'd (the
+    /// parent's observer, or the command itself, says when it is).
     pub(super) stdio: Option<(OwnedFd, OwnedFd)>,
 }
 
@@ -96,7 +98,9 @@ pub(super) fn child_main<T>(c: ChildStart<'_, T>) -> i32 {
     if let Some(channel) = c.log_channel {
         worker = worker.with_log_channel(channel);
     }
-    worker.ready();
+    if c.stdio.is_none() {
+        worker.ready();
+    }
     let code = run_main_loop(c.main_loop, &worker, c.state, &logger, c.quiet_failure);
     worker.retire();
     use std::io::Write;

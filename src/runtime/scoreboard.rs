@@ -284,14 +284,37 @@ impl Board {
     /// The parent's observer of children that do not report for themselves
     /// (`preforkd run`): marks the child `pid` in `slot` busy or idle, as its
     /// connections say, as the child would (request start, requests served, the
-    /// idle count, the saturation wake-up). Only between idle and busy, and only
-    /// while the slot is that child's: a slot emptied, starting or retiring
-    /// meanwhile is left alone (a compare-and-swap on its state).
-    pub(crate) fn observed(&self, slot: usize, pid: i32, busy: bool) {
+    /// idle count, the wake-ups). A starting child is ready once it holds a
+    /// connection, or once no connection waits (`queued`): a command still
+    /// loading while connections queue is not idle capacity. Only while the
+    /// slot is that child's: a slot emptied or retiring meanwhile is left alone
+    /// (a compare-and-swap on its state).
+    pub(crate) fn observed(&self, slot: usize, pid: i32, busy: bool, queued: bool) {
         let Some(s) = self.slots.get(slot) else {
             return;
         };
         if s.pid.load(Ordering::Acquire) != pid {
+            return;
+        }
+        let h = &self.header;
+        if s.state.load(Ordering::Acquire) == STARTING {
+            if !busy && queued {
+                return;
+            }
+            let to = if busy { BUSY } else { IDLE };
+            let now = coarse_now_ns();
+            s.request_start.store(now, Ordering::Relaxed);
+            s.heartbeat.store(now, Ordering::Relaxed);
+            if s.state
+                .compare_exchange(STARTING, to, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+            {
+                if !busy {
+                    h.idle.fetch_add(1, Ordering::AcqRel);
+                }
+                // As a library child's `ready`: the parent wants to know at once.
+                self.wake_parent();
+            }
             return;
         }
         let (from, to) = if busy { (IDLE, BUSY) } else { (BUSY, IDLE) };
@@ -306,7 +329,6 @@ impl Board {
         {
             return;
         }
-        let h = &self.header;
         if busy {
             let saturated = h.idle.fetch_sub(1, Ordering::AcqRel) == 1
                 && h.can_grow.load(Ordering::Relaxed) != 0;
@@ -327,6 +349,23 @@ impl Board {
         if self.header.can_grow.load(Ordering::Relaxed) != 0 {
             self.wake_parent();
         }
+    }
+
+    /// The slots whose child is starting (a cooperative command has not said it
+    /// is ready yet), as a bit per slot of the first 128.
+    pub(crate) fn starting(&self) -> u128 {
+        self.slots
+            .iter()
+            .take(128)
+            .enumerate()
+            .filter(|(_, s)| s.state.load(Ordering::Acquire) == STARTING)
+            .fold(0, |bits, (i, _)| bits | 1 << i)
+    }
+
+    /// The observer: a cooperative command's child said it is ready (it wrote
+    /// its state itself, without waking the parent).
+    pub(crate) fn wake(&self) {
+        self.wake_parent();
     }
 
     /// Every slot's pid (0: none).

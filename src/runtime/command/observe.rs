@@ -43,17 +43,28 @@ pub(crate) fn start(board: Board, supervised: Arc<Supervised>) -> std::io::Resul
         .name("preforkd-observer".into())
         .spawn(move || {
             let listening = supervised.listening.get().cloned().unwrap_or_default();
+            let mut starting = 0u128;
             loop {
                 let queued = wait_for_queue(&listening, supervised.busy_check_every);
                 // A panic costs one look, not the thread.
                 let _ = std::panic::catch_unwind(|| {
+                    let waiting = queued || queue_len(&listening) > 0;
                     if !supervised.cooperative {
-                        look(&board, &listening);
+                        look(&board, &listening, waiting);
                     }
-                    if queued || queue_len(&listening) > 0 {
+                    if waiting {
                         board.queue_waiting();
                     }
                 });
+                if supervised.cooperative {
+                    // A child that wrote "ready" itself: the parent wants to know
+                    // (its "serving" and the service manager's READY wait for it).
+                    let now = board.starting();
+                    if starting & !now != 0 {
+                        board.wake();
+                    }
+                    starting = now;
+                }
                 if queued {
                     // The queue stays readable while the pool is full: no spin.
                     std::thread::sleep(supervised.busy_check_every.min(Duration::from_millis(10)));
@@ -89,8 +100,8 @@ fn queue_len(listening: &[(RawFd, ListenAddr)]) -> u32 {
         .sum()
 }
 
-/// One look: every child marked busy or idle.
-fn look(board: &Board, listening: &[(RawFd, ListenAddr)]) {
+/// One look: every child marked busy or idle (`queued`: connections wait).
+fn look(board: &Board, listening: &[(RawFd, ListenAddr)], queued: bool) {
     let accepted = accepted_connections(listening);
     for (slot, pid) in board.pids().enumerate() {
         if pid <= 0 {
@@ -102,7 +113,7 @@ fn look(board: &Board, listening: &[(RawFd, ListenAddr)]) {
                     .iter()
                     .any(|(_, i)| accepted.contains(i))
             });
-        board.observed(slot, pid, busy);
+        board.observed(slot, pid, busy, queued);
     }
 }
 
