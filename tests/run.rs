@@ -355,3 +355,41 @@ fn bad_configurations_are_refused_with_64_or_78_naming_the_problem() {
     );
     assert_eq!(code, 0, "{err}");
 }
+
+#[test]
+fn an_in_place_upgrade_keeps_reading_the_adopted_childrens_output() {
+    // The old children are stopped by the new image: what they say then must
+    // reach the log (their pipes crossed the exec), and they must not die of a
+    // closed pipe.
+    let script = "trap 'echo bye-$$ >&2; sleep 0.3; echo done-$$ >&2; exit 0' TERM; while :; do sleep 0.05; done";
+    let r = Run::start(
+        "run-upgrade",
+        &["--prefork", "2"],
+        &sh(script).iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    assert!(wait_for(Duration::from_secs(5), || r.workers().len() == 2));
+    let old = r.workers();
+    send_signal(r.pid(), libc::SIGUSR2);
+    assert!(
+        r.wait_log(Duration::from_secs(10), "upgraded in place"),
+        "{}",
+        r.log()
+    );
+    for pid in &old {
+        assert!(
+            r.wait_log(
+                Duration::from_secs(10),
+                &format!("done-{pid}, stream: stderr, child: {pid}")
+            ),
+            "{}",
+            r.log()
+        );
+    }
+    let log = r.log();
+    assert!(!log.contains("signal 13"), "{log}");
+    assert_eq!(
+        log.matches("retired by a reload: exit code 0").count(),
+        2,
+        "{log}"
+    );
+}

@@ -115,6 +115,9 @@ impl<T: 'static> System<T> {
                     }
                 }
                 if let (Some(c), Some(read)) = (&self.capture, stdio_read) {
+                    if let (Ok(o), Ok(e)) = (read.0.try_clone(), read.1.try_clone()) {
+                        self.captured.insert(pid.as_raw(), (o, e));
+                    }
                     c.add(pid.as_raw(), read);
                 }
                 if let Some(p) = parent_end {
@@ -151,25 +154,37 @@ impl<T: 'static> System<T> {
 
     /// Before the first command child: the output capture, the cooperative
     /// command's scoreboard descriptor, the busy observer.
-    fn start_command_threads(&mut self) {
+    pub(super) fn start_command_threads(&mut self) {
         self.command_started = true;
         let Some(cmd) = self.cfg.command.clone() else {
             return;
         };
         match super::command::Capture::start(self.logger.clone(), self.logs.access.clone()) {
-            Ok(c) => self.capture = Some(c),
+            Ok(c) => {
+                // The adopted children's pipes, from the image before.
+                for (pid, out, err) in std::mem::take(&mut self.handed_capture) {
+                    if let (Ok(o), Ok(e)) = (out.try_clone(), err.try_clone()) {
+                        self.captured.insert(pid, (o, e));
+                    }
+                    c.add(pid, (out, err));
+                }
+                self.capture = Some(c);
+            }
             Err(e) => slog::error!(
                 self.logger,
                 "cannot start capturing the children's output ({e}): they write where the parent does"
             ),
         }
-        // Slots for every child, and as many again for those retiring.
-        match super::os::fork_keeper(self.cfg.options.max_children.saturating_mul(2) + 16) {
-            Ok((_, pipe)) => self.keeper = Some(pipe),
-            Err(e) => slog::error!(
-                self.logger,
-                "cannot fork the keeper ({e}): if preforkd is KILLed, the children's own children may outlive it"
-            ),
+        // Slots for every child, and as many again for those retiring (after an
+        // upgrade, the keeper of the image before goes on).
+        if self.keeper.is_none() {
+            match super::os::fork_keeper(self.cfg.options.max_children.saturating_mul(2) + 16) {
+                Ok((_, pipe)) => self.keeper = Some(pipe),
+                Err(e) => slog::error!(
+                    self.logger,
+                    "cannot fork the keeper ({e}): if preforkd is KILLed, the children's own children may outlive it"
+                ),
+            }
         }
         if cmd.cooperative {
             // A description of its own: a child's copy must not share the

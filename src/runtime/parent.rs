@@ -306,7 +306,12 @@ impl<T: 'static> Parent<T> {
             command_started: false,
             command_board: None,
             tree_of: Default::default(),
-            keeper: None,
+            keeper: handed.as_mut().and_then(|h| h.keeper.take()),
+            captured: Default::default(),
+            handed_capture: handed
+                .as_mut()
+                .map(|h| std::mem::take(&mut h.captured))
+                .unwrap_or_default(),
         };
         Ok(Parent {
             machine,

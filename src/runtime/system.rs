@@ -98,6 +98,11 @@ pub(super) struct System<T> {
     pub(super) tree_of: BTreeMap<i32, i32>,
     /// The keeper's pipe (see `os::fork_keeper`): the command children's groups.
     pub(super) keeper: Option<OwnedFd>,
+    /// Copies of the parent's ends of each command child's output pipes (by
+    /// pid), for an in-place upgrade to hand over; closed when it is reaped.
+    pub(super) captured: BTreeMap<i32, (OwnedFd, OwnedFd)>,
+    /// Those an upgrade handed over, for the capture thread once it starts.
+    pub(super) handed_capture: Vec<(i32, OwnedFd, OwnedFd)>,
 }
 
 impl<T: 'static> Effects for System<T> {
@@ -132,6 +137,11 @@ impl<T: 'static> Effects for System<T> {
     }
 
     fn read_scoreboard(&mut self, into: &mut Scoreboard) {
+        // After an upgrade no fork may come for a while: the adopted children's
+        // output is read from the first look on.
+        if self.cfg.command.is_some() && !self.command_started && self.state.is_some() {
+            self.start_command_threads();
+        }
         self.board.clear_wake();
         self.board
             .read_into(self.clock.origin_ns(), &mut into.slots);
@@ -155,6 +165,7 @@ impl<T: 'static> Effects for System<T> {
 
     fn release(&mut self, pid: Pid) {
         self.log_channels.remove(&pid.0);
+        self.captured.remove(&pid.0);
         let ours = self.board.slot_of(pid.0).is_some();
         if self.cfg.command.is_some() && ours {
             // What is left of its process group (its leader is gone) is an orphan.

@@ -87,6 +87,13 @@ struct Carried {
     /// needs it open for its interpreter): closed at the start.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     image: Option<RawFd>,
+    /// A command's children: the parent's ends of their stdout and stderr
+    /// pipes (by pid), so that their output is still read after the exec.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    captured: Vec<(i32, RawFd, RawFd)>,
+    /// The keeper of the command children's process groups: its pipe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    keeper: Option<RawFd>,
 }
 
 /// A handoff received at the start, its descriptors owned.
@@ -107,6 +114,9 @@ pub(super) struct Inherited {
     pub(super) exe: Option<PathBuf>,
     /// Why the image this one handed over to came back at once (see [`fall_back`]).
     pub(super) returned: Option<String>,
+    /// A command's children's output pipes (see [`Carried`]).
+    pub(super) captured: Vec<(i32, OwnedFd, OwnedFd)>,
+    pub(super) keeper: Option<OwnedFd>,
 }
 
 /// How this image starts.
@@ -246,6 +256,12 @@ pub(super) fn take_start() -> Result<Start, RunError> {
         daemonized: carried.daemonized,
         exe: carried.exe,
         returned: carried.returned,
+        captured: carried
+            .captured
+            .iter()
+            .map(|&(pid, out, err)| Ok((pid, adopt(out)?, adopt(err)?)))
+            .collect::<Result<_, RunError>>()?,
+        keeper: carried.keeper.map(adopt).transpose()?,
     })))
 }
 
@@ -478,6 +494,12 @@ impl<T: 'static> System<T> {
             cwd: start_dir(),
             returned: None,
             image: None,
+            captured: self
+                .captured
+                .iter()
+                .map(|(&pid, (o, e))| (pid, o.as_raw_fd(), e.as_raw_fd()))
+                .collect(),
+            keeper: self.keeper.as_ref().map(AsRawFd::as_raw_fd),
         }
     }
 
@@ -655,6 +677,8 @@ impl<T: 'static> System<T> {
         keep.extend(carried.activated.iter().map(|(fd, _)| *fd));
         keep.extend(carried.previous);
         keep.extend(carried.logs.iter().map(|(_, fd)| *fd));
+        keep.extend(carried.captured.iter().flat_map(|&(_, o, e)| [o, e]));
+        keep.extend(carried.keeper);
         keep.extend(candidate);
         let mut cleared = Vec::new();
         let mut error = None;
@@ -811,6 +835,12 @@ fn arm_fallback(carried: &Carried) -> std::io::Result<()> {
         cwd: carried.cwd.clone(),
         returned: None,
         image: None,
+        captured: carried
+            .captured
+            .iter()
+            .map(|&(pid, o, e)| Ok((pid, copy(o)?, copy(e)?)))
+            .collect::<std::io::Result<_>>()?,
+        keeper: carried.keeper.map(&mut copy).transpose()?,
     };
     let image = os::dup_handed(image)?;
     *FALLBACK.lock().unwrap_or_else(|e| e.into_inner()) = Some(Fallback {
