@@ -393,3 +393,38 @@ fn an_in_place_upgrade_keeps_reading_the_adopted_childrens_output() {
         "{log}"
     );
 }
+
+#[test]
+fn a_client_that_hangs_up_gets_its_command_child_stopped() {
+    let bin = server();
+    let r = Run::start(
+        "run-hangup",
+        &[
+            "--prefork",
+            "1",
+            "--on-client-disconnect",
+            "kill",
+            "--disconnect-check-every",
+            "100ms",
+            "--kill-grace",
+            "500ms",
+        ],
+        &[bin.to_str().unwrap()],
+    );
+    let mut c = std::net::TcpStream::connect(r.addr).unwrap();
+    c.write_all(b"GET /sleep/20000 HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    // Seen busy (its tree holds the connection), then the client goes.
+    std::thread::sleep(Duration::from_millis(500));
+    let worker = r.workers()[0];
+    drop(c);
+    assert!(
+        r.wait_log(
+            Duration::from_secs(10),
+            "stopped after its client disconnected"
+        ),
+        "{}",
+        r.log()
+    );
+    assert!(r.log().contains(&format!("child {worker} ")), "{}", r.log());
+}

@@ -151,3 +151,28 @@ fn a_cooperative_python_worker_is_counted_exactly() {
     }
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn a_command_runs_as_the_user_asked() {
+    let script = "echo uid=$(id -u) >&2; exec sleep 1000";
+    let r = Run::start(
+        "run-user",
+        &["--prefork", "1", "--user", "nobody"],
+        &support::run::sh(script)
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    let nobody = nix::unistd::User::from_name("nobody")
+        .unwrap()
+        .expect("a nobody user")
+        .uid;
+    assert!(
+        r.wait_log(
+            Duration::from_secs(5),
+            &format!("uid={nobody}, stream: stderr")
+        ),
+        "{}",
+        r.log()
+    );
+}
