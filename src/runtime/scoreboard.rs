@@ -297,14 +297,17 @@ impl Board {
             return;
         }
         let h = &self.header;
-        if s.state.load(Ordering::Acquire) == STARTING {
-            if !busy && queued {
-                return;
-            }
-            let to = if busy { BUSY } else { IDLE };
+        let starting = s.state.load(Ordering::Acquire) == STARTING;
+        if starting && !busy && queued {
+            return;
+        }
+        if busy || starting {
             let now = coarse_now_ns();
             s.request_start.store(now, Ordering::Relaxed);
             s.heartbeat.store(now, Ordering::Relaxed);
+        }
+        if starting {
+            let to = if busy { BUSY } else { IDLE };
             if s.state
                 .compare_exchange(STARTING, to, Ordering::AcqRel, Ordering::Relaxed)
                 .is_ok()
@@ -318,11 +321,6 @@ impl Board {
             return;
         }
         let (from, to) = if busy { (IDLE, BUSY) } else { (BUSY, IDLE) };
-        if busy {
-            let now = coarse_now_ns();
-            s.request_start.store(now, Ordering::Relaxed);
-            s.heartbeat.store(now, Ordering::Relaxed);
-        }
         if s.state
             .compare_exchange(from, to, Ordering::AcqRel, Ordering::Relaxed)
             .is_err()

@@ -15,9 +15,14 @@ use std::time::{Duration, Instant};
 
 /// The demo binary that `cargo test` builds next to the test binaries.
 pub fn demo_binary() -> PathBuf {
+    example_binary("hello_http")
+}
+
+/// An example that `cargo test` builds next to the test binaries.
+pub fn example_binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
     let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
-    let bin = dir.join("examples").join("hello_http");
+    let bin = dir.join("examples").join(name);
     assert!(
         bin.exists(),
         "{} is missing: `cargo test` builds the examples before the tests",

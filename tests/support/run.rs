@@ -11,16 +11,9 @@ pub fn preforkd() -> &'static str {
     env!("CARGO_BIN_EXE_preforkd")
 }
 
+/// The socket-activated example server.
 pub fn server() -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
-    let bin = dir.join("examples").join("activated_http");
-    assert!(
-        bin.exists(),
-        "{} is missing: `cargo test` builds the examples",
-        bin.display()
-    );
-    bin
+    super::example_binary("activated_http")
 }
 
 pub fn free_port() -> u16 {

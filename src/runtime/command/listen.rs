@@ -252,33 +252,27 @@ impl ListenSpec {
             std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
         }
         if self.owner.is_some() || self.group.is_some() {
-            let uid = match &self.owner {
-                Some(u) => Some(
-                    nix::unistd::User::from_name(u)
-                        .map_err(io::Error::from)?
-                        .ok_or_else(|| {
-                            io::Error::new(io::ErrorKind::NotFound, format!("no user {u:?}"))
-                        })?
-                        .uid,
-                ),
-                None => None,
-            };
-            let gid = match &self.group {
-                Some(g) => Some(
-                    nix::unistd::Group::from_name(g)
-                        .map_err(io::Error::from)?
-                        .ok_or_else(|| {
-                            io::Error::new(io::ErrorKind::NotFound, format!("no group {g:?}"))
-                        })?
-                        .gid,
-                ),
-                None => None,
-            };
+            let uid = self
+                .owner
+                .as_deref()
+                .map(|u| found("user", u, nix::unistd::User::from_name(u)).map(|u| u.uid))
+                .transpose()?;
+            let gid = self
+                .group
+                .as_deref()
+                .map(|g| found("group", g, nix::unistd::Group::from_name(g)).map(|g| g.gid))
+                .transpose()?;
             nix::unistd::chown(path, uid, gid).map_err(io::Error::from)?;
         }
         crate::runtime::upgrade::register_listener(l.as_raw_fd());
         Ok(OwnedFd::from(l))
     }
+}
+
+/// A user or group looked up by name: `NotFound` naming it if there is none.
+fn found<T>(what: &str, name: &str, r: nix::Result<Option<T>>) -> io::Result<T> {
+    r.map_err(io::Error::from)?
+        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("no {what} {name:?}")))
 }
 
 impl fmt::Display for ListenSpec {
