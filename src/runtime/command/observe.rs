@@ -1,7 +1,8 @@
 //! Busy children seen from the kernel, for commands that do not report: a
 //! thread of the parent stands in for each child's own scoreboard writes.
 //!
-//! Every `busy_check_every` (and at once when a listener's queue fills), it
+//! Every `busy_check_every` (and at once when a listener's queue fills; every
+//! second or 20 checks while no connection is open and no child starting), it
 //! looks at:
 //! - the connections accepted on our listeners: TCP sockets in ESTABLISHED or
 //!   CLOSE_WAIT whose local address is a listener's (one `sock_diag` dump, the
@@ -44,18 +45,25 @@ pub(crate) fn start(board: Board, supervised: Arc<Supervised>) -> std::io::Resul
         .spawn(move || {
             let listening = supervised.listening.get().cloned().unwrap_or_default();
             let mut starting = 0u128;
+            let every = supervised.busy_check_every;
+            // A pool where nothing happens is looked at seldom (a look costs a
+            // walk of the kernel's socket tables); a connection that has to wait
+            // for a child still wakes the thread at once.
+            let quiet = (every * 20).min(Duration::from_secs(1)).max(every);
+            let mut wait = every;
             loop {
-                let queued = wait_for_queue(&listening, supervised.busy_check_every);
+                let queued = wait_for_queue(&listening, wait);
                 // A panic costs one look, not the thread.
-                let _ = std::panic::catch_unwind(|| {
+                let active = std::panic::catch_unwind(|| {
                     let waiting = queued || queue_len(&listening) > 0;
-                    if !supervised.cooperative {
-                        look(&board, &listening, waiting);
-                    }
+                    let active = supervised.cooperative || look(&board, &listening, waiting);
                     if waiting {
                         board.queue_waiting();
                     }
-                });
+                    active || waiting
+                })
+                .unwrap_or(true);
+                wait = if active { every } else { quiet };
                 if supervised.cooperative {
                     // A child that wrote "ready" itself: the parent wants to know
                     // (its "serving" and the service manager's READY wait for it).
@@ -101,8 +109,10 @@ fn queue_len(listening: &[(RawFd, ListenAddr)]) -> u32 {
 }
 
 /// One look: every child marked busy or idle (`queued`: connections wait).
-fn look(board: &Board, listening: &[(RawFd, ListenAddr)], queued: bool) {
+/// Whether anything is under way: a connection accepted, or a child starting.
+fn look(board: &Board, listening: &[(RawFd, ListenAddr)], queued: bool) -> bool {
     let accepted = accepted_connections(listening);
+    let active = !accepted.is_empty() || board.starting() != 0;
     for (slot, pid) in board.pids().enumerate() {
         if pid <= 0 {
             continue;
@@ -115,6 +125,7 @@ fn look(board: &Board, listening: &[(RawFd, ListenAddr)], queued: bool) {
             });
         board.observed(slot, pid, busy, queued);
     }
+    active
 }
 
 /// The inodes of the connections accepted on `listening`, open now.
