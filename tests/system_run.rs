@@ -30,7 +30,8 @@ fn gunicorn_grows_with_the_load_without_cooperating_then_shrinks_back() {
     let chdir = dir.display().to_string();
     let r = Run::start(
         "run-gunicorn",
-        &["--prefork", "2", "--max-children", "40"],
+        // The issue's command line, defaults and all (prefork 3, max_children 150).
+        &[],
         &[
             gunicorn.to_str().unwrap(),
             "-w",
@@ -68,10 +69,10 @@ fn gunicorn_grows_with_the_load_without_cooperating_then_shrinks_back() {
     assert!(most >= 10, "the pool grew to {most} only:\n{}", r.log());
     // Issue 11 asks for 3 s. On this 2-core machine each new gunicorn costs
     // ~0.3 s of CPU to boot, and the pool must boot ~15 of them: measured
-    // 3.6-3.7 s (docs/run.md, "Limits"). This bound holds what it does now.
+    // 3.3-3.9 s (docs/run.md, "Limits"). This bound holds what it does now.
     assert!(last < Duration::from_secs(5), "took {last:?}:\n{}", r.log());
     assert!(
-        wait_for(Duration::from_secs(90), || r.workers().len() == 2),
+        wait_for(Duration::from_secs(90), || r.workers().len() == 3),
         "still {} children",
         r.workers().len()
     );
