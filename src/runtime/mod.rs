@@ -57,6 +57,7 @@ mod check;
 mod child;
 mod clock;
 pub mod command;
+pub mod control;
 mod credentials;
 mod daemon;
 mod error;
@@ -104,6 +105,7 @@ pub fn disconnect_scan(
 }
 mod scoreboard;
 mod signals;
+pub mod status;
 mod system;
 pub mod systemd;
 mod upgrade;

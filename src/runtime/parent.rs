@@ -212,6 +212,14 @@ impl<T: 'static> Parent<T> {
         for note in &service.notes {
             slog::warn!(logger, "{note}");
         }
+        if let Some(h) = handed.as_ref() {
+            // For `preforkd upgrade`, waiting for the outcome: a way back is an
+            // upgrade abandoned.
+            board.count_image();
+            if h.machine.is_returning() || h.returned.is_some() {
+                board.count_abandoned();
+            }
+        }
         if let Some(why) = handed.as_ref().and_then(|h| h.returned.as_ref()) {
             slog::error!(
                 logger,
@@ -414,6 +422,15 @@ impl<T: 'static> Parent<T> {
         }
         if let Some(s) = to_machine_signal(sig) {
             let now = self.sys.clock.now();
+            if matches!(s, crate::Signal::Ttin | crate::Signal::Ttou) {
+                // For `preforkd scale`: the machine takes a nudge only while it
+                // accepts work.
+                let serving = matches!(
+                    self.machine.state(),
+                    crate::State::Spawning | crate::State::Serving | crate::State::Reloading
+                );
+                self.sys.board.count_nudge(!serving);
+            }
             self.machine.handle(now, Event::Signal(s));
         }
     }

@@ -17,6 +17,14 @@
 //! | 40 | the parent wants to hear of the next busy child | `u32` |
 //! | 44 | the parent's pid (the holder of the file's lock) | `i32` |
 //! | 48 | graceful-shutdown drain: connections left to take + 1 (0: not counted yet) | `u32` |
+//! | 52 | images that took over in place (bits 0-15), upgrades abandoned (16-31) | `u32` |
+//! | 56 | log reopenings done (bits 0-15), failed (16-31) | `u32` |
+//! | 60 | TTIN/TTOU nudges taken (bits 0-15), ignored (16-31) | `u32` |
+//!
+//! The three counters at 52-60 let a controller (`preforkd reload`, `upgrade`,
+//! `reopen-logs`, `scale`) see that the signal it sent had its effect; each half
+//! wraps at 65,536 and only its change matters. An image older than them leaves
+//! them at 0.
 //!
 //! Slot `i` starts at `64 * (i + 1)`: pid `i32` at 0, state `u8` at 4 (0 empty,
 //! 1 starting, 2 idle, 3 busy, 4 retiring), retired alone `u8` at 5 (1: the parent
@@ -81,6 +89,14 @@ pub(crate) struct Header {
     /// During a graceful shutdown, the connections the pool still takes from the
     /// queue, plus one; 0 until the first stopping child counts the queue.
     drain_left: AtomicU32,
+    /// Low half: images that adopted this board (an upgrade, or its way back);
+    /// high half: upgrades abandoned.
+    upgrades: AtomicU32,
+    /// Low half: reopenings of the logs that all succeeded; high half: failed.
+    reopens: AtomicU32,
+    /// Low half: scaling nudges (TTIN/TTOU) handed to the policy; high half:
+    /// ignored (not serving).
+    nudges: AtomicU32,
 }
 
 /// One child's record.
@@ -411,6 +427,27 @@ impl Board {
         self.header.stopping.store(1, Ordering::Release);
     }
 
+    /// Parent: an image adopted this board (after an upgrade or its way back).
+    pub(crate) fn count_image(&self) {
+        bump(&self.header.upgrades, false);
+    }
+
+    /// Parent: an upgrade was abandoned (this image keeps serving).
+    pub(crate) fn count_abandoned(&self) {
+        bump(&self.header.upgrades, true);
+    }
+
+    /// Parent: the logs were reopened (`failed`: at least one could not be).
+    pub(crate) fn count_reopen(&self, failed: bool) {
+        bump(&self.header.reopens, failed);
+    }
+
+    /// Parent: a TTIN or TTOU was handed to the scaling policy (`ignored`: the
+    /// machine was not serving).
+    pub(crate) fn count_nudge(&self, ignored: bool) {
+        bump(&self.header.nudges, ignored);
+    }
+
     /// Parent, before reading after a wake-up: later saturations wake it again.
     pub(crate) fn clear_wake(&self) {
         self.header.wake_pending.store(0, Ordering::Release);
@@ -463,6 +500,19 @@ impl Board {
             let _ = nix::unistd::write(os::borrow_fd(self.wake_fd), &[1]);
         }
     }
+}
+
+/// Adds one to a half of a two-counter word; each half wraps by itself.
+fn bump(word: &AtomicU32, high: bool) {
+    let _ = word.fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
+        let (lo, hi) = (w as u16, (w >> 16) as u16);
+        let (lo, hi) = if high {
+            (lo, hi.wrapping_add(1))
+        } else {
+            (lo.wrapping_add(1), hi)
+        };
+        Some(u32::from(lo) | (u32::from(hi) << 16))
+    });
 }
 
 fn create_file(path: &Path, len: usize) -> io::Result<File> {

@@ -229,14 +229,20 @@ impl<T: 'static> Effects for System<T> {
 
     fn reopen_logs(&mut self) {
         let all = self.logs.all();
+        let mut failed = false;
         for log in &all {
             // A daemon's stdout and stderr follow its error log.
             match log.reopen() {
                 Ok(()) => slog::info!(self.logger, "reopened {}", log.path().display()),
                 // The old file stays in use: nothing is lost.
-                Err(e) => slog::error!(self.logger, "cannot reopen: {e}"),
+                Err(e) => {
+                    failed = true;
+                    slog::error!(self.logger, "cannot reopen: {e}");
+                }
             }
         }
+        // For `preforkd reopen-logs`, waiting for the outcome.
+        self.board.count_reopen(failed);
         // Before the USR1 that follows: a child finds them when it looks.
         self.pass_logs(&all);
     }
@@ -246,15 +252,25 @@ impl<T: 'static> Effects for System<T> {
     }
 
     fn probe_upgrade(&mut self, handoff: &Handoff) -> Option<bool> {
-        self.start_probe(handoff)
+        let ok = self.start_probe(handoff);
+        if ok == Some(false) {
+            self.board.count_abandoned();
+        }
+        ok
     }
 
     fn probe_outcome(&mut self) -> Option<bool> {
-        self.probe_result.take()
+        let ok = self.probe_result.take();
+        if ok == Some(false) {
+            self.board.count_abandoned();
+        }
+        ok
     }
 
     fn reexec(&mut self, image: Image, handoff: Handoff) {
         self.exec_image(image, handoff);
+        // Back here: the exec failed, this image keeps serving.
+        self.board.count_abandoned();
     }
 
     fn connections(&mut self, children: &[Pid]) -> Option<Vec<Connection>> {

@@ -1,17 +1,23 @@
 //! `preforkd`: the autoscaling supervisor for servers written in any language.
 //!
 //! `preforkd run [OPTIONS] -- COMMAND [ARGS...]` forks children that exec COMMAND
-//! with the listeners passed the systemd way (see `docs/run.md`).
+//! with the listeners passed the systemd way (see `docs/run.md`);
+//! `preforkd status`, `stop`, `reload`, `upgrade`, `reopen-logs` and `scale`
+//! show and act on a running pool (see `docs/operating.md`).
 //!
 //! Exit codes: 0 after a requested stop; 64 a usage error (an unknown flag, no
 //! COMMAND); 78 a configuration error (the file: an unknown key, a bad value;
 //! an option the supervisor refuses; a COMMAND not found); 1 a failure to start
-//! or a stop that left children behind.
+//! or a stop that left children behind; for the control subcommands, an outcome
+//! not seen (the daemon not running included); 3 `status` of a daemon not
+//! running.
 
+mod ops;
 mod settings;
 
 use clap::Parser;
 use preforkd::runtime::command::{Command, ListenSpec};
+use preforkd::runtime::control::Request;
 use preforkd::{Prefork, RunError};
 use settings::{BusyFrom, OnDisconnect, Settings};
 use std::ffi::OsString;
@@ -35,7 +41,19 @@ struct Cli {
 #[derive(Debug, clap::Subcommand)]
 enum Sub {
     /// Run COMMAND in an autoscaled pool of children sharing the listeners.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
+    /// Show a running pool: its slot map, counts and children.
+    Status(ops::StatusArgs),
+    /// Stop the daemon gracefully (TERM) and wait until it is gone.
+    Stop(ops::ControlArgs),
+    /// Reload (HUP) and wait until a new generation serves.
+    Reload(ops::ControlArgs),
+    /// Upgrade in place (USR2) and wait until the new executable serves.
+    Upgrade(ops::ControlArgs),
+    /// Reopen the logs (USR1) and wait until they are.
+    ReopenLogs(ops::ControlArgs),
+    /// Move the pool's size by +N or -N children (TTIN/TTOU) and wait for it.
+    Scale(ops::ScaleArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -56,6 +74,10 @@ struct RunArgs {
 /// A refusal: the message and the exit code.
 struct Refused(i32, String);
 
+fn refused((code, msg): (i32, String)) -> Refused {
+    Refused(code, msg)
+}
+
 fn main() {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
@@ -65,8 +87,16 @@ fn main() {
             std::process::exit(code);
         }
     };
-    let Sub::Run(args) = cli.command;
-    let code = match run(args) {
+    let outcome = match cli.command {
+        Sub::Run(args) => run(*args),
+        Sub::Status(args) => ops::status(args).map_err(refused),
+        Sub::Stop(args) => ops::act(args, Request::Stop).map_err(refused),
+        Sub::Reload(args) => ops::act(args, Request::Reload).map_err(refused),
+        Sub::Upgrade(args) => ops::act(args, Request::Upgrade).map_err(refused),
+        Sub::ReopenLogs(args) => ops::act(args, Request::ReopenLogs).map_err(refused),
+        Sub::Scale(args) => ops::scale(args).map_err(refused),
+    };
+    let code = match outcome {
         Ok(code) => code,
         Err(Refused(code, msg)) => {
             let _ = writeln!(std::io::stderr(), "preforkd: {msg}");

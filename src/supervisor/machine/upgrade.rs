@@ -125,7 +125,8 @@ impl Handoff {
         self
     }
 
-    pub(super) fn is_returning(&self) -> bool {
+    /// Whether this handoff is the way back from a failed upgrade.
+    pub fn is_returning(&self) -> bool {
         self.returned
     }
 

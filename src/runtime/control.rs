@@ -1,0 +1,439 @@
+//! Acting on a running daemon from another process and waiting for the outcome:
+//! `preforkd stop|reload|upgrade|reopen-logs|scale`.
+//!
+//! The daemon is found by its pid file, trusted only while its lock is held
+//! ([`pidfile::is_running`]); its scoreboard (given, or found among the parent's
+//! descriptors with [`find_scoreboard`]) tells when the signal has had its
+//! effect:
+//!
+//! | request | signal | done when |
+//! |---|---|---|
+//! | [`Request::Stop`] | TERM | the pid file's lock is released (the daemon is gone) |
+//! | [`Request::Reload`] | HUP | a newer generation serves: every child not retiring is of it and none is starting |
+//! | [`Request::Upgrade`] | USR2 | a new image took over (the header counts it) and its generation serves as above; an upgrade the daemon abandons is a failure at once |
+//! | [`Request::ReopenLogs`] | USR1 | the parent says it reopened its logs; a log it could not reopen is a failure |
+//! | [`Request::Scale`] | TTIN or TTOU, one at a time, each waited for | the pool holds that many more (fewer) live children |
+//!
+//! Nothing is ever escalated: a stop that does not end within the timeout is
+//! reported, not turned into a SIGKILL.
+//!
+//! ```no_run
+//! use preforkd::runtime::control::{control, Request};
+//! use std::time::Duration;
+//!
+//! let done = control("/run/app.pid".as_ref(), None, Request::Reload, Duration::from_secs(30))?;
+//! println!("{}", done.message);
+//! # Ok::<(), preforkd::runtime::control::ControlError>(())
+//! ```
+
+use super::pidfile::{self, PidFileError};
+use super::status::{find_scoreboard, ChildState, Status, StatusError};
+use nix::sys::signal::Signal;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// How often the outcome is looked at.
+const POLL: Duration = Duration::from_millis(50);
+
+/// What to ask of the daemon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Request {
+    /// A graceful stop (TERM).
+    Stop,
+    /// A rolling reload (HUP).
+    Reload,
+    /// An in-place upgrade to the executable on disk (USR2).
+    Upgrade,
+    /// Reopen the logs (USR1), after a rotation.
+    ReopenLogs,
+    /// Move the pool's size by this many children (TTIN for each one more,
+    /// TTOU for each one less).
+    Scale(i32),
+}
+
+/// The outcome seen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Done {
+    /// The daemon's pid.
+    pub pid: i32,
+    /// What happened, for a person.
+    pub message: String,
+}
+
+/// Why a request did not have its effect.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ControlError {
+    /// No daemon holds the pid file.
+    #[error("not running (no process holds {path})")]
+    NotRunning {
+        /// The pid file.
+        path: PathBuf,
+    },
+    /// The pid file could not be read.
+    #[error(transparent)]
+    PidFile(#[from] PidFileError),
+    /// The scoreboard could not be found or read.
+    #[error(transparent)]
+    Status(#[from] StatusError),
+    /// The signal could not be sent.
+    #[error("cannot send {signal} to pid {pid}: {source}")]
+    Signal {
+        /// The daemon.
+        pid: i32,
+        /// The signal.
+        signal: &'static str,
+        /// Why.
+        #[source]
+        source: nix::errno::Errno,
+    },
+    /// The daemon answered that it did not do it.
+    #[error("pid {pid}: {message}")]
+    Refused {
+        /// The daemon.
+        pid: i32,
+        /// What it did instead.
+        message: String,
+    },
+    /// The outcome was not seen within the timeout.
+    #[error("pid {pid}: {message} after {:.1} s", .waited.as_secs_f64())]
+    TimedOut {
+        /// The daemon.
+        pid: i32,
+        /// What was seen instead.
+        message: String,
+        /// How long it was waited for.
+        waited: Duration,
+    },
+}
+
+/// Sends the request to the daemon holding `pid_file` and waits up to `timeout`
+/// for its outcome (see the [module docs](self)). `scoreboard`: the daemon's
+/// `scoreboard_path`, or `None` to find it among the parent's descriptors.
+///
+/// # Errors
+/// [`ControlError::NotRunning`] if no daemon holds the pid file; the others as
+/// their names say.
+pub fn control(
+    pid_file: &Path,
+    scoreboard: Option<&Path>,
+    request: Request,
+    timeout: Duration,
+) -> Result<Done, ControlError> {
+    let pid = pidfile::is_running(pid_file)?.ok_or_else(|| ControlError::NotRunning {
+        path: pid_file.to_path_buf(),
+    })?;
+    let start = now();
+    let deadline = deadline(start, timeout);
+    let board = Board {
+        pid,
+        given: scoreboard.map(Path::to_path_buf),
+        pid_file: pid_file.to_path_buf(),
+    };
+    let timed_out = |message: String| ControlError::TimedOut {
+        pid,
+        message,
+        waited: timeout,
+    };
+    let refused = |message: String| ControlError::Refused { pid, message };
+    match request {
+        Request::Stop => stop(pid_file, pid, start, timeout),
+        Request::Reload | Request::Upgrade => {
+            let before = board.read()?;
+            let upgrade = request == Request::Upgrade;
+            send(
+                pid,
+                if upgrade {
+                    Signal::SIGUSR2
+                } else {
+                    Signal::SIGHUP
+                },
+            )?;
+            loop {
+                let seen = board.read()?;
+                if upgrade && seen.counters.upgrades_abandoned != before.counters.upgrades_abandoned
+                {
+                    return Err(refused(
+                        "upgrade abandoned: the running image keeps serving (its error log says why)"
+                            .into(),
+                    ));
+                }
+                let new_image = !upgrade || seen.counters.images != before.counters.images;
+                let serving = serving_generation(&seen, before.generation);
+                if new_image && serving.is_ok() {
+                    return Ok(Done {
+                        pid,
+                        message: format!(
+                            "{} (pid {pid}): generation {} serving with {} children, in {:.1} s",
+                            if upgrade { "upgraded" } else { "reloaded" },
+                            seen.generation,
+                            seen.live(),
+                            start.elapsed().as_secs_f64()
+                        ),
+                    });
+                }
+                if now() >= deadline {
+                    return Err(timed_out(if new_image {
+                        serving.err().unwrap_or_default()
+                    } else {
+                        "no new image took over".into()
+                    }));
+                }
+                pause();
+            }
+        }
+        Request::ReopenLogs => {
+            let before = board.read()?;
+            send(pid, Signal::SIGUSR1)?;
+            loop {
+                let seen = board.read()?;
+                if seen.counters.reopens_failed != before.counters.reopens_failed {
+                    return Err(refused(
+                        "a log could not be reopened; the old file stays in use (the error log says why)"
+                            .into(),
+                    ));
+                }
+                if seen.counters.reopens != before.counters.reopens {
+                    return Ok(Done {
+                        pid,
+                        message: format!("logs reopened (pid {pid})"),
+                    });
+                }
+                if now() >= deadline {
+                    return Err(timed_out("the logs were not reopened".into()));
+                }
+                pause();
+            }
+        }
+        Request::Scale(0) => Ok(Done {
+            pid,
+            message: format!("nothing to do: {} children", board.read()?.live()),
+        }),
+        Request::Scale(by) => {
+            let before = board.read()?;
+            let signal = if by > 0 {
+                Signal::SIGTTIN
+            } else {
+                Signal::SIGTTOU
+            };
+            // One signal at a time, each seen taken before the next: a second
+            // one sent while the first is pending would be merged with it.
+            let mut counters = before.counters;
+            for _ in 0..by.unsigned_abs() {
+                send(pid, signal)?;
+                loop {
+                    let seen = board.read()?;
+                    if seen.counters.nudges_ignored != counters.nudges_ignored {
+                        return Err(refused(format!(
+                            "{} ignored: the pool is not serving (starting, reloading or stopping)",
+                            signal.as_str()
+                        )));
+                    }
+                    if seen.counters.nudges != counters.nudges {
+                        counters = seen.counters;
+                        break;
+                    }
+                    if now() >= deadline {
+                        return Err(timed_out(format!("{} was not taken", signal.as_str())));
+                    }
+                    pause();
+                }
+            }
+            let want = before.live() as i64 + i64::from(by);
+            loop {
+                let seen = board.read()?;
+                let live = seen.live() as i64;
+                if (by > 0 && live >= want) || (by < 0 && live <= want) {
+                    return Ok(Done {
+                        pid,
+                        message: format!(
+                            "scaled by {by:+} (pid {pid}): {} children, was {}",
+                            seen.live(),
+                            before.live()
+                        ),
+                    });
+                }
+                if now() >= deadline {
+                    return Err(timed_out(format!(
+                        "the policy's target moved by {by:+}, but the pool holds {live} live children, not {want} (above the policy's minimum, the load decides its size; max_children bounds it)"
+                    )));
+                }
+                pause();
+            }
+        }
+    }
+}
+
+/// TERM, then waits for the pid file's lock to go with the daemon.
+fn stop(
+    pid_file: &Path,
+    pid: i32,
+    start: Instant,
+    timeout: Duration,
+) -> Result<Done, ControlError> {
+    let deadline = deadline(start, timeout);
+    send(pid, Signal::SIGTERM)?;
+    loop {
+        if pidfile::is_running(pid_file)? != Some(pid) {
+            return Ok(Done {
+                pid,
+                message: format!(
+                    "stopped (pid {pid}) in {:.1} s",
+                    start.elapsed().as_secs_f64()
+                ),
+            });
+        }
+        if now() >= deadline {
+            return Err(ControlError::TimedOut {
+                pid,
+                message: "still running (its children are finishing their requests?)".into(),
+                waited: timeout,
+            });
+        }
+        pause();
+    }
+}
+
+/// `Ok` once a generation newer than `before` serves alone (every child not
+/// retiring is of it, none starting, at least one); else what is seen.
+fn serving_generation(seen: &Status, before: u64) -> Result<(), String> {
+    if seen.generation <= before {
+        return Err(format!("still generation {}", seen.generation));
+    }
+    let current = seen
+        .children
+        .iter()
+        .filter(|c| c.state != ChildState::Retiring);
+    let (mut new, mut old, mut starting) = (0, 0, 0);
+    for c in current {
+        if c.generation != seen.generation {
+            old += 1;
+        } else if c.state == ChildState::Starting {
+            starting += 1;
+        } else {
+            new += 1;
+        }
+    }
+    if new > 0 && old == 0 && starting == 0 {
+        Ok(())
+    } else {
+        Err(format!(
+            "generation {}: {new} children serving, {starting} starting, {old} of an older generation",
+            seen.generation
+        ))
+    }
+}
+
+/// The daemon's scoreboard, read afresh at each look (found again among the
+/// parent's descriptors each time: an upgrade may renumber them).
+struct Board {
+    pid: i32,
+    given: Option<PathBuf>,
+    pid_file: PathBuf,
+}
+
+impl Board {
+    fn read(&self) -> Result<Status, ControlError> {
+        if pidfile::is_running(&self.pid_file)? != Some(self.pid) {
+            return Err(ControlError::Refused {
+                pid: self.pid,
+                message: "the daemon exited meanwhile".into(),
+            });
+        }
+        let path = match &self.given {
+            Some(p) => p.clone(),
+            None => find_scoreboard(self.pid)?,
+        };
+        Ok(Status::read(path)?)
+    }
+}
+
+// Waiting for another process needs the clock.
+#[allow(clippy::disallowed_methods)]
+fn now() -> Instant {
+    Instant::now()
+}
+
+// Waiting for another process needs to sleep.
+#[allow(clippy::disallowed_methods)]
+fn pause() {
+    std::thread::sleep(POLL);
+}
+
+/// `start + timeout`, a year at most (a huge timeout must not overflow).
+fn deadline(start: Instant, timeout: Duration) -> Instant {
+    start + timeout.min(Duration::from_secs(365 * 24 * 3600))
+}
+
+fn send(pid: i32, signal: Signal) -> Result<(), ControlError> {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal).map_err(|source| {
+        ControlError::Signal {
+            pid,
+            signal: signal.as_str(),
+            source,
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::status::{ChildStatus, Counters, StateCounts};
+
+    fn status(generation: u64, children: &[(u64, ChildState)]) -> Status {
+        Status {
+            schema: 1,
+            scoreboard: PathBuf::from("/x"),
+            parent_pid: 1,
+            parent_running: true,
+            generation,
+            stopping: false,
+            slots: 8,
+            map: String::new(),
+            counts: StateCounts::default(),
+            counters: Counters::default(),
+            children: children
+                .iter()
+                .enumerate()
+                .map(|(slot, &(generation, state))| ChildStatus {
+                    slot,
+                    pid: 10 + slot as i32,
+                    generation,
+                    state,
+                    requests: 0,
+                    request_age_ms: None,
+                    heartbeat_age_ms: None,
+                    memory_bytes: None,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_generation_serves_only_alone_and_ready() {
+        use ChildState::*;
+        assert!(serving_generation(&status(2, &[(2, Idle), (2, Busy)]), 1).is_ok());
+        // Old ones retiring do not count.
+        assert!(serving_generation(&status(2, &[(2, Idle), (1, Retiring)]), 1).is_ok());
+        let e = serving_generation(&status(2, &[(2, Idle), (1, Busy)]), 1).unwrap_err();
+        assert!(e.contains("1 of an older generation"), "{e}");
+        let e = serving_generation(&status(2, &[(2, Starting)]), 1).unwrap_err();
+        assert!(e.contains("1 starting"), "{e}");
+        let e = serving_generation(&status(1, &[(1, Idle)]), 1).unwrap_err();
+        assert!(e.contains("still generation 1"), "{e}");
+        assert!(
+            serving_generation(&status(2, &[]), 1).is_err(),
+            "nobody serves"
+        );
+    }
+
+    #[test]
+    fn a_daemon_not_running_is_told() {
+        let path =
+            std::env::temp_dir().join(format!("preforkd-control-{}.pid", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let e = control(&path, None, Request::Stop, Duration::from_secs(1)).unwrap_err();
+        assert!(matches!(e, ControlError::NotRunning { .. }), "{e}");
+        assert!(e.to_string().contains("not running"), "{e}");
+    }
+}
