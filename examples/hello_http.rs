@@ -70,6 +70,7 @@ struct Args {
     user: Option<String>,
     group: Option<String>,
     graceful_timeout: Option<Duration>,
+    min_healthy_uptime: Option<Duration>,
     busy_timeout: Option<Duration>,
     request_timeout: Duration,
     spawn_in_init: Option<String>,
@@ -98,6 +99,7 @@ fn parse_args() -> Result<Args, String> {
         user: None,
         group: None,
         graceful_timeout: None,
+        min_healthy_uptime: None,
         busy_timeout: None,
         request_timeout: REQUEST_TIMEOUT,
         spawn_in_init: None,
@@ -124,6 +126,9 @@ fn parse_args() -> Result<Args, String> {
             "--listen" => a.listen = value()?,
             "--graceful-timeout" => {
                 a.graceful_timeout = Some(duration(value()?, "--graceful-timeout")?)
+            }
+            "--min-healthy-uptime" => {
+                a.min_healthy_uptime = Some(duration(value()?, "--min-healthy-uptime")?)
             }
             "--busy-timeout" => a.busy_timeout = Some(duration(value()?, "--busy-timeout")?),
             "--request-timeout" => {
@@ -173,7 +178,7 @@ fn parse_args() -> Result<Args, String> {
                     "usage: hello_http [--listen ADDR] [--prefork N] [--max-children N] \
                      [--scoreboard PATH] [--pid-file PATH] [--error-log PATH] \
                      [--access-log PATH] [--json-log] [--require-root] [--daemonize] [--user NAME] [--group NAME] \
-                     [--graceful-timeout DURATION] [--busy-timeout DURATION] [--request-timeout DURATION] \
+                     [--graceful-timeout DURATION] [--min-healthy-uptime DURATION] [--busy-timeout DURATION] [--request-timeout DURATION] \
                      [--spawn-in-init CMD] [--max-child-memory BYTES] [--crash-at-start FILE] \
                      [--auto-reload-every DURATION] [--watch PATH]... [--std-bind] [--fail-init] \
                      [--disconnect-every-ms N] [--disconnect-kill]"
@@ -258,6 +263,14 @@ fn main() {
             Ok(())
         },
     )
+    // Every option at its default but the one asked for; the ones below are set
+    // on top.
+    .options(preforkd::Options {
+        min_healthy_uptime: args
+            .min_healthy_uptime
+            .unwrap_or(preforkd::Options::default().min_healthy_uptime),
+        ..preforkd::Options::default()
+    })
     .prefork(args.prefork)
     .max_children(args.max_children)
     .graceful_timeout(args.graceful_timeout.unwrap_or(Duration::from_secs(30)))
@@ -280,6 +293,7 @@ fn main() {
     if let Some(p) = &args.scoreboard {
         daemon = daemon.scoreboard_path(p);
     }
+
     if let Some(bytes) = args.max_child_memory {
         daemon = daemon.max_child_memory(bytes);
     }

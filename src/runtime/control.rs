@@ -10,7 +10,7 @@
 //! |---|---|---|
 //! | [`Request::Stop`] | TERM | the pid file's lock is released (the daemon is gone) |
 //! | [`Request::Reload`] | HUP | a newer generation serves: every child not retiring is of it and none is starting |
-//! | [`Request::Upgrade`] | USR2 | a new image took over (the header counts it) and its generation serves as above; an upgrade the daemon abandons is a failure at once |
+//! | [`Request::Upgrade`] | USR2 | a new image took over (the header counts it) and its generation serves as above; an upgrade the daemon abandons or refuses (one under way, or the last one not proven yet) is a failure at once |
 //! | [`Request::ReopenLogs`] | USR1 | the parent says it reopened its logs; a log it could not reopen is a failure |
 //! | [`Request::Scale`] | TTIN or TTOU, one at a time, each waited for | the pool holds that many more (fewer) live children |
 //!
@@ -154,7 +154,7 @@ pub fn control(
                 if upgrade && seen.counters.upgrades_abandoned != before.counters.upgrades_abandoned
                 {
                     return Err(refused(
-                        "upgrade abandoned: the running image keeps serving (its error log says why)"
+                        "upgrade abandoned or refused (the last one not proven yet, or one under way): the running image keeps serving; its error log says why"
                             .into(),
                     ));
                 }

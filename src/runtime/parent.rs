@@ -431,6 +431,10 @@ impl<T: 'static> Parent<T> {
                 );
                 self.sys.board.count_nudge(!serving);
             }
+            if s == crate::Signal::Usr2 && !self.machine.accepts_upgrade() {
+                // For `preforkd upgrade`: refused at once, not left to its timeout.
+                self.sys.board.count_abandoned();
+            }
             self.machine.handle(now, Event::Signal(s));
         }
     }

@@ -233,6 +233,12 @@ impl Machine {
         }
     }
 
+    /// Whether an upgrade trigger now would start an upgrade: serving, none
+    /// under way, and the last one proven (see the in-place upgrade's docs).
+    pub fn accepts_upgrade(&self) -> bool {
+        self.accepts_work() && self.adopting != Some(true) && self.upgrade == Upgrade::Idle
+    }
+
     /// Whether this machine adopted its children from a previous image.
     pub fn adopted(&self) -> bool {
         self.adopting.is_some()
