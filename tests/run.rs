@@ -344,6 +344,29 @@ fn bad_configurations_are_refused_with_64_or_78_naming_the_problem() {
         err.contains("no-such-server-here: not found in PATH"),
         "{err}"
     );
+    // More listeners than a child can be passed: refused before anything runs,
+    // not found out by every child.
+    let many: Vec<String> = (0..65)
+        .flat_map(|i| {
+            [
+                "--listen".to_string(),
+                format!("tcp://127.0.0.1:{}", 30000 + i),
+            ]
+        })
+        .collect();
+    let mut args: Vec<&str> = many.iter().map(String::as_str).collect();
+    args.extend(["--check-config", "--", "/bin/true"]);
+    let (code, err) = refused(&args, None);
+    assert_eq!(code, 78, "{err}");
+    assert!(
+        err.contains("listen") && err.contains("65 listeners") && err.contains("at most 64"),
+        "{err}"
+    );
+    let mut args: Vec<&str> = many[..128].iter().map(String::as_str).collect();
+    args.extend(["--busy-from", "slot", "--check-config", "--", "/bin/true"]);
+    let (code, err) = refused(&args, None);
+    assert_eq!(code, 78, "{err}");
+    assert!(err.contains("64 listeners and the scoreboard"), "{err}");
     // An unknown flag.
     let (code, err) = refused(&["--max-childs", "3", "--", "/bin/true"], None);
     assert_eq!(code, 64, "{err}");
@@ -354,6 +377,25 @@ fn bad_configurations_are_refused_with_64_or_78_naming_the_problem() {
         Some("prefork = 20\nmax_children = 10\ncommand = [\"/bin/false\"]\n"),
     );
     assert_eq!(code, 0, "{err}");
+}
+
+#[test]
+fn a_huge_busy_check_interval_neither_panics_nor_stops_the_looking() {
+    let bin = server();
+    let r = Run::start(
+        "run-huge-every",
+        &[
+            "--prefork",
+            "1",
+            "--busy-check-every",
+            "1000000000000000000s",
+        ],
+        &[bin.to_str().unwrap()],
+    );
+    assert_eq!(get(r.addr, "/").unwrap().0, 200);
+    std::thread::sleep(Duration::from_millis(300));
+    let log = r.log();
+    assert!(!log.contains("panicked"), "{log}");
 }
 
 #[test]

@@ -76,6 +76,10 @@ impl<T: 'static> Prefork<T> {
         // The seed's `prefork = 0` asks for in-process mode; with a scaling policy
         // of your own `prefork` is not read (no more "0 to please the validator").
         let in_process = self.in_process || (self.options.prefork == 0 && self.scaling.is_none());
+        if let Some(c) = &self.command {
+            super::command::check_passed(c.listeners, c.cooperative)
+                .map_err(|e| invalid("listen", e))?;
+        }
         if in_process && self.command.is_some() {
             return Err(invalid(
                 "prefork",

@@ -401,6 +401,11 @@ impl Board {
 
     /// Parent: whether a saturated pool could grow. At `max_children` a child
     /// taking the last idle slot wakes nobody: the parent could do nothing about it.
+    /// Whether the pool has room to grow (as the parent last said).
+    pub(crate) fn can_grow(&self) -> bool {
+        self.header.can_grow.load(Ordering::Relaxed) != 0
+    }
+
     pub(crate) fn set_can_grow(&self, yes: bool) {
         self.header
             .can_grow

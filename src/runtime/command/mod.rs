@@ -186,6 +186,28 @@ pub(crate) struct Supervised {
     /// A descriptor of the scoreboard of its own (no share in the parent's lock),
     /// set by the parent before the first fork when cooperative.
     pub(crate) board_fd: OnceLock<RawFd>,
+    /// Listeners given (0: socket activation, counted once taken).
+    pub(crate) listeners: usize,
+}
+
+/// The most descriptors a command child is passed (listeners, plus the
+/// scoreboard's when cooperative).
+pub(crate) const MOST_PASSED: usize = os::MOST_PASSED;
+
+/// Refuses more descriptors than a child can be passed, naming the option.
+pub(crate) fn check_passed(listeners: usize, cooperative: bool) -> Result<(), String> {
+    let passed = listeners + usize::from(cooperative);
+    if passed > MOST_PASSED {
+        return Err(format!(
+            "{listeners} listeners{}: at most {MOST_PASSED} descriptors are passed to a command",
+            if cooperative {
+                " and the scoreboard's descriptor (busy_from slot)"
+            } else {
+                ""
+            }
+        ));
+    }
+    Ok(())
 }
 
 /// The command, ready to run in a child (what `after_init` returns).
@@ -227,6 +249,9 @@ impl Prepared {
                 listeners.push((fd, spec.name().to_string(), addr));
             }
         }
+        // Socket activation's count is known only now.
+        check_passed(listeners.len(), supervised.cooperative)
+            .map_err(|e| format!("listen: {e}"))?;
         let raw: Vec<RawFd> = listeners.iter().map(|(fd, _, _)| fd.as_raw_fd()).collect();
         let _ = supervised.listening.set(
             listeners
@@ -301,6 +326,7 @@ impl Prefork<Prepared> {
             busy_check_every: command.busy_check_every,
             listening: OnceLock::new(),
             board_fd: OnceLock::new(),
+            listeners: command.listen.len(),
         });
         let theirs = Arc::clone(&supervised);
         let mut p = Prefork::new(

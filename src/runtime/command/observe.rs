@@ -49,7 +49,10 @@ pub(crate) fn start(board: Board, supervised: Arc<Supervised>) -> std::io::Resul
             // A pool where nothing happens is looked at seldom (a look costs a
             // walk of the kernel's socket tables); a connection that has to wait
             // for a child still wakes the thread at once.
-            let quiet = (every * 20).min(Duration::from_secs(1)).max(every);
+            let quiet = every
+                .saturating_mul(20)
+                .min(Duration::from_secs(1))
+                .max(every);
             let mut wait = every;
             loop {
                 let queued = wait_for_queue(&listening, wait);
@@ -74,8 +77,14 @@ pub(crate) fn start(board: Board, supervised: Arc<Supervised>) -> std::io::Resul
                     starting = now;
                 }
                 if queued {
-                    // The queue stays readable while the pool is full: no spin.
-                    std::thread::sleep(supervised.busy_check_every.min(Duration::from_millis(10)));
+                    // The queue stays readable while connections wait: no spin.
+                    // While the pool can grow, children starting are seen
+                    // serving soon; a full pool gains nothing from faster looks.
+                    std::thread::sleep(if board.can_grow() {
+                        every.min(Duration::from_millis(10))
+                    } else {
+                        every
+                    });
                 }
             }
         });
@@ -180,18 +189,39 @@ fn unix_accepted(table: &[u8], paths: &[&std::path::Path]) -> Vec<u64> {
         .lines()
         .skip(1)
         .filter_map(|line| {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            let (flags, ty, st, inode, path) =
-                (f.get(3)?, f.get(4)?, f.get(5)?, f.get(6)?, f.get(7)?);
+            let (f, path) = unix_fields(line)?;
+            let (flags, ty, st, inode) = (f[3], f[4], f[5], f[6]);
             let flags = u32::from_str_radix(flags, 16).ok()?;
             let ours = paths
                 .iter()
                 .any(|p| p.as_os_str() == std::ffi::OsStr::new(path));
-            (ours && flags & ACCEPTCON == 0 && *ty == STREAM && *st == CONNECTED)
+            (ours && flags & ACCEPTCON == 0 && ty == STREAM && st == CONNECTED)
                 .then(|| inode.parse().ok())
                 .flatten()
         })
         .collect()
+}
+
+/// A `/proc/net/unix` line's seven first fields and its path: the rest of the
+/// line after the one space that follows the inode (a path may hold spaces).
+fn unix_fields(line: &str) -> Option<([&str; 7], &str)> {
+    let mut f = [""; 7];
+    let mut rest = line.trim_start();
+    for (i, field) in f.iter_mut().enumerate() {
+        let end = rest.find(' ')?;
+        *field = &rest[..end];
+        if field.is_empty() {
+            return None;
+        }
+        // Fields are padded on the left; the path follows the inode after
+        // exactly one space (and may start with one).
+        rest = if i < 6 {
+            rest[end..].trim_start_matches(' ')
+        } else {
+            &rest[end + 1..]
+        };
+    }
+    (!rest.is_empty()).then_some((f, rest))
 }
 
 /// `pid` and its descendants (from `/proc/PID/task/*/children`), at most
@@ -238,6 +268,19 @@ mod tests {
 ";
         let got = unix_accepted(table, &[std::path::Path::new("/run/app.sock")]);
         assert_eq!(got, vec![101]);
+    }
+
+    #[test]
+    fn a_unix_path_with_spaces_is_read_whole() {
+        let table = b"Num       RefCount Protocol Flags    Type St Inode Path
+0000000000000000: 00000003 00000000 00000000 0001 03  7101 /tmp/my app.sock
+0000000000000000: 00000003 00000000 00000000 0001 03  7102 /tmp/my
+0000000000000000: 00000003 00000000 00000000 0001 03 17103  lead.sock
+";
+        let my = std::path::Path::new("/tmp/my app.sock");
+        assert_eq!(unix_accepted(table, &[my]), vec![7101]);
+        let lead = std::path::Path::new(" lead.sock");
+        assert_eq!(unix_accepted(table, &[lead]), vec![17103]);
     }
 
     #[test]

@@ -47,5 +47,5 @@ pub(crate) use signal_handlers::{
 pub(crate) use sockets::{listen_queue_len, listening_sockets, recv_fds};
 pub(crate) use spawn::{
     fork_keeper, redirect_stdio, say_exec_failed, set_group_of, signal_group, tell_keeper,
-    CommandImage,
+    CommandImage, MOST_PASSED,
 };

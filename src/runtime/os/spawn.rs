@@ -182,6 +182,9 @@ fn write_number(entry: &mut [u8; PID_ENTRY], at: usize, v: u32) {
     entry[at] = 0;
 }
 
+/// The most descriptors [`place_fds`] passes.
+pub(crate) const MOST_PASSED: usize = 64;
+
 /// Moves `first` then `then` to 3, 4, ... (clearing close-on-exec on them), with
 /// none overwritten before it is moved: each is first copied above the range.
 ///
@@ -191,12 +194,10 @@ fn write_number(entry: &mut [u8; PID_ENTRY], at: usize, v: u32) {
 unsafe fn place_fds(first: &[RawFd], then: &[RawFd]) -> io::Result<()> {
     let total = first.len() + then.len();
     let base = 3 + total as RawFd;
-    let mut high = [0 as RawFd; 64];
+    let mut high = [0 as RawFd; MOST_PASSED];
     if total > high.len() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "more than 64 descriptors to pass",
-        ));
+        // Refused by the configuration's check; never allocate here (a child).
+        return Err(io::Error::from_raw_os_error(libc::EMFILE));
     }
     for (i, &fd) in first.iter().chain(then).enumerate() {
         let h = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, base);
