@@ -470,3 +470,76 @@ fn a_client_that_hangs_up_gets_its_command_child_stopped() {
     );
     assert!(r.log().contains(&format!("child {worker} ")), "{}", r.log());
 }
+
+#[test]
+fn a_stderr_nobody_reads_never_stops_the_supervisor() {
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = tempdir("run-stall");
+    let fifo = dir.join("stderr");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    // The test holds the reading end and never reads: the pipe fills up.
+    let reader = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&fifo)
+        .unwrap();
+    let writer = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+    let port = support::run::free_port();
+    let mut cmd = Command::new(preforkd());
+    cmd.args(["run", "--listen", &format!("tcp://127.0.0.1:{port}")])
+        .args(["--prefork", "2", "--graceful-timeout", "2s", "--"])
+        .args([
+            "sh",
+            "-c",
+            "while :; do echo 'a line of output, again and again'; done",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(writer)
+        .process_group(0);
+    let mut child = support::spawn_retrying(&mut cmd).unwrap();
+    let pid = child.id() as i32;
+    let kill_all = |child: &mut std::process::Child| {
+        let mut all = Vec::new();
+        for c in children_of(pid) {
+            all.extend(tree(c));
+        }
+        send_signal(pid, libc::SIGKILL);
+        for p in all {
+            send_signal(p, libc::SIGKILL);
+        }
+        let _ = child.wait();
+    };
+    // The children's output fills the pipe; the parent must go on regardless.
+    std::thread::sleep(Duration::from_millis(1_500));
+    // It still reacts: a child killed is replaced...
+    let before = children_of(pid)
+        .into_iter()
+        .filter(|&c| !support::run::is_keeper(c))
+        .collect::<Vec<_>>();
+    send_signal(before[0], libc::SIGKILL);
+    let replaced = wait_for(Duration::from_secs(5), || {
+        let now: Vec<i32> = children_of(pid)
+            .into_iter()
+            .filter(|&c| !support::run::is_keeper(c))
+            .collect();
+        now.len() == 2 && !now.contains(&before[0])
+    });
+    // ...and TERM stops it within the graceful timeout.
+    send_signal(pid, libc::SIGTERM);
+    let stopped = wait_for(Duration::from_secs(8), || {
+        child.try_wait().ok().flatten().is_some()
+    });
+    if !stopped {
+        kill_all(&mut child);
+    }
+    drop(reader);
+    assert!(
+        replaced,
+        "a killed child was not replaced while stderr was not read"
+    );
+    assert!(
+        stopped,
+        "TERM did not stop preforkd while stderr was not read"
+    );
+}

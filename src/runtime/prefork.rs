@@ -548,7 +548,7 @@ impl<T: 'static> Prefork<T> {
         let logger = match (self.logger.take(), &logs.error) {
             (Some(l), _) => l,
             (None, Some(f)) => file_logger(f, logs.json),
-            (None, None) => default_logger(),
+            (None, None) => parent_logger(),
         };
         // Held until `run` returns; dropping it removes the file.
         let pid_file = match (
@@ -631,8 +631,18 @@ impl Logs {
 /// Plain text on stderr. A write that fails (a closed pipe, a full disk behind a
 /// redirection) drops the record: never a panic, never a stop.
 pub(super) fn default_logger() -> slog::Logger {
+    stderr_logger(std::io::stderr())
+}
+
+/// [`default_logger`] for the parent: a stderr that is not read (a stalled
+/// pipe or socket) drops records instead of blocking the loop.
+fn parent_logger() -> slog::Logger {
+    stderr_logger(logs::ParentStderr::new())
+}
+
+fn stderr_logger(w: impl std::io::Write + Send + 'static) -> slog::Logger {
     use slog::Drain;
-    let decorator = slog_term::PlainSyncDecorator::new(std::io::stderr());
+    let decorator = slog_term::PlainSyncDecorator::new(w);
     let drain = logs::Lossy::new(
         slog_term::FullFormat::new(decorator).build(),
         "stderr".into(),

@@ -38,7 +38,7 @@ impl Losses {
 
 /// Says something on stderr, best effort: it may be the thing that fails.
 fn tell_stderr(what: &str) {
-    let _ = io::stderr().write_all(format!("{what}\n").as_bytes());
+    let _ = super::ParentStderr::current().write_all(format!("{what}\n").as_bytes());
 }
 
 /// A drain that never fails and never panics (unlike slog's `Fuse`): a record

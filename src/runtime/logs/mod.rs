@@ -17,10 +17,12 @@
 mod access;
 mod lossy;
 mod passing;
+mod stderr;
 
 pub use access::combined_log_line;
 pub(crate) use lossy::{Losses, Lossy};
 pub(crate) use passing::{no_channel_notice, send_logs, take_passed_logs};
+pub(crate) use stderr::ParentStderr;
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
