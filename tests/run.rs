@@ -543,3 +543,54 @@ fn a_stderr_nobody_reads_never_stops_the_supervisor() {
         "TERM did not stop preforkd while stderr was not read"
     );
 }
+
+#[test]
+fn a_daemonized_supervisor_runs_its_command_where_it_was_started() {
+    let dir = tempdir("run-daemon-dir");
+    let bin = server();
+    std::fs::write(
+        dir.join("serve.sh"),
+        format!("exec {}\n", bin.to_str().unwrap()),
+    )
+    .unwrap();
+    let port = support::run::free_port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    // Relative paths everywhere: the daemon itself moves to `/`.
+    let status = Command::new(preforkd())
+        .current_dir(&dir)
+        .args(["run", "--listen", &format!("tcp://{addr}"), "--daemonize"])
+        .args(["--pid-path", "pid", "--error-log-path", "err.log"])
+        .args(["--access-log-path", "access.log", "--prefork", "1"])
+        .args(["--", "sh", "./serve.sh"])
+        .stdin(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    let pid_file = dir.join("pid");
+    let daemon = wait_for(Duration::from_secs(5), || {
+        std::fs::read_to_string(&pid_file).is_ok_and(|p| p.trim().parse::<i32>().is_ok())
+    })
+    .then(|| {
+        std::fs::read_to_string(&pid_file)
+            .unwrap()
+            .trim()
+            .parse::<i32>()
+            .unwrap()
+    });
+    let served = wait_for(Duration::from_secs(10), || {
+        get(addr, "/").is_ok_and(|(code, _)| code == 200)
+    });
+    let log = std::fs::read_to_string(dir.join("err.log")).unwrap_or_default();
+    if let Some(pid) = daemon {
+        let mut all = Vec::new();
+        for c in children_of(pid) {
+            all.extend(tree(c));
+        }
+        send_signal(pid, libc::SIGKILL);
+        for p in all {
+            send_signal(p, libc::SIGKILL);
+        }
+    }
+    assert!(daemon.is_some(), "no pid file; log:\n{log}");
+    assert!(served, "the command did not serve; log:\n{log}");
+}

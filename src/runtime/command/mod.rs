@@ -60,6 +60,7 @@ pub struct Command {
     stop_signal: nix::sys::signal::Signal,
     cooperative: bool,
     busy_check_every: Duration,
+    dir: Option<PathBuf>,
 }
 
 impl Command {
@@ -81,7 +82,17 @@ impl Command {
             stop_signal: nix::sys::signal::Signal::SIGTERM,
             cooperative: false,
             busy_check_every: Duration::from_millis(50),
+            // Where it was asked for: a daemon itself moves to `/`, and a
+            // relative argument (`app:app`, `./server.js`) must still mean here.
+            dir: std::env::current_dir().ok(),
         })
+    }
+
+    /// The directory the command runs in: by default the one this process was
+    /// in when the command was made (a daemonizing supervisor moves to `/`).
+    pub fn current_dir(mut self, dir: impl Into<PathBuf>) -> Command {
+        self.dir = Some(dir.into());
+        self
     }
 
     /// Adds arguments.
@@ -292,6 +303,7 @@ impl Prepared {
             &argv,
             &env,
             supervised.cooperative.then_some(SLOT_ENV),
+            command.dir.as_deref().map(Path::as_os_str),
         )?;
         Ok(Prepared {
             image,

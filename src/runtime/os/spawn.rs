@@ -19,6 +19,8 @@ const PID_PREFIX: &[u8] = b"LISTEN_PID=";
 /// only into memory reserved here.
 pub(crate) struct CommandImage {
     program: CString,
+    /// The directory the command runs in (a daemon's own is `/`).
+    dir: Option<CString>,
     _argv: Vec<CString>,
     argv_ptrs: Vec<*const c_char>,
     _env: Vec<CString>,
@@ -56,8 +58,10 @@ impl CommandImage {
         argv: &[OsString],
         env: &[OsString],
         slot_var: Option<&str>,
+        dir: Option<&OsStr>,
     ) -> io::Result<CommandImage> {
         let program = c_string("the program", program)?;
+        let dir = dir.map(|d| c_string("the directory", d)).transpose()?;
         let argv: Vec<CString> = argv
             .iter()
             .map(|a| c_string("an argument", a))
@@ -99,6 +103,7 @@ impl CommandImage {
         env_ptrs.push(std::ptr::null());
         Ok(CommandImage {
             program,
+            dir,
             _argv: argv,
             argv_ptrs,
             _env: env,
@@ -132,6 +137,11 @@ impl CommandImage {
             }
             // Its own group: a stop or a KILL reaches the whole process tree.
             libc::setpgid(0, 0);
+            if let Some(dir) = &self.dir {
+                if libc::chdir(dir.as_ptr()) != 0 {
+                    return io::Error::last_os_error();
+                }
+            }
             if let Err(e) = place_fds(listeners, extra) {
                 return e;
             }
@@ -468,6 +478,7 @@ mod tests {
             OsStr::new("/bin/true"),
             &[OsString::from("a\0b")],
             &[],
+            None,
             None,
         )
         .unwrap_err();
