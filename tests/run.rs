@@ -594,3 +594,51 @@ fn a_daemonized_supervisor_runs_its_command_where_it_was_started() {
     assert!(daemon.is_some(), "no pid file; log:\n{log}");
     assert!(served, "the command did not serve; log:\n{log}");
 }
+
+#[test]
+fn a_child_that_wipes_its_slot_still_has_its_leftovers_killed() {
+    // A cooperative child that writes zeros over its own record (pid included)
+    // and exits, leaving a process behind in its group: the parent knows its
+    // children from its forks, not from what they write.
+    let dir = tempdir("run-wipe");
+    let left = dir.join("left");
+    let script = format!(
+        "sleep 999 & echo $! >> {left}; \
+         dd if=/dev/zero of=/proc/self/fd/$PREFORKD_SCOREBOARD_FD bs=64 seek=$((PREFORKD_SLOT + 1)) count=1 conv=notrunc 2>/dev/null; \
+         sleep 0.2; exit 0",
+        left = left.display()
+    );
+    let r = Run::start(
+        "run-wipe",
+        &[
+            "--prefork",
+            "1",
+            "--busy-from",
+            "slot",
+            "--backoff-initial",
+            "1s",
+        ],
+        &sh(&script).iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let dead = |pid: i32| matches!(support::proc_state(pid), None | Some('Z'));
+    assert!(wait_for(Duration::from_secs(5), || {
+        std::fs::read_to_string(&left).is_ok_and(|s| s.lines().count() >= 2)
+    }));
+    let pids: Vec<i32> = std::fs::read_to_string(&left)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    // The first child's leftover is gone once the next child has run.
+    let gone = wait_for(Duration::from_secs(3), || dead(pids[0]));
+    let log = r.log();
+    drop(r);
+    for &p in &pids {
+        send_signal(p, libc::SIGKILL);
+    }
+    assert!(
+        gone,
+        "the leftover {} of a child that wiped its slot survived; log:\n{log}",
+        pids[0]
+    );
+}

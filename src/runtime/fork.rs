@@ -109,6 +109,7 @@ impl<T: 'static> System<T> {
         match result {
             Ok(pid) => {
                 if self.cfg.command.is_some() {
+                    self.commanded.insert(pid.as_raw());
                     super::os::set_group_of(pid.as_raw());
                     if let Some(k) = &self.keeper {
                         super::os::tell_keeper(k, pid.as_raw());

@@ -273,6 +273,12 @@ impl<T: 'static> Parent<T> {
             .as_mut()
             .map(|h| std::mem::take(&mut h.previous_argv))
             .unwrap_or_default();
+        // The adopted children of a command ran it too.
+        let commanded = if cfg.command.is_some() {
+            machine.pids().map(|p| p.0).collect()
+        } else {
+            Default::default()
+        };
         let sys = System {
             cfg,
             logger,
@@ -316,6 +322,7 @@ impl<T: 'static> Parent<T> {
             tree_of: Default::default(),
             keeper: handed.as_mut().and_then(|h| h.keeper.take()),
             captured: Default::default(),
+            commanded,
             handed_capture: handed
                 .as_mut()
                 .map(|h| std::mem::take(&mut h.captured))

@@ -103,6 +103,10 @@ pub(super) struct System<T> {
     pub(super) captured: BTreeMap<i32, (OwnedFd, OwnedFd)>,
     /// Those an upgrade handed over, for the capture thread once it starts.
     pub(super) handed_capture: Vec<(i32, OwnedFd, OwnedFd)>,
+    /// The command children, by pid, as forked (or adopted): what is left of
+    /// their groups is killed when they go. Known from the forks, never from the
+    /// scoreboard, which a child may have written anything into.
+    pub(super) commanded: std::collections::BTreeSet<i32>,
 }
 
 impl<T: 'static> Effects for System<T> {
@@ -166,8 +170,7 @@ impl<T: 'static> Effects for System<T> {
     fn release(&mut self, pid: Pid) {
         self.log_channels.remove(&pid.0);
         self.captured.remove(&pid.0);
-        let ours = self.board.slot_of(pid.0).is_some();
-        if self.cfg.command.is_some() && ours {
+        if self.commanded.remove(&pid.0) {
             // What is left of its process group (its leader is gone) is an orphan.
             if let Err(e) = super::os::signal_group(pid.0, nix::libc::SIGKILL) {
                 slog::warn!(
