@@ -642,3 +642,66 @@ fn a_child_that_wipes_its_slot_still_has_its_leftovers_killed() {
         pids[0]
     );
 }
+
+/// What preforkd tells a service manager on `NOTIFY_SOCKET` within `within`,
+/// running `command` with `flags`.
+fn notified(tag: &str, flags: &[&str], command: &[&str], within: Duration) -> String {
+    let dir = tempdir(tag);
+    let sock_path = dir.join("notify");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let port = support::run::free_port();
+    let mut cmd = Command::new(preforkd());
+    cmd.env("NOTIFY_SOCKET", &sock_path)
+        .args(["run", "--listen", &format!("tcp://127.0.0.1:{port}")])
+        .args(flags)
+        .arg("--")
+        .args(command)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0);
+    let mut child = support::spawn_retrying(&mut cmd).unwrap();
+    let pid = child.id() as i32;
+    let mut said = String::new();
+    let until = Instant::now() + within;
+    let mut buf = [0u8; 4096];
+    while Instant::now() < until {
+        if let Ok(n) = sock.recv(&mut buf) {
+            said.push_str(&String::from_utf8_lossy(&buf[..n]));
+            said.push('\n');
+        }
+    }
+    let mut all = Vec::new();
+    for c in children_of(pid) {
+        all.extend(tree(c));
+    }
+    send_signal(pid, libc::SIGKILL);
+    for p in all {
+        send_signal(p, libc::SIGKILL);
+    }
+    let _ = child.wait();
+    said
+}
+
+#[test]
+fn ready_is_told_once_the_command_is_up_never_for_one_that_fails_at_once() {
+    // Up 0.3 s, then it fails: it never was ready, and neither is the service.
+    let said = notified(
+        "run-ready-fails",
+        &["--prefork", "2"],
+        &["sh", "-c", "sleep 0.3; exit 3"],
+        Duration::from_millis(2_500),
+    );
+    assert!(!said.contains("READY=1"), "{said}");
+    // A server that stays up: ready.
+    let bin = server();
+    let said = notified(
+        "run-ready-ok",
+        &["--prefork", "2"],
+        &[bin.to_str().unwrap()],
+        Duration::from_millis(2_500),
+    );
+    assert!(said.contains("READY=1"), "{said}");
+}

@@ -206,7 +206,9 @@ impl<T: 'static> System<T> {
                 ),
             }
         }
-        if let Err(e) = super::command::observe::start(self.board, cmd) {
+        if let Err(e) =
+            super::command::observe::start(self.board, cmd, self.cfg.options.min_healthy_uptime)
+        {
             slog::error!(
                 self.logger,
                 "cannot start the busy observer ({e}): the pool will not grow with the load"

@@ -364,6 +364,9 @@ impl<T: 'static> Parent<T> {
             let exit =
                 driver::carry_out(&mut self.machine, &mut self.sys, &mut self.stopping_marked);
             if let Some(code) = exit {
+                if let Some(c) = &self.sys.capture {
+                    c.drain(std::time::Duration::from_secs(1));
+                }
                 return match self.sys.init_error.take() {
                     Some(e) => Err(RunError::AfterInit(e)),
                     None => Ok(code),

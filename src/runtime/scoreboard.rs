@@ -301,11 +301,19 @@ impl Board {
     /// (`preforkd run`): marks the child `pid` in `slot` busy or idle, as its
     /// connections say, as the child would (request start, requests served, the
     /// idle count, the wake-ups). A starting child is ready once it holds a
-    /// connection, or once no connection waits (`queued`): a command still
-    /// loading while connections queue is not idle capacity. Only while the
-    /// slot is that child's: a slot emptied or retiring meanwhile is left alone
-    /// (a compare-and-swap on its state).
-    pub(crate) fn observed(&self, slot: usize, pid: i32, busy: bool, queued: bool) {
+    /// connection, or once it has been up `settle` with no connection waiting
+    /// (`queued`): a command still loading while connections queue is not idle
+    /// capacity, and one that fails soon after its start was never ready. Only
+    /// while the slot is that child's: a slot emptied or retiring meanwhile is
+    /// left alone (a compare-and-swap on its state).
+    pub(crate) fn observed(
+        &self,
+        slot: usize,
+        pid: i32,
+        busy: bool,
+        queued: bool,
+        settle: std::time::Duration,
+    ) {
         let Some(s) = self.slots.get(slot) else {
             return;
         };
@@ -314,7 +322,9 @@ impl Board {
         }
         let h = &self.header;
         let starting = s.state.load(Ordering::Acquire) == STARTING;
-        if starting && !busy && queued {
+        // Its heartbeat is its fork's time until it is ready.
+        let up = coarse_now_ns().saturating_sub(s.heartbeat.load(Ordering::Relaxed));
+        if starting && !busy && (queued || u128::from(up) < settle.as_nanos()) {
             return;
         }
         if busy || starting {

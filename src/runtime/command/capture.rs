@@ -38,7 +38,9 @@ impl Stream {
 /// The capturing thread, and the way to hand it a new child's pipes.
 #[derive(Debug)]
 pub(crate) struct Capture {
-    add: Sender<(i32, Stream, OwnedFd)>,
+    add: Sender<Added>,
+    /// Told when a drain asked for is done.
+    drained: Receiver<()>,
     /// A byte here wakes the thread to take what was added.
     poke: OwnedFd,
 }
@@ -65,6 +67,13 @@ impl Pipes {
     }
 }
 
+/// What the parent hands the thread: a child's pipe, or a request to log
+/// everything written so far (before the parent exits).
+enum Added {
+    Pipe(i32, Stream, OwnedFd),
+    Drain,
+}
+
 struct Source {
     pid: i32,
     stream: Stream,
@@ -76,22 +85,32 @@ impl Capture {
     /// Starts the thread (with the parent's signals blocked in it).
     pub(crate) fn start(logger: slog::Logger, access: Option<Arc<LogFile>>) -> io::Result<Capture> {
         let (add, added) = unbounded();
+        let (done, drained) = crossbeam_channel::bounded(1);
         let (poked, poke) =
             nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK).map_err(io::Error::from)?;
         os::hold_signals(&PARENT_SIGNALS)?;
         let started = std::thread::Builder::new()
             .name("preforkd-capture".into())
-            .spawn(move || run(&logger, access.as_deref(), &poked, &added));
+            .spawn(move || run(&logger, access.as_deref(), &poked, &added, &done));
         let released = os::release_signals(&PARENT_SIGNALS);
         started?;
         released?;
-        Ok(Capture { add, poke })
+        Ok(Capture { add, drained, poke })
+    }
+
+    /// Waits, up to `within`, until what the children wrote so far is logged:
+    /// the parent exits right after its last child is reaped, and the last
+    /// lines would be lost with it.
+    pub(crate) fn drain(&self, within: std::time::Duration) {
+        let _ = self.add.send(Added::Drain);
+        let _ = nix::unistd::write(&self.poke, &[1]);
+        let _ = self.drained.recv_timeout(within);
     }
 
     /// Hands over the parent's ends of child `pid`'s pipes.
     pub(crate) fn add(&self, pid: i32, (out, err): (OwnedFd, OwnedFd)) {
-        let _ = self.add.send((pid, Stream::Out, out));
-        let _ = self.add.send((pid, Stream::Err, err));
+        let _ = self.add.send(Added::Pipe(pid, Stream::Out, out));
+        let _ = self.add.send(Added::Pipe(pid, Stream::Err, err));
         // A full pipe means the thread has a wake-up coming already.
         let _ = nix::unistd::write(&self.poke, &[1]);
     }
@@ -101,7 +120,8 @@ fn run(
     logger: &slog::Logger,
     access: Option<&LogFile>,
     poked: &OwnedFd,
-    added: &Receiver<(i32, Stream, OwnedFd)>,
+    added: &Receiver<Added>,
+    done: &Sender<()>,
 ) {
     let mut sources: Vec<Source> = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
@@ -149,12 +169,16 @@ fn run(
             while matches!(nix::unistd::read(poked, &mut drain), Ok(n) if n > 0) {}
             loop {
                 match added.try_recv() {
-                    Ok((pid, stream, fd)) => sources.push(Source {
+                    Ok(Added::Pipe(pid, stream, fd)) => sources.push(Source {
                         pid,
                         stream,
                         fd,
                         pending: Vec::new(),
                     }),
+                    Ok(Added::Drain) => {
+                        drain_all(logger, access, &mut sources, &mut buf);
+                        let _ = done.try_send(());
+                    }
                     Err(crossbeam_channel::TryRecvError::Empty) => break,
                     // The parent is going: what is left still drains.
                     Err(crossbeam_channel::TryRecvError::Disconnected) => {
@@ -166,6 +190,28 @@ fn run(
                 }
             }
         }
+    }
+}
+
+/// Reads every pipe until it is empty and logs it all, unfinished lines too.
+fn drain_all(
+    logger: &slog::Logger,
+    access: Option<&LogFile>,
+    sources: &mut [Source],
+    buf: &mut [u8],
+) {
+    for s in sources.iter_mut() {
+        // Bounded: a writer still going must not keep the parent from exiting.
+        for _ in 0..64 {
+            match nix::unistd::read(&s.fd, buf) {
+                Ok(n) if n > 0 => {
+                    s.pending.extend_from_slice(&buf[..n]);
+                    emit_lines(logger, access, s, false);
+                }
+                _ => break,
+            }
+        }
+        emit_lines(logger, access, s, true);
     }
 }
 

@@ -38,7 +38,13 @@ use std::time::Duration;
 const MOST_PROCESSES: usize = 4096;
 
 /// Starts the observing thread (with the parent's signals blocked in it).
-pub(crate) fn start(board: Board, supervised: Arc<Supervised>) -> std::io::Result<()> {
+/// `settle`: how long a starting child must be up, with nothing waiting, to
+/// count as ready without having served (`min_healthy_uptime`).
+pub(crate) fn start(
+    board: Board,
+    supervised: Arc<Supervised>,
+    settle: Duration,
+) -> std::io::Result<()> {
     os::hold_signals(&PARENT_SIGNALS)?;
     let started = std::thread::Builder::new()
         .name("preforkd-observer".into())
@@ -59,7 +65,8 @@ pub(crate) fn start(board: Board, supervised: Arc<Supervised>) -> std::io::Resul
                 // A panic costs one look, not the thread.
                 let active = std::panic::catch_unwind(|| {
                     let waiting = queued || queue_len(&listening) > 0;
-                    let active = supervised.cooperative || look(&board, &listening, waiting);
+                    let active =
+                        supervised.cooperative || look(&board, &listening, waiting, settle);
                     if waiting {
                         board.queue_waiting();
                     }
@@ -119,7 +126,7 @@ fn queue_len(listening: &[(RawFd, ListenAddr)]) -> u32 {
 
 /// One look: every child marked busy or idle (`queued`: connections wait).
 /// Whether anything is under way: a connection accepted, or a child starting.
-fn look(board: &Board, listening: &[(RawFd, ListenAddr)], queued: bool) -> bool {
+fn look(board: &Board, listening: &[(RawFd, ListenAddr)], queued: bool, settle: Duration) -> bool {
     let accepted = accepted_connections(listening);
     let active = !accepted.is_empty() || board.starting() != 0;
     for (slot, pid) in board.pids().enumerate() {
@@ -132,7 +139,7 @@ fn look(board: &Board, listening: &[(RawFd, ListenAddr)], queued: bool) -> bool 
                     .iter()
                     .any(|(_, i)| accepted.contains(i))
             });
-        board.observed(slot, pid, busy, queued);
+        board.observed(slot, pid, busy, queued, settle);
     }
     active
 }
