@@ -103,6 +103,8 @@ pub(super) struct System<T> {
     pub(super) captured: BTreeMap<i32, (OwnedFd, OwnedFd)>,
     /// Those an upgrade handed over, for the capture thread once it starts.
     pub(super) handed_capture: Vec<(i32, OwnedFd, OwnedFd)>,
+    /// The metrics endpoint, when asked for and started.
+    pub(super) metrics: Option<super::metrics::Endpoint>,
 }
 
 impl<T: 'static> Effects for System<T> {

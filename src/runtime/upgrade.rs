@@ -128,7 +128,7 @@ pub(super) enum Start {
     Upgrade(Box<Inherited>),
     /// As the trial of an upgrade: check, report down `report`, exit.
     Trial {
-        handoff: Handoff,
+        handoff: Box<Handoff>,
         /// The running pool's slots: `max_children` must stay the same.
         slots: usize,
         /// Whether the running daemon holds a pid file: `pid_path` must stay set.
@@ -209,7 +209,7 @@ pub(super) fn take_start() -> Result<Start, RunError> {
     if let Some(report) = trial {
         let report = File::from(os::adopt_fd(report).map_err(io("the trial's pipe"))?);
         return Ok(Start::Trial {
-            handoff: carried.machine,
+            handoff: Box::new(carried.machine),
             slots: carried.slots,
             pid_file: carried.pid_file.is_some(),
             report,
@@ -340,6 +340,18 @@ static INHERITED_LISTENERS: Mutex<Vec<(OwnedFd, bool)>> = Mutex::new(Vec::new())
 /// if this one cannot take over (claimed or not, they are open until then).
 static HANDED_ORDER: Mutex<Vec<RawFd>> = Mutex::new(Vec::new());
 
+/// Listeners of the runtime's own that do not cross the exec (the metrics
+/// endpoint's: the new image binds it again), so no reason to refuse an upgrade.
+static PRIVATE_LISTENERS: Mutex<Vec<RawFd>> = Mutex::new(Vec::new());
+
+/// Notes a listener of the runtime's own that an upgrade leaves behind.
+pub(super) fn register_private_listener(fd: RawFd) {
+    PRIVATE_LISTENERS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(fd);
+}
+
 /// Notes a listener made by [`listen`](super::listen), to hand over in an upgrade.
 pub(super) fn register_listener(fd: RawFd) {
     let mut l = LISTENERS.lock().unwrap_or_else(|e| e.into_inner());
@@ -446,6 +458,13 @@ fn stray_listener() -> Option<String> {
     let handed: Vec<_> = live_listeners(Image::New)
         .into_iter()
         .chain(super::systemd::kept_fds().into_iter().map(|(fd, _)| fd))
+        .chain(
+            PRIVATE_LISTENERS
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .copied(),
+        )
         .filter_map(socket)
         .collect();
     let fd = os::listening_sockets()
