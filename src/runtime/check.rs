@@ -165,10 +165,11 @@ fn metrics_addresses(addr: &str) -> Result<Vec<std::net::SocketAddr>, RunError> 
 }
 
 impl<T: 'static> Prefork<T> {
-    /// Binds the metrics listener (close-on-exec, as std makes every socket),
-    /// once [`check`](Self::check) passed: the one check that opens something,
-    /// so it is not made by `check_config` or an upgrade's trial, whose daemon
-    /// holds the port. After an upgrade (`upgraded`) a failure is no reason to
+    /// Binds the metrics listener (close-on-exec, as std makes every socket), or
+    /// after an upgrade takes the one the previous image handed over, once
+    /// [`check`](Self::check) passed: the one check that opens something, so it
+    /// is not made by `check_config` or an upgrade's trial, whose daemon holds
+    /// the port. After an upgrade (`upgraded`) a failure is no reason to
     /// stop the children's new parent: it is returned as a note to log, and the
     /// daemon serves without metrics.
     pub(super) fn bind_metrics(&mut self, upgraded: bool) -> Result<Option<String>, RunError> {
@@ -176,6 +177,10 @@ impl<T: 'static> Prefork<T> {
             return Ok(None);
         };
         let bound = metrics_addresses(&addr).and_then(|found| {
+            // After an upgrade, the socket the previous image served on.
+            if let Some(l) = super::upgrade::claim_metrics_listener(&found) {
+                return Ok(l);
+            }
             std::net::TcpListener::bind(&found[..])
                 .map_err(|e| invalid("metrics", format!("cannot listen on {addr}: {e}")))
         });

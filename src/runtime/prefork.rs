@@ -350,9 +350,11 @@ impl<T: 'static> Prefork<T> {
     /// reads the scoreboard itself); a slow or hostile client costs only its own
     /// connection. Children do not inherit the listener. The address is bound
     /// when `run` starts, before `after_init`: one that cannot be bound is a
-    /// configuration error naming `metrics`. An in-place upgrade's new image
-    /// binds it again (the old one's closes at the exec); if that fails, it
-    /// serves on without metrics and logs why. Not for plain HTTP on an open
+    /// configuration error naming `metrics`. An in-place upgrade hands the
+    /// listener over to the new image (the same socket: no scrape is refused,
+    /// and a port 0 keeps the port it got); a new image asked for another
+    /// address binds that, and if it cannot, serves on without metrics and logs
+    /// why. Not for plain HTTP on an open
     /// network: no TLS, no authentication (listen on loopback, or behind a
     /// proxy). An error in process ([`in_process`](Self::in_process)).
     pub fn metrics(mut self, addr: impl Into<String>) -> Self {

@@ -94,6 +94,10 @@ struct Carried {
     /// The keeper of the command children's process groups: its pipe.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     keeper: Option<RawFd>,
+    /// The metrics endpoint's listener: the new image serves on the very socket
+    /// (same port even if port 0 was asked for, and no moment refused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    metrics: Option<RawFd>,
 }
 
 /// A handoff received at the start, its descriptors owned.
@@ -236,6 +240,9 @@ pub(super) fn take_start() -> Result<Start, RunError> {
         });
     }
     super::systemd::readopt(activated)?;
+    // Not worth failing the upgrade for: without it the new image binds afresh.
+    *INHERITED_METRICS.lock().unwrap_or_else(|e| e.into_inner()) =
+        carried.metrics.and_then(|fd| adopt(fd).ok());
     *HANDED_ORDER.lock().unwrap_or_else(|e| e.into_inner()) = carried.listeners.clone();
     *INHERITED_LISTENERS
         .lock()
@@ -340,9 +347,30 @@ static INHERITED_LISTENERS: Mutex<Vec<(OwnedFd, bool)>> = Mutex::new(Vec::new())
 /// if this one cannot take over (claimed or not, they are open until then).
 static HANDED_ORDER: Mutex<Vec<RawFd>> = Mutex::new(Vec::new());
 
-/// Listeners of the runtime's own that do not cross the exec (the metrics
-/// endpoint's: the new image binds it again), so no reason to refuse an upgrade.
+/// Listeners of the runtime's own, which cross the exec by their own way (the
+/// metrics endpoint's), so no reason to refuse an upgrade.
 static PRIVATE_LISTENERS: Mutex<Vec<RawFd>> = Mutex::new(Vec::new());
+
+/// The metrics listener the previous image handed over, until claimed.
+static INHERITED_METRICS: Mutex<Option<OwnedFd>> = Mutex::new(None);
+
+/// The metrics listener the previous image handed over, if it listens where
+/// `wanted` asks (the same address, and the same port unless port 0 is asked
+/// for); one that does not is closed.
+pub(super) fn claim_metrics_listener(
+    wanted: &[std::net::SocketAddr],
+) -> Option<std::net::TcpListener> {
+    let fd = INHERITED_METRICS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take()?;
+    let l = std::net::TcpListener::from(fd);
+    let local = l.local_addr().ok()?;
+    wanted
+        .iter()
+        .any(|w| w.ip() == local.ip() && (w.port() == 0 || w.port() == local.port()))
+        .then_some(l)
+}
 
 /// Notes a listener of the runtime's own that an upgrade leaves behind.
 pub(super) fn register_private_listener(fd: RawFd) {
@@ -519,6 +547,7 @@ impl<T: 'static> System<T> {
                 .map(|(&pid, (o, e))| (pid, o.as_raw_fd(), e.as_raw_fd()))
                 .collect(),
             keeper: self.keeper.as_ref().map(AsRawFd::as_raw_fd),
+            metrics: self.metrics.as_ref().map(|m| m.fd),
         }
     }
 
@@ -698,6 +727,7 @@ impl<T: 'static> System<T> {
         keep.extend(carried.logs.iter().map(|(_, fd)| *fd));
         keep.extend(carried.captured.iter().flat_map(|&(_, o, e)| [o, e]));
         keep.extend(carried.keeper);
+        keep.extend(carried.metrics);
         keep.extend(candidate);
         let mut cleared = Vec::new();
         let mut error = None;
@@ -860,6 +890,7 @@ fn arm_fallback(carried: &Carried) -> std::io::Result<()> {
             .map(|&(pid, o, e)| Ok((pid, copy(o)?, copy(e)?)))
             .collect::<std::io::Result<_>>()?,
         keeper: carried.keeper.map(&mut copy).transpose()?,
+        metrics: carried.metrics.map(&mut copy).transpose()?,
     };
     let image = os::dup_handed(image)?;
     *FALLBACK.lock().unwrap_or_else(|e| e.into_inner()) = Some(Fallback {

@@ -206,6 +206,9 @@ impl Published {
 
 /// The loop's end of a running endpoint.
 pub(super) struct Endpoint {
+    /// The listener's descriptor (the thread holds it for the process's life),
+    /// for an in-place upgrade to hand over.
+    pub(super) fd: RawFd,
     published: Arc<Published>,
     /// What was published last: unchanged figures are not written again.
     last: [u64; WORDS],
@@ -221,6 +224,7 @@ impl Endpoint {
         logger: slog::Logger,
     ) -> std::io::Result<(Endpoint, std::net::SocketAddr)> {
         let addr = listener.local_addr()?;
+        let fd = listener.as_raw_fd();
         let published = Arc::new(Published::new());
         let shared = Arc::clone(&published);
         os::hold_signals(&PARENT_SIGNALS)?;
@@ -232,6 +236,7 @@ impl Endpoint {
         released?;
         Ok((
             Endpoint {
+                fd,
                 published,
                 last: [u64::MAX; WORDS],
             },
