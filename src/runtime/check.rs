@@ -174,6 +174,8 @@ impl<T: 'static> Prefork<T> {
     /// daemon serves without metrics.
     pub(super) fn bind_metrics(&mut self, upgraded: bool) -> Result<Option<String>, RunError> {
         let Some(addr) = self.metrics.clone() else {
+            // Handed over by a previous image that served metrics: not ours now.
+            drop(super::upgrade::claim_metrics_listener(&[]));
             return Ok(None);
         };
         let bound = metrics_addresses(&addr).and_then(|found| {

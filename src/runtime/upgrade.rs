@@ -243,6 +243,10 @@ pub(super) fn take_start() -> Result<Start, RunError> {
     // Not worth failing the upgrade for: without it the new image binds afresh.
     *INHERITED_METRICS.lock().unwrap_or_else(|e| e.into_inner()) =
         carried.metrics.and_then(|fd| adopt(fd).ok());
+    PREVIOUS_KNOWS_METRICS.store(
+        carried.metrics.is_some(),
+        std::sync::atomic::Ordering::Relaxed,
+    );
     *HANDED_ORDER.lock().unwrap_or_else(|e| e.into_inner()) = carried.listeners.clone();
     *INHERITED_LISTENERS
         .lock()
@@ -351,12 +355,18 @@ static HANDED_ORDER: Mutex<Vec<RawFd>> = Mutex::new(Vec::new());
 /// metrics endpoint's), so no reason to refuse an upgrade.
 static PRIVATE_LISTENERS: Mutex<Vec<RawFd>> = Mutex::new(Vec::new());
 
+/// Whether the previous image handed a metrics listener over: only then does
+/// the way back hand this one's to it (an image without the field would hold it
+/// open, unserved).
+static PREVIOUS_KNOWS_METRICS: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
 /// The metrics listener the previous image handed over, until claimed.
 static INHERITED_METRICS: Mutex<Option<OwnedFd>> = Mutex::new(None);
 
 /// The metrics listener the previous image handed over, if it listens where
 /// `wanted` asks (the same address, and the same port unless port 0 is asked
-/// for); one that does not is closed.
+/// for); one that does not (or any, for an empty `wanted`) is closed.
 pub(super) fn claim_metrics_listener(
     wanted: &[std::net::SocketAddr],
 ) -> Option<std::net::TcpListener> {
@@ -547,7 +557,14 @@ impl<T: 'static> System<T> {
                 .map(|(&pid, (o, e))| (pid, o.as_raw_fd(), e.as_raw_fd()))
                 .collect(),
             keeper: self.keeper.as_ref().map(AsRawFd::as_raw_fd),
-            metrics: self.metrics.as_ref().map(|m| m.fd),
+            metrics: match image {
+                Image::Previous
+                    if !PREVIOUS_KNOWS_METRICS.load(std::sync::atomic::Ordering::Relaxed) =>
+                {
+                    None
+                }
+                _ => self.metrics.as_ref().map(|m| m.fd),
+            },
         }
     }
 
