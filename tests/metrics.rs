@@ -518,3 +518,26 @@ fn a_new_image_that_cannot_start_hands_the_endpoint_back_with_the_children() {
     drop(busy);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn preforkd_run_checks_the_metrics_address_as_a_flag_and_a_key() {
+    let check = |args: &[&str]| {
+        let mut cmd = std::process::Command::new(support::run::preforkd());
+        cmd.arg("run").args(args);
+        support::run_bounded(cmd, Duration::from_secs(10)).expect("it ends")
+    };
+    let (status, err) = check(&["--metrics", "nonsense", "--check-config", "--", "/bin/true"]);
+    assert_eq!(status.code(), Some(78), "{err}");
+    assert!(err.contains("metrics") && err.contains("nonsense"), "{err}");
+    let dir = tempdir("metrics-toml");
+    let file = dir.join("preforkd.toml");
+    std::fs::write(
+        &file,
+        "metrics = \"127.0.0.1:9\"\ncommand = [\"/bin/true\"]\n",
+    )
+    .unwrap();
+    // Only checked, not bound: a running daemon may hold the port.
+    let (status, err) = check(&["--config", file.to_str().unwrap(), "--check-config"]);
+    assert_eq!(status.code(), Some(0), "{err}");
+    let _ = std::fs::remove_dir_all(dir);
+}
