@@ -7,7 +7,13 @@
 //!     [--max-child-memory BYTES] [--crash-at-start FILE]
 //!     [--auto-reload-every DURATION] [--watch PATH]... [--std-bind]
 //!     [--fail-init] [--disconnect-every-ms N] [--disconnect-kill]
+//!     [--metrics ADDR]
 //! ```
+//!
+//! `--metrics ADDR` (e.g. `127.0.0.1:9100`) serves the pool's metrics at
+//! `http://ADDR/metrics` (Prometheus text, or OpenMetrics by `Accept`) and
+//! `/metrics.json`; see `docs/metrics.md`. With port 0 the parent logs the port
+//! it got (`metrics: serving on http://127.0.0.1:PORT/metrics`).
 //!
 //! `--disconnect-every-ms N` sets how often clients that hung up on a busy
 //! child are looked for (default 1000, at least 50); by default each is printed
@@ -82,6 +88,7 @@ struct Args {
     fail_init: bool,
     disconnect_every: Duration,
     disconnect_kill: bool,
+    metrics: Option<String>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -111,6 +118,7 @@ fn parse_args() -> Result<Args, String> {
         fail_init: false,
         disconnect_every: Duration::from_millis(1000),
         disconnect_kill: false,
+        metrics: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -173,6 +181,7 @@ fn parse_args() -> Result<Args, String> {
                 a.disconnect_every = Duration::from_millis(ms as u64);
             }
             "--disconnect-kill" => a.disconnect_kill = true,
+            "--metrics" => a.metrics = Some(value()?),
             "-h" | "--help" => {
                 println!(
                     "usage: hello_http [--listen ADDR] [--prefork N] [--max-children N] \
@@ -181,7 +190,7 @@ fn parse_args() -> Result<Args, String> {
                      [--graceful-timeout DURATION] [--min-healthy-uptime DURATION] [--busy-timeout DURATION] [--request-timeout DURATION] \
                      [--spawn-in-init CMD] [--max-child-memory BYTES] [--crash-at-start FILE] \
                      [--auto-reload-every DURATION] [--watch PATH]... [--std-bind] [--fail-init] \
-                     [--disconnect-every-ms N] [--disconnect-kill]"
+                     [--disconnect-every-ms N] [--disconnect-kill] [--metrics ADDR]"
                 );
                 std::process::exit(0);
             }
@@ -293,7 +302,9 @@ fn main() {
     if let Some(p) = &args.scoreboard {
         daemon = daemon.scoreboard_path(p);
     }
-
+    if let Some(addr) = &args.metrics {
+        daemon = daemon.metrics(addr.as_str());
+    }
     if let Some(bytes) = args.max_child_memory {
         daemon = daemon.max_child_memory(bytes);
     }

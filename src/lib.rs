@@ -100,7 +100,8 @@ pub use supervisor::event::{
     ConnState, Connection, Event, ExitStatus, HookKind, Scoreboard, Signal, SlotReading, SlotState,
 };
 pub use supervisor::machine::{
-    Counts, Handoff, Machine, MachineBuilder, CRASH_REPORT_EVERY, ROLLBACK_CRASHES,
+    Counts, ExitCause, Exits, Handoff, Machine, MachineBuilder, Totals, CRASH_REPORT_EVERY,
+    ROLLBACK_CRASHES,
 };
 pub use supervisor::rng::SplitMix64;
 pub use supervisor::transitions::{State, TRANSITIONS};

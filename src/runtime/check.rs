@@ -75,6 +75,9 @@ impl<T: 'static> Prefork<T> {
         }
         // The seed's `prefork = 0` asks for in-process mode; with a scaling policy
         // of your own `prefork` is not read (no more "0 to please the validator").
+        if let Some(addr) = &self.metrics {
+            metrics_addresses(addr)?;
+        }
         let in_process = self.in_process || (self.options.prefork == 0 && self.scaling.is_none());
         if let Some(c) = &self.command {
             super::command::check_passed(c.listeners, c.cooperative)
@@ -95,6 +98,7 @@ impl<T: 'static> Prefork<T> {
                 ("disconnect_policy", self.disconnect.is_some()),
                 ("user", self.user.is_some()),
                 ("group", self.group.is_some()),
+                ("metrics", self.metrics.is_some()),
             ];
             if let Some((option, _)) = set.iter().find(|(_, set)| *set) {
                 return Err(invalid(
@@ -140,6 +144,62 @@ impl<T: 'static> Prefork<T> {
             machine,
             credentials,
         }))
+    }
+}
+
+/// The addresses `metrics` names: refused unless it resolves.
+fn metrics_addresses(addr: &str) -> Result<Vec<std::net::SocketAddr>, RunError> {
+    use std::net::ToSocketAddrs;
+    let found: Vec<std::net::SocketAddr> = addr
+        .to_socket_addrs()
+        .map_err(|e| {
+            invalid(
+                "metrics",
+                format!("{addr:?} is not an address to listen on: {e}"),
+            )
+        })?
+        .collect();
+    if found.is_empty() {
+        return Err(invalid(
+            "metrics",
+            format!("{addr:?} resolves to no address"),
+        ));
+    }
+    Ok(found)
+}
+
+impl<T: 'static> Prefork<T> {
+    /// Binds the metrics listener (close-on-exec, as std makes every socket), or
+    /// after an upgrade takes the one the previous image handed over, once
+    /// [`check`](Self::check) passed: the one check that opens something, so it
+    /// is not made by `check_config` or an upgrade's trial, whose daemon holds
+    /// the port. After an upgrade (`upgraded`) a failure is no reason to
+    /// stop the children's new parent: it is returned as a note to log, and the
+    /// daemon serves without metrics.
+    pub(super) fn bind_metrics(&mut self, upgraded: bool) -> Result<Option<String>, RunError> {
+        let Some(addr) = self.metrics.clone() else {
+            // Handed over by a previous image that served metrics: not ours now.
+            drop(super::upgrade::claim_metrics_listener(&[]));
+            return Ok(None);
+        };
+        let bound = metrics_addresses(&addr).and_then(|found| {
+            // After an upgrade, the socket the previous image served on.
+            if let Some(l) = super::upgrade::claim_metrics_listener(&found) {
+                return Ok(l);
+            }
+            std::net::TcpListener::bind(&found[..])
+                .map_err(|e| invalid("metrics", format!("cannot listen on {addr}: {e}")))
+        });
+        match bound {
+            Ok(l) => {
+                // A stray for an upgrade's check: it does not cross the exec.
+                super::upgrade::register_private_listener(std::os::fd::AsRawFd::as_raw_fd(&l));
+                self.metrics_listener = Some(l);
+                Ok(None)
+            }
+            Err(e) if upgraded => Ok(Some(format!("serving without metrics: {e}"))),
+            Err(e) => Err(e),
+        }
     }
 }
 
@@ -194,6 +254,36 @@ mod tests {
             .err()
             .unwrap();
         assert!(e.to_string().contains("max_children"), "{e}");
+    }
+
+    #[test]
+    fn the_metrics_address_must_resolve_and_be_free() {
+        let (o, r) = refused(daemon().metrics("not an address"));
+        assert_eq!(o, "metrics");
+        assert!(r.contains("not an address to listen on"), "{r}");
+        assert_eq!(
+            refused(daemon().in_process().metrics("127.0.0.1:0")).0,
+            "metrics"
+        );
+        // A port in use: refused at the start, naming the option.
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = taken.local_addr().unwrap().to_string();
+        let mut p = daemon().metrics(addr.as_str());
+        assert!(p.check(&ServiceEnv::default(), None).is_ok());
+        match p.bind_metrics(false) {
+            Err(RunError::Config(e)) => {
+                assert_eq!(e.option(), "metrics");
+                assert!(e.reason().contains(&addr), "{}", e.reason());
+            }
+            other => panic!("not refused: {other:?}"),
+        }
+        // After an upgrade it is a note, not a stop.
+        let note = p.bind_metrics(true).unwrap().unwrap();
+        assert!(note.contains("serving without metrics"), "{note}");
+        // A free one is bound.
+        let mut p = daemon().metrics("127.0.0.1:0");
+        assert_eq!(p.bind_metrics(false).unwrap(), None);
+        assert!(p.metrics_listener.is_some());
     }
 
     #[test]

@@ -50,7 +50,8 @@
 //!   groups it switches to; `worker.rs`: what `main_loop` gets ([`Worker`]).
 //! - `scoreboard.rs` (shared memory), `logs/`, `daemon.rs` (detaching),
 //!   `pidfile.rs`, `systemd/` (sd_notify, socket activation), `netstat.rs`
-//!   (hung-up clients), `memory.rs` (RSS), `os/` (every `unsafe` call: forks,
+//!   (hung-up clients), `metrics/` (the metrics endpoint's thread, its HTTP
+//!   and its formats), `memory.rs` (RSS), `os/` (every `unsafe` call: forks,
 //!   signal handlers, shared memory, raw descriptors, sockets).
 
 mod check;
@@ -66,6 +67,7 @@ mod fork;
 mod in_process;
 mod logs;
 mod memory;
+mod metrics;
 pub(crate) mod netstat;
 pub(crate) mod os;
 mod parent;

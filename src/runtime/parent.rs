@@ -208,6 +208,9 @@ impl<T: 'static> Parent<T> {
         };
         // The lock is the parent's alone: it must not outlive it in a child.
         inherited.push(board_file.as_raw_fd());
+        // Nor is the metrics endpoint a child's to serve.
+        let metrics_listener = cfg.metrics_listener.take();
+        inherited.extend(metrics_listener.as_ref().map(AsRawFd::as_raw_fd));
 
         for note in &service.notes {
             slog::warn!(logger, "{note}");
@@ -279,7 +282,25 @@ impl<T: 'static> Parent<T> {
         } else {
             Default::default()
         };
+        let metrics = match metrics_listener {
+            None => None,
+            Some(l) => match super::metrics::Endpoint::start(l, board, logger.clone()) {
+                Ok((e, addr)) => {
+                    slog::info!(logger, "metrics: serving on http://{addr}/metrics");
+                    Some(e)
+                }
+                // Serving matters more than being watched.
+                Err(e) => {
+                    slog::error!(
+                        logger,
+                        "cannot start the metrics endpoint ({e}): serving without it"
+                    );
+                    None
+                }
+            },
+        };
         let sys = System {
+            metrics,
             cfg,
             logger,
             board,
@@ -363,6 +384,9 @@ impl<T: 'static> Parent<T> {
         loop {
             let exit =
                 driver::carry_out(&mut self.machine, &mut self.sys, &mut self.stopping_marked);
+            if let Some(m) = self.sys.metrics.as_mut() {
+                m.publish(&self.machine);
+            }
             if let Some(code) = exit {
                 if let Some(c) = &self.sys.capture {
                     c.drain(std::time::Duration::from_secs(1));

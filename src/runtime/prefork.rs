@@ -12,6 +12,7 @@ use super::{daemon, logs, pidfile, systemd};
 use crate::policy::{Disconnect, DisconnectPolicy, ReloadPolicy, ScalingPolicy};
 use crate::Options;
 use std::net::ToSocketAddrs;
+use std::os::fd::AsRawFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -54,6 +55,10 @@ pub struct Prefork<T> {
     pub(super) disconnect: Option<Box<dyn DisconnectPolicy>>,
     /// Children run a command (see [`super::command`]).
     pub(super) command: Option<Arc<super::command::Supervised>>,
+    /// Where to serve the metrics ([`metrics`](Self::metrics)).
+    pub(super) metrics: Option<String>,
+    /// Its listener, bound at the start (see [`Prefork::bind_metrics`]).
+    pub(super) metrics_listener: Option<std::net::TcpListener>,
 }
 
 impl<T> std::fmt::Debug for Prefork<T> {
@@ -98,6 +103,8 @@ impl<T: 'static> Prefork<T> {
             reload: None,
             disconnect: None,
             command: None,
+            metrics: None,
+            metrics_listener: None,
         }
     }
 
@@ -330,6 +337,31 @@ impl<T: 'static> Prefork<T> {
         self
     }
 
+    /// Serve metrics over HTTP at `addr` (`127.0.0.1:9100`; a host name is
+    /// resolved once, at the start): `GET /metrics` answers the Prometheus text
+    /// exposition 0.0.4, or OpenMetrics 1.0.0 when the `Accept` header prefers
+    /// it, and `GET /metrics.json` (or `Accept: application/json`) a JSON
+    /// document: children by state, spawns, exits by cause, reloads, upgrades,
+    /// the busy ratio, the listeners' queues, requests served, scaling decisions
+    /// (see `docs/metrics.md`, and [`Totals`](crate::Totals)).
+    ///
+    /// Served by a thread of the parent that never forks and never holds the
+    /// supervisor back (the loop publishes its figures lock-free; the thread
+    /// reads the scoreboard itself); a slow or hostile client costs only its own
+    /// connection. Children do not inherit the listener. The address is bound
+    /// when `run` starts, before `after_init`: one that cannot be bound is a
+    /// configuration error naming `metrics`. An in-place upgrade hands the
+    /// listener over to the new image (the same socket: no scrape is refused,
+    /// and a port 0 keeps the port it got); a new image asked for another
+    /// address binds that, and if it cannot, serves on without metrics and logs
+    /// why. Not for plain HTTP on an open
+    /// network: no TLS, no authentication (listen on loopback, or behind a
+    /// proxy). An error in process ([`in_process`](Self::in_process)).
+    pub fn metrics(mut self, addr: impl Into<String>) -> Self {
+        self.metrics = Some(addr.into());
+        self
+    }
+
     /// Runs the daemon until it stops; returns the exit code to exit with (0 after
     /// a clean shutdown). Call it from the main thread, before starting threads of
     /// your own: children are forked from it. It reaps every child of the process
@@ -403,7 +435,7 @@ impl<T: 'static> Prefork<T> {
                         ),
                     ))
                 } else {
-                    self.check(&service, Some(handoff)).map(|_| ())
+                    self.check(&service, Some(*handoff)).map(|_| ())
                 };
                 upgrade::end_trial(report, checked)
             }
@@ -412,6 +444,7 @@ impl<T: 'static> Prefork<T> {
         };
         let handoff = inherited.as_ref().map(|i| i.machine.clone());
         let checked = self.check(&service, handoff)?;
+        let metrics_note = self.bind_metrics(inherited.is_some())?;
         // Logs are opened before any fork: a path that cannot be used is a
         // configuration error the operator sees at once.
         // After an upgrade: the files the previous image had open, by path.
@@ -456,7 +489,14 @@ impl<T: 'static> Prefork<T> {
         // From here on, in a daemon, a failure is also told to the launcher:
         // whatever ends the start-up (an error, a panic) reaches its stderr.
         let result = catch_unwind(AssertUnwindSafe(|| {
-            self.run_detached(&mut reporter, logs, service, checked, inherited)
+            self.run_detached(
+                &mut reporter,
+                logs,
+                service,
+                checked,
+                inherited,
+                metrics_note,
+            )
         }));
         match result {
             Ok(result) => {
@@ -533,11 +573,13 @@ impl<T: 'static> Prefork<T> {
         service: systemd::ServiceEnv,
         checked: Option<Supervision>,
         mut inherited: Option<Box<Inherited>>,
+        metrics_note: Option<String>,
     ) -> Result<i32, RunError> {
         if let (Some(r), Some(log)) = (reporter.as_ref(), &self.error_log_path) {
             let mut keep = self.keep_fds.clone();
             keep.extend(r.raw_fd());
             keep.extend(logs.all().iter().map(|l| l.raw_fd()));
+            keep.extend(self.metrics_listener.as_ref().map(AsRawFd::as_raw_fd));
             // The sockets adopted at the start, waiting for `after_init`.
             keep.extend(systemd::held_fds());
             daemon::settle(log, &keep).map_err(|e| RunError::Io {
@@ -550,6 +592,9 @@ impl<T: 'static> Prefork<T> {
             (None, Some(f)) => file_logger(f, logs.json),
             (None, None) => parent_logger(),
         };
+        if let Some(note) = metrics_note {
+            slog::error!(logger, "{note}");
+        }
         // Held until `run` returns; dropping it removes the file.
         let pid_file = match (
             &self.pid_path,

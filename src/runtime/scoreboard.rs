@@ -497,6 +497,24 @@ impl Board {
         }
     }
 
+    /// Every slot as the metrics endpoint shows it (pid, state, generation,
+    /// requests), into `out`; read from any thread of the parent, lock-free.
+    pub(crate) fn read_infos(&self, out: &mut Vec<SlotInfo>) {
+        out.clear();
+        out.extend(self.slots.iter().map(|s| SlotInfo {
+            pid: s.pid.load(Ordering::Acquire),
+            state: match s.state.load(Ordering::Acquire) {
+                STARTING => SlotState::Starting,
+                IDLE => SlotState::Idle,
+                BUSY => SlotState::Busy,
+                RETIRING => SlotState::Retiring,
+                _ => SlotState::Empty,
+            },
+            generation: s.generation.load(Ordering::Relaxed),
+            requests: s.requests.load(Ordering::Relaxed),
+        }));
+    }
+
     /// The child's handle on its own slot.
     pub(crate) fn worker_slot(&self, slot: usize) -> WorkerSlot {
         WorkerSlot {

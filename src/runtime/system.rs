@@ -107,6 +107,8 @@ pub(super) struct System<T> {
     /// their groups is killed when they go. Known from the forks, never from the
     /// scoreboard, which a child may have written anything into.
     pub(super) commanded: std::collections::BTreeSet<i32>,
+    /// The metrics endpoint, when asked for and started.
+    pub(super) metrics: Option<super::metrics::Endpoint>,
 }
 
 impl<T: 'static> Effects for System<T> {

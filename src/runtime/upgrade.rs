@@ -94,6 +94,10 @@ struct Carried {
     /// The keeper of the command children's process groups: its pipe.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     keeper: Option<RawFd>,
+    /// The metrics endpoint's listener: the new image serves on the very socket
+    /// (same port even if port 0 was asked for, and no moment refused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    metrics: Option<RawFd>,
 }
 
 /// A handoff received at the start, its descriptors owned.
@@ -128,7 +132,7 @@ pub(super) enum Start {
     Upgrade(Box<Inherited>),
     /// As the trial of an upgrade: check, report down `report`, exit.
     Trial {
-        handoff: Handoff,
+        handoff: Box<Handoff>,
         /// The running pool's slots: `max_children` must stay the same.
         slots: usize,
         /// Whether the running daemon holds a pid file: `pid_path` must stay set.
@@ -209,7 +213,7 @@ pub(super) fn take_start() -> Result<Start, RunError> {
     if let Some(report) = trial {
         let report = File::from(os::adopt_fd(report).map_err(io("the trial's pipe"))?);
         return Ok(Start::Trial {
-            handoff: carried.machine,
+            handoff: Box::new(carried.machine),
             slots: carried.slots,
             pid_file: carried.pid_file.is_some(),
             report,
@@ -236,6 +240,13 @@ pub(super) fn take_start() -> Result<Start, RunError> {
         });
     }
     super::systemd::readopt(activated)?;
+    // Not worth failing the upgrade for: without it the new image binds afresh.
+    *INHERITED_METRICS.lock().unwrap_or_else(|e| e.into_inner()) =
+        carried.metrics.and_then(|fd| adopt(fd).ok());
+    PREVIOUS_KNOWS_METRICS.store(
+        carried.metrics.is_some(),
+        std::sync::atomic::Ordering::Relaxed,
+    );
     *HANDED_ORDER.lock().unwrap_or_else(|e| e.into_inner()) = carried.listeners.clone();
     *INHERITED_LISTENERS
         .lock()
@@ -339,6 +350,45 @@ static INHERITED_LISTENERS: Mutex<Vec<(OwnedFd, bool)>> = Mutex::new(Vec::new())
 /// Their numbers in the order handed over: what goes back to the previous image
 /// if this one cannot take over (claimed or not, they are open until then).
 static HANDED_ORDER: Mutex<Vec<RawFd>> = Mutex::new(Vec::new());
+
+/// Listeners of the runtime's own, which cross the exec by their own way (the
+/// metrics endpoint's), so no reason to refuse an upgrade.
+static PRIVATE_LISTENERS: Mutex<Vec<RawFd>> = Mutex::new(Vec::new());
+
+/// Whether the previous image handed a metrics listener over: only then does
+/// the way back hand this one's to it (an image without the field would hold it
+/// open, unserved).
+static PREVIOUS_KNOWS_METRICS: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// The metrics listener the previous image handed over, until claimed.
+static INHERITED_METRICS: Mutex<Option<OwnedFd>> = Mutex::new(None);
+
+/// The metrics listener the previous image handed over, if it listens where
+/// `wanted` asks (the same address, and the same port unless port 0 is asked
+/// for); one that does not (or any, for an empty `wanted`) is closed.
+pub(super) fn claim_metrics_listener(
+    wanted: &[std::net::SocketAddr],
+) -> Option<std::net::TcpListener> {
+    let fd = INHERITED_METRICS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take()?;
+    let l = std::net::TcpListener::from(fd);
+    let local = l.local_addr().ok()?;
+    wanted
+        .iter()
+        .any(|w| w.ip() == local.ip() && (w.port() == 0 || w.port() == local.port()))
+        .then_some(l)
+}
+
+/// Notes a listener of the runtime's own that an upgrade leaves behind.
+pub(super) fn register_private_listener(fd: RawFd) {
+    PRIVATE_LISTENERS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(fd);
+}
 
 /// Notes a listener made by [`listen`](super::listen), to hand over in an upgrade.
 pub(super) fn register_listener(fd: RawFd) {
@@ -446,6 +496,13 @@ fn stray_listener() -> Option<String> {
     let handed: Vec<_> = live_listeners(Image::New)
         .into_iter()
         .chain(super::systemd::kept_fds().into_iter().map(|(fd, _)| fd))
+        .chain(
+            PRIVATE_LISTENERS
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .copied(),
+        )
         .filter_map(socket)
         .collect();
     let fd = os::listening_sockets()
@@ -500,6 +557,14 @@ impl<T: 'static> System<T> {
                 .map(|(&pid, (o, e))| (pid, o.as_raw_fd(), e.as_raw_fd()))
                 .collect(),
             keeper: self.keeper.as_ref().map(AsRawFd::as_raw_fd),
+            metrics: match image {
+                Image::Previous
+                    if !PREVIOUS_KNOWS_METRICS.load(std::sync::atomic::Ordering::Relaxed) =>
+                {
+                    None
+                }
+                _ => self.metrics.as_ref().map(|m| m.fd),
+            },
         }
     }
 
@@ -679,6 +744,7 @@ impl<T: 'static> System<T> {
         keep.extend(carried.logs.iter().map(|(_, fd)| *fd));
         keep.extend(carried.captured.iter().flat_map(|&(_, o, e)| [o, e]));
         keep.extend(carried.keeper);
+        keep.extend(carried.metrics);
         keep.extend(candidate);
         let mut cleared = Vec::new();
         let mut error = None;
@@ -841,6 +907,7 @@ fn arm_fallback(carried: &Carried) -> std::io::Result<()> {
             .map(|&(pid, o, e)| Ok((pid, copy(o)?, copy(e)?)))
             .collect::<std::io::Result<_>>()?,
         keeper: carried.keeper.map(&mut copy).transpose()?,
+        metrics: carried.metrics.map(&mut copy).transpose()?,
     };
     let image = os::dup_handed(image)?;
     *FALLBACK.lock().unwrap_or_else(|e| e.into_inner()) = Some(Fallback {

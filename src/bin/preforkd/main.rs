@@ -224,6 +224,9 @@ fn build(
     if let Some(v) = &s.pid_path {
         p = p.pid_path(v);
     }
+    if let Some(v) = &s.metrics {
+        p = p.metrics(v.as_str());
+    }
     if let Some(v) = &s.user {
         p = p.user(v);
     }

@@ -192,6 +192,10 @@ settings! {
     busy_from: BusyFrom,
     /// Look at the children's connections this often (50ms).
     busy_check_every: Dur,
+    /// Serve metrics over HTTP here (HOST:PORT, e.g. 127.0.0.1:9100): /metrics
+    /// (Prometheus text or OpenMetrics) and /metrics.json (none).
+    #[arg(value_name = "ADDR")]
+    metrics: String,
 }
 
 /// The stop signal named (with or without `SIG`).

@@ -44,7 +44,7 @@ pub(crate) use signal_handlers::{
     ignore_sigpipe, install_worker_handlers, watch_stops, SignalGate, REOPEN_REQUESTED,
     STOP_REQUESTED,
 };
-pub(crate) use sockets::{listen_queue_len, listening_sockets, recv_fds};
+pub(crate) use sockets::{listen_queue, listen_queue_len, listening_sockets, recv_fds};
 pub(crate) use spawn::{
     fork_keeper, redirect_stdio, say_exec_failed, set_group_of, signal_group, tell_keeper,
     CommandImage, MOST_PASSED,

@@ -8,14 +8,23 @@ use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 /// How many connections wait in a listening TCP socket's accept queue (the
 /// kernel reports it in `TCP_INFO`'s `tcpi_unacked` for a socket in LISTEN).
 pub(crate) fn listen_queue_len(listener: BorrowedFd<'_>) -> Option<u32> {
+    listen_queue(listener.as_raw_fd()).map(|(waiting, _)| waiting)
+}
+
+/// The accept queue of descriptor `fd` if it is a listening TCP socket: the
+/// connections waiting and the queue's limit (`tcpi_sacked` for a socket in
+/// LISTEN). Takes a bare number: asking a closed or reused one is harmless (it
+/// fails, or describes whatever socket holds the number now).
+pub(crate) fn listen_queue(fd: std::os::fd::RawFd) -> Option<(u32, u32)> {
     // SAFETY: all-zero bytes are a valid `tcp_info` (plain integers).
     let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-    // SAFETY: `info` is writable for `len` bytes and `len` says so; the kernel
-    // writes at most `len` bytes and updates `len`.
+    // SAFETY: getsockopt on any number only reads that descriptor's socket state
+    // (or fails); `info` is writable for `len` bytes and `len` says so; the
+    // kernel writes at most `len` bytes and updates `len`.
     let r = unsafe {
         libc::getsockopt(
-            listener.as_raw_fd(),
+            fd,
             libc::IPPROTO_TCP,
             libc::TCP_INFO,
             std::ptr::from_mut(&mut info).cast(),
@@ -25,7 +34,7 @@ pub(crate) fn listen_queue_len(listener: BorrowedFd<'_>) -> Option<u32> {
     // TCP_LISTEN in the kernel's tcp_states.h.
     const TCP_LISTEN: u8 = 10;
     let listening = info.tcpi_state == TCP_LISTEN;
-    (r == 0 && listening).then_some(info.tcpi_unacked)
+    (r == 0 && listening).then_some((info.tcpi_unacked, info.tcpi_sacked))
 }
 
 /// The descriptors of this process that are listening sockets (any family), in

@@ -159,6 +159,7 @@ impl MachineBuilder {
             base_quiet: 0,
             adopting: None,
             returned: false,
+            totals: Default::default(),
         };
         m.base_quiet = *m.scaling.quiet_range().start();
         if let Some(h) = &self.handoff {

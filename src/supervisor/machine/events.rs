@@ -2,6 +2,7 @@
 
 use super::health::ended_from_outside;
 use super::phase::Phase;
+use super::totals::ExitCause;
 use super::Machine;
 use crate::policy::{ChildView, DisconnectAction, Pid, ReloadTrigger};
 use crate::supervisor::action::{Action, ChildSignal, Hook, Level, SignalReason};
@@ -111,6 +112,7 @@ impl Machine {
             return;
         }
         self.pool.set_pid(slot, pid);
+        super::totals::inc(&mut self.totals.spawns, 1);
         // A child forked while stopping is stopped at once.
         if let Phase::ShuttingDown { immediate, killed } = self.phase {
             self.stop_child(slot, immediate || killed);
@@ -126,6 +128,7 @@ impl Machine {
             return;
         }
         self.pool.remove_pending(slot);
+        super::totals::inc(&mut self.totals.spawn_failures, 1);
         self.count_crash(format!("fork for slot {slot} failed"));
     }
 
@@ -164,6 +167,20 @@ impl Machine {
                 "{who} {why}{killed}: {status} after {uptime:?} and {} requests",
                 c.requests
             );
+            let cause = match r.reason {
+                SignalReason::StartTimeout => ExitCause::Crash,
+                _ if self_quit => ExitCause::Crash,
+                SignalReason::BusyTimeout => ExitCause::BusyTimeout,
+                SignalReason::Disconnect => ExitCause::Disconnect,
+                SignalReason::MemoryLimit => ExitCause::MemoryLimit,
+                SignalReason::MaxRequests | SignalReason::Reload | SignalReason::ScaleDown => {
+                    ExitCause::Retire
+                }
+                SignalReason::Shutdown | SignalReason::Escalation | SignalReason::ReopenLogs => {
+                    ExitCause::Shutdown
+                }
+            };
+            self.totals.exited(cause, c.requests);
             if r.reason == SignalReason::StartTimeout || self_quit {
                 // A child that cannot start is a crash: back off before the next.
                 self.count_crash(line);
@@ -173,6 +190,7 @@ impl Machine {
             return;
         }
         if matches!(self.phase, Phase::ShuttingDown { .. }) {
+            self.totals.exited(ExitCause::Shutdown, c.requests);
             self.log(Level::Info, format!("{who} exited: {status}"));
             return;
         }
@@ -182,6 +200,14 @@ impl Machine {
         // from outside (KILL, TERM, INT, HUP: a kill spree) or a clean exit keeps
         // the credit of having served.
         let failed_soon = uptime < self.opts.min_healthy_uptime && !ended_from_outside(status);
+        // For the metrics, any failure no one here asked for is a crash, even one
+        // the backoff forgives (a KILL from outside after serving).
+        let cause = if status.success() && self.is_healthy(&c) && !failed_soon {
+            ExitCause::Other
+        } else {
+            ExitCause::Crash
+        };
+        self.totals.exited(cause, c.requests);
         if !self.is_healthy(&c) || failed_soon {
             self.count_crash(format!(
                 "{who} exited early ({status}) after {uptime:?} and {} requests",

@@ -18,7 +18,8 @@
 //! - `periodic`: the machine-wide timers (busy refresh, change checks, STATUS,
 //!   disconnect checks, watchdog pings);
 //! - `timer_table`: every timer in one table, whose earliest entry is the next
-//!   wake-up.
+//!   wake-up;
+//! - `totals`: the cumulative counters ([`Totals`]) the metrics show.
 
 mod builder;
 mod child_timers;
@@ -33,11 +34,13 @@ mod shutdown;
 #[cfg(test)]
 mod tests;
 mod timer_table;
+mod totals;
 mod upgrade;
 
 pub use builder::MachineBuilder;
 pub use health::CRASH_REPORT_EVERY;
 pub use pool::Counts;
+pub use totals::{ExitCause, Exits, Totals};
 pub use upgrade::{Handoff, ROLLBACK_CRASHES};
 
 use crate::policy::{Disconnect, DisconnectPolicy, Pid, ReloadPolicy, ScalingPolicy, Time};
@@ -126,6 +129,8 @@ pub struct Machine {
     adopting: Option<bool>,
     /// The adopted children came back from a new image that failed.
     returned: bool,
+    /// The cumulative counters (see [`Totals`]).
+    totals: Totals,
 }
 
 impl Machine {

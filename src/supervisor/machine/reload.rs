@@ -21,6 +21,9 @@ impl Machine {
             restart_children,
             upgrade,
         } = self.reload.plan(trigger);
+        if (run_handler || restart_children) && !upgrade {
+            super::totals::inc(&mut self.totals.reloads, 1);
+        }
         if run_handler {
             self.push(Action::RunHook(Hook::ReloadHandler));
         }

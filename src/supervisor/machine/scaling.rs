@@ -4,6 +4,7 @@
 use super::phase::Phase;
 use super::pool::{Child, Retire};
 use super::timer_table::Timer;
+use super::totals::inc;
 use super::Machine;
 use crate::policy::{PoolSnapshot, Scale};
 use crate::supervisor::action::{Action, ChildSignal, SignalReason};
@@ -44,7 +45,11 @@ impl Machine {
         match decision.scale {
             Scale::Hold => {}
             Scale::Spawn(n) => {
-                self.spawn(n);
+                let done = self.spawn(n) as u64;
+                if done > 0 {
+                    inc(&mut self.totals.scale_ups, 1);
+                    inc(&mut self.totals.scaled_up_children, done);
+                }
             }
             Scale::Retire(_) if matches!(self.phase, Phase::Spawning { .. }) => {}
             Scale::Retire(n) => {
@@ -53,6 +58,7 @@ impl Machine {
                     _ => 0,
                 };
                 let mut serving = snapshot.idle + snapshot.busy;
+                let mut done = 0;
                 for _ in 0..n {
                     if serving <= floor {
                         break;
@@ -62,6 +68,11 @@ impl Machine {
                     };
                     self.retire(slot, SignalReason::ScaleDown);
                     serving -= 1;
+                    done += 1;
+                }
+                if done > 0 {
+                    inc(&mut self.totals.scale_downs, 1);
+                    inc(&mut self.totals.scaled_down_children, done);
                 }
             }
         }

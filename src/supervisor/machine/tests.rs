@@ -10,6 +10,7 @@ use crate::supervisor::event::{Event, HookKind, Scoreboard, Signal, SlotReading,
 use crate::supervisor::transitions::State;
 use std::time::Duration;
 
+mod totals;
 mod upgrade;
 
 fn ms(n: u64) -> Time {

@@ -22,6 +22,7 @@
 use super::builder::MachineBuilder;
 use super::phase::Phase;
 use super::pool::{Child, Retire};
+use super::totals::Totals;
 use super::Machine;
 use crate::policy::{Pid, ReloadTrigger, Time};
 use crate::supervisor::action::{Action, Image, Level, Notify, SignalReason};
@@ -78,6 +79,9 @@ pub struct Handoff {
     /// (the way back), rather than go forward to new code.
     #[serde(default)]
     returned: bool,
+    /// The cumulative counters, which go on counting in the new image.
+    #[serde(default)]
+    totals: Totals,
 }
 
 /// One running child, as handed over.
@@ -230,6 +234,7 @@ impl Machine {
             },
             scaling_state,
             returned: false,
+            totals: self.totals,
         }
     }
 
@@ -249,6 +254,7 @@ impl Machine {
         self.now = self.now.max(h.now);
         self.generation = h.generation;
         self.crash_streak = h.crash_streak;
+        self.totals = h.totals;
         for c in &h.children {
             let mut child = Child::new(c.generation, c.spawned_at, c.max_requests);
             child.ready_at = c.ready_at;
@@ -278,11 +284,15 @@ impl Machine {
     /// `after_init` succeeded in an adopting image: roll the adopted children over.
     pub(super) fn begin_adopted_reload(&mut self) {
         let adopted = self.pool.len();
-        let what = if self.returned {
-            "back from a failed upgrade: took back"
+        let (what, count) = if self.returned {
+            (
+                "back from a failed upgrade: took back",
+                &mut self.totals.upgrades_returned,
+            )
         } else {
-            "upgraded in place: adopted"
+            ("upgraded in place: adopted", &mut self.totals.upgrades_done)
         };
+        super::totals::inc(count, 1);
         self.log(
             Level::Info,
             format!(
@@ -318,6 +328,7 @@ impl Machine {
             format!("upgrade in place ({trigger:?}): trying the new executable first"),
         );
         self.upgrade = Upgrade::Probing;
+        super::totals::inc(&mut self.totals.upgrades_begun, 1);
         self.push(Action::Notify(Notify::Reloading));
         self.push(Action::ProbeUpgrade);
     }
@@ -364,6 +375,7 @@ impl Machine {
 
     fn upgrade_failed(&mut self, why: &str) {
         self.upgrade = Upgrade::Idle;
+        super::totals::inc(&mut self.totals.upgrades_abandoned, 1);
         self.log(
             Level::Error,
             format!("upgrade abandoned: {why}; this image keeps serving"),
