@@ -61,6 +61,7 @@
 
 mod children;
 mod parent;
+pub mod plot;
 mod report;
 mod spec;
 #[cfg(test)]
