@@ -6,7 +6,7 @@
 //!
 //! 1. **children** by state (alive, busy, idle, starting, retiring: the fields of
 //!    [`Sample`]), with the supervisor's spawns (triangles) and retirements, TERM
-//!    or KILL (crosses), marked on the alive line;
+//!    or KILL (crosses; circles for the second run), marked on the alive line;
 //! 2. **queue length**: requests waiting in the listen queue;
 //! 3. **queue wait**: the longest wait of the requests a child took.
 //!
@@ -223,12 +223,13 @@ pub fn svg(title: &str, runs: &[Run<'_>]) -> Result<String, PlotError> {
                 ("sans-serif", 20),
             )
             .margin(10)
-            .x_label_area_size(30)
-            .y_label_area_size(50)
+            .x_label_area_size(45)
+            .y_label_area_size(65)
             .build_cartesian_2d(0.0..end, 0.0..(peak * 1.05).max(1.0))
             .map_err(fail)?;
         chart
             .configure_mesh()
+            .y_label_formatter(&|v| format!("{v:.0}"))
             .x_desc("time (s)")
             .y_desc("children")
             .label_style(("sans-serif", 15))
@@ -259,15 +260,24 @@ pub fn svg(title: &str, runs: &[Run<'_>]) -> Result<String, PlotError> {
                 &[PoolEventKind::Retire, PoolEventKind::Kill],
             );
             let style = RETIRE.stroke_width(2);
-            chart
-                .draw_series(retires.into_iter().map(|p| Cross::new(p, 4, style)))
-                .map_err(fail)?
-                .label(format!("{}: retire", run.label))
-                .legend(move |(x, y)| Cross::new((x + 10, y), 4, style));
+            let label = format!("{}: retire", run.label);
+            if i % 2 == 0 {
+                chart
+                    .draw_series(retires.into_iter().map(|p| Cross::new(p, 4, style)))
+                    .map_err(fail)?
+                    .label(label)
+                    .legend(move |(x, y)| Cross::new((x + 10, y), 4, style));
+            } else {
+                chart
+                    .draw_series(retires.into_iter().map(|p| Circle::new(p, 4, style)))
+                    .map_err(fail)?
+                    .label(label)
+                    .legend(move |(x, y)| Circle::new((x + 10, y), 4, style));
+            }
         }
         chart
             .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
+            .position(SeriesLabelPosition::LowerRight)
             .background_style(WHITE.mix(0.85))
             .border_style(BLACK)
             .label_font(("sans-serif", 15))
@@ -278,12 +288,13 @@ pub fn svg(title: &str, runs: &[Run<'_>]) -> Result<String, PlotError> {
         let mut chart = ChartBuilder::on(&queue)
             .caption("queue length", ("sans-serif", 20))
             .margin(10)
-            .x_label_area_size(30)
-            .y_label_area_size(50)
+            .x_label_area_size(45)
+            .y_label_area_size(65)
             .build_cartesian_2d(0.0..end, 0.0..(peak_queue * 1.05).max(1.0))
             .map_err(fail)?;
         chart
             .configure_mesh()
+            .y_label_formatter(&|v| format!("{v:.0}"))
             .x_desc("time (s)")
             .y_desc("requests")
             .label_style(("sans-serif", 15))
@@ -316,12 +327,13 @@ pub fn svg(title: &str, runs: &[Run<'_>]) -> Result<String, PlotError> {
                 ("sans-serif", 20),
             )
             .margin(10)
-            .x_label_area_size(30)
-            .y_label_area_size(50)
+            .x_label_area_size(45)
+            .y_label_area_size(65)
             .build_cartesian_2d(0.0..end, 0.0..(peak_wait * 1.05).max(1.0))
             .map_err(fail)?;
         chart
             .configure_mesh()
+            .y_label_formatter(&|v| format!("{v:.0}"))
             .x_desc("time (s)")
             .y_desc("wait (ms)")
             .label_style(("sans-serif", 15))

@@ -9,6 +9,7 @@
 //! or a stop that left children behind.
 
 mod settings;
+mod simulate;
 
 use clap::Parser;
 use preforkd::runtime::command::{Command, ListenSpec};
@@ -36,6 +37,8 @@ struct Cli {
 enum Sub {
     /// Run COMMAND in an autoscaled pool of children sharing the listeners.
     Run(RunArgs),
+    /// Run a scaling policy against a workload in the simulator: a summary, a chart.
+    Simulate(simulate::SimulateArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -65,8 +68,11 @@ fn main() {
             std::process::exit(code);
         }
     };
-    let Sub::Run(args) = cli.command;
-    let code = match run(args) {
+    let outcome = match cli.command {
+        Sub::Run(args) => run(args),
+        Sub::Simulate(args) => simulate::simulate(args),
+    };
+    let code = match outcome {
         Ok(code) => code,
         Err(Refused(code, msg)) => {
             let _ = writeln!(std::io::stderr(), "preforkd: {msg}");
