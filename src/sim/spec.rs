@@ -45,7 +45,7 @@ const DEFAULT_SEED: u64 = 1;
 /// use preforkd::sim::WorkloadSpec;
 /// let spec: WorkloadSpec = "burst:140x1s".parse()?;
 /// assert_eq!(spec.to_string(), "burst:140x1s,at=1s");
-/// let work = spec.build(std::fs::read_to_string)?;
+/// let work = spec.build(|path| std::fs::read_to_string(path))?;
 /// assert_eq!(work.len(), 140);
 ///
 /// let err = "poisson:300,50ms".parse::<WorkloadSpec>().unwrap_err();
@@ -395,7 +395,7 @@ impl fmt::Display for WorkloadSpec {
 
 impl WorkloadSpec {
     /// The workload. `read` reads a `trace:` spec's file (pass
-    /// `std::fs::read_to_string`; the simulator itself does no I/O); it is not
+    /// `|path| std::fs::read_to_string(path)`; the simulator itself does no I/O); it is not
     /// called for the other kinds.
     pub fn build(
         &self,
@@ -436,7 +436,7 @@ impl Workload {
     ///
     /// ```
     /// use preforkd::sim::Workload;
-    /// let w = Workload::from_spec("poisson:300/s,50ms,for=10s", std::fs::read_to_string)?;
+    /// let w = Workload::from_spec("poisson:300/s,50ms,for=10s", |path| std::fs::read_to_string(path))?;
     /// assert!((2_700..3_300).contains(&w.len()));
     /// # Ok::<(), preforkd::sim::SpecError>(())
     /// ```
