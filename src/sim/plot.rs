@@ -31,14 +31,17 @@
 
 use super::report::{PoolEventKind, Sample, SimReport};
 use plotters::prelude::*;
+use plotters::style::text_anchor;
 use std::time::Duration;
 
 /// How many columns the timeline is cut into (about one per pixel).
 pub const COLUMNS: usize = 800;
 
 /// The picture's size in pixels.
-const WIDTH: u32 = 1000;
+const WIDTH: u32 = 1150;
 const HEIGHT: u32 = 900;
+/// The charts' width; the legends take the rest, on the right.
+const PLOT_WIDTH: u32 = 900;
 
 /// One run to draw: what to call it in the legend, and what it measured.
 #[derive(Debug, Clone, Copy)]
@@ -148,38 +151,116 @@ fn marks(r: &SimReport, axis: Axis, kinds: &[PoolEventKind]) -> Vec<(f64, f64)> 
     out
 }
 
-/// The line style of run `i`: solid for even runs, dashed for odd ones.
-fn line<'a, DB>(
-    chart: &mut ChartContext<
-        'a,
-        DB,
-        Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
-    >,
+/// How a legend entry's sample is drawn.
+#[derive(Debug, Clone, Copy)]
+enum Mark {
+    /// A line; dashed or solid.
+    Line(RGBColor, bool),
+    Triangle(RGBColor),
+    Cross(RGBColor),
+    /// A circle; filled or hollow.
+    Circle(RGBColor, bool),
+}
+
+type Area<'b> = DrawingArea<SVGBackend<'b>, plotters::coord::Shift>;
+type Chart<'a, 'b> = ChartContext<
+    'a,
+    SVGBackend<'b>,
+    Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
+>;
+
+/// A tick label: whole numbers without decimals, others with what they need.
+fn tick(v: f64) -> String {
+    if v.fract() == 0.0 {
+        format!("{v:.0}")
+    } else {
+        let s = format!("{v:.3}");
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    }
+}
+
+/// A panel's axes, over time from 0 to `end` and from 0 to a little above `top`.
+fn axes<'a, 'b>(
+    area: &'a Area<'b>,
+    caption: &str,
+    y_desc: &str,
+    end: f64,
+    top: f64,
+) -> Result<Chart<'a, 'b>, PlotError> {
+    let mut chart = ChartBuilder::on(area)
+        .caption(caption, ("sans-serif", 20))
+        .margin(10)
+        .x_label_area_size(45)
+        .y_label_area_size(65)
+        .build_cartesian_2d(0.0..end, 0.0..(top * 1.05).max(1.0))
+        .map_err(fail)?;
+    chart
+        .configure_mesh()
+        .x_desc("time (s)")
+        .y_desc(y_desc)
+        .x_label_formatter(&|v| tick(*v))
+        .y_label_formatter(&|v| tick(*v))
+        .label_style(("sans-serif", 15))
+        .axis_desc_style(("sans-serif", 16))
+        .draw()
+        .map_err(fail)?;
+    Ok(chart)
+}
+
+/// Draws run `i`'s line: solid for even runs, dashed for odd ones.
+fn line(
+    chart: &mut Chart<'_, '_>,
     i: usize,
-    label: String,
     color: RGBColor,
     points: Vec<(f64, f64)>,
-) -> Result<(), PlotError>
-where
-    DB: DrawingBackend + 'a,
-{
+) -> Result<Mark, PlotError> {
     let style = color.stroke_width(2);
     if i % 2 == 0 {
         chart
             .draw_series(LineSeries::new(points, style))
-            .map_err(fail)?
-            .label(label)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
+            .map_err(fail)?;
     } else {
         chart
             .draw_series(DashedLineSeries::new(points, 6, 4, style))
-            .map_err(fail)?
-            .label(label)
-            .legend(move |(x, y)| {
-                EmptyElement::at((x, y))
-                    + PathElement::new(vec![(0, 0), (7, 0)], style)
-                    + PathElement::new(vec![(12, 0), (20, 0)], style)
-            });
+            .map_err(fail)?;
+    }
+    Ok(Mark::Line(color, i % 2 == 1))
+}
+
+/// The legend, in the column right of a panel's chart (so it never hides data).
+fn legend(area: &Area<'_>, entries: &[(String, Mark)]) -> Result<(), PlotError> {
+    let font = ("sans-serif", 15)
+        .into_font()
+        .color(&BLACK)
+        .pos(text_anchor::Pos::new(
+            text_anchor::HPos::Left,
+            text_anchor::VPos::Center,
+        ));
+    for (k, (label, mark)) in entries.iter().enumerate() {
+        let y = 50 + 20 * k as i32;
+        match *mark {
+            Mark::Line(c, false) => {
+                area.draw(&PathElement::new(vec![(6, y), (30, y)], c.stroke_width(2)))
+            }
+            Mark::Line(c, true) => area
+                .draw(&PathElement::new(vec![(6, y), (14, y)], c.stroke_width(2)))
+                .and_then(|()| {
+                    area.draw(&PathElement::new(vec![(20, y), (30, y)], c.stroke_width(2)))
+                }),
+            Mark::Triangle(c) => area.draw(&TriangleMarker::new((18, y), 5, c.filled())),
+            Mark::Cross(c) => area.draw(&Cross::new((18, y), 4, c.stroke_width(2))),
+            Mark::Circle(c, filled) => {
+                let style = if filled {
+                    c.filled()
+                } else {
+                    c.stroke_width(2)
+                };
+                area.draw(&Circle::new((18, y), 4, style))
+            }
+        }
+        .map_err(fail)?;
+        area.draw(&Text::new(label.clone(), (38, y), font.clone()))
+            .map_err(fail)?;
     }
     Ok(())
 }
@@ -202,6 +283,11 @@ pub fn svg(title: &str, runs: &[Run<'_>]) -> Result<String, PlotError> {
     let peak = top(|r| r.peak_children as f64);
     let peak_queue = top(|r| r.peak_queue as f64);
     let peak_wait = top(|r| r.wait_max().unwrap_or_default().as_secs_f64() * 1e3);
+    let peaks = runs
+        .iter()
+        .map(|r| format!("{} {}", r.label, r.report.peak_children))
+        .collect::<Vec<_>>()
+        .join(", ");
 
     let mut out = String::new();
     {
@@ -210,164 +296,82 @@ pub fn svg(title: &str, runs: &[Run<'_>]) -> Result<String, PlotError> {
         let root = root.titled(title, ("sans-serif", 26)).map_err(fail)?;
         let (children, rest) = root.split_vertically(420);
         let (queue, wait) = rest.split_vertically(210);
-        let peaks = runs
-            .iter()
-            .map(|r| format!("{} {}", r.label, r.report.peak_children))
-            .collect::<Vec<_>>()
-            .join(", ");
 
         // Children by state, with the spawns and retirements.
-        let mut chart = ChartBuilder::on(&children)
-            .caption(
-                format!("children by state (peak: {peaks})"),
-                ("sans-serif", 20),
-            )
-            .margin(10)
-            .x_label_area_size(45)
-            .y_label_area_size(65)
-            .build_cartesian_2d(0.0..end, 0.0..(peak * 1.05).max(1.0))
-            .map_err(fail)?;
-        chart
-            .configure_mesh()
-            .y_label_formatter(&|v| format!("{v:.0}"))
-            .x_desc("time (s)")
-            .y_desc("children")
-            .label_style(("sans-serif", 15))
-            .axis_desc_style(("sans-serif", 16))
-            .draw()
-            .map_err(fail)?;
+        let (plot, side) = children.split_horizontally(PLOT_WIDTH);
+        let mut chart = axes(
+            &plot,
+            &format!("children by state (peak: {peaks})"),
+            "children",
+            end,
+            peak,
+        )?;
+        let mut entries = Vec::new();
         for (i, run) in runs.iter().enumerate() {
             for (name, color, f) in STATES {
-                let points = column_max(run.report, axis, f);
-                line(
-                    &mut chart,
-                    i,
-                    format!("{}: {name}", run.label),
-                    color,
-                    points,
-                )?;
+                let mark = line(&mut chart, i, color, column_max(run.report, axis, f))?;
+                entries.push((format!("{}: {name}", run.label), mark));
             }
             let spawns = marks(run.report, axis, &[PoolEventKind::Spawn]);
             let style = SPAWN.filled();
             chart
                 .draw_series(spawns.into_iter().map(|p| TriangleMarker::new(p, 5, style)))
-                .map_err(fail)?
-                .label(format!("{}: spawn", run.label))
-                .legend(move |(x, y)| TriangleMarker::new((x + 10, y), 5, style));
-            let retires = marks(
-                run.report,
-                axis,
-                &[PoolEventKind::Retire, PoolEventKind::Kill],
-            );
+                .map_err(fail)?;
+            entries.push((format!("{}: spawn", run.label), Mark::Triangle(SPAWN)));
+            let kinds = [PoolEventKind::Retire, PoolEventKind::Kill];
+            let retires = marks(run.report, axis, &kinds);
             let style = RETIRE.stroke_width(2);
-            let label = format!("{}: retire", run.label);
-            if i % 2 == 0 {
+            // Crosses for even runs, circles for odd ones: both visible where they meet.
+            let mark = if i % 2 == 0 {
                 chart
                     .draw_series(retires.into_iter().map(|p| Cross::new(p, 4, style)))
-                    .map_err(fail)?
-                    .label(label)
-                    .legend(move |(x, y)| Cross::new((x + 10, y), 4, style));
+                    .map_err(fail)?;
+                Mark::Cross(RETIRE)
             } else {
                 chart
                     .draw_series(retires.into_iter().map(|p| Circle::new(p, 4, style)))
-                    .map_err(fail)?
-                    .label(label)
-                    .legend(move |(x, y)| Circle::new((x + 10, y), 4, style));
-            }
+                    .map_err(fail)?;
+                Mark::Circle(RETIRE, false)
+            };
+            entries.push((format!("{}: retire", run.label), mark));
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .label_font(("sans-serif", 15))
-            .draw()
-            .map_err(fail)?;
+        legend(&side, &entries)?;
 
         // The listen queue.
-        let mut chart = ChartBuilder::on(&queue)
-            .caption("queue length", ("sans-serif", 20))
-            .margin(10)
-            .x_label_area_size(45)
-            .y_label_area_size(65)
-            .build_cartesian_2d(0.0..end, 0.0..(peak_queue * 1.05).max(1.0))
-            .map_err(fail)?;
-        chart
-            .configure_mesh()
-            .y_label_formatter(&|v| format!("{v:.0}"))
-            .x_desc("time (s)")
-            .y_desc("requests")
-            .label_style(("sans-serif", 15))
-            .axis_desc_style(("sans-serif", 16))
-            .draw()
-            .map_err(fail)?;
+        let (plot, side) = queue.split_horizontally(PLOT_WIDTH);
+        let mut chart = axes(&plot, "queue length", "requests", end, peak_queue)?;
+        let mut entries = Vec::new();
         for (i, run) in runs.iter().enumerate() {
             let points = column_max(run.report, axis, |s| s.queue);
-            line(
-                &mut chart,
-                i,
-                format!("{}: queue", run.label),
-                QUEUE,
-                points,
-            )?;
+            let mark = line(&mut chart, i, QUEUE, points)?;
+            entries.push((format!("{}: queue", run.label), mark));
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .label_font(("sans-serif", 15))
-            .draw()
-            .map_err(fail)?;
+        legend(&side, &entries)?;
 
         // The queue wait, at the time a child took the request.
-        let mut chart = ChartBuilder::on(&wait)
-            .caption(
-                "queue wait (longest of the requests taken)",
-                ("sans-serif", 20),
-            )
-            .margin(10)
-            .x_label_area_size(45)
-            .y_label_area_size(65)
-            .build_cartesian_2d(0.0..end, 0.0..(peak_wait * 1.05).max(1.0))
-            .map_err(fail)?;
-        chart
-            .configure_mesh()
-            .y_label_formatter(&|v| format!("{v:.0}"))
-            .x_desc("time (s)")
-            .y_desc("wait (ms)")
-            .label_style(("sans-serif", 15))
-            .axis_desc_style(("sans-serif", 16))
-            .draw()
-            .map_err(fail)?;
+        let (plot, side) = wait.split_horizontally(PLOT_WIDTH);
+        let caption = "queue wait (longest of the requests taken)";
+        let mut chart = axes(&plot, caption, "wait (ms)", end, peak_wait)?;
+        let mut entries = Vec::new();
         for (i, run) in runs.iter().enumerate() {
             let points = column_wait(run.report, axis);
-            let label = format!("{}: wait", run.label);
             // Points, not a line: columns with no request taken have no wait.
-            if i % 2 == 0 {
+            let mark = if i % 2 == 0 {
                 let style = WAIT.filled();
                 chart
                     .draw_series(points.into_iter().map(|p| Circle::new(p, 3, style)))
-                    .map_err(fail)?
-                    .label(label)
-                    .legend(move |(x, y)| Circle::new((x + 10, y), 3, style));
+                    .map_err(fail)?;
+                Mark::Circle(WAIT, true)
             } else {
                 let style = WAIT.stroke_width(2);
                 chart
                     .draw_series(points.into_iter().map(|p| Cross::new(p, 3, style)))
-                    .map_err(fail)?
-                    .label(label)
-                    .legend(move |(x, y)| Cross::new((x + 10, y), 3, style));
-            }
+                    .map_err(fail)?;
+                Mark::Cross(WAIT)
+            };
+            entries.push((format!("{}: wait", run.label), mark));
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .label_font(("sans-serif", 15))
-            .draw()
-            .map_err(fail)?;
+        legend(&side, &entries)?;
         root.present().map_err(fail)?;
     }
     Ok(out)
