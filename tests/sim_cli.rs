@@ -421,3 +421,45 @@ fn refusals_say_why_with_the_usage_or_config_exit_code() {
     assert!(String::from_utf8_lossy(&out.stderr)
         .contains("cannot write /nonexistent/dir/x.svg: No such file"));
 }
+
+/// The README's picture and table are what its documented command gives now.
+#[test]
+fn the_readme_picture_and_table_come_from_its_command() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let image = "docs/img/simulate-burst.svg";
+    assert!(
+        readme.contains(&format!("]({image})")),
+        "the README embeds {image}"
+    );
+    let prefix = "cargo run --bin preforkd -- simulate ";
+    let command = readme
+        .lines()
+        .find(|l| l.starts_with(prefix) && l.contains(image))
+        .unwrap_or_else(|| panic!("no `{prefix}... {image}` line in the README"));
+    let dir = tempdir("readme");
+    let fresh = dir.join("fresh.svg");
+    let args: Vec<String> = command[prefix.len()..]
+        .split_whitespace()
+        .map(|a| {
+            if a == image {
+                fresh.to_str().unwrap().to_string()
+            } else {
+                a.to_string()
+            }
+        })
+        .collect();
+    let stdout = ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let committed = std::fs::read(root.join(image)).unwrap();
+    assert!(
+        std::fs::read(&fresh).unwrap() == committed,
+        "{image} is stale: rerun `{command}`"
+    );
+    // The README shows the output (with the image's path, as the command gives it).
+    let shown = stdout.replace(fresh.to_str().unwrap(), image);
+    let block = format!("which prints\n\n```text\n{shown}```\n");
+    assert!(
+        readme.contains(&block),
+        "the README's table is stale; the command prints:\n{shown}"
+    );
+}
