@@ -34,6 +34,8 @@ struct Cli {
 }
 
 #[derive(Debug, clap::Subcommand)]
+// Parsed once per process: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
 enum Sub {
     /// Run COMMAND in an autoscaled pool of children sharing the listeners.
     Run(RunArgs),
