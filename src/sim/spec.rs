@@ -139,8 +139,13 @@ impl SpecError {
     }
 }
 
+/// A duration, to the microsecond (the unit a spec is written back in, so that
+/// the text parses to the same spec).
 fn dur(what: &str, text: &str) -> Result<Duration, String> {
-    parse_duration(text).map_err(|e| format!("{what}: {e}"))
+    let d = parse_duration(text).map_err(|e| format!("{what}: {e}"))?;
+    let micros = u64::try_from((d.as_nanos() + 500) / 1_000)
+        .map_err(|_| format!("{what}: {text:?} is too long"))?;
+    Ok(Duration::from_micros(micros))
 }
 
 /// A rate of requests per second: `300/s`.
@@ -559,6 +564,14 @@ mod tests {
     }
 
     #[test]
+    fn durations_are_kept_to_the_microsecond() {
+        let spec: WorkloadSpec = "burst:1x1.0000004s,at=2.5us".parse().unwrap();
+        assert_eq!(spec.to_string(), "burst:1x1s,at=3us");
+        assert!(err("burst:1x1e3s").contains("service time: unknown duration unit \"e3s\""));
+        assert!(err("burst:1x20000000000000s").contains("is too long"));
+    }
+
+    #[test]
     fn display_round_trips() {
         for s in [
             "burst:140x1s",
@@ -568,6 +581,8 @@ mod tests {
             "ramp:0-500/s,60s,50ms",
             "ramp:10.5-3/s,1s,1ms,at=0,seed=4",
             "trace:some dir/t.csv",
+            "burst:1x1.0000005s,at=0.1234567",
+            "poisson:0.000001/s,1h,for=2h",
         ] {
             let spec: WorkloadSpec = s.parse().unwrap();
             let again: WorkloadSpec = spec.to_string().parse().unwrap();
