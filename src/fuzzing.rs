@@ -6,9 +6,9 @@
 //! crashing input can be replayed and debugged on the stable toolchain.
 //!
 //! The other fuzz targets (`scoreboard`, `options`, `systemd_env`, `proc_net`,
-//! `sock_diag`) check the parsers of outside input: see [`scoreboard`],
-//! [`options`], [`systemd_env`], [`proc_net_tcp`] and [`sock_diag`], each the
-//! whole body of its target.
+//! `sock_diag`, `workload_spec`) check the parsers of outside input: see
+//! [`scoreboard`], [`options`], [`systemd_env`], [`proc_net_tcp`], [`sock_diag`]
+//! and [`workload_spec`], each the whole body of its target.
 //!
 //! ## Input layout
 //! The first [`HEADER_LEN`] bytes describe the setup ([`Setup::decode`]; missing bytes
@@ -513,4 +513,54 @@ pub fn proc_net_tcp(data: &[u8]) {
 pub fn sock_diag(data: &[u8]) {
     let (sockets, _ends) = crate::runtime::os::diag_answer(data);
     assert!(sockets.len() <= data.len() / 16);
+}
+
+/// The `workload_spec` target: `preforkd simulate --workload`'s parser. The input's
+/// first line is a spec ([`WorkloadSpec`](crate::sim::WorkloadSpec)), the rest the
+/// contents of a trace file. Parsing returns a spec or an error; a spec written
+/// back parses to the same spec; a spec describing at most 10,000 requests builds
+/// (a `trace:` one from the rest of the input) into a sorted workload of the size
+/// it says; the rest parsed as a trace gives requests or an error naming a line
+/// that exists. Panics (a finding) otherwise.
+///
+/// ```
+/// preforkd::fuzzing::workload_spec(b"trace:t.csv\narrival,service\n0.5,1s\n");
+/// preforkd::fuzzing::workload_spec(b"burst:3x1s");
+/// ```
+pub fn workload_spec(data: &[u8]) {
+    use crate::sim::{SpecError, Workload, WorkloadSpec};
+    let text = String::from_utf8_lossy(data);
+    let (first, trace) = text.split_once('\n').unwrap_or((&text, ""));
+    if let Ok(spec) = first.parse::<WorkloadSpec>() {
+        let again: WorkloadSpec = spec
+            .to_string()
+            .parse()
+            .unwrap_or_else(|e| panic!("{spec} (from {first:?}) does not parse: {e}"));
+        assert_eq!(again, spec, "written back as {spec}");
+        let expected = match spec {
+            WorkloadSpec::Burst { count, .. } => count as f64,
+            WorkloadSpec::Poisson { rate, duration, .. } => rate * duration.as_secs_f64(),
+            WorkloadSpec::Ramp {
+                from, to, duration, ..
+            } => (from + to) / 2.0 * duration.as_secs_f64(),
+            WorkloadSpec::Trace { .. } => 0.0,
+        };
+        if expected <= 10_000.0 {
+            if let Ok(w) = spec.build(|_| Ok(trace.to_string())) {
+                let r = w.requests();
+                assert!(r.windows(2).all(|p| p[0].arrival <= p[1].arrival));
+                if let WorkloadSpec::Burst { count, .. } = spec {
+                    assert_eq!(w.len(), count);
+                }
+            }
+        }
+    }
+    match Workload::from_trace_csv("fuzz.csv", trace) {
+        Ok(w) => assert!(!w.is_empty() && w.len() <= trace.lines().count()),
+        Err(SpecError::Trace { line, .. }) => {
+            assert!((1..=trace.lines().count()).contains(&line), "line {line}")
+        }
+        Err(SpecError::TraceFile { .. }) => {}
+        Err(e @ SpecError::Spec { .. }) => panic!("a trace's error names no line: {e}"),
+    }
 }

@@ -7,7 +7,7 @@
 //! failure names the file and the violation (or the panic).
 //!
 //! The parser targets (`scoreboard`, `options`, `systemd_env`, `proc_net`,
-//! `sock_diag`) replay `fuzz/corpus/<target>/` and `fuzz/seeds/<target>/`
+//! `sock_diag`, `workload_spec`) replay `fuzz/corpus/<target>/` and `fuzz/seeds/<target>/`
 //! through the same functions their fuzz targets call (see `preforkd::fuzzing`).
 //!
 //! The hand-written seeds are defined below, readable; `seeds_are_current` checks
@@ -489,6 +489,11 @@ fn proc_net_corpus_replays_clean() {
 #[test]
 fn sock_diag_corpus_replays_clean() {
     replay_parser("sock_diag", fuzzing::sock_diag);
+}
+
+#[test]
+fn workload_spec_corpus_replays_clean() {
+    replay_parser("workload_spec", fuzzing::workload_spec);
 }
 
 /// The parser targets' checks are not vacuous: each rejects what it must.

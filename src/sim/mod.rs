@@ -61,12 +61,15 @@
 
 mod children;
 mod parent;
+pub mod plot;
 mod report;
+mod spec;
 #[cfg(test)]
 mod tests;
 mod workload;
 
-pub use report::{LogRecord, RequestRecord, Sample, SimReport};
+pub use report::{LogRecord, PoolEvent, PoolEventKind, RequestRecord, Sample, SimReport};
+pub use spec::{SpecError, WorkloadSpec, MAX_SPEC_REQUESTS};
 pub use workload::{Request, Service, Workload};
 
 use children::{Child, Life};

@@ -3,7 +3,7 @@
 //! ([`driver`]), with the simulated world as the [`Effects`] (forks take its time).
 
 use super::children::Life;
-use super::{Ev, LogRecord, Sim};
+use super::{Ev, LogRecord, PoolEvent, PoolEventKind, Sim};
 use crate::oracle::Monitor;
 use crate::supervisor::driver::{self, Changed, Drive, Effects, Spawn};
 use crate::{
@@ -261,6 +261,12 @@ impl Sim {
             self.schedule(at, Ev::TimerFire(self.timer_token));
         }
     }
+
+    /// Records what the parent did to a child, at the parent's clock.
+    fn event(&mut self, kind: PoolEventKind, pid: Pid) {
+        let at = self.pc;
+        self.rep().events.push(PoolEvent { at, kind, pid });
+    }
 }
 
 /// The simulated world, as the driver sees it: time is the parent's clock, forks
@@ -309,6 +315,7 @@ impl Effects for Sim {
     }
 
     fn release(&mut self, pid: Pid) {
+        self.event(PoolEventKind::Exit, pid);
         if let Some(c) = self.children.remove(&pid) {
             if let Some(owner) = self.slot_owner.get_mut(c.slot) {
                 if *owner == Some(pid) {
@@ -321,8 +328,14 @@ impl Effects for Sim {
 
     fn signal(&mut self, pid: Pid, signal: ChildSignal, _alone: bool) {
         match signal {
-            ChildSignal::Term => self.rep().retirements += 1,
-            ChildSignal::Kill => self.rep().kills += 1,
+            ChildSignal::Term => {
+                self.rep().retirements += 1;
+                self.event(PoolEventKind::Retire, pid);
+            }
+            ChildSignal::Kill => {
+                self.rep().kills += 1;
+                self.event(PoolEventKind::Kill, pid);
+            }
             ChildSignal::Usr1 => {}
         }
         let pc = self.pc;
@@ -344,6 +357,7 @@ impl Effects for Sim {
         let pid = Pid(self.next_pid);
         self.next_pid += 1;
         self.rep().spawns += 1;
+        self.event(PoolEventKind::Spawn, pid);
         let pc = self.pc;
         self.schedule(
             pc,

@@ -48,6 +48,31 @@ impl RequestRecord {
     }
 }
 
+/// What the supervisor did to one child: the marks on a plot of the pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoolEventKind {
+    /// A child was forked (counted in [`SimReport::spawns`]).
+    Spawn,
+    /// A child was sent TERM (counted in [`SimReport::retirements`]).
+    Retire,
+    /// A child was sent KILL (counted in [`SimReport::kills`]).
+    Kill,
+    /// A child exited and was reaped (counted in [`SimReport::exits`]).
+    Exit,
+}
+
+/// One [`PoolEventKind`], when the simulated parent did it (or, for an exit,
+/// reaped it), and to which child.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolEvent {
+    /// When.
+    pub at: Time,
+    /// What.
+    pub kind: PoolEventKind,
+    /// The child.
+    pub pid: Pid,
+}
+
 /// One log record the supervisor wrote ([`Action::Log`](crate::Action::Log)).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogRecord {
@@ -82,6 +107,8 @@ pub struct SimReport {
     pub kills: u64,
     /// Children that exited (and were reaped).
     pub exits: u64,
+    /// Every spawn, TERM, KILL and exit, in the order they happened.
+    pub events: Vec<PoolEvent>,
     /// Requests that completed.
     pub completed: u64,
     /// Requests lost because their child was KILLed while serving them.
@@ -174,6 +201,32 @@ impl SimReport {
             .map(|(s, end)| end.saturating_since(s.at))
             .sum();
         Some(met.as_secs_f64() / total.as_secs_f64())
+    }
+
+    /// The pool's cost: live children (retiring ones included) integrated over
+    /// the run, from the first sample to [`ended_at`](Self::ended_at), in
+    /// child-seconds. A pool of 3 idle for 10 s costs 30.
+    ///
+    /// ```
+    /// use preforkd::sim::{Sim, Workload};
+    /// use preforkd::{Machine, Options, Time};
+    /// let mut sim = Sim::new(Machine::new(Options::default())?, Workload::empty());
+    /// let report = sim.run_until(Time::from_secs(10));
+    /// assert!((report.child_seconds() - 30.0).abs() < 0.01);
+    /// # Ok::<(), preforkd::ConfigError>(())
+    /// ```
+    pub fn child_seconds(&self) -> f64 {
+        let ends = self
+            .samples
+            .iter()
+            .skip(1)
+            .map(|s| s.at)
+            .chain([self.ended_at]);
+        self.samples
+            .iter()
+            .zip(ends)
+            .map(|(s, end)| s.alive as f64 * end.saturating_since(s.at).as_secs_f64())
+            .sum()
     }
 
     /// The state at time `t`: the last sample at or before it.

@@ -122,6 +122,58 @@ impl Workload {
         Workload { requests }
     }
 
+    /// Poisson arrivals whose rate moves linearly from `from_per_sec` at `start` to
+    /// `to_per_sec` at `start + duration` (either may be zero), with service times
+    /// drawn from `service`; `seed` seeds the [`SplitMix64`] generator. Rates that
+    /// are not finite and non-negative, or both zero, give an empty workload.
+    ///
+    /// ```
+    /// use preforkd::sim::{Service, Workload};
+    /// use preforkd::Time;
+    /// use std::time::Duration;
+    /// let up = Duration::from_secs(10);
+    /// let w = Workload::ramp(0.0, 200.0, Time::ZERO, up, Service::Fixed(up / 1000), 3);
+    /// // 1,000 expected; the second half of the ramp holds three quarters of them.
+    /// let late = w.requests().iter().filter(|r| r.arrival >= Time::from_secs(5)).count();
+    /// assert!((850..1150).contains(&w.len()) && late > 2 * (w.len() - late));
+    /// ```
+    pub fn ramp(
+        from_per_sec: f64,
+        to_per_sec: f64,
+        start: Time,
+        duration: Duration,
+        service: Service,
+        seed: u64,
+    ) -> Workload {
+        let mut requests = Vec::new();
+        let ok = |r: f64| r.is_finite() && r >= 0.0;
+        let peak = from_per_sec.max(to_per_sec);
+        let end = duration.as_secs_f64();
+        if !(ok(from_per_sec) && ok(to_per_sec) && peak > 0.0 && end > 0.0) {
+            return Workload { requests };
+        }
+        // Thinning (Lewis and Shedler): candidates at the peak rate, each kept with
+        // the probability rate(t) / peak, is exactly the ramped Poisson process.
+        let mut rng = SplitMix64::new(seed);
+        let mut offset = 0.0;
+        loop {
+            offset += exponential(&mut rng, 1.0 / peak);
+            if offset >= end {
+                break;
+            }
+            let rate = from_per_sec + (to_per_sec - from_per_sec) * offset / end;
+            let keep = rng.unit() * peak < rate;
+            let service = service.draw(&mut rng);
+            if keep {
+                requests.push(Request {
+                    arrival: start + secs(offset),
+                    service,
+                });
+            }
+        }
+        Workload { requests }
+    }
+
     /// An explicit list of `(arrival, service)` pairs, in any order.
     pub fn from_requests(list: impl IntoIterator<Item = (Time, Duration)>) -> Workload {
         let mut requests: Vec<Request> = list

@@ -14,6 +14,7 @@
 
 mod ops;
 mod settings;
+mod simulate;
 
 use clap::Parser;
 use preforkd::runtime::command::{Command, ListenSpec};
@@ -39,6 +40,7 @@ struct Cli {
 }
 
 #[derive(Debug, clap::Subcommand)]
+// Parsed once per process: the variants' sizes do not matter.
 enum Sub {
     /// Run COMMAND in an autoscaled pool of children sharing the listeners.
     Run(Box<RunArgs>),
@@ -54,6 +56,8 @@ enum Sub {
     ReopenLogs(ops::ControlArgs),
     /// Move the pool's size by +N or -N children (TTIN/TTOU) and wait for it.
     Scale(ops::ScaleArgs),
+    /// Run a scaling policy against a workload in the simulator: a summary, a chart.
+    Simulate(simulate::SimulateArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -95,6 +99,7 @@ fn main() {
         Sub::Upgrade(args) => ops::act(args, Request::Upgrade).map_err(refused),
         Sub::ReopenLogs(args) => ops::act(args, Request::ReopenLogs).map_err(refused),
         Sub::Scale(args) => ops::scale(args).map_err(refused),
+        Sub::Simulate(args) => simulate::simulate(args),
     };
     let code = match outcome {
         Ok(code) => code,
