@@ -227,10 +227,12 @@ fn a_killed_preforkd_leaves_no_orphan() {
         &["--prefork", "2"],
         &sh(&script).iter().map(String::as_str).collect::<Vec<_>>(),
     );
-    assert!(wait_for(Duration::from_secs(5), || r
-        .workers()
-        .iter()
-        .all(|&w| tree(w).len() == 2)));
+    // Both workers forked and each with its descendant (an empty list of
+    // workers must not pass for "all").
+    assert!(wait_for(Duration::from_secs(10), || {
+        let w = r.workers();
+        w.len() == 2 && w.iter().all(|&w| tree(w).len() == 2)
+    }));
     let trees: Vec<i32> = r.workers().into_iter().flat_map(tree).collect();
     assert_eq!(trees.len(), 4, "{trees:?}");
     send_signal(r.pid(), libc::SIGKILL);
