@@ -369,6 +369,35 @@ fn bad_configurations_are_refused_with_64_or_78_naming_the_problem() {
     let (code, err) = refused(&args, None);
     assert_eq!(code, 78, "{err}");
     assert!(err.contains("64 listeners and the scoreboard"), "{err}");
+    // A request limit the kernel's view cannot count: refused, not ignored.
+    let (code, err) = refused(
+        &[
+            "--max-requests-per-child",
+            "10",
+            "--check-config",
+            "--",
+            "/bin/true",
+        ],
+        None,
+    );
+    assert_eq!(code, 78, "{err}");
+    assert!(
+        err.contains("max_requests_per_child") && err.contains("busy_from slot"),
+        "{err}"
+    );
+    let (code, err) = refused(
+        &[
+            "--max-requests-per-child",
+            "10",
+            "--busy-from",
+            "slot",
+            "--check-config",
+            "--",
+            "/bin/true",
+        ],
+        None,
+    );
+    assert_eq!(code, 0, "{err}");
     // An unknown flag.
     let (code, err) = refused(&["--max-childs", "3", "--", "/bin/true"], None);
     assert_eq!(code, 64, "{err}");

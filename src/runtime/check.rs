@@ -82,6 +82,15 @@ impl<T: 'static> Prefork<T> {
         if let Some(c) = &self.command {
             super::command::check_passed(c.listeners, c.cooperative)
                 .map_err(|e| invalid("listen", e))?;
+            if !c.cooperative && self.options.max_requests_per_child.is_some() {
+                // Seen from outside, a request shorter than a look is never
+                // seen: the limit would silently never be reached.
+                return Err(invalid(
+                    "max_requests_per_child",
+                    "needs busy_from slot: a command's requests are counted only when it \
+                     reports them (the kernel shows preforkd its connections, not its requests)",
+                ));
+            }
         }
         if in_process && self.command.is_some() {
             return Err(invalid(
