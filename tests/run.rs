@@ -530,17 +530,6 @@ fn a_stderr_nobody_reads_never_stops_the_supervisor() {
         .process_group(0);
     let mut child = support::spawn_retrying(&mut cmd).unwrap();
     let pid = child.id() as i32;
-    let kill_all = |child: &mut std::process::Child| {
-        let mut all = Vec::new();
-        for c in children_of(pid) {
-            all.extend(tree(c));
-        }
-        send_signal(pid, libc::SIGKILL);
-        for p in all {
-            send_signal(p, libc::SIGKILL);
-        }
-        let _ = child.wait();
-    };
     // The children's output fills the pipe; the parent must go on regardless.
     std::thread::sleep(Duration::from_millis(1_500));
     // It still reacts: a child killed is replaced...
@@ -562,7 +551,8 @@ fn a_stderr_nobody_reads_never_stops_the_supervisor() {
         child.try_wait().ok().flatten().is_some()
     });
     if !stopped {
-        kill_all(&mut child);
+        support::run::kill_supervisor(pid);
+        let _ = child.wait();
     }
     drop(reader);
     assert!(
@@ -613,14 +603,7 @@ fn a_daemonized_supervisor_runs_its_command_where_it_was_started() {
     });
     let log = std::fs::read_to_string(dir.join("err.log")).unwrap_or_default();
     if let Some(pid) = daemon {
-        let mut all = Vec::new();
-        for c in children_of(pid) {
-            all.extend(tree(c));
-        }
-        send_signal(pid, libc::SIGKILL);
-        for p in all {
-            send_signal(p, libc::SIGKILL);
-        }
+        support::run::kill_supervisor(pid);
     }
     assert!(daemon.is_some(), "no pid file; log:\n{log}");
     assert!(served, "the command did not serve; log:\n{log}");
@@ -704,14 +687,7 @@ fn notified(tag: &str, flags: &[&str], command: &[&str], within: Duration) -> St
             said.push('\n');
         }
     }
-    let mut all = Vec::new();
-    for c in children_of(pid) {
-        all.extend(tree(c));
-    }
-    send_signal(pid, libc::SIGKILL);
-    for p in all {
-        send_signal(p, libc::SIGKILL);
-    }
+    support::run::kill_supervisor(pid);
     let _ = child.wait();
     said
 }

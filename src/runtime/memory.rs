@@ -15,7 +15,8 @@ fn parse_statm(statm: &str, page: u64) -> Option<u64> {
     pages.checked_mul(page)
 }
 
-fn page_size() -> u64 {
+/// The system's page size (4096 if it cannot be read).
+pub(crate) fn page_size() -> u64 {
     static PAGE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
     *PAGE.get_or_init(|| {
         nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)

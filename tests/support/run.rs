@@ -99,17 +99,22 @@ impl Run {
     }
 }
 
+/// KILLs a preforkd (`pid`) and every process of its children's trees (seen
+/// before, so that none is reparented out of sight).
+pub fn kill_supervisor(pid: i32) {
+    let mut all = Vec::new();
+    for c in children_of(pid) {
+        all.extend(tree(c));
+    }
+    send_signal(pid, libc::SIGKILL);
+    for p in all {
+        send_signal(p, libc::SIGKILL);
+    }
+}
+
 impl Drop for Run {
     fn drop(&mut self) {
-        let pid = self.pid();
-        let mut all = Vec::new();
-        for c in children_of(pid) {
-            all.extend(tree(c));
-        }
-        send_signal(pid, libc::SIGKILL);
-        for p in all {
-            send_signal(p, libc::SIGKILL);
-        }
+        kill_supervisor(self.pid());
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }

@@ -355,7 +355,7 @@ fn queues(own: RawFd) -> Vec<Queue> {
 fn process() -> Option<Process> {
     let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
     let boot = std::fs::read_to_string("/proc/stat").ok()?;
-    let mut p = parse_stat(&stat, &boot, ticks_per_second(), page_size())?;
+    let mut p = parse_stat(&stat, &boot, ticks_per_second(), super::memory::page_size())?;
     p.open_fds = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as u64);
     p.max_fds = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
         .ok()
@@ -393,14 +393,6 @@ fn ticks_per_second() -> u64 {
         .flatten()
         .and_then(|t| u64::try_from(t).ok())
         .unwrap_or(100)
-}
-
-fn page_size() -> u64 {
-    nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
-        .ok()
-        .flatten()
-        .and_then(|p| u64::try_from(p).ok())
-        .unwrap_or(4096)
 }
 
 #[cfg(test)]
