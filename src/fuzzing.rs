@@ -387,12 +387,29 @@ pub fn encode_ops(ops: &[Op]) -> Vec<u8> {
 
 /// The `scoreboard` target: [`parse_scoreboard`](crate::runtime::parse_scoreboard)
 /// on any bytes returns a result, and a scoreboard it accepts has exactly as many
-/// slots as its size says. Panics (a finding) otherwise.
+/// slots as its size says; `preforkd status`'s strict reader
+/// ([`Status`](crate::runtime::status::Status)) returns a result too, and what
+/// it accepts the lenient one accepts with the same children. Panics (a
+/// finding) otherwise.
 ///
 /// ```
 /// preforkd::fuzzing::scoreboard(b"PREFORKD");
 /// ```
 pub fn scoreboard(data: &[u8]) {
+    // The strict reader of `preforkd status`: what it accepts, the lenient one
+    // accepts too, with the same children.
+    if let Ok(st) =
+        crate::runtime::status::Status::parse(std::path::Path::new("fuzz"), data, u64::MAX)
+    {
+        let slots = crate::runtime::parse_scoreboard(data).expect("the lenient reader refused");
+        assert_eq!(st.slots, slots.len());
+        assert_eq!(st.map.len(), st.slots);
+        for c in &st.children {
+            assert_eq!(slots[c.slot].pid, c.pid);
+            assert_eq!(slots[c.slot].requests, c.requests);
+        }
+        let _ = st.table();
+    }
     if let Ok(slots) = crate::runtime::parse_scoreboard(data) {
         assert_eq!(
             data.len(),

@@ -229,12 +229,18 @@ impl Status {
     pub fn read(path: impl AsRef<Path>) -> Result<Status, StatusError> {
         let path = path.as_ref();
         let bytes = read_board(path)?;
-        Status::parse(path, &bytes, coarse_now_ns())
+        let mut s = Status::parse(path, &bytes, coarse_now_ns())?;
+        s.parent_running = s.parent_pid > 0 && alive(s.parent_pid);
+        for c in &mut s.children {
+            c.memory_bytes = (c.pid > 0).then(|| rss_bytes(c.pid)).flatten();
+        }
+        Ok(s)
     }
 
     /// Checks and decodes the bytes of a scoreboard file, with ages measured at
-    /// `now_ns` (`CLOCK_MONOTONIC` nanoseconds).
-    fn parse(path: &Path, b: &[u8], now_ns: u64) -> Result<Status, StatusError> {
+    /// `now_ns` (`CLOCK_MONOTONIC` nanoseconds); nothing is looked up (the
+    /// parent is taken as gone, memory as unknown).
+    pub(crate) fn parse(path: &Path, b: &[u8], now_ns: u64) -> Result<Status, StatusError> {
         let bad = |problem: String| StatusError::Invalid {
             path: path.to_path_buf(),
             problem,
@@ -327,7 +333,7 @@ impl Status {
             schema: SCHEMA,
             scoreboard: path.to_path_buf(),
             parent_pid,
-            parent_running: parent_pid > 0 && alive(parent_pid),
+            parent_running: false,
             generation: u64_at(b, 16),
             stopping: u32_at(b, 32) != 0,
             slots,
@@ -342,12 +348,6 @@ impl Status {
                 nudges_ignored,
             },
             children,
-        })
-        .map(|mut s| {
-            for c in &mut s.children {
-                c.memory_bytes = (c.pid > 0).then(|| rss_bytes(c.pid)).flatten();
-            }
-            s
         })
     }
 
@@ -565,7 +565,6 @@ mod tests {
         );
         assert_eq!(s.live(), 3);
         assert_eq!(s.generation, 7);
-        assert!(s.parent_running);
         assert_eq!((s.counters.images, s.counters.upgrades_abandoned), (2, 1));
         let busy = &s.children[1];
         assert_eq!((busy.slot, busy.pid, busy.requests), (2, 101, 9));
@@ -609,12 +608,22 @@ mod tests {
 
     #[test]
     fn a_dead_parent_is_told() {
+        let dir = std::env::temp_dir().join(format!("preforkd-status-dead-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("board");
         let mut b = board(1);
         // Above pid_max: no such process.
         b[44..48].copy_from_slice(&(i32::MAX).to_ne_bytes());
-        let s = parse(&b).unwrap();
+        std::fs::write(&f, &b).unwrap();
+        let s = Status::read(&f).unwrap();
         assert!(!s.parent_running);
         assert!(s.table().contains("NOT RUNNING"));
+        // This process is alive.
+        b[44..48].copy_from_slice(&(std::process::id() as i32).to_ne_bytes());
+        std::fs::write(&f, &b).unwrap();
+        assert!(Status::read(&f).unwrap().parent_running);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
