@@ -458,13 +458,18 @@ fn an_in_place_upgrade_keeps_reading_the_adopted_childrens_output() {
             r.log()
         );
     }
+    // Each one's exit is logged once it is reaped, after its last words.
+    assert!(
+        wait_for(Duration::from_secs(5), || r
+            .log()
+            .matches("retired by a reload: exit code 0")
+            .count()
+            == 2),
+        "{}",
+        r.log()
+    );
     let log = r.log();
     assert!(!log.contains("signal 13"), "{log}");
-    assert_eq!(
-        log.matches("retired by a reload: exit code 0").count(),
-        2,
-        "{log}"
-    );
 }
 
 #[test]
