@@ -165,6 +165,7 @@ fn status_refuses_corrupt_truncated_and_foreign_files() {
                 b[..8].copy_from_slice(b"PREFORKD");
                 b[8..12].copy_from_slice(&1u32.to_ne_bytes());
                 b[12..16].copy_from_slice(&1u32.to_ne_bytes());
+                b[44..48].copy_from_slice(&1i32.to_ne_bytes());
                 b[64 + 4] = 200;
                 b
             },
@@ -220,6 +221,77 @@ fn stop_waits_until_gone_and_says_when_not_running() {
     let o = preforkd(&["stop", "--pid-file", s(&pid_file)]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(text(&o).contains("not running"), "{}", text(&o));
+}
+
+#[test]
+fn only_a_preforkd_parent_and_its_own_scoreboard_are_acted_on() {
+    let dir = tempdir("stop-other");
+    // A pid file locked by some process (flock), naming an unrelated one.
+    let mut victim = Command::new("sleep").arg("30").spawn().unwrap();
+    let pid_file = dir.join("other.pid");
+    std::fs::write(&pid_file, format!("{}\n", victim.id())).unwrap();
+    let mut holder = Command::new("flock")
+        .arg(&pid_file)
+        .args(["sleep", "30"])
+        .spawn()
+        .unwrap();
+    assert!(wait_for(Duration::from_secs(5), || {
+        pidfile_locked(&pid_file)
+    }));
+    for sub in ["stop", "reload", "upgrade", "reopen-logs"] {
+        let o = preforkd(&[sub, "--pid-file", s(&pid_file), "--timeout", "1"]);
+        assert_eq!(o.status.code(), Some(1), "{sub}: {}", text(&o));
+        assert!(
+            text(&o).contains("holds no preforkd scoreboard"),
+            "{sub}: {}",
+            text(&o)
+        );
+    }
+    assert!(
+        victim.try_wait().unwrap().is_none(),
+        "the unrelated process was signalled"
+    );
+    let _ = victim.kill();
+    let _ = victim.wait();
+    let _ = holder.kill();
+    let _ = holder.wait();
+    // Another pool's scoreboard given for this daemon: refused before any signal.
+    let (demo, pid_file) = start(&dir, 1, &[]);
+    let (other, _) = start(
+        &tempdir("stop-other-2"),
+        1,
+        &["--scoreboard", s(&dir.join("b2"))],
+    );
+    let o = preforkd(&[
+        "reload",
+        "--pid-file",
+        s(&pid_file),
+        "--scoreboard",
+        s(&dir.join("b2")),
+        "--timeout",
+        "2",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains(&format!("is pid {}'s", other.pid())),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(
+        status_of(&pid_file)["generation"],
+        1,
+        "the daemon was signalled"
+    );
+    drop(demo);
+}
+
+/// Whether someone holds a lock on `path` (a shared lock cannot be taken).
+fn pidfile_locked(path: &Path) -> bool {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(path).unwrap();
+    #[allow(deprecated)]
+    let r = nix::fcntl::flock(f.as_raw_fd(), nix::fcntl::FlockArg::LockSharedNonblock);
+    r.is_err()
 }
 
 #[test]
@@ -360,17 +432,38 @@ fn scale_moves_the_pool_and_says_when_it_cannot() {
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert_eq!(live(&status_of(&pid_file)), 4);
     assert_eq!(demo.children().len(), 4);
-    // Beyond max_children: the pool cannot move, and that is said.
+    // Beyond max_children: refused at once, naming it.
     let o = preforkd(&["scale", "+1", "--pid-file", s(&pid_file), "--timeout", "1"]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(
-        text(&o).contains("holds 4 live children, not 5"),
+        text(&o).contains("holds 4 live children of max_children 4: at most +0"),
         "{}",
         text(&o)
     );
     let o = preforkd(&["scale", "-3", "--pid-file", s(&pid_file), "--timeout", "10"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert_eq!(live(&status_of(&pid_file)), 1);
+    // More than max_children leaves room for, or fewer than one: refused at once.
+    let o = preforkd(&["scale", "+9", "--pid-file", s(&pid_file), "--timeout", "60"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("max_children 4: at most +3"),
+        "{}",
+        text(&o)
+    );
+    let o = preforkd(&["scale", "-1", "--pid-file", s(&pid_file), "--timeout", "60"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("keeps one at least"), "{}", text(&o));
+    // Two controllers at once take turns: both moves happen, both are told.
+    let a = std::thread::spawn({
+        let p = pid_file.clone();
+        move || preforkd(&["scale", "+1", "--pid-file", s(&p), "--timeout", "20"])
+    });
+    let b = preforkd(&["scale", "+1", "--pid-file", s(&pid_file), "--timeout", "20"]);
+    let a = a.join().unwrap();
+    assert_eq!(a.status.code(), Some(0), "{}", text(&a));
+    assert_eq!(b.status.code(), Some(0), "{}", text(&b));
+    assert_eq!(live(&status_of(&pid_file)), 3);
     for bad in ["many", "+", "99999999999"] {
         let o = preforkd(&["scale", bad, "--pid-file", s(&pid_file)]);
         assert_eq!(o.status.code(), Some(64), "{bad}: {}", text(&o));

@@ -336,6 +336,17 @@ fn refusals_say_why_with_the_usage_or_config_exit_code() {
     let bad_trace = format!("trace:{bad_row}");
     let missing_trace = format!("trace:{}", dir.join("gone.csv").display());
     let cases: Vec<(Vec<&str>, i32, String)> = vec![
+        // Neither a device that never ends nor a directory is read.
+        (
+            vec!["--workload", "trace:/dev/zero"],
+            78,
+            "not a regular file".into(),
+        ),
+        (
+            vec!["--workload", "trace:/tmp"],
+            78,
+            "not a regular file".into(),
+        ),
         (
             vec!["--workload", "burst:1x1s", "--policy", "apache"],
             64,

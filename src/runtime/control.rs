@@ -15,7 +15,12 @@
 //! | [`Request::Scale`] | TTIN or TTOU, one at a time, each waited for | the pool holds that many more (fewer) live children |
 //!
 //! Nothing is ever escalated: a stop that does not end within the timeout is
-//! reported, not turned into a SIGKILL.
+//! reported, not turned into a SIGKILL. Only a preforkd parent is signalled:
+//! the pid must hold a scoreboard whose header names it. Controllers of one
+//! daemon take turns (an abstract socket name, `preforkd-control-PID`, is their
+//! lock): each judges its outcome by counters the daemon shares with anyone
+//! signalling it, so a signal sent by hand meanwhile can still be mistaken for
+//! its own.
 //!
 //! ```no_run
 //! use preforkd::runtime::control::{control, Request};
@@ -125,11 +130,17 @@ pub fn control(
     })?;
     let start = now();
     let deadline = deadline(start, timeout);
+    // One controller at a time per daemon: each judges its outcome by counters
+    // the daemon shares between all who signal it.
+    let _turn = Turn::take(pid, deadline)?;
     let board = Board {
         pid,
         given: scoreboard.map(Path::to_path_buf),
         pid_file: pid_file.to_path_buf(),
     };
+    // Signal only a preforkd parent: the pid holds a scoreboard naming it (a
+    // pid file locked by something else may name any process).
+    board.read()?;
     let timed_out = |message: String| ControlError::TimedOut {
         pid,
         message,
@@ -211,6 +222,19 @@ pub fn control(
         }),
         Request::Scale(by) => {
             let before = board.read()?;
+            let live = before.live() as i64;
+            let room = before.slots as i64 - live;
+            if i64::from(by) > room {
+                return Err(refused(format!(
+                    "scale {by:+}: the pool holds {live} live children of max_children {}: at most {room:+}",
+                    before.slots
+                )));
+            }
+            if by < 0 && live + i64::from(by) < 1 {
+                return Err(refused(format!(
+                    "scale {by:+}: the pool holds {live} live children, and keeps one at least"
+                )));
+            }
             let signal = if by > 0 {
                 Signal::SIGTTIN
             } else {
@@ -219,7 +243,7 @@ pub fn control(
             // One signal at a time, each seen taken before the next: a second
             // one sent while the first is pending would be merged with it.
             let mut counters = before.counters;
-            for _ in 0..by.unsigned_abs() {
+            for sent in 0..by.unsigned_abs() {
                 send(pid, signal)?;
                 loop {
                     let seen = board.read()?;
@@ -234,7 +258,11 @@ pub fn control(
                         break;
                     }
                     if now() >= deadline {
-                        return Err(timed_out(format!("{} was not taken", signal.as_str())));
+                        return Err(timed_out(format!(
+                            "{sent} of {} {} taken",
+                            by.unsigned_abs(),
+                            signal.as_str()
+                        )));
                     }
                     pause();
                 }
@@ -344,7 +372,56 @@ impl Board {
             Some(p) => p.clone(),
             None => find_scoreboard(self.pid)?,
         };
-        Ok(Status::read(path)?)
+        let status = Status::read(&path)?;
+        if status.parent_pid != self.pid {
+            return Err(ControlError::Refused {
+                pid: self.pid,
+                message: format!(
+                    "the scoreboard {} is pid {}'s, not the daemon's of {}",
+                    path.display(),
+                    status.parent_pid,
+                    self.pid_file.display()
+                ),
+            });
+        }
+        Ok(status)
+    }
+}
+
+/// A controller's turn at a daemon: an abstract Unix socket name bound for as
+/// long as it lasts (no file to leave behind; the kernel frees it with the
+/// process, however it ends).
+struct Turn(#[allow(dead_code)] std::os::unix::net::UnixDatagram);
+
+impl Turn {
+    fn take(pid: i32, deadline: Instant) -> Result<Turn, ControlError> {
+        use std::os::linux::net::SocketAddrExt;
+        let name = format!("preforkd-control-{pid}");
+        loop {
+            let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
+                .map_err(|e| ControlError::Refused {
+                    pid,
+                    message: format!("cannot make the controllers' lock: {e}"),
+                })?;
+            match std::os::unix::net::UnixDatagram::bind_addr(&addr) {
+                Ok(s) => return Ok(Turn(s)),
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                    if now() >= deadline {
+                        return Err(ControlError::Refused {
+                            pid,
+                            message: "another preforkd control command is acting on it".into(),
+                        });
+                    }
+                    pause();
+                }
+                Err(e) => {
+                    return Err(ControlError::Refused {
+                        pid,
+                        message: format!("cannot take the controllers' lock: {e}"),
+                    })
+                }
+            }
+        }
     }
 }
 

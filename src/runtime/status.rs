@@ -228,9 +228,11 @@ impl Status {
     /// truncated, or holds a value no preforkd writes.
     pub fn read(path: impl AsRef<Path>) -> Result<Status, StatusError> {
         let path = path.as_ref();
-        let bytes = read_board(path)?;
+        let (bytes, file) = read_board(path)?;
         let mut s = Status::parse(path, &bytes, coarse_now_ns())?;
-        s.parent_running = s.parent_pid > 0 && alive(s.parent_pid);
+        // Alive, and (where it can be looked at) holding this very file: a pid
+        // reused since by another process is no parent.
+        s.parent_running = alive(s.parent_pid) && holds(s.parent_pid, &file) != Some(false);
         for c in &mut s.children {
             c.memory_bytes = (c.pid > 0).then(|| rss_bytes(c.pid)).flatten();
         }
@@ -277,6 +279,11 @@ impl Status {
             )));
         }
         let parent_pid = u32_at(b, 44) as i32;
+        if parent_pid <= 0 {
+            return Err(bad(format!(
+                "the header names pid {parent_pid}, which no preforkd writes"
+            )));
+        }
         let (images, upgrades_abandoned) = halves(u32_at(b, 52));
         let (reopens, reopens_failed) = halves(u32_at(b, 56));
         let (nudges, nudges_ignored) = halves(u32_at(b, 60));
@@ -440,7 +447,7 @@ fn alive(pid: i32) -> bool {
 
 /// The whole file, refusing anything but a regular file (a FIFO would block,
 /// a device would never end) and anything larger than the largest scoreboard.
-fn read_board(path: &Path) -> Result<Vec<u8>, StatusError> {
+fn read_board(path: &Path) -> Result<(Vec<u8>, std::fs::Metadata), StatusError> {
     let io = |source| StatusError::Io {
         path: path.to_path_buf(),
         source,
@@ -461,7 +468,17 @@ fn read_board(path: &Path) -> Result<Vec<u8>, StatusError> {
     let mut bytes = Vec::new();
     // One byte more than the largest, so a larger file is told apart.
     file.take(most + 1).read_to_end(&mut bytes).map_err(io)?;
-    Ok(bytes)
+    Ok((bytes, meta))
+}
+
+/// Whether process `pid` has the file `file` open (`None`: its descriptors
+/// cannot be listed, not permitted).
+fn holds(pid: i32, file: &std::fs::Metadata) -> Option<bool> {
+    use std::os::unix::fs::MetadataExt;
+    let entries = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
+    Some(entries.flatten().any(|e| {
+        std::fs::metadata(e.path()).is_ok_and(|m| m.dev() == file.dev() && m.ino() == file.ino())
+    }))
 }
 
 /// The scoreboard the running parent `pid` holds: its `scoreboard_path` file or
@@ -604,6 +621,9 @@ mod tests {
         let mut pid = board(2);
         set_slot(&mut pid, 0, -4, 2, 0, 0);
         assert!(err(&pid).contains("slot 0 holds pid -4"));
+        let mut parent = board(2);
+        parent[44..48].copy_from_slice(&(-5i32).to_ne_bytes());
+        assert!(err(&parent).contains("the header names pid -5"));
     }
 
     #[test]
@@ -619,10 +639,13 @@ mod tests {
         let s = Status::read(&f).unwrap();
         assert!(!s.parent_running);
         assert!(s.table().contains("NOT RUNNING"));
-        // This process is alive.
+        // This process is alive, but running only while it holds the file.
         b[44..48].copy_from_slice(&(std::process::id() as i32).to_ne_bytes());
         std::fs::write(&f, &b).unwrap();
+        assert!(!Status::read(&f).unwrap().parent_running, "a pid reused");
+        let held = std::fs::File::open(&f).unwrap();
         assert!(Status::read(&f).unwrap().parent_running);
+        drop(held);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

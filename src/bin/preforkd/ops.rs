@@ -65,7 +65,11 @@ fn seconds(what: &str, secs: f64) -> Result<Duration, (i32, String)> {
         .ok_or_else(|| {
             (
                 super::EX_USAGE,
-                format!("{what}: {secs} is not a positive number of seconds"),
+                if secs.abs() < 1e9 {
+                    format!("{what}: {secs} is not a positive number of seconds")
+                } else {
+                    format!("{what}: {secs:.3e} is out of range")
+                },
             )
         })
 }
@@ -93,6 +97,12 @@ fn status_once(which: &Which) -> Result<Status, (i32, String)> {
 
 pub(crate) fn status(args: StatusArgs) -> Result<i32, (i32, String)> {
     let every = args.watch.map(|s| seconds("--watch", s)).transpose()?;
+    if every.is_some_and(|d| d < Duration::from_millis(100)) {
+        return Err((
+            super::EX_USAGE,
+            "--watch: at least 0.1 s between two readings".into(),
+        ));
+    }
     let mut out = std::io::stdout();
     loop {
         let s = status_once(&args.which)?;

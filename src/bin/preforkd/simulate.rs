@@ -61,6 +61,36 @@ struct Outcome {
     report: SimReport,
 }
 
+/// The largest trace read (a trace of a day at 1,000 requests a second is ~2 GB:
+/// beyond this, sample it).
+const MOST_TRACE_BYTES: u64 = 256 << 20;
+
+/// A trace file's text: a regular file (a FIFO would block, a device never
+/// end) of at most [`MOST_TRACE_BYTES`].
+fn read_trace(path: &std::path::Path) -> std::io::Result<String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    let meta = file.metadata()?;
+    let refuse = |why: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, why);
+    if !meta.is_file() {
+        return Err(refuse("not a regular file".into()));
+    }
+    if meta.len() > MOST_TRACE_BYTES {
+        return Err(refuse(format!(
+            "{} bytes, more than the {} MiB a trace may have",
+            meta.len(),
+            MOST_TRACE_BYTES >> 20
+        )));
+    }
+    let mut text = String::new();
+    file.take(MOST_TRACE_BYTES).read_to_string(&mut text)?;
+    Ok(text)
+}
+
 /// Runs the subcommand; the exit code, or why it refused.
 pub fn simulate(args: SimulateArgs) -> Result<i32, Refused> {
     let spec: WorkloadSpec = args
@@ -73,12 +103,10 @@ pub fn simulate(args: SimulateArgs) -> Result<i32, Refused> {
     {
         known(name)?;
     }
-    let workload = spec
-        .build(|path| std::fs::read_to_string(path))
-        .map_err(|e| {
-            let code = if e.is_in_file() { EX_CONFIG } else { EX_USAGE };
-            Refused(code, e.to_string())
-        })?;
+    let workload = spec.build(read_trace).map_err(|e| {
+        let code = if e.is_in_file() { EX_CONFIG } else { EX_USAGE };
+        Refused(code, e.to_string())
+    })?;
     let mut config = SimConfig::default();
     config.fork_cost = args.fork_cost.unwrap_or(config.fork_cost);
     config.boot_latency = args.boot_latency.unwrap_or(config.boot_latency);
