@@ -8,7 +8,7 @@
 //! stops it with the command's stop signal (then KILLs its whole group), and
 //! sees it busy from the kernel: a child whose process tree holds a connection
 //! accepted on one of the listeners is busy, and a listener with connections
-//! waiting in its queue wakes the parent at once (see [`observe`]). A command
+//! waiting in its queue wakes the parent at once (see docs/run.md). A command
 //! that reports for itself gets its scoreboard slot instead
 //! ([`Command::cooperative`]).
 //!
