@@ -77,11 +77,23 @@ fn logrotate_with_a_usr1_postrotate_loses_no_access_log_line() {
 
 #[test]
 fn as_pid_1_it_reaps_re_parented_grandchildren() {
+    // The subshell's `sleep` is orphaned and re-parented to the demo; when it
+    // exits, only the demo can reap it.
+    pid_1_reaps(r#"(sleep 0.5 &); exec "$0" --listen 127.0.0.1:0 --prefork 1"#);
+}
+
+#[test]
+fn as_pid_1_it_reaps_an_orphan_that_died_before_it_started() {
+    // This one dies before the demo has its handlers: its SIGCHLD went to
+    // nobody, and no other child exits to make the demo look.
+    pid_1_reaps(r#"(sleep 0 &); exec "$0" --listen 127.0.0.1:0 --prefork 1"#);
+}
+
+/// Runs `script` (the demo as `$0`) as PID 1 of a new pid namespace and checks
+/// that the `sleep` it leaves the demo is reaped.
+fn pid_1_reaps(script: &str) {
     let unshare = program("unshare");
     let bin = demo_binary();
-    // In a new pid namespace the demo is PID 1; the subshell's `sleep` is orphaned
-    // and re-parented to it: when it exits, only the demo can reap it.
-    let script = r#"(sleep 0.5 &); exec "$0" --listen 127.0.0.1:0 --prefork 1"#;
     let mut ns = Command::new(unshare)
         .args(["--pid", "--fork", "--kill-child", "sh", "-c", script])
         .arg(&bin)
@@ -91,20 +103,21 @@ fn as_pid_1_it_reaps_re_parented_grandchildren() {
         .spawn()
         .expect("unshare (util-linux) runs as root");
     let unshare_pid = ns.id() as i32;
-    // The demo is unshare's child (host pids); the sleep becomes the demo's child.
+    // The demo is unshare's child (host pids); the sleep becomes the demo's child
+    // (a zombie already, maybe).
+    let is_sleep = |c: &i32| {
+        std::fs::read_to_string(format!("/proc/{c}/comm")).is_ok_and(|n| n.trim() == "sleep")
+    };
     let mut demo = None;
+    let mut sleeper = None;
     let found = wait_for(Duration::from_secs(5), || {
         demo = children_of(unshare_pid).first().copied();
-        demo.is_some_and(|p| {
-            children_of(p).iter().any(|&c| {
-                std::fs::read_to_string(format!("/proc/{c}/comm"))
-                    .is_ok_and(|n| n.trim() == "sleep")
-            })
-        })
-    });
-    let demo = demo.expect("the demo runs");
-    let sleeper = children_of(demo).into_iter().find(|&c| {
-        std::fs::read_to_string(format!("/proc/{c}/comm")).is_ok_and(|n| n.trim() == "sleep")
+        // The demo itself, once it has exec'd (not the shell before it).
+        let is_demo = demo.is_some_and(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|n| n.trim() != "sh")
+        });
+        sleeper = demo.and_then(|p| children_of(p).into_iter().find(is_sleep));
+        is_demo && sleeper.is_some()
     });
     let reaped =
         sleeper.is_some_and(|s| wait_for(Duration::from_secs(5), || proc_state(s).is_none()));

@@ -85,6 +85,11 @@ impl<T: 'static> Parent<T> {
             flags.push((sig, flag));
         }
         drop(sig_write);
+        // A child that exited before the handlers were in place (an orphan PID 1
+        // inherited; after an upgrade, one that died across the exec) told
+        // nobody: a SIGCHLD of our own, pending until the signals are let in, has
+        // the loop reap whatever is there.
+        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGCHLD);
         let (sig_tx, signals) = unbounded();
         let gate = std::sync::Arc::new(std::sync::Mutex::new(()));
         let pending = super::signals::Pending {
