@@ -27,7 +27,7 @@ use crate::runtime::os;
 use crate::runtime::scoreboard::Board;
 use crate::runtime::signals::PARENT_SIGNALS;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
 use std::sync::Arc;
@@ -60,20 +60,39 @@ pub(crate) fn start(
                 .min(Duration::from_secs(1))
                 .max(every);
             let mut wait = every;
+            let mut held = HashMap::new();
+            let mut last = HashMap::new();
             loop {
                 let queued = wait_for_queue(&listening, wait);
                 // A panic costs one look, not the thread.
-                let active = std::panic::catch_unwind(|| {
+                let active = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     let waiting = queued || queue_len(&listening) > 0;
-                    let active =
-                        supervised.cooperative || look(&board, &listening, waiting, settle);
+                    let (active, changed) = if supervised.cooperative {
+                        (true, true)
+                    } else {
+                        look(&board, &listening, waiting, settle, &mut held, &mut last)
+                    };
                     if waiting {
                         board.queue_waiting();
                     }
-                    active || waiting
-                })
-                .unwrap_or(true);
-                wait = if active { every } else { quiet };
+                    (active || waiting, changed || waiting)
+                }))
+                .unwrap_or_else(|_| {
+                    // What a look left half done is not trusted.
+                    held.clear();
+                    last.clear();
+                    (true, true)
+                });
+                // Looks while children come and go; while the pool holds still
+                // (long requests, nothing waiting: a waiting connection wakes the
+                // thread at once), fewer and fewer, down to the quiet cadence. A
+                // look is a dump of the kernel's socket table, ~3 ms on a large
+                // host whatever it holds.
+                wait = match active {
+                    (false, _) => quiet,
+                    (true, true) => every,
+                    (true, false) => wait.saturating_mul(2).clamp(every, quiet),
+                };
                 if supervised.cooperative {
                     // A child that wrote "ready" itself: the parent wants to know
                     // (its "serving" and the service manager's READY wait for it).
@@ -125,23 +144,67 @@ fn queue_len(listening: &[(RawFd, ListenAddr)]) -> u32 {
 }
 
 /// One look: every child marked busy or idle (`queued`: connections wait).
-/// Whether anything is under way: a connection accepted, or a child starting.
-fn look(board: &Board, listening: &[(RawFd, ListenAddr)], queued: bool, settle: Duration) -> bool {
+/// Whether anything is under way (a connection accepted, or a child starting),
+/// and whether anything changed since the last look (`last`: each child's
+/// busy or not, then).
+///
+/// `held` carries, from look to look, the accepted connections each child was
+/// seen holding: a child whose connection is still open is still busy without
+/// a walk of its descriptors, and the idle ones are walked only while some
+/// accepted connection is nobody's yet (a pool of long requests costs one
+/// socket-table dump a look, not a walk of every child).
+fn look(
+    board: &Board,
+    listening: &[(RawFd, ListenAddr)],
+    queued: bool,
+    settle: Duration,
+    held: &mut HashMap<i32, Vec<u64>>,
+    last: &mut HashMap<i32, bool>,
+) -> (bool, bool) {
     let accepted = accepted_connections(listening);
     let active = !accepted.is_empty() || board.starting() != 0;
-    for (slot, pid) in board.pids().enumerate() {
-        if pid <= 0 {
-            continue;
-        }
-        let busy = !accepted.is_empty()
-            && process_tree(pid).into_iter().any(|p| {
-                crate::runtime::netstat::socket_fds(p)
-                    .iter()
-                    .any(|(_, i)| accepted.contains(i))
-            });
+    let children: Vec<(usize, i32)> = board
+        .pids()
+        .enumerate()
+        .filter(|&(_, pid)| pid > 0)
+        .collect();
+    held.retain(|pid, inodes| {
+        inodes.retain(|i| accepted.contains(i));
+        !inodes.is_empty() && children.iter().any(|(_, p)| p == pid)
+    });
+    let mut changed = last.len() != children.len() || board.starting() != 0;
+    let mut unclaimed: HashSet<u64> = accepted
+        .iter()
+        .filter(|i| !held.values().any(|v| v.contains(i)))
+        .copied()
+        .collect();
+    for (slot, pid) in children {
+        let busy = held.contains_key(&pid) || {
+            let mut mine = Vec::new();
+            if !unclaimed.is_empty() {
+                for p in process_tree(pid) {
+                    for (_, i) in crate::runtime::netstat::socket_fds(p) {
+                        if unclaimed.remove(&i) {
+                            mine.push(i);
+                        }
+                    }
+                }
+            }
+            let busy = !mine.is_empty();
+            if busy {
+                held.insert(pid, mine);
+            }
+            busy
+        };
+        changed |= last.get(&pid) != Some(&busy);
         board.observed(slot, pid, busy, queued, settle);
     }
-    active
+    last.clear();
+    last.extend(held.keys().map(|&p| (p, true)));
+    for (_, pid) in board.pids().enumerate().filter(|&(_, p)| p > 0) {
+        last.entry(pid).or_insert(false);
+    }
+    (active, changed)
 }
 
 /// The inodes of the connections accepted on `listening`, open now.
