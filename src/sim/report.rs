@@ -187,20 +187,27 @@ impl SimReport {
         if total.is_zero() {
             return None;
         }
+        let met: Duration = self
+            .held()
+            .filter(|(s, _)| pred(s))
+            .map(|(_, held)| held)
+            .sum();
+        Some(met.as_secs_f64() / total.as_secs_f64())
+    }
+
+    /// Each sample with how long it held: until the next one, or the end of the
+    /// run.
+    fn held(&self) -> impl Iterator<Item = (&Sample, Duration)> + '_ {
         let ends = self
             .samples
             .iter()
             .skip(1)
             .map(|s| s.at)
             .chain([self.ended_at]);
-        let met: Duration = self
-            .samples
+        self.samples
             .iter()
             .zip(ends)
-            .filter(|(s, _)| pred(s))
-            .map(|(s, end)| end.saturating_since(s.at))
-            .sum();
-        Some(met.as_secs_f64() / total.as_secs_f64())
+            .map(|(s, end)| (s, end.saturating_since(s.at)))
     }
 
     /// The pool's cost: live children (retiring ones included) integrated over
@@ -216,16 +223,8 @@ impl SimReport {
     /// # Ok::<(), preforkd::ConfigError>(())
     /// ```
     pub fn child_seconds(&self) -> f64 {
-        let ends = self
-            .samples
-            .iter()
-            .skip(1)
-            .map(|s| s.at)
-            .chain([self.ended_at]);
-        self.samples
-            .iter()
-            .zip(ends)
-            .map(|(s, end)| s.alive as f64 * end.saturating_since(s.at).as_secs_f64())
+        self.held()
+            .map(|(s, held)| s.alive as f64 * held.as_secs_f64())
             .sum()
     }
 
