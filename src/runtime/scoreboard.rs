@@ -804,23 +804,49 @@ pub struct SlotInfo {
 /// The file cannot be read, or it is not a preforkd scoreboard: an
 /// `InvalidData` error naming the path and the problem.
 pub fn read_scoreboard_file(path: &Path) -> io::Result<Vec<SlotInfo>> {
+    let with_path = |e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", path.display()));
+    let data = match read_file(path) {
+        Ok((data, _)) => data,
+        Err(Unreadable::Io(e)) => return Err(with_path(e)),
+        Err(Unreadable::NotRegular) => {
+            return Err(with_path(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a regular file",
+            )))
+        }
+    };
+    parse_scoreboard(&data).map_err(with_path)
+}
+
+/// Why [`read_file`] read nothing.
+pub(crate) enum Unreadable {
+    /// Opening or reading failed.
+    Io(io::Error),
+    /// Not a regular file: a FIFO would block, a device never end.
+    NotRegular,
+}
+
+/// A scoreboard file's bytes, read once, and its metadata: a regular file only,
+/// and never more than one byte beyond the largest scoreboard (so that a larger
+/// file is told apart without being read whole).
+pub(crate) fn read_file(path: &Path) -> Result<(Vec<u8>, std::fs::Metadata), Unreadable> {
     use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
-    let with_path = |e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", path.display()));
-    let mut file = std::fs::OpenOptions::new()
+    let file = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
         .open(path)
-        .map_err(with_path)?;
-    if !file.metadata().map_err(with_path)?.is_file() {
-        return Err(with_path(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "not a regular file",
-        )));
+        .map_err(Unreadable::Io)?;
+    let meta = file.metadata().map_err(Unreadable::Io)?;
+    if !meta.is_file() {
+        return Err(Unreadable::NotRegular);
     }
+    let most = (RECORD * (crate::MAX_CHILDREN_LIMIT + 1)) as u64;
     let mut data = Vec::new();
-    file.read_to_end(&mut data).map_err(with_path)?;
-    parse_scoreboard(&data).map_err(with_path)
+    file.take(most + 1)
+        .read_to_end(&mut data)
+        .map_err(Unreadable::Io)?;
+    Ok((data, meta))
 }
 
 /// Decodes a scoreboard (the bytes of a scoreboard file: a 64-byte header starting

@@ -43,7 +43,7 @@
 //! be added within a version.
 
 use super::memory::rss_bytes;
-use super::scoreboard::coarse_now_ns;
+use super::scoreboard::{coarse_now_ns, read_file, Unreadable};
 use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
 use std::io::Read;
@@ -445,30 +445,18 @@ fn alive(pid: i32) -> bool {
     )
 }
 
-/// The whole file, refusing anything but a regular file (a FIFO would block,
-/// a device would never end) and anything larger than the largest scoreboard.
+/// The whole file (see [`read_file`]), its problems in this module's terms.
 fn read_board(path: &Path) -> Result<(Vec<u8>, std::fs::Metadata), StatusError> {
-    let io = |source| StatusError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)
-        .map_err(io)?;
-    let meta = file.metadata().map_err(io)?;
-    if !meta.is_file() {
-        return Err(StatusError::Invalid {
+    read_file(path).map_err(|e| match e {
+        Unreadable::Io(source) => StatusError::Io {
+            path: path.to_path_buf(),
+            source,
+        },
+        Unreadable::NotRegular => StatusError::Invalid {
             path: path.to_path_buf(),
             problem: "not a regular file".into(),
-        });
-    }
-    let most = (RECORD * (crate::MAX_CHILDREN_LIMIT + 1)) as u64;
-    let mut bytes = Vec::new();
-    // One byte more than the largest, so a larger file is told apart.
-    file.take(most + 1).read_to_end(&mut bytes).map_err(io)?;
-    Ok((bytes, meta))
+        },
+    })
 }
 
 /// Whether process `pid` has the file `file` open (`None`: its descriptors
