@@ -32,7 +32,7 @@
 //! ```
 
 use super::pidfile::{self, PidFileError};
-use super::status::{find_scoreboard, ChildState, Status, StatusError};
+use super::status::{find_scoreboard, ChildState, Counters, Status, StatusError};
 use nix::sys::signal::Signal;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -140,17 +140,15 @@ pub fn control(
     };
     // Signal only a preforkd parent: the pid holds a scoreboard naming it (a
     // pid file locked by something else may name any process).
-    board.read()?;
-    let timed_out = |message: String| ControlError::TimedOut {
-        pid,
-        message,
-        waited: timeout,
-    };
+    let before = board.read()?;
     let refused = |message: String| ControlError::Refused { pid, message };
+    // The outcome, told; the counters seen with it stay here.
+    let watch = |decide: &mut dyn FnMut(&Status) -> Step| {
+        board.watch(deadline, timeout, decide).map(|(done, _)| done)
+    };
     match request {
         Request::Stop => stop(pid_file, pid, start, timeout),
         Request::Reload | Request::Upgrade => {
-            let before = board.read()?;
             let upgrade = request == Request::Upgrade;
             send(
                 pid,
@@ -160,68 +158,49 @@ pub fn control(
                     Signal::SIGHUP
                 },
             )?;
-            loop {
-                let seen = board.read()?;
+            watch(&mut |seen| {
                 if upgrade && seen.counters.upgrades_abandoned != before.counters.upgrades_abandoned
                 {
-                    return Err(refused(
+                    return Step::Refused(
                         "upgrade abandoned or refused (the last one not proven yet, or one under way): the running image keeps serving; its error log says why"
                             .into(),
-                    ));
+                    );
                 }
-                let new_image = !upgrade || seen.counters.images != before.counters.images;
-                let serving = serving_generation(&seen, before.generation);
-                if new_image && serving.is_ok() {
-                    return Ok(Done {
-                        pid,
-                        message: format!(
-                            "{} (pid {pid}): generation {} serving with {} children, in {:.1} s",
-                            if upgrade { "upgraded" } else { "reloaded" },
-                            seen.generation,
-                            seen.live(),
-                            start.elapsed().as_secs_f64()
-                        ),
-                    });
+                if upgrade && seen.counters.images == before.counters.images {
+                    return Step::Waiting("no new image took over".into());
                 }
-                if now() >= deadline {
-                    return Err(timed_out(if new_image {
-                        serving.err().unwrap_or_default()
-                    } else {
-                        "no new image took over".into()
-                    }));
+                match serving_generation(seen, before.generation) {
+                    Ok(()) => Step::Done(format!(
+                        "{} (pid {pid}): generation {} serving with {} children, in {:.1} s",
+                        if upgrade { "upgraded" } else { "reloaded" },
+                        seen.generation,
+                        seen.live(),
+                        start.elapsed().as_secs_f64()
+                    )),
+                    Err(seen) => Step::Waiting(seen),
                 }
-                pause();
-            }
+            })
         }
         Request::ReopenLogs => {
-            let before = board.read()?;
             send(pid, Signal::SIGUSR1)?;
-            loop {
-                let seen = board.read()?;
+            watch(&mut |seen| {
                 if seen.counters.reopens_failed != before.counters.reopens_failed {
-                    return Err(refused(
+                    Step::Refused(
                         "a log could not be reopened; the old file stays in use (the error log says why)"
                             .into(),
-                    ));
+                    )
+                } else if seen.counters.reopens != before.counters.reopens {
+                    Step::Done(format!("logs reopened (pid {pid})"))
+                } else {
+                    Step::Waiting("the logs were not reopened".into())
                 }
-                if seen.counters.reopens != before.counters.reopens {
-                    return Ok(Done {
-                        pid,
-                        message: format!("logs reopened (pid {pid})"),
-                    });
-                }
-                if now() >= deadline {
-                    return Err(timed_out("the logs were not reopened".into()));
-                }
-                pause();
-            }
+            })
         }
         Request::Scale(0) => Ok(Done {
             pid,
-            message: format!("nothing to do: {} children", board.read()?.live()),
+            message: format!("nothing to do: {} children", before.live()),
         }),
         Request::Scale(by) => {
-            let before = board.read()?;
             let live = before.live() as i64;
             let room = before.slots as i64 - live;
             if i64::from(by) > room {
@@ -245,51 +224,49 @@ pub fn control(
             let mut counters = before.counters;
             for sent in 0..by.unsigned_abs() {
                 send(pid, signal)?;
-                loop {
-                    let seen = board.read()?;
+                let (_, seen) = board.watch(deadline, timeout, &mut |seen| {
                     if seen.counters.nudges_ignored != counters.nudges_ignored {
-                        return Err(refused(format!(
+                        Step::Refused(format!(
                             "{} ignored: the pool is not serving (starting, reloading or stopping)",
                             signal.as_str()
-                        )));
-                    }
-                    if seen.counters.nudges != counters.nudges {
-                        counters = seen.counters;
-                        break;
-                    }
-                    if now() >= deadline {
-                        return Err(timed_out(format!(
+                        ))
+                    } else if seen.counters.nudges != counters.nudges {
+                        Step::Done(String::new())
+                    } else {
+                        Step::Waiting(format!(
                             "{sent} of {} {} taken",
                             by.unsigned_abs(),
                             signal.as_str()
-                        )));
+                        ))
                     }
-                    pause();
-                }
+                })?;
+                counters = seen;
             }
-            let want = before.live() as i64 + i64::from(by);
-            loop {
-                let seen = board.read()?;
-                let live = seen.live() as i64;
-                if (by > 0 && live >= want) || (by < 0 && live <= want) {
-                    return Ok(Done {
-                        pid,
-                        message: format!(
-                            "scaled by {by:+} (pid {pid}): {} children, was {}",
-                            seen.live(),
-                            before.live()
-                        ),
-                    });
+            let want = live + i64::from(by);
+            watch(&mut |seen| {
+                let now_live = seen.live() as i64;
+                if (by > 0 && now_live >= want) || (by < 0 && now_live <= want) {
+                    Step::Done(format!(
+                        "scaled by {by:+} (pid {pid}): {now_live} children, was {live}"
+                    ))
+                } else {
+                    Step::Waiting(format!(
+                        "the policy's target moved by {by:+}, but the pool holds {now_live} live children, not {want} (above the policy's minimum, the load decides its size; max_children bounds it)"
+                    ))
                 }
-                if now() >= deadline {
-                    return Err(timed_out(format!(
-                        "the policy's target moved by {by:+}, but the pool holds {live} live children, not {want} (above the policy's minimum, the load decides its size; max_children bounds it)"
-                    )));
-                }
-                pause();
-            }
+            })
         }
     }
+}
+
+/// What a look at the scoreboard decides.
+enum Step {
+    /// The outcome is seen: what to tell.
+    Done(String),
+    /// The daemon did something else: what.
+    Refused(String),
+    /// Not yet: what is seen instead (told if the time runs out).
+    Waiting(String),
 }
 
 /// TERM, then waits for the pid file's lock to go with the daemon.
@@ -385,6 +362,45 @@ impl Board {
             });
         }
         Ok(status)
+    }
+}
+
+impl Board {
+    /// Reads the scoreboard every [`POLL`] until `decide` settles, or the
+    /// deadline (then what it saw last is the time-out's message): the outcome
+    /// and the counters of the reading that showed it.
+    fn watch(
+        &self,
+        deadline: Instant,
+        timeout: Duration,
+        decide: &mut dyn FnMut(&Status) -> Step,
+    ) -> Result<(Done, Counters), ControlError> {
+        loop {
+            let seen = self.read()?;
+            match decide(&seen) {
+                Step::Done(message) => {
+                    let done = Done {
+                        pid: self.pid,
+                        message,
+                    };
+                    return Ok((done, seen.counters));
+                }
+                Step::Refused(message) => {
+                    return Err(ControlError::Refused {
+                        pid: self.pid,
+                        message,
+                    })
+                }
+                Step::Waiting(message) if now() >= deadline => {
+                    return Err(ControlError::TimedOut {
+                        pid: self.pid,
+                        message,
+                        waited: timeout,
+                    })
+                }
+                Step::Waiting(_) => pause(),
+            }
+        }
     }
 }
 
