@@ -178,7 +178,7 @@ fn look(
         .filter(|i| !held.values().any(|v| v.contains(i)))
         .copied()
         .collect();
-    for (slot, pid) in children {
+    for &(slot, pid) in &children {
         let busy = held.contains_key(&pid) || {
             let mut mine = Vec::new();
             if !unclaimed.is_empty() {
@@ -200,10 +200,11 @@ fn look(
         board.observed(slot, pid, busy, queued, settle);
     }
     last.clear();
-    last.extend(held.keys().map(|&p| (p, true)));
-    for (_, pid) in board.pids().enumerate().filter(|&(_, p)| p > 0) {
-        last.entry(pid).or_insert(false);
-    }
+    last.extend(
+        children
+            .iter()
+            .map(|&(_, pid)| (pid, held.contains_key(&pid))),
+    );
     (active, changed)
 }
 
