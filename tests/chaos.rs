@@ -221,6 +221,15 @@ fn a_child_over_the_memory_limit_finishes_its_request_and_is_replaced() {
     );
     assert!(pool_is(&demo, 2, Duration::from_secs(5)), "{}", demo.log());
     assert!(!demo.children().contains(&pid));
+    // The exit is logged after the reaping, through a pipe this test reads on
+    // another thread: wait for the line rather than take a snapshot at once.
+    assert!(
+        wait_for(Duration::from_secs(5), || demo
+            .log()
+            .contains("retired over the memory limit")),
+        "no retirement line: {}",
+        demo.log()
+    );
     let log = demo.log();
     let line = log
         .lines()
