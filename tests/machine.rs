@@ -613,9 +613,12 @@ fn hup_rolls_children_over_without_dropping_below_the_minimum() {
         "no old child retired before a replacement is ready"
     );
     let new: Vec<Pid> = r.pids().into_iter().filter(|p| !old.contains(p)).collect();
-    // Each new child ready retires one old one.
+    // Each new child ready and proved (it served a request) retires one old one.
     for (i, &pid) in new.iter().enumerate() {
         let acts = r.feed(Event::ChildReady { pid });
+        assert!(signals(&acts).is_empty(), "step {i}: ready is no proof");
+        r.requests.push((pid, 1));
+        let acts = r.tick();
         let s = signals(&acts);
         assert_eq!(s.len(), 1, "step {i}: {s:?}");
         assert_eq!(s[0].2, SignalReason::Reload);
@@ -626,6 +629,155 @@ fn hup_rolls_children_over_without_dropping_below_the_minimum() {
     for pid in new {
         assert_eq!(r.m.generation_of(pid), Some(2));
     }
+}
+
+/// A HUP to new code whose children report ready and then fail at once (a bad
+/// deploy that boots, then dies on its first step): the old children keep
+/// serving, every one of them, for as long as the new generation has not proved
+/// itself. (Before: each new child *ready* retired an old one, and the pool
+/// served nobody.) Once a new child proves healthy, the rollover goes on.
+#[test]
+fn a_reload_to_children_that_fail_right_after_start_keeps_every_old_one_serving() {
+    let mut r = Rig::new(
+        Machine::builder(Options {
+            backoff_initial: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(1),
+            ..opts(2, 10)
+        })
+        .scaling_policy(Fixed(2))
+        .build()
+        .unwrap(),
+    );
+    r.boot();
+    let old = r.pids();
+    let mut all = r.feed(Event::Signal(Signal::Hup));
+    assert_eq!(r.m.state(), State::Reloading);
+    // For 10 s, every new child reports ready, then fails 10 ms later.
+    while r.now < Time::from_millis(10_000) {
+        let fresh: Vec<Pid> = r.pids().into_iter().filter(|p| !old.contains(p)).collect();
+        for &pid in &fresh {
+            all.extend(r.feed(Event::ChildReady { pid }));
+        }
+        let t = r.now.as_millis() + 10;
+        r.at(t);
+        for pid in fresh {
+            all.extend(r.exit(pid, ExitStatus::Exited(1)));
+        }
+        if !r.pids().iter().any(|p| !old.contains(p)) {
+            all.extend(r.timer());
+        }
+    }
+    let retired: Vec<_> = signals(&all)
+        .into_iter()
+        .filter(|s| old.contains(&s.0))
+        .collect();
+    assert!(retired.is_empty(), "old children retired: {retired:?}");
+    assert!(
+        logged(
+            &all,
+            "the reload waits: 2 children of older generations serve on"
+        ),
+        "{all:?}"
+    );
+    assert_eq!(r.m.state(), State::Reloading);
+    assert!(r.m.crash_streak() > 3, "{}", r.m.crash_streak());
+    // The fix lands: a new child that stays up min_healthy_uptime proves the
+    // generation, and the rollover goes on to its end.
+    let fresh: Vec<Pid> = r.pids().into_iter().filter(|p| !old.contains(p)).collect();
+    let mut acts = vec![];
+    if fresh.is_empty() {
+        acts = r.timer();
+    }
+    acts.extend(r.ready_all());
+    let mut retired_now: Vec<Pid> = vec![];
+    for _ in 0..10 {
+        retired_now.extend(
+            signals(&acts)
+                .into_iter()
+                .filter(|s| old.contains(&s.0) && s.2 == SignalReason::Reload)
+                .map(|s| s.0),
+        );
+        if retired_now.len() == old.len() {
+            break;
+        }
+        acts = r.timer();
+    }
+    retired_now.sort_unstable();
+    assert_eq!(retired_now, old, "{:?}", r.log);
+}
+
+/// A reload retires an old child only for a new one proved healthy (it served a
+/// request, or it stayed up `min_healthy_uptime`), and the scaling policy does not
+/// retire the surplus meanwhile: no moment with fewer proved children serving
+/// than before.
+#[test]
+fn a_reload_retires_old_children_only_for_proven_new_ones() {
+    let mut r = Rig::new(
+        Machine::builder(opts(3, 10))
+            .scaling_policy(Elastic::default())
+            .build()
+            .unwrap(),
+    );
+    r.boot();
+    let old = r.pids();
+    r.feed(Event::Signal(Signal::Hup));
+    let acts = r.ready_all();
+    assert!(signals(&acts).is_empty(), "retired before proof: {acts:?}");
+    // One new child serves a request: one old child may go, no more.
+    r.at(100);
+    let new: Vec<Pid> = r.pids().into_iter().filter(|p| !old.contains(p)).collect();
+    assert_eq!(new.len(), 3);
+    r.requests = vec![(new[0], 1)];
+    let acts = r.tick();
+    let s = signals(&acts);
+    assert_eq!(s.len(), 1, "{s:?}");
+    assert!(
+        old.contains(&s[0].0) && s[0].2 == SignalReason::Reload,
+        "{s:?}"
+    );
+    // The others prove themselves by staying up: the rest go at 1 s, not before.
+    r.at(900);
+    assert!(signals(&r.tick()).is_empty());
+    let acts = r.timer();
+    assert_eq!(r.now, Time::from_millis(1_000));
+    let s: Vec<Pid> = signals(&acts).into_iter().map(|s| s.0).collect();
+    assert_eq!(s.len(), 2, "{acts:?}");
+    assert!(s.iter().all(|p| old.contains(p)));
+    assert!(
+        new.iter().all(|p| r.pids().contains(p)),
+        "a new child was retired"
+    );
+}
+
+/// HUPs in a row, faster than new children prove themselves: each rollout aims
+/// at the pool's size before the first, not at old plus unproven new children
+/// (which would double the pool at every HUP).
+#[test]
+fn hups_in_a_row_keep_the_pools_size() {
+    let mut r = Rig::new(
+        Machine::builder(opts(3, 30))
+            .scaling_policy(Fixed(3))
+            .build()
+            .unwrap(),
+    );
+    r.boot();
+    for i in 0..4 {
+        r.at(10 * (i + 1));
+        let acts = r.feed(Event::Signal(Signal::Hup));
+        assert_eq!(spawns(&acts), 3, "HUP {i}: {acts:?}");
+        r.ready_all();
+        assert!(r.m.counts().alive() <= 3 + 3 * (i as usize + 1));
+    }
+    // Proved by time: the last generation's three serve, every other one goes.
+    while r.m.state() == State::Reloading {
+        r.timer();
+        for (pid, _, _) in signals(&r.log.clone()) {
+            if r.pids().contains(&pid) {
+                r.exit(pid, ExitStatus::Exited(0));
+            }
+        }
+    }
+    assert_eq!(r.m.counts().serving(), 3, "{:?}", r.m.counts());
 }
 
 #[test]
@@ -647,7 +799,9 @@ fn hup_with_a_full_pool_replaces_one_child_at_a_time() {
         let acts = r.exit(retiring, ExitStatus::Exited(0));
         assert_eq!(spawns(&acts), 1);
         let newest = *r.pids().last().unwrap();
-        let acts = r.feed(Event::ChildReady { pid: newest });
+        r.feed(Event::ChildReady { pid: newest });
+        r.requests.push((newest, 1));
+        let acts = r.tick();
         match signals(&acts).as_slice() {
             [] => break,
             [(pid, ChildSignal::Term, SignalReason::Reload)] => retiring = *pid,

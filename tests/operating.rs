@@ -343,6 +343,25 @@ fn reload_waits_for_the_new_generation_and_says_when_it_cannot_serve() {
         t.contains("generation 3") && t.contains("of an older generation"),
         "{t}"
     );
+    // Meanwhile generation 2 serves on, every child of it: none was retired for
+    // a new child that only said it was ready.
+    let st = status_of(&pid_file);
+    let serving: BTreeSet<i64> = st["children"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["generation"] == 2 && c["state"] != "retiring")
+        .map(|c| c["pid"].as_i64().unwrap())
+        .collect();
+    assert_eq!(serving.len(), 2, "{st:#}\n{}", demo.log());
+    for _ in 0..5 {
+        assert_eq!(get(demo.addr, "/").unwrap().0, 200, "{}", demo.log());
+    }
+    // The fix lands: another HUP, and generation 4 takes over.
+    std::fs::remove_file(&crash).unwrap();
+    let o = preforkd(&["reload", "--pid-file", s(&pid_file), "--timeout", "20"]);
+    assert_eq!(o.status.code(), Some(0), "{}\n{}", text(&o), demo.log());
+    assert!(text(&o).contains("generation 4 serving"), "{}", text(&o));
     drop(demo);
 }
 
@@ -355,7 +374,7 @@ fn upgrade_waits_for_the_new_image_and_fails_at_once_when_abandoned() {
     let pid_file = dir.join("demo.pid");
     let mut cmd = Command::new(&exe);
     // Its children prove healthy by serving a request (not by time): the
-    // refusal below does not race the clock.
+    // refusal below does not race the clock, and the rollover waits for traffic.
     cmd.args([
         "--listen",
         "127.0.0.1:0",
@@ -376,22 +395,46 @@ fn upgrade_waits_for_the_new_image_and_fails_at_once_when_abandoned() {
     let mut rebuilt = std::fs::read(demo_binary()).unwrap();
     rebuilt.extend_from_slice(b"rebuilt");
     replace(&rebuilt);
-    let o = preforkd(&["upgrade", "--pid-file", s(&pid_file), "--timeout", "30"]);
-    assert_eq!(o.status.code(), Some(0), "{}\n{}", text(&o), demo.log());
-    assert!(text(&o).contains("upgraded"), "{}", text(&o));
+    // The new image takes over, but with no traffic its children prove nothing:
+    // the old ones serve on, and the upgrade is reported as not done yet.
+    let o = preforkd(&["upgrade", "--pid-file", s(&pid_file), "--timeout", "5"]);
+    assert_eq!(o.status.code(), Some(1), "{}\n{}", text(&o), demo.log());
+    assert!(
+        text(&o).contains("generation 2") && text(&o).contains("of an older generation"),
+        "{}",
+        text(&o)
+    );
     // The same pid runs the new file (the old one is deleted, not the new).
     let image = std::fs::read_link(format!("/proc/{}/exe", demo.pid())).unwrap();
     assert!(!image.to_string_lossy().contains("(deleted)"), "{image:?}");
     assert!(demo.log().contains("upgraded in place"), "{}", demo.log());
-    // At once again: refused (the last one is not proven yet), said at once.
+    // Again, not proven yet: refused, said at once.
     let o = preforkd(&["upgrade", "--pid-file", s(&pid_file), "--timeout", "120"]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(text(&o).contains("abandoned or refused"), "{}", text(&o));
-    assert_eq!(get(demo.addr, "/").unwrap().0, 200);
+    // Traffic: new children serve, prove the image, and the rollover ends. (One
+    // request at a time goes to the child that served last: four at once reach
+    // every child.)
+    let addr = demo.addr;
     assert!(
-        wait_for(Duration::from_secs(20), || demo
-            .log()
-            .contains("upgrade proven")),
+        wait_for(Duration::from_secs(20), || {
+            let clients: Vec<_> = (0..4)
+                .map(|_| std::thread::spawn(move || get(addr, "/sleep?ms=300")))
+                .collect();
+            for c in clients {
+                assert_eq!(c.join().unwrap().unwrap().0, 200);
+            }
+            demo.log().contains("upgrade proven")
+        }),
+        "{}",
+        demo.log()
+    );
+    assert!(
+        wait_for(Duration::from_secs(20), || status_of(&pid_file)["children"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["state"] == "retiring" || c["generation"] == 2)),
         "{}",
         demo.log()
     );

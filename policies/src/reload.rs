@@ -81,8 +81,12 @@ pub trait ReloadPolicy: Send + Debug {
         None
     }
 
-    /// The fewest ready children that must keep serving while a rollout retires old
-    /// ones. `None`: the scaling policy's quiet minimum.
+    /// The fewest children that must keep serving while a rollout retires old
+    /// ones, counting old children and new ones proved healthy (they served a
+    /// request, or lived `min_healthy_uptime`), never new ones only ready: an old
+    /// child is retired for a proved new one, so new code whose children start and
+    /// then fail leaves the old ones serving. `None`: the scaling policy's quiet
+    /// minimum.
     fn min_serving(&self) -> Option<usize> {
         None
     }

@@ -10,7 +10,11 @@ use std::collections::{BTreeMap, BTreeSet};
 struct Watched {
     slot: usize,
     generation: u64,
+    /// When its fork was asked for (the monitor's clock).
+    spawned_at: Time,
     ready: bool,
+    /// A reading showed it had served a request.
+    served: bool,
     self_retiring: bool,
     termed: bool,
     killed: bool,
@@ -19,6 +23,11 @@ struct Watched {
 impl Watched {
     fn serving(&self) -> bool {
         self.ready && !self.self_retiring && !self.termed && !self.killed
+    }
+
+    /// Whether it proved its code healthy: it served, or it lived `uptime`.
+    fn proven(&self, now: Time, uptime: std::time::Duration) -> bool {
+        self.served || now >= self.spawned_at + uptime
     }
 }
 
@@ -36,7 +45,10 @@ impl Watched {
 /// - the machine's live pids are exactly the children spawned and not yet
 ///   reaped, and its counts stay within `max_children`;
 /// - during a reload, no retirement takes the serving count below the minimum,
-///   and when the reload completes every old-generation child has been retired.
+///   counting only the children that can be relied on (old ones, and new ones
+///   proved healthy: they served, or lived `min_healthy_uptime`); no child is
+///   retired for scale-down; when the reload completes every old-generation
+///   child has been retired.
 ///
 /// The [`Harness`](super::Harness) checks these through a monitor, and adds what needs its model
 /// of the world (crash loops, kill sprees, convergence, shutdown); the simulator
@@ -63,8 +75,10 @@ impl Watched {
 #[derive(Debug, Clone)]
 pub struct Monitor {
     max: usize,
-    /// Forks asked for and not yet reported: slot, generation.
-    pending: BTreeMap<usize, u64>,
+    /// Forks asked for and not yet reported: slot, (generation, when).
+    pending: BTreeMap<usize, (u64, Time)>,
+    /// The latest time an event was fed at (the machine's clock never goes back).
+    now: Time,
     live: BTreeMap<Pid, Watched>,
     events: usize,
     actions: usize,
@@ -78,6 +92,7 @@ impl Monitor {
         Monitor {
             max: machine.options().max_children,
             pending: BTreeMap::new(),
+            now: Time::ZERO,
             live: BTreeMap::new(),
             events: 0,
             actions: 0,
@@ -104,6 +119,7 @@ impl Monitor {
                 None => Ok(Vec::new()),
             };
         }
+        self.now = self.now.max(now);
         self.observe(&event);
         let before = machine.state();
         machine.handle(now, event);
@@ -129,11 +145,13 @@ impl Monitor {
         match *event {
             // A report for a pending fork, of a pid not in use: the machine takes it.
             Event::ChildSpawned { slot, pid } if !self.live.contains_key(&pid) => {
-                if let Some(generation) = self.pending.remove(&slot) {
+                if let Some((generation, spawned_at)) = self.pending.remove(&slot) {
                     let w = Watched {
                         slot,
                         generation,
+                        spawned_at,
                         ready: false,
+                        served: false,
                         self_retiring: false,
                         termed: false,
                         killed: false,
@@ -160,6 +178,7 @@ impl Monitor {
                     if reading.pid != *pid {
                         continue; // stale: the slot's previous owner
                     }
+                    w.served |= reading.requests > 0;
                     match reading.state {
                         SlotState::Idle | SlotState::Busy => w.ready = true,
                         SlotState::Retiring => w.self_retiring = true,
@@ -205,7 +224,7 @@ impl Monitor {
                     if taken {
                         return self.fail(format!("spawn into occupied slot {slot}"));
                     }
-                    self.pending.insert(*slot, *generation);
+                    self.pending.insert(*slot, (*generation, self.now));
                     if self.pending.len() + self.live.len() > max {
                         return self.fail(format!(
                             "{} live children and forks exceed max_children {max}",
@@ -218,7 +237,15 @@ impl Monitor {
                     signal,
                     reason,
                 } => {
-                    let serving = self.live.values().filter(|c| c.serving()).count();
+                    let (now, uptime) = (self.now, machine.options().min_healthy_uptime);
+                    let generation = machine.generation();
+                    let relied_on = self
+                        .live
+                        .values()
+                        .filter(|c| {
+                            c.serving() && (c.generation < generation || c.proven(now, uptime))
+                        })
+                        .count();
                     let last_min_serving = self.last_min_serving;
                     let Some(c) = self.live.get_mut(pid) else {
                         return self.fail(format!("{signal:?} to {pid:?}, not a live child"));
@@ -232,14 +259,19 @@ impl Monitor {
                             }
                             let counted = c.serving();
                             c.termed = true;
+                            if reloading && *reason == SignalReason::ScaleDown {
+                                return self.fail(format!(
+                                    "scale-down retirement of {pid:?} during a reload"
+                                ));
+                            }
                             if reloading
                                 && counted
-                                && matches!(reason, SignalReason::Reload | SignalReason::ScaleDown)
-                                && serving <= last_min_serving
+                                && *reason == SignalReason::Reload
+                                && relied_on <= last_min_serving
                             {
                                 return self.fail(format!(
-                                    "reload retirement of {pid:?} leaves {} serving, below {last_min_serving}",
-                                    serving - 1,
+                                    "reload retirement of {pid:?} leaves {} serving that are old or proved healthy, below {last_min_serving}",
+                                    relied_on.saturating_sub(1),
                                 ));
                             }
                         }

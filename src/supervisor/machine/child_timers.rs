@@ -3,6 +3,7 @@
 //! request limit, and a child's health ending a crash streak. What comes due later
 //! sets the machine's [`Timer::Children`].
 
+use super::phase::Phase;
 use super::pool::Retire;
 use super::timer_table::Timer;
 use super::Machine;
@@ -77,7 +78,22 @@ impl Machine {
             }
         }
         let next = self.start_busy_and_request_limits(slot, pid);
-        earliest(next, self.health_check(slot))
+        let next = earliest(next, self.health_check(slot));
+        earliest(next, self.proof_check(slot))
+    }
+
+    /// During a reload, a new child ready but not proved healthy yet proves it by
+    /// staying up `min_healthy_uptime`: the rollout needs a look then (it retires
+    /// an old child only for a proved new one).
+    fn proof_check(&self, slot: usize) -> Option<Time> {
+        let Phase::Reloading { generation, .. } = self.phase else {
+            return None;
+        };
+        let c = self.pool.get(slot)?;
+        if c.generation != generation || !c.serving() || self.is_healthy(c) {
+            return None;
+        }
+        Some(c.spawned_at + self.opts.min_healthy_uptime)
     }
 
     /// A TERMed child is KILLed once its grace is over: `kill_grace` after a

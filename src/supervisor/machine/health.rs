@@ -1,5 +1,6 @@
 //! Crashes and health: what counts as a crash, the crash-loop backoff, and its log.
 
+use super::phase::Phase;
 use super::pool::Child;
 use super::timer_table::Timer;
 use super::Machine;
@@ -77,6 +78,19 @@ impl Machine {
         };
         self.timers.set(Timer::BackoffEnd, Some(self.now + delay));
         if self.crash_streak == 1 {
+            let what = match self.phase {
+                Phase::Reloading { generation, .. } => {
+                    let old = self
+                        .pool
+                        .children()
+                        .filter(|c| c.serving() && c.generation < generation)
+                        .count();
+                    format!(
+                        "{what}; the reload waits: {old} children of older generations serve on until one of generation {generation} proves healthy"
+                    )
+                }
+                _ => what,
+            };
             self.streak = Streak {
                 since: self.now,
                 reported_at: self.now,

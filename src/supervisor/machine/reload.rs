@@ -57,7 +57,14 @@ impl Machine {
             .min_serving()
             .unwrap_or(quiet_min)
             .min(self.opts.max_children - 1);
-        let target = total.max(min_serving).min(self.opts.max_children);
+        // A reload during a reload aims at the size the first one aimed at: the
+        // previous generation's children, unproved yet, are no part of the pool's
+        // size (counted, every HUP in a row would double it).
+        let size = match self.phase {
+            Phase::Reloading { target, .. } => target,
+            _ => total,
+        };
+        let target = size.max(min_serving).min(self.opts.max_children);
         self.log(
             Level::Info,
             format!(
@@ -91,14 +98,25 @@ impl Machine {
             return;
         };
         let mut new_ready = 0;
+        let mut new_proven = 0;
         let mut new_starting = 0;
         let mut old_reload_retiring = 0;
+        // Serving children that can be counted on: old ones, and new ones proved
+        // healthy. A new child that is only ready may be new code failing right
+        // after its start: it is no replacement for an old one yet.
+        let mut proven_serving = 0;
         for c in self.pool.children() {
             if c.generation == generation && c.retire.is_none() {
                 if c.is_ready() {
                     new_ready += 1;
                 } else {
                     new_starting += 1;
+                }
+            }
+            if c.serving() && (c.generation < generation || self.is_healthy(c)) {
+                proven_serving += 1;
+                if c.generation == generation {
+                    new_proven += 1;
                 }
             }
             if c.generation < generation
@@ -115,7 +133,9 @@ impl Machine {
         new_starting += self.spawn(want);
 
         // Retire old children: those not ready yet at once (they serve nobody); ready
-        // ones as replacements become ready, never below the minimum serving.
+        // ones as replacements prove healthy (a request served, or
+        // `min_healthy_uptime` up: the per-child pass wakes the machine then), never
+        // below the minimum serving.
         let mut retired_now = 0;
         loop {
             let n = self.pool.counts();
@@ -124,14 +144,18 @@ impl Machine {
             };
             let ready = self.pool.get(slot).is_some_and(|c| c.is_ready());
             if ready {
-                let credit = new_ready > retired + retired_now;
+                // One old child per proved new one; all of them once the proved
+                // new ones make the whole pool (after HUPs in a row, old children
+                // of several generations outnumber the pool's size).
+                let credit = new_proven > retired + retired_now || new_proven >= target;
                 let stuck = n.alive() >= self.opts.max_children
                     && new_starting == 0
                     && old_reload_retiring == 0;
-                if n.serving() <= min_serving || !(credit || stuck) {
+                if proven_serving <= min_serving || !(credit || stuck) {
                     break;
                 }
                 old_reload_retiring += 1;
+                proven_serving -= 1;
             }
             self.retire(slot, SignalReason::Reload);
             retired_now += 1;

@@ -51,23 +51,19 @@ impl Machine {
                     inc(&mut self.totals.scaled_up_children, done);
                 }
             }
-            Scale::Retire(_) if matches!(self.phase, Phase::Spawning { .. }) => {}
+            // While Spawning the pool only grows toward its initial size; while
+            // Reloading the rollout keeps its size until the new generation has
+            // proved itself (its surplus of unproven children is what keeps the old
+            // ones serving if the new code fails).
+            Scale::Retire(_)
+                if matches!(self.phase, Phase::Spawning { .. } | Phase::Reloading { .. }) => {}
             Scale::Retire(n) => {
-                let floor = match self.phase {
-                    Phase::Reloading { min_serving, .. } => min_serving,
-                    _ => 0,
-                };
-                let mut serving = snapshot.idle + snapshot.busy;
                 let mut done = 0;
                 for _ in 0..n {
-                    if serving <= floor {
-                        break;
-                    }
                     let Some(slot) = self.pool.pick_idle() else {
                         break;
                     };
                     self.retire(slot, SignalReason::ScaleDown);
-                    serving -= 1;
                     done += 1;
                 }
                 if done > 0 {

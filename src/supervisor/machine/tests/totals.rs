@@ -103,16 +103,19 @@ fn exits_are_counted_by_cause() {
         fork(&mut m, ms(5000), slot);
     }
     drain(&mut m);
-    let _ = exit(&mut m, ms(5100), 1, ExitStatus::Exited(0));
+    // The new children prove healthy (up min_healthy_uptime): the old ones go.
+    m.handle(ms(6000), Event::Timer);
+    drain(&mut m);
+    let _ = exit(&mut m, ms(6000), 1, ExitStatus::Exited(0));
     assert_eq!(exits(&m, ExitCause::Retire), 1);
 
     // Shutdown: the rest leave as stopped.
-    m.handle(ms(6000), Event::Signal(Signal::Term));
+    m.handle(ms(6500), Event::Signal(Signal::Term));
     drain(&mut m);
     let live: Vec<Pid> = m.pids().collect();
     for p in &live {
         m.handle(
-            ms(6100),
+            ms(6600),
             Event::ChildExited {
                 pid: *p,
                 status: ExitStatus::Exited(0),

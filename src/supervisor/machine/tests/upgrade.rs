@@ -195,14 +195,20 @@ fn the_new_image_adopts_the_children_and_rolls_them_over_without_a_dip() {
         later.extend(drain(&mut m));
         assert!(m.counts().serving() >= 2, "never below the minimum");
     }
-    // Both old ones retired once the new ones serve: READY, Serving, and they go.
+    // Ready is no proof: the old ones serve on until the new ones prove
+    // healthy, here by staying up min_healthy_uptime (1 s after their fork).
+    assert_eq!(terms(&later), 0, "{later:?}");
+    assert_eq!(m.poll_timeout(), Some(ms(1700)));
+    m.handle(ms(1700), Event::Timer);
+    later.extend(drain(&mut m));
+    // Both old ones retired once the new ones are proved: READY, Serving, and they go.
     let retired = terms(&later);
     assert_eq!(retired, 2, "{later:?}");
     assert_eq!(m.state(), State::Serving);
     assert_eq!(notifies(&later, Notify::Ready), 1, "{later:?}");
     for p in [100, 101] {
         m.handle(
-            ms(800),
+            ms(1800),
             Event::ChildExited {
                 pid: Pid(p),
                 status: ExitStatus::Exited(0),
