@@ -290,6 +290,64 @@ fn the_counts_go_on_across_an_in_place_upgrade() {
     assert_eq!(d.log().matches(&said).count(), 2, "{}", d.log());
 }
 
+/// Scrapes without a pause from four clients across in-place upgrades: every one
+/// is answered, by the image before or the one after. (Before: a scrape the old
+/// image's thread had accepted and not answered yet was closed by the exec.)
+#[test]
+fn every_scrape_during_upgrades_is_answered() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let (d, addr) = demo(&["--prefork", "2"]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                let (mut ok, mut failed) = (0u32, Vec::new());
+                while !stop.load(Ordering::Relaxed) {
+                    match try_request(addr, "/metrics", None) {
+                        Ok((200, _, _)) => ok += 1,
+                        other => failed.push(format!("{other:?}")),
+                    }
+                }
+                (ok, failed)
+            })
+        })
+        .collect();
+    for n in 1..=3 {
+        d.signal(libc::SIGUSR2);
+        let mut last = String::new();
+        let done = wait_for(Duration::from_secs(30), || {
+            last = try_request(addr, "/metrics", None)
+                .map(|r| r.2)
+                .unwrap_or_default();
+            value(&last, r#"preforkd_upgrades_total{outcome="done"}"#) == Some(f64::from(n))
+                && !d.log().contains("upgrade (Upgrade) ignored")
+        });
+        assert!(done, "upgrade {n}: {last}\n{}", d.log());
+        // The next one is accepted once this one is proven.
+        assert!(
+            wait_for(Duration::from_secs(10), || d
+                .log()
+                .matches("upgrade proven")
+                .count()
+                >= n as usize),
+            "{}",
+            d.log()
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (mut ok, mut failed) = (0, Vec::new());
+    for c in clients {
+        let (o, f) = c.join().unwrap();
+        ok += o;
+        failed.extend(f);
+    }
+    eprintln!("{ok} scrapes answered, {} not", failed.len());
+    assert!(ok > 100, "{ok}");
+    assert!(failed.is_empty(), "{failed:?}\n{}", d.log());
+}
+
 /// The inode of the TCP socket listening at `addr`, from /proc/net/tcp.
 fn listening_inode(addr: SocketAddr) -> Option<String> {
     let tcp = std::fs::read_to_string("/proc/net/tcp").ok()?;

@@ -767,6 +767,16 @@ impl<T: 'static> System<T> {
             .into_iter()
             .filter_map(|a| CString::new(a).ok())
             .collect();
+            // The exec closes the scrapes under way: answered first, new ones
+            // left in the queue for the next image.
+            let metrics = self.metrics.as_ref();
+            if metrics.is_some_and(|m| !m.quiesce(super::metrics::QUIESCE_WITHIN)) {
+                slog::info!(
+                    self.logger,
+                    "upgrade: a metrics scrape still open after {:?} is closed by the exec",
+                    super::metrics::QUIESCE_WITHIN
+                );
+            }
             let held = os::hold_signals(&PARENT_SIGNALS);
             // Signals told and not yet handled are raised again, held back: the
             // new image finds them pending (the helper threads block them).
@@ -782,6 +792,9 @@ impl<T: 'static> System<T> {
             drop(gate);
             if held.is_ok() {
                 let _ = os::release_signals(&PARENT_SIGNALS);
+            }
+            if let Some(m) = self.metrics.as_ref() {
+                m.resume();
             }
             error = Some(match (image, errno) {
                 (Image::New, Some(e)) if self.candidate.is_none() => {

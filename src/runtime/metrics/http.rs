@@ -14,6 +14,8 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
+use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 /// The longest request (line and headers) read.
@@ -211,12 +213,93 @@ impl Drop for Conn {
     }
 }
 
-/// Serves `listener` for ever, `body` making each scrape's text. Returns only
-/// if the listener fails for good (an error the caller logs).
+/// A pause of the endpoint, for an in-place upgrade's exec (which closes every
+/// socket the thread has open but the listener): asked for by the main thread,
+/// the thread stops taking connections, which wait in the listen queue for the
+/// next image, finishes those it holds, then says it is quiet.
+pub(crate) struct Pause {
+    state: Mutex<Paused>,
+    quiet: Condvar,
+    /// Wakes the thread's poll when the pause is asked for or ended.
+    wake_rx: UnixStream,
+    wake_tx: UnixStream,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Paused {
+    asked: bool,
+    quiet: bool,
+}
+
+impl Pause {
+    pub(crate) fn new() -> std::io::Result<Pause> {
+        let (wake_rx, wake_tx) = UnixStream::pair()?;
+        wake_rx.set_nonblocking(true)?;
+        wake_tx.set_nonblocking(true)?;
+        Ok(Pause {
+            state: Mutex::new(Paused::default()),
+            quiet: Condvar::new(),
+            wake_rx,
+            wake_tx,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Paused> {
+        // The state is two flags, whole after any panic.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn wake(&self) {
+        // A full socket already holds a wake-up: nothing is lost.
+        let _ = (&self.wake_tx).write(&[1]);
+    }
+
+    /// Asks for the pause and waits, at most `within`, for the thread to hold
+    /// no connection; whether it does.
+    pub(crate) fn begin(&self, within: Duration) -> bool {
+        self.lock().asked = true;
+        self.wake();
+        let guard = self.lock();
+        let (guard, _) = self
+            .quiet
+            .wait_timeout_while(guard, within, |s| !s.quiet)
+            .unwrap_or_else(|p| p.into_inner());
+        guard.quiet
+    }
+
+    /// Ends the pause (the exec failed): the thread takes connections again.
+    pub(crate) fn end(&self) {
+        *self.lock() = Paused::default();
+        self.wake();
+    }
+
+    /// The thread's side: whether the pause is asked for; says it is quiet once
+    /// it is asked and `open` is 0.
+    fn asked(&self, open: usize) -> bool {
+        let mut s = self.lock();
+        let quiet = s.asked && open == 0;
+        if quiet && !s.quiet {
+            s.quiet = true;
+            self.quiet.notify_all();
+        }
+        s.quiet = quiet;
+        s.asked
+    }
+
+    fn drain_wakes(&self) {
+        let mut buf = [0u8; 64];
+        while matches!((&self.wake_rx).read(&mut buf), Ok(n) if n > 0) {}
+    }
+}
+
+/// Serves `listener` for ever, `body` making each scrape's text, taking no
+/// connection while `pause` is asked for. Returns only if the listener fails
+/// for good (an error the caller logs).
 // The deadlines need the clock; the one sleep is bounded (descriptors ran out).
 #[allow(clippy::disallowed_methods)]
 pub(crate) fn serve(
     listener: &TcpListener,
+    pause: &Pause,
     body: &mut dyn FnMut(Format) -> String,
 ) -> std::io::Error {
     if let Err(e) = listener.set_nonblocking(true) {
@@ -224,6 +307,7 @@ pub(crate) fn serve(
     }
     let mut conns: Vec<Conn> = Vec::new();
     loop {
+        let paused = pause.asked(conns.len());
         let now = Instant::now();
         conns.retain(|c| c.deadline > now);
         let timeout = conns
@@ -236,8 +320,13 @@ pub(crate) fn serve(
                 PollTimeout::from(ms.min(60_000) as u16)
             });
         let ready: Vec<PollFlags> = {
-            let mut fds = Vec::with_capacity(conns.len() + 1);
-            fds.push(PollFd::new(listener.as_fd(), PollFlags::POLLIN));
+            let mut fds = Vec::with_capacity(conns.len() + 2);
+            let take = if paused {
+                PollFlags::empty()
+            } else {
+                PollFlags::POLLIN
+            };
+            fds.push(PollFd::new(listener.as_fd(), take));
             for c in &conns {
                 let want = if c.reply.is_some() {
                     PollFlags::POLLOUT
@@ -246,6 +335,7 @@ pub(crate) fn serve(
                 };
                 fds.push(PollFd::new(c.stream.as_fd(), want));
             }
+            fds.push(PollFd::new(pause.wake_rx.as_fd(), PollFlags::POLLIN));
             match poll(&mut fds, timeout) {
                 Ok(_) => {}
                 Err(nix::errno::Errno::EINTR) => continue,
@@ -255,6 +345,9 @@ pub(crate) fn serve(
                 .map(|f| f.revents().unwrap_or(PollFlags::empty()))
                 .collect()
         };
+        if ready.last().is_some_and(|r| !r.is_empty()) {
+            pause.drain_wakes();
+        }
         // Connections first (their indices are those polled), then new ones.
         let mut keep = Vec::with_capacity(conns.len());
         for (mut c, r) in conns.drain(..).zip(&ready[1..]) {
@@ -274,7 +367,7 @@ pub(crate) fn serve(
         }
         conns = keep;
         let mut accept_failed = false;
-        if !ready[0].is_empty() {
+        if !paused && !ready[0].is_empty() {
             // At most a poll's worth of new connections per round: the others wait
             // in the queue, and those here get their turn.
             for _ in 0..MAX_CONNECTIONS {
@@ -319,6 +412,51 @@ pub(crate) fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A pause takes no connection (it waits in the queue), answers the one it
+    /// holds first, and its end serves the waiting one.
+    #[test]
+    #[allow(clippy::disallowed_methods)]
+    fn a_pause_finishes_what_it_holds_and_leaves_the_rest_queued() {
+        use std::sync::Arc;
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let pause = Arc::new(Pause::new().unwrap());
+        let theirs = Arc::clone(&pause);
+        std::thread::spawn(move || serve(&listener, &theirs, &mut |_| "x 1\n".into()));
+        // A connection taken before the pause, its request not sent yet.
+        let mut held = TcpStream::connect(addr).unwrap();
+        held.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(
+            !pause.begin(Duration::from_millis(100)),
+            "quiet with one held"
+        );
+        held.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+        let mut out = String::new();
+        held.read_to_string(&mut out).unwrap();
+        assert!(
+            out.starts_with("HTTP/1.1 200") && out.ends_with("x 1\n"),
+            "{out}"
+        );
+        assert!(pause.begin(Duration::from_secs(5)), "quiet once answered");
+        // Paused: a new connection waits in the queue, unanswered.
+        let mut queued = TcpStream::connect(addr).unwrap();
+        queued.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+        queued
+            .set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        let mut buf = [0u8; 16];
+        let e = queued.read(&mut buf).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::WouldBlock, "{e}");
+        pause.end();
+        queued
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut out = String::new();
+        queued.read_to_string(&mut out).unwrap();
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    }
 
     #[test]
     fn a_request_is_whole_once_its_head_ends() {

@@ -210,9 +210,14 @@ pub(super) struct Endpoint {
     /// for an in-place upgrade to hand over.
     pub(super) fd: RawFd,
     published: Arc<Published>,
+    pause: Arc<http::Pause>,
     /// What was published last: unchanged figures are not written again.
     last: [u64; WORDS],
 }
+
+/// How long an exec waits for the scrapes under way to be answered (one takes
+/// well under a millisecond; a client slower than this loses its connection).
+pub(super) const QUIESCE_WITHIN: std::time::Duration = std::time::Duration::from_millis(250);
 
 impl Endpoint {
     /// Starts the thread serving `listener`, with the parent's signals blocked
@@ -227,10 +232,12 @@ impl Endpoint {
         let fd = listener.as_raw_fd();
         let published = Arc::new(Published::new());
         let shared = Arc::clone(&published);
+        let pause = Arc::new(http::Pause::new()?);
+        let theirs = Arc::clone(&pause);
         os::hold_signals(&PARENT_SIGNALS)?;
         let started = std::thread::Builder::new()
             .name("preforkd-metrics".into())
-            .spawn(move || run(listener, board, shared, logger));
+            .spawn(move || run(listener, board, shared, theirs, logger));
         let released = os::release_signals(&PARENT_SIGNALS);
         started?;
         released?;
@@ -238,10 +245,23 @@ impl Endpoint {
             Endpoint {
                 fd,
                 published,
+                pause,
                 last: [u64::MAX; WORDS],
             },
             addr,
         ))
+    }
+
+    /// Before an exec: stops taking scrapes (they wait in the queue for the next
+    /// image) and waits, at most `within`, for those under way to be answered;
+    /// whether they were. [`resume`](Self::resume) if the exec fails.
+    pub(super) fn quiesce(&self, within: std::time::Duration) -> bool {
+        self.pause.begin(within)
+    }
+
+    /// Takes scrapes again after a [`quiesce`](Self::quiesce).
+    pub(super) fn resume(&self) {
+        self.pause.end();
     }
 
     /// Publishes the machine's figures, if they changed.
@@ -259,7 +279,13 @@ impl Endpoint {
 /// after an error, said once).
 // The pause after a failure is bounded and off the machine's thread.
 #[allow(clippy::disallowed_methods)]
-fn run(listener: TcpListener, board: Board, published: Arc<Published>, logger: slog::Logger) {
+fn run(
+    listener: TcpListener,
+    board: Board,
+    published: Arc<Published>,
+    pause: Arc<http::Pause>,
+    logger: slog::Logger,
+) {
     let own = listener.as_raw_fd();
     let mut scraper = Scraper {
         board,
@@ -272,7 +298,7 @@ fn run(listener: TcpListener, board: Board, published: Arc<Published>, logger: s
     let mut said = false;
     loop {
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            http::serve(&listener, &mut |f| scraper.scrape(f))
+            http::serve(&listener, &pause, &mut |f| scraper.scrape(f))
         }));
         let why = match outcome {
             Ok(e) => e.to_string(),
