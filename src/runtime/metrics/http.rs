@@ -307,9 +307,10 @@ pub(crate) fn serve(
     }
     let mut conns: Vec<Conn> = Vec::new();
     loop {
-        let paused = pause.asked(conns.len());
         let now = Instant::now();
         conns.retain(|c| c.deadline > now);
+        // After the expired ones are gone: the count says whether it is quiet.
+        let paused = pause.asked(conns.len());
         let timeout = conns
             .iter()
             .map(|c| c.deadline.saturating_duration_since(now))
@@ -456,6 +457,28 @@ mod tests {
         let mut out = String::new();
         queued.read_to_string(&mut out).unwrap();
         assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    }
+
+    /// A connection that expires while the pause is asked for leaves the thread
+    /// holding none: it must say so.
+    #[test]
+    #[allow(clippy::disallowed_methods)]
+    fn a_pause_is_quiet_once_the_held_connection_expires() {
+        use std::sync::Arc;
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let pause = Arc::new(Pause::new().unwrap());
+        let theirs = Arc::clone(&pause);
+        std::thread::spawn(move || serve(&listener, &theirs, &mut |_| "x 1\n".into()));
+        // A client that connects and never sends: it expires after DEADLINE.
+        let _idle = TcpStream::connect(addr).unwrap();
+        std::thread::sleep(DEADLINE - Duration::from_millis(200));
+        let t = Instant::now();
+        assert!(
+            pause.begin(Duration::from_secs(2)),
+            "not quiet {:?} after the pause, though the one connection expired ~200 ms in",
+            t.elapsed()
+        );
     }
 
     #[test]
