@@ -675,7 +675,7 @@ fn a_reload_to_children_that_fail_right_after_start_keeps_every_old_one_serving(
     assert!(
         logged(
             &all,
-            "the reload waits: 2 children of older generations serve on"
+            "the reload waits: 2 children of generation 1 and older serve on"
         ),
         "{all:?}"
     );
@@ -1363,4 +1363,246 @@ fn children_that_fail_right_after_serving_are_backed_off() {
     }
     assert!(forks <= 12, "{forks} forks in 5 s");
     assert!(r.m.crash_streak() > 1);
+}
+
+// ----- rollouts under faults (a hostile review's findings) -----
+
+/// HUP rolls children; a rollout keeps at least `n` serving.
+#[derive(Debug)]
+struct RollKeeping(usize);
+impl preforkd::policy::ReloadPolicy for RollKeeping {
+    fn plan(&mut self, _: preforkd::policy::ReloadTrigger) -> preforkd::policy::ReloadPlan {
+        preforkd::policy::ReloadPlan::ROLL
+    }
+    fn min_serving(&self) -> Option<usize> {
+        Some(self.0)
+    }
+}
+
+/// A full pool (max_children == pool) and new code whose children report ready
+/// then fail 10 ms later: no new child ever proves healthy, so one old child at
+/// most goes (to make room); every other one keeps serving. (Before: room was
+/// made again at each new child's READY, down to min_serving.)
+#[test]
+fn a_full_pool_reload_to_failing_code_retires_only_one_old_child_to_make_room() {
+    let mut r = Rig::new(
+        Machine::builder(Options {
+            backoff_initial: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(1),
+            ..opts(4, 4)
+        })
+        .scaling_policy(Fixed(4))
+        .reload_policy(RollKeeping(1))
+        .build()
+        .unwrap(),
+    );
+    r.boot();
+    let old = r.pids();
+    let mut all = r.feed(Event::Signal(Signal::Hup));
+    while r.now < Time::from_millis(10_000) {
+        // Old children TERMed by the reload leave at once.
+        for (pid, _, why) in signals(&all) {
+            if why == SignalReason::Reload && r.pids().contains(&pid) {
+                all.extend(r.exit(pid, ExitStatus::Exited(0)));
+            }
+        }
+        let fresh: Vec<Pid> = r.pids().into_iter().filter(|p| !old.contains(p)).collect();
+        for &pid in &fresh {
+            all.extend(r.feed(Event::ChildReady { pid }));
+        }
+        let t = r.now.as_millis() + 10;
+        r.at(t);
+        for pid in fresh {
+            all.extend(r.exit(pid, ExitStatus::Exited(1)));
+        }
+        if r.m.poll_timeout().is_some_and(|t| t > r.now) {
+            all.extend(r.timer());
+        } else {
+            r.at(r.now.as_millis() + 10);
+            all.extend(r.tick());
+        }
+    }
+    let retired: Vec<_> = signals(&all)
+        .into_iter()
+        .filter(|s| old.contains(&s.0) && s.2 == SignalReason::Reload)
+        .collect();
+    assert!(
+        retired.len() <= 1,
+        "{} old children retired for new ones that never proved healthy: {retired:?}",
+        retired.len()
+    );
+}
+
+/// Two HUPs in a row: the first rollout's children, unproved, are no reliable
+/// "old" children for the second: the generation known to work serves on until
+/// a new one proves itself. (Before: both of its children were retired within
+/// 60 ms, for children that had proved nothing.)
+#[test]
+fn hups_in_a_row_keep_the_known_good_generation_until_a_new_one_proves() {
+    let mut r = Rig::new(
+        Machine::builder(opts(2, 4))
+            .scaling_policy(Fixed(2))
+            .build()
+            .unwrap(),
+    );
+    r.boot();
+    let gen1 = r.pids();
+    r.at(10);
+    let mut all = r.feed(Event::Signal(Signal::Hup));
+    all.extend(r.ready_all()); // generation 2: ready, unproven
+    r.at(20);
+    all.extend(r.feed(Event::Signal(Signal::Hup)));
+    for _ in 0..4 {
+        for (pid, _, why) in signals(&all) {
+            if why == SignalReason::Reload && r.pids().contains(&pid) {
+                r.at(r.now.as_millis() + 10);
+                all.extend(r.exit(pid, ExitStatus::Exited(0)));
+            }
+        }
+        all.extend(r.ready_all()); // generation 3: ready, unproven
+    }
+    assert!(
+        r.now < Time::from_millis(1000),
+        "nothing lived min_healthy_uptime"
+    );
+    let serving_gen1 = gen1.iter().filter(|p| r.pids().contains(p)).count();
+    let retired: Vec<_> = signals(&all)
+        .into_iter()
+        .filter(|s| gen1.contains(&s.0))
+        .collect();
+    assert!(
+        serving_gen1 >= 1,
+        "no child of the proven generation serves; none of generations 2, 3 proved healthy: {retired:?}, counts {:?}",
+        r.m.counts()
+    );
+}
+
+/// The old children a rollout retires at the proof wake-up are TERMed after the
+/// per-child pass has set the next wake-up: the retirement itself arms the KILL's
+/// deadline. (Before: none, and a child ignoring TERM was never KILLed.)
+#[test]
+fn old_children_retired_at_the_proof_wake_up_get_a_kill_deadline() {
+    let mut r = Rig::new(
+        Machine::builder(opts(2, 10))
+            .scaling_policy(Fixed(2))
+            .build()
+            .unwrap(),
+    );
+    r.boot();
+    let old = r.pids();
+    r.feed(Event::Signal(Signal::Hup));
+    r.ready_all();
+    let acts = r.timer(); // min_healthy_uptime: the new ones are proved
+    let s = signals(&acts);
+    assert_eq!(s.len(), 2, "{acts:?}");
+    assert!(s.iter().all(|x| old.contains(&x.0)));
+    let kill_at = r.now + r.m.options().graceful_timeout;
+    // The old children ignore TERM (a long request): they must be KILLed at kill_at.
+    let next = r.m.poll_timeout();
+    assert!(
+        next.is_some_and(|t| t <= kill_at),
+        "next wake-up {next:?}, KILL due at {kill_at:?}"
+    );
+}
+
+/// An upgrade during a rollout hands over old and new children: the adopting
+/// image aims at the rollout's size, not at all of them (which doubled the pool).
+#[test]
+fn an_upgrade_during_a_reload_keeps_the_pools_size() {
+    let mut r = Rig::new(
+        Machine::builder(opts(3, 30))
+            .scaling_policy(Fixed(3))
+            .build()
+            .unwrap(),
+    );
+    r.boot();
+    r.at(10);
+    r.feed(Event::Signal(Signal::Hup));
+    r.ready_all();
+    assert_eq!(r.m.state(), State::Reloading);
+    assert_eq!(r.m.counts().serving(), 6);
+    let h = r.m.handoff().with_previous(true);
+    let mut r2 = Rig::new(
+        Machine::builder(opts(3, 30))
+            .scaling_policy(Fixed(3))
+            .adopt(h)
+            .build()
+            .unwrap(),
+    );
+    r2.now = r.now;
+    r2.next_pid = 1000;
+    let acts = r2.feed(Event::HookFinished {
+        hook: HookKind::AfterInit,
+        ok: true,
+    });
+    assert_eq!(r2.m.state(), State::Reloading);
+    assert!(
+        spawns(&acts) <= 3,
+        "{} spawned for a pool of 3",
+        spawns(&acts)
+    );
+}
+
+/// New code that takes longer than min_healthy_uptime (1 s) to boot, reports
+/// ready, and would fail at once: for a rollout, "lived min_healthy_uptime" counts
+/// from its READY, not from its fork, so its READY proves nothing. (Before: every
+/// old child was retired at the new ones' READY.)
+#[test]
+fn a_child_slower_to_boot_than_min_healthy_uptime_is_not_proved_by_its_ready() {
+    let mut r = Rig::new(
+        Machine::builder(opts(2, 10))
+            .scaling_policy(Fixed(2))
+            .build()
+            .unwrap(),
+    );
+    r.boot();
+    let old = r.pids();
+    r.at(10_000);
+    r.feed(Event::Signal(Signal::Hup));
+    // The new code boots in 1.5 s, reports ready...
+    r.at(11_500);
+    let acts = r.ready_all();
+    let s: Vec<_> = signals(&acts)
+        .into_iter()
+        .filter(|s| old.contains(&s.0))
+        .collect();
+    // ...and would fail 10 ms later: nothing proved it healthy yet.
+    assert!(
+        s.is_empty(),
+        "old children retired at the new ones' READY: {s:?}"
+    );
+}
+
+/// A HUP storm (a deploy script sending one HUP per file changed, every 10 ms)
+/// to children that boot fast: the children of a generation superseded before it
+/// proved itself go at once, so the pool of 3 stays near its size. (Before: each
+/// HUP kept them and forked a full new set, up to max_children.)
+#[test]
+fn a_hup_storm_keeps_the_pool_near_its_size() {
+    let mut r = Rig::new(
+        Machine::builder(opts(3, 150))
+            .scaling_policy(Fixed(3))
+            .build()
+            .unwrap(),
+    );
+    r.boot();
+    let mut most = 0;
+    for i in 0..60 {
+        r.at(10 * (i + 1));
+        let mut acts = r.feed(Event::Signal(Signal::Hup));
+        acts.extend(r.ready_all());
+        // Children TERMed leave at once.
+        for (pid, _, why) in signals(&acts) {
+            if why == SignalReason::Reload && r.pids().contains(&pid) {
+                r.exit(pid, ExitStatus::Exited(0));
+            }
+        }
+        r.ready_all();
+        most = most.max(r.m.counts().alive());
+    }
+    assert!(
+        most <= 9,
+        "a pool of 3 grew to {most} children ({:?})",
+        r.m.counts()
+    );
 }

@@ -82,8 +82,9 @@ pub trait ReloadPolicy: Send + Debug {
     }
 
     /// The fewest children that must keep serving while a rollout retires old
-    /// ones, counting old children and new ones proved healthy (they served a
-    /// request, or lived `min_healthy_uptime`), never new ones only ready: an old
+    /// ones, counting the children of the generation known to work and new ones
+    /// proved healthy (they served a request, or stayed up `min_healthy_uptime`
+    /// after their READY), never new ones only ready: an old
     /// child is retired for a proved new one, so new code whose children start and
     /// then fail leaves the old ones serving. `None`: the scaling policy's quiet
     /// minimum.

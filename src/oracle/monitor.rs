@@ -10,8 +10,8 @@ use std::collections::{BTreeMap, BTreeSet};
 struct Watched {
     slot: usize,
     generation: u64,
-    /// When its fork was asked for (the monitor's clock).
-    spawned_at: Time,
+    /// When it was first seen ready (the monitor's clock).
+    ready_at: Option<Time>,
     ready: bool,
     /// A reading showed it had served a request.
     served: bool,
@@ -25,9 +25,11 @@ impl Watched {
         self.ready && !self.self_retiring && !self.termed && !self.killed
     }
 
-    /// Whether it proved its code healthy: it served, or it lived `uptime`.
+    /// Whether it proved its code healthy: ready, and it served or stayed up
+    /// `uptime` since.
     fn proven(&self, now: Time, uptime: std::time::Duration) -> bool {
-        self.served || now >= self.spawned_at + uptime
+        self.ready_at
+            .is_some_and(|at| self.served || now >= at + uptime)
     }
 }
 
@@ -44,11 +46,12 @@ impl Watched {
 ///   comes last, once, in `Stopped`;
 /// - the machine's live pids are exactly the children spawned and not yet
 ///   reaped, and its counts stay within `max_children`;
-/// - during a reload, no retirement takes the serving count below the minimum,
-///   counting only the children that can be relied on (old ones, and new ones
-///   proved healthy: they served, or lived `min_healthy_uptime`); no child is
-///   retired for scale-down; when the reload completes every old-generation
-///   child has been retired.
+/// - during a reload, no retirement of a child that can be relied on takes the
+///   number of those below the minimum; relied on are the children of the
+///   generation that served when the reload (or a chain of them) began, and
+///   those proved healthy (they served, or stayed up `min_healthy_uptime` after
+///   their READY); no child is retired for scale-down; when the reload completes
+///   every old-generation child has been retired.
 ///
 /// The [`Harness`](super::Harness) checks these through a monitor, and adds what needs its model
 /// of the world (crash loops, kill sprees, convergence, shutdown); the simulator
@@ -75,8 +78,11 @@ impl Watched {
 #[derive(Debug, Clone)]
 pub struct Monitor {
     max: usize,
-    /// Forks asked for and not yet reported: slot, (generation, when).
-    pending: BTreeMap<usize, (u64, Time)>,
+    /// Forks asked for and not yet reported: slot, generation.
+    pending: BTreeMap<usize, u64>,
+    /// The generation that served when the reload under way (or its chain)
+    /// began: its children are relied on.
+    base: u64,
     /// The latest time an event was fed at (the machine's clock never goes back).
     now: Time,
     live: BTreeMap<Pid, Watched>,
@@ -92,6 +98,7 @@ impl Monitor {
         Monitor {
             max: machine.options().max_children,
             pending: BTreeMap::new(),
+            base: 0,
             now: Time::ZERO,
             live: BTreeMap::new(),
             events: 0,
@@ -145,11 +152,11 @@ impl Monitor {
         match *event {
             // A report for a pending fork, of a pid not in use: the machine takes it.
             Event::ChildSpawned { slot, pid } if !self.live.contains_key(&pid) => {
-                if let Some((generation, spawned_at)) = self.pending.remove(&slot) {
+                if let Some(generation) = self.pending.remove(&slot) {
                     let w = Watched {
                         slot,
                         generation,
-                        spawned_at,
+                        ready_at: None,
                         ready: false,
                         served: false,
                         self_retiring: false,
@@ -165,6 +172,7 @@ impl Monitor {
             Event::ChildReady { pid } => {
                 if let Some(w) = self.live.get_mut(&pid) {
                     w.ready = true;
+                    w.ready_at.get_or_insert(self.now);
                 }
             }
             Event::ChildExited { pid, .. } => {
@@ -180,7 +188,10 @@ impl Monitor {
                     }
                     w.served |= reading.requests > 0;
                     match reading.state {
-                        SlotState::Idle | SlotState::Busy => w.ready = true,
+                        SlotState::Idle | SlotState::Busy => {
+                            w.ready = true;
+                            w.ready_at.get_or_insert(self.now);
+                        }
                         SlotState::Retiring => w.self_retiring = true,
                         SlotState::Starting | SlotState::Empty => {}
                     }
@@ -203,6 +214,9 @@ impl Monitor {
             self.last_min_serving = m;
         }
         let reloading = before == State::Reloading || after == State::Reloading;
+        if before != State::Reloading && after == State::Reloading {
+            self.base = machine.generation().saturating_sub(1);
+        }
         let stopping = matches!(after, State::ShuttingDown | State::Stopped);
         let mut out = Vec::new();
         while let Some(action) = machine.poll_action() {
@@ -224,7 +238,7 @@ impl Monitor {
                     if taken {
                         return self.fail(format!("spawn into occupied slot {slot}"));
                     }
-                    self.pending.insert(*slot, (*generation, self.now));
+                    self.pending.insert(*slot, *generation);
                     if self.pending.len() + self.live.len() > max {
                         return self.fail(format!(
                             "{} live children and forks exceed max_children {max}",
@@ -238,14 +252,11 @@ impl Monitor {
                     reason,
                 } => {
                     let (now, uptime) = (self.now, machine.options().min_healthy_uptime);
-                    let generation = machine.generation();
-                    let relied_on = self
-                        .live
-                        .values()
-                        .filter(|c| {
-                            c.serving() && (c.generation < generation || c.proven(now, uptime))
-                        })
-                        .count();
+                    let base = self.base;
+                    let relied = |c: &Watched| {
+                        c.serving() && (c.generation <= base || c.proven(now, uptime))
+                    };
+                    let relied_on = self.live.values().filter(|c| relied(c)).count();
                     let last_min_serving = self.last_min_serving;
                     let Some(c) = self.live.get_mut(pid) else {
                         return self.fail(format!("{signal:?} to {pid:?}, not a live child"));
@@ -257,7 +268,7 @@ impl Monitor {
                                     "second TERM/after KILL to {pid:?} ({reason:?})"
                                 ));
                             }
-                            let counted = c.serving();
+                            let counted = relied(c);
                             c.termed = true;
                             if reloading && *reason == SignalReason::ScaleDown {
                                 return self.fail(format!(
@@ -270,7 +281,7 @@ impl Monitor {
                                 && relied_on <= last_min_serving
                             {
                                 return self.fail(format!(
-                                    "reload retirement of {pid:?} leaves {} serving that are old or proved healthy, below {last_min_serving}",
+                                    "reload retirement of {pid:?} leaves {} relied-on children serving (of the generation known to work, or proved healthy), below {last_min_serving}",
                                     relied_on.saturating_sub(1),
                                 ));
                             }

@@ -153,6 +153,7 @@ impl MachineBuilder {
             disconnects_seen: BTreeSet::new(),
             last_status: None,
             last_min_serving: None,
+            adopted_rollout: None,
             disconnect_check_every: self.disconnect_check_every,
             watchdog_interval: self.watchdog_interval,
             upgrade: Upgrade::Idle,

@@ -86,25 +86,29 @@ impl Machine {
     /// staying up `min_healthy_uptime`: the rollout needs a look then (it retires
     /// an old child only for a proved new one).
     fn proof_check(&self, slot: usize) -> Option<Time> {
-        let Phase::Reloading { generation, .. } = self.phase else {
+        let Phase::Reloading { .. } = self.phase else {
             return None;
         };
         let c = self.pool.get(slot)?;
-        if c.generation != generation || !c.serving() || self.is_healthy(c) {
+        if !c.serving() || self.is_proved(c) {
             return None;
         }
-        Some(c.spawned_at + self.opts.min_healthy_uptime)
+        self.proved_at(c)
     }
 
     /// A TERMed child is KILLed once its grace is over: `kill_grace` after a
     /// timeout or a disconnect, `graceful_timeout` otherwise.
-    fn kill_if_lingering(&mut self, slot: usize, r: Retire) -> Option<Time> {
-        let grace = match r.reason {
+    pub(super) fn grace(&self, reason: SignalReason) -> std::time::Duration {
+        match reason {
             SignalReason::BusyTimeout | SignalReason::Disconnect | SignalReason::StartTimeout => {
                 self.opts.kill_grace
             }
             _ => self.opts.graceful_timeout,
-        };
+        }
+    }
+
+    fn kill_if_lingering(&mut self, slot: usize, r: Retire) -> Option<Time> {
+        let grace = self.grace(r.reason);
         let kill_at = r.at + grace;
         if self.now >= kill_at {
             self.escalate(slot);

@@ -31,6 +31,24 @@ impl Machine {
         c.is_ready() && (c.requests > 0 || self.now >= c.spawned_at + self.opts.min_healthy_uptime)
     }
 
+    /// When `c` proves new code works, for a rollout or an upgrade's way back:
+    /// once it served a request, or `min_healthy_uptime` *after its READY* (a
+    /// child slower to boot than that is not proved by its boot); `None` while
+    /// not ready.
+    pub(super) fn proved_at(&self, c: &Child) -> Option<Time> {
+        let ready = c.ready_at?;
+        Some(if c.requests > 0 {
+            ready
+        } else {
+            ready + self.opts.min_healthy_uptime
+        })
+    }
+
+    /// Whether `c` proved new code works now (see [`Machine::proved_at`]).
+    pub(super) fn is_proved(&self, c: &Child) -> bool {
+        self.proved_at(c).is_some_and(|t| self.now >= t)
+    }
+
     /// Children leaving by themselves (their slot says retiring) before they proved
     /// healthy: crashes whose exits are not reaped yet. Until then they hold their
     /// place in the pool: replaced before the exit is counted, a main_loop that
@@ -78,15 +96,23 @@ impl Machine {
         };
         self.timers.set(Timer::BackoffEnd, Some(self.now + delay));
         if self.crash_streak == 1 {
+            // Said while the new generation has proved nothing: its crash is
+            // then what holds the rollout.
             let what = match self.phase {
-                Phase::Reloading { generation, .. } => {
+                Phase::Reloading {
+                    generation, base, ..
+                } if !self
+                    .pool
+                    .children()
+                    .any(|c| c.generation == generation && self.is_proved(c)) =>
+                {
                     let old = self
                         .pool
                         .children()
-                        .filter(|c| c.serving() && c.generation < generation)
+                        .filter(|c| c.serving() && c.generation <= base)
                         .count();
                     format!(
-                        "{what}; the reload waits: {old} children of older generations serve on until one of generation {generation} proves healthy"
+                        "{what}; the reload waits: {old} children of generation {base} and older serve on until one of generation {generation} proves healthy"
                     )
                 }
                 _ => what,

@@ -55,6 +55,7 @@ use pool::Pool;
 use std::collections::{BTreeSet, VecDeque};
 use std::time::Duration;
 use timer_table::TimerTable;
+use upgrade::HandedRollout;
 
 /// The supervisor: a deterministic state machine with no I/O.
 ///
@@ -113,6 +114,9 @@ pub struct Machine {
     /// The last STATUS sent: when, and the counts it told.
     last_status: Option<(Time, Counts)>,
     last_min_serving: Option<usize>,
+    /// The rollout under way in the image that handed its children over, if
+    /// one was (its target and base): the adopting image's rollout goes on from it.
+    adopted_rollout: Option<HandedRollout>,
     /// How often to ask for a look at the children's connections while one is
     /// busy; `None`: disconnects are not watched.
     disconnect_check_every: Option<Duration>,

@@ -24,6 +24,10 @@ pub(super) enum Phase {
         target: usize,
         /// Old children retired so far by this rollout.
         retired: usize,
+        /// The newest generation that served before this chain of reloads began:
+        /// its children are relied on; those of a later old generation only once
+        /// proved.
+        base: u64,
     },
     ShuttingDown {
         /// QUIT or a second TERM: children are KILLed, not asked.

@@ -60,9 +60,11 @@ impl Machine {
         // A reload during a reload aims at the size the first one aimed at: the
         // previous generation's children, unproved yet, are no part of the pool's
         // size (counted, every HUP in a row would double it).
-        let size = match self.phase {
-            Phase::Reloading { target, .. } => target,
-            _ => total,
+        let adopted = self.adopted_rollout.take();
+        let (size, base) = match (&self.phase, adopted) {
+            (Phase::Reloading { target, base, .. }, _) => (*target, *base),
+            (_, Some(r)) => (r.target, r.base),
+            _ => (total, self.generation - 1),
         };
         let target = size.max(min_serving).min(self.opts.max_children);
         self.log(
@@ -80,6 +82,7 @@ impl Machine {
                 min_serving,
                 target,
                 retired: 0,
+                base,
             },
             why,
         );
@@ -93,6 +96,7 @@ impl Machine {
             min_serving,
             target,
             retired,
+            base,
         } = self.phase
         else {
             return;
@@ -113,7 +117,7 @@ impl Machine {
                     new_starting += 1;
                 }
             }
-            if c.serving() && (c.generation < generation || self.is_healthy(c)) {
+            if c.serving() && (c.generation <= base || self.is_proved(c)) {
                 proven_serving += 1;
                 if c.generation == generation {
                     new_proven += 1;
@@ -137,6 +141,28 @@ impl Machine {
         // `min_healthy_uptime` up: the per-child pass wakes the machine then), never
         // below the minimum serving.
         let mut retired_now = 0;
+        // Children of a generation a later HUP superseded before they proved
+        // themselves are neither relied on nor part of the pool's size: they go
+        // at once (kept, every HUP of a storm would add a pool's worth).
+        let superseded: Vec<usize> = self
+            .pool
+            .iter()
+            .filter(|(_, c)| {
+                c.generation > base
+                    && c.generation < generation
+                    && c.serving()
+                    && !self.is_proved(c)
+            })
+            .map(|(slot, _)| slot)
+            .collect();
+        for slot in superseded {
+            // No credit spent: none of them was relied on. They still serve: the
+            // pool keeps min_serving children serving, proved or not.
+            if self.pool.counts().serving() <= min_serving {
+                break;
+            }
+            self.retire(slot, SignalReason::Reload);
+        }
         loop {
             let n = self.pool.counts();
             let Some(slot) = self.pool.pick_old(generation) else {
@@ -148,14 +174,20 @@ impl Machine {
                 // new ones make the whole pool (after HUPs in a row, old children
                 // of several generations outnumber the pool's size).
                 let credit = new_proven > retired + retired_now || new_proven >= target;
+                // A full pool makes room one child at a time, and only once the
+                // child that took the last room proved healthy.
                 let stuck = n.alive() >= self.opts.max_children
                     && new_starting == 0
+                    && new_ready == new_proven
                     && old_reload_retiring == 0;
                 if proven_serving <= min_serving || !(credit || stuck) {
                     break;
                 }
                 old_reload_retiring += 1;
-                proven_serving -= 1;
+                let c = self.pool.get(slot);
+                if c.is_some_and(|c| c.generation <= base || self.is_proved(c)) {
+                    proven_serving -= 1;
+                }
             }
             self.retire(slot, SignalReason::Reload);
             retired_now += 1;

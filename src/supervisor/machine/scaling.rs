@@ -133,5 +133,13 @@ impl Machine {
             signal: ChildSignal::Term,
             reason,
         });
+        // The per-child pass may have run already this step: the KILL's deadline
+        // must be a wake-up.
+        let kill_at = self.now + self.grace(reason);
+        let next = match self.timers.get(Timer::Children) {
+            Some(t) if t <= kill_at => t,
+            _ => kill_at,
+        };
+        self.timers.set(Timer::Children, Some(next));
     }
 }

@@ -82,6 +82,20 @@ pub struct Handoff {
     /// The cumulative counters, which go on counting in the new image.
     #[serde(default)]
     totals: Totals,
+    /// The rollout under way when the children were handed over, if one was.
+    #[serde(default)]
+    rollout: Option<HandedRollout>,
+}
+
+/// A rollout under way, as handed over: the adopting image's own rollout aims at
+/// its size and relies on the same generation (counted afresh, its old and new
+/// children together would double the pool at each upgrade).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct HandedRollout {
+    /// The pool's size the rollout aims at.
+    pub(super) target: usize,
+    /// The newest generation known to work when the chain of reloads began.
+    pub(super) base: u64,
 }
 
 /// One running child, as handed over.
@@ -235,6 +249,10 @@ impl Machine {
             scaling_state,
             returned: false,
             totals: self.totals,
+            rollout: match self.phase {
+                Phase::Reloading { target, base, .. } => Some(HandedRollout { target, base }),
+                _ => self.adopted_rollout,
+            },
         }
     }
 
@@ -255,6 +273,7 @@ impl Machine {
         self.generation = h.generation;
         self.crash_streak = h.crash_streak;
         self.totals = h.totals;
+        self.adopted_rollout = h.rollout;
         for c in &h.children {
             let mut child = Child::new(c.generation, c.spawned_at, c.max_requests);
             child.ready_at = c.ready_at;
@@ -414,7 +433,7 @@ impl Machine {
         let proven = self
             .pool
             .children()
-            .any(|c| c.generation == generation && self.is_healthy(c));
+            .any(|c| c.generation == generation && self.is_proved(c));
         if proven {
             // The new code works: no way back is needed any more.
             self.adopting = Some(false);
